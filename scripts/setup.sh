@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine: system packages and the project venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(docker.io docker-registry buildah skopeo podman debootstrap postgresql apache2-utils)
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    SUDO=$([ "$(id -u)" -eq 0 ] || echo sudo)
+    echo "setup: installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+    .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v -i "ignoring\|ignored" || true
+    .venv/bin/pip install -q -e '.[dev]' 2>&1 | grep -v -i "ignoring\|ignored" || true
+    .venv/bin/python -c "import mlflow_steps, mlflow, conda_lock, pytest" 
+    rm -f .venv/.installed-* && touch "$stamp"
+fi

@@ -1,0 +1,5 @@
+"""`python -m mlflow_steps` runs the CLI."""
+
+from mlflow_steps.cli import main
+
+main()

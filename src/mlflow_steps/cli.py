@@ -1,0 +1,109 @@
+"""`mlflow-steps` command line: one subcommand per step; inputs map to flags and FUSEML_* vars."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlflow_steps import __version__
+from mlflow_steps.envspec import DEFAULT_MINICONDA_VERSION, STRATEGIES, BuildOptions, resolve_env
+from mlflow_steps.errors import StepError
+from mlflow_steps.hashing import env_tag, template_version
+from mlflow_steps.render import write_context
+
+
+def _empty_is_default(default: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        return default if value in ("", None) else value
+
+    return callback
+
+
+def step_input(name: str, default: Any = None, **kwargs: Any) -> Callable[[Any], Any]:
+    """A step input: flag ``--name-with-dashes`` and env var ``FUSEML_NAME`` (empty = unset)."""
+    return click.option(
+        f"--{name.replace('_', '-')}",
+        name,
+        envvar=f"FUSEML_{name.upper()}",
+        default=default,
+        callback=_empty_is_default(default),
+        show_envvar=True,
+        show_default=default is not None,
+        **kwargs,
+    )
+
+
+def build_inputs(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Inputs that shape the environment, shared by hash/render/build."""
+    for decorator in reversed((
+        step_input("env_strategy", "auto", type=click.Choice(STRATEGIES),
+                   help="auto: pip for conda envs that only hold python/pip, else conda."),
+        step_input("base_image", help="Base image (default: python:X.Y-slim or miniconda)."),
+        step_input("miniconda_version", DEFAULT_MINICONDA_VERSION,
+                   help="Tag of continuumio/miniconda3 for conda environments."),
+    )):
+        func = decorator(func)
+    return func
+
+
+codeset_argument = click.argument(
+    "codeset", type=click.Path(path_type=Path, file_okay=False), envvar="FUSEML_CODESET_PATH",
+    default="/project",
+)
+
+
+def _options(env_strategy: str, base_image: str | None, miniconda_version: str) -> BuildOptions:
+    return BuildOptions(env_strategy=env_strategy, base_image=base_image,
+                        miniconda_version=miniconda_version)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="mlflow-steps")
+def cli() -> None:
+    """Build and run MLflow projects as FuseML-compatible workflow steps."""
+
+
+@cli.command("hash")
+@codeset_argument
+@build_inputs
+@click.option("--explain", is_flag=True, help="Print the normalised spec that is hashed.")
+def hash_command(codeset: Path, explain: bool, **inputs: Any) -> None:
+    """Print the environment tag of CODESET."""
+    _, spec = resolve_env(codeset, _options(**inputs))
+    if explain:
+        click.echo(spec.explain(template_version()))
+    click.echo(env_tag(spec))
+
+
+@cli.command("render")
+@codeset_argument
+@build_inputs
+@click.option("-o", "--output-dir", type=click.Path(path_type=Path), required=True,
+              help="New or empty directory for the build context.")
+def render_command(codeset: Path, output_dir: Path, **inputs: Any) -> None:
+    """Write the build context (Dockerfile, env files, tooling) for CODESET."""
+    _, spec = resolve_env(codeset, _options(**inputs))
+    write_context(spec, output_dir)
+    click.echo(f"{output_dir}/Dockerfile ({spec.strategy}, tag {env_tag(spec)})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: StepError becomes one line on stderr and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="mlflow-steps", standalone_mode=False)
+    except StepError as exc:
+        click.echo(f"mlflow-steps: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("mlflow-steps: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        click.echo(f"mlflow-steps: error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
+        sys.exit(2)

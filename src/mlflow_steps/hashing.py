@@ -1,0 +1,35 @@
+"""Canonical environment hash: the image tag."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from pathlib import Path
+
+from mlflow_steps.envspec import EnvSpec
+
+TAG_LENGTH = 32
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@cache
+def template_version() -> str:
+    """Digest of the Dockerfile templates and the tooling source baked into images."""
+    digest = hashlib.sha256()
+    files = sorted(PACKAGE_DIR.rglob("*.py")) + sorted((PACKAGE_DIR / "templates").glob("*.j2"))
+    for path in files:
+        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes().replace(b"\r\n", b"\n") + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def canonical_json(data: object) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8 kept."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def env_tag(spec: EnvSpec) -> str:
+    """sha256 of the canonical spec, truncated to a registry-friendly tag."""
+    payload = canonical_json(spec.canonical(template_version()))
+    return hashlib.sha256(payload.encode()).hexdigest()[:TAG_LENGTH]

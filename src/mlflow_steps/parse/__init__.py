@@ -1,0 +1,1 @@
+"""Parsers for the files of a codeset: MLproject and environment files."""

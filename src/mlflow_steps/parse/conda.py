@@ -1,0 +1,122 @@
+"""conda environment files and conda-lock lockfiles."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow_steps.codeset_files import relative_name
+from mlflow_steps.errors import StepError
+from mlflow_steps.parse.requirements import RequirementsParser, yaml_lines
+from mlflow_steps.parse.yaml_file import load_yaml_mapping, require_str_list
+
+LOCK_PLATFORM = "linux-64"
+PIP_ONLY_PACKAGES = {"python", "pip"}
+_EXACT_PYTHON = re.compile(r"^=?=?\s*(\d+\.\d+)(\.\d+)?(\.\*)?$")
+
+
+@dataclass
+class CondaEnv:
+    """A normalised conda environment: channels (ordered), conda specs, a pip section."""
+
+    channels: list[str]
+    dependencies: list[str]
+    pip: RequirementsParser
+    python_spec: str | None = None
+
+    def only_python_and_pip(self) -> bool:
+        """True when the conda part carries nothing pip cannot provide."""
+        return all(spec.split(" ")[0] in PIP_ONLY_PACKAGES for spec in self.dependencies)
+
+    def python_minor(self) -> str | None:
+        """'X.Y' when the python spec pins one minor version, else None."""
+        match = _EXACT_PYTHON.match(self.python_spec or "")
+        return match.group(1) if match else None
+
+
+@dataclass
+class LockedEnv:
+    """The linux-64 packages of a conda-lock lockfile."""
+
+    conda: list[dict[str, str]] = field(default_factory=list)
+    pip: list[dict[str, str]] = field(default_factory=list)
+    python_version: str | None = None
+
+
+def normalise_conda_spec(spec: str, *, source: str, field: str) -> str:
+    """Canonical 'channel::name version build' via conda-lock's MatchSpec parser."""
+    from conda_lock.src_parser.conda_common import conda_spec_to_versioned_dep
+
+    try:
+        dep = conda_spec_to_versioned_dep(spec, "main")
+    except Exception as exc:  # conda's MatchSpec raises several unrelated types
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StepError(f"'{spec}' is not a valid conda spec ({first})", source=source,
+                        field=field) from None
+    text = dep.name.lower()
+    if dep.conda_channel:
+        text = f"{dep.conda_channel}::{text}"
+    version = (dep.version or "").replace(" ", "")
+    if version and version != "*":
+        text += f" {version}"
+    if dep.build:
+        text += f" {dep.build}"
+    return text
+
+
+def parse_conda_env(codeset: Path, path: Path) -> CondaEnv:
+    """Parse a conda environment YAML (name/prefix ignored, channel order kept)."""
+    name = relative_name(codeset, path)
+    data = load_yaml_mapping(codeset, path)
+    if "dependencies" not in data:
+        raise StepError("missing 'dependencies' list", source=name, field="dependencies")
+    channels = require_str_list(data.get("channels") or [], source=name, field="channels")
+    raw = data["dependencies"]
+    if not isinstance(raw, list) or not raw:
+        raise StepError("expected a non-empty list", source=name, field="dependencies")
+    env = CondaEnv(channels=[c.strip() for c in channels], dependencies=[],
+                   pip=RequirementsParser(codeset))
+    for index, item in enumerate(raw):
+        where = f"dependencies[{index}]"
+        if isinstance(item, dict) and set(item) == {"pip"}:
+            lines = require_str_list(item["pip"], source=name, field=f"{where}.pip")
+            env.pip.parse_lines(yaml_lines(lines, f"{where}.pip"), path.parent, source=name)
+        elif isinstance(item, str | int | float):
+            spec = normalise_conda_spec(str(item), source=name, field=where)
+            env.dependencies.append(spec)
+            package, _, version = spec.partition(" ")
+            if package.split("::")[-1] == "python":
+                env.python_spec = version or None
+        else:
+            raise StepError("expected a conda spec string or a {pip: [...]} mapping",
+                            source=name, field=where)
+    return env
+
+
+def parse_conda_lock(codeset: Path, path: Path) -> LockedEnv:
+    """Read a conda-lock lockfile with conda-lock's own model; keep linux-64 packages."""
+    from conda_lock.lockfile import parse_conda_lock_file
+
+    name = relative_name(codeset, path)
+    load_yaml_mapping(codeset, path)  # bounded read + one-line YAML errors first
+    try:
+        lockfile = parse_conda_lock_file(path)
+    except Exception as exc:  # pydantic ValidationError and version errors
+        first = str(exc).splitlines()[0]
+        raise StepError(f"not a valid conda-lock lockfile ({first})", source=name) from None
+    env = LockedEnv()
+    for package in lockfile.package:
+        if package.platform != LOCK_PLATFORM:
+            continue
+        entry = {"name": package.name, "version": package.version, "url": package.url,
+                 **{k: v for k, v in package.hash.model_dump().items() if v}}
+        (env.pip if package.manager == "pip" else env.conda).append(entry)
+        if package.name == "python" and package.manager == "conda":
+            env.python_version = package.version
+    if not env.conda:
+        raise StepError(f"no {LOCK_PLATFORM} conda packages; lock for {LOCK_PLATFORM}",
+                        source=name, field="package")
+    env.conda.sort(key=lambda e: (e["name"], e["url"]))
+    env.pip.sort(key=lambda e: (e["name"], e["url"]))
+    return env

@@ -1,0 +1,42 @@
+"""MLflow python_env.yaml files."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow_steps.codeset_files import relative_name
+from mlflow_steps.errors import StepError
+from mlflow_steps.parse.requirements import RequirementsParser, yaml_lines
+from mlflow_steps.parse.yaml_file import load_yaml_mapping, require_str_list
+
+_PYTHON_VERSION = re.compile(r"^(\d+)\.(\d+)(\.\d+)?$")
+
+
+@dataclass
+class PythonEnv:
+    """python version plus build and runtime pip requirements."""
+
+    python: str
+    build: RequirementsParser
+    runtime: RequirementsParser
+
+    def python_minor(self) -> str:
+        """The 'X.Y' of the python version."""
+        return ".".join(self.python.split(".")[:2])
+
+
+def parse_python_env(codeset: Path, path: Path) -> PythonEnv:
+    """Parse python_env.yaml: python (required), build_dependencies, dependencies."""
+    name = relative_name(codeset, path)
+    data = load_yaml_mapping(codeset, path)
+    python = str(data.get("python", "")).strip()
+    if not _PYTHON_VERSION.match(python):
+        raise StepError(f"expected a version like '3.11' or '3.11.7', got '{python}'",
+                        source=name, field="python")
+    env = PythonEnv(python, RequirementsParser(codeset), RequirementsParser(codeset))
+    for key, parser in (("build_dependencies", env.build), ("dependencies", env.runtime)):
+        lines = require_str_list(data.get(key) or [], source=name, field=key)
+        parser.parse_lines(yaml_lines(lines, key), path.parent, source=name)
+    return env

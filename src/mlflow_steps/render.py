@@ -1,0 +1,158 @@
+"""Render the build context (Dockerfile, normalised env files, tooling) from an EnvSpec."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from mlflow_steps import __version__
+from mlflow_steps.envspec import EnvSpec
+from mlflow_steps.errors import StepError
+from mlflow_steps.hashing import PACKAGE_DIR, env_tag
+
+BUILD_DIR = "/opt/mlflow-steps-build"
+ENV_PREFIX = "/opt/env"
+TOOLING_PREFIX = "/opt/mlflow-steps"
+WORKDIR = "/project"
+RUNTIME_UID = 1000
+TOOLING_REQUIREMENTS = (
+    "click>=8.1",
+    "jinja2>=3.1",
+    "packaging>=23",
+    "pyyaml>=6",
+    "requests>=2.31",
+    "mlflow-skinny>=2.10,<4",
+)
+TEMPLATES = {"pip": "pip.Dockerfile.j2", "conda": "conda.Dockerfile.j2",
+             "conda-lock": "conda-lock.Dockerfile.j2"}
+
+
+@dataclass(frozen=True)
+class PipSecretMounts:
+    """BuildKit-style secret mounts that give RUN steps a pip config without baking it in."""
+
+    ids_to_targets: tuple[tuple[str, str], ...] = ()
+
+    def prefix(self) -> str:
+        """The `--mount=type=secret,...` words to put before pip-using RUN commands."""
+        return "".join(f"--mount=type=secret,id={i},target={t} " for i, t in self.ids_to_targets)
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(PACKAGE_DIR / "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def _requirements_text(spec: EnvSpec) -> str:
+    pip = spec.pip
+    lines = []
+    if pip.get("index_url"):
+        lines.append(f"--index-url {pip['index_url']}")
+    lines += [f"--extra-index-url {u}" for u in pip.get("extra_index_urls", [])]
+    lines += [f"--find-links {u}" for u in pip.get("find_links", [])]
+    lines += [opt.replace("=", " ", 1) for opt in pip.get("options", [])]
+    if pip.get("constraints"):
+        lines.append(f"-c {BUILD_DIR}/env/constraints.txt")
+    lines += pip.get("requirements", [])
+    lines += [f"{BUILD_DIR}/env/wheels/{name}" for name, _ in pip.get("local_artifacts", [])]
+    lines += list(spec.added_requirements)
+    return "\n".join(lines) + "\n"
+
+
+def _env_files(spec: EnvSpec) -> dict[str, str]:
+    files = {"requirements.txt": _requirements_text(spec)}
+    if spec.pip.get("constraints"):
+        files["constraints.txt"] = "\n".join(spec.pip["constraints"]) + "\n"
+    if spec.build_requirements:
+        files["build-requirements.txt"] = "\n".join(sorted(spec.build_requirements)) + "\n"
+    if spec.strategy == "conda":
+        environment = {"channels": list(spec.conda_channels),
+                       "dependencies": sorted(spec.conda_dependencies)}
+        if "pip" not in {d.split(" ")[0] for d in spec.conda_dependencies}:
+            environment["dependencies"].append("pip")
+        files["environment.yml"] = yaml.safe_dump(environment, sort_keys=False)
+    if spec.strategy == "conda-lock":
+        urls = [f"{p['url']}#{p['md5']}" if p.get("md5") else p["url"] for p in spec.locked_conda]
+        files["conda-explicit.txt"] = "@EXPLICIT\n" + "\n".join(urls) + "\n"
+        if spec.locked_pip:
+            files["requirements.lock.txt"] = "".join(
+                f"{p['name']} @ {p['url']}"
+                + (f" --hash=sha256:{p['sha256']}" if p.get("sha256") else "") + "\n"
+                for p in spec.locked_pip
+            )
+    return files
+
+
+def _tooling_pyproject() -> str:
+    deps = ",\n".join(f'    "{req}"' for req in TOOLING_REQUIREMENTS)
+    return (
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        f'[project]\nname = "mlflow-steps"\nversion = "{__version__}"\n'
+        f'requires-python = ">=3.10"\ndependencies = [\n{deps},\n]\n\n'
+        '[project.scripts]\nmlflow-steps = "mlflow_steps.cli:main"\n\n'
+        '[tool.setuptools.package-data]\nmlflow_steps = ["templates/*.j2"]\n'
+    )
+
+
+def render_dockerfile(spec: EnvSpec, mounts: PipSecretMounts = PipSecretMounts()) -> str:
+    """The Dockerfile text for ``spec``."""
+    template = _environment().get_template(TEMPLATES[spec.strategy])
+    return template.render(
+        tooling_version=__version__,
+        tag=env_tag(spec),
+        strategy=spec.strategy,
+        source=spec.source,
+        base_image=spec.base_image,
+        build_dir=BUILD_DIR,
+        env_prefix=ENV_PREFIX,
+        tooling_prefix=TOOLING_PREFIX,
+        tooling_python="python3",
+        workdir=WORKDIR,
+        uid=RUNTIME_UID,
+        pip_mounts=mounts.prefix(),
+        has_build_requirements=bool(spec.build_requirements),
+        has_locked_pip=bool(spec.locked_pip),
+    )
+
+
+def _copy_tooling(target: Path) -> None:
+    shutil.copytree(PACKAGE_DIR, target / "src" / "mlflow_steps",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (target / "pyproject.toml").write_text(_tooling_pyproject())
+
+
+def write_context(spec: EnvSpec, out_dir: Path,
+                  mounts: PipSecretMounts = PipSecretMounts()) -> Path:
+    """Write Dockerfile, env/ and tooling/ into ``out_dir`` (new or empty), atomically."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise StepError("output directory exists and is not empty", source=str(out_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".render-", dir=out_dir.parent))
+    try:
+        (staging / "Dockerfile").write_text(render_dockerfile(spec, mounts))
+        env_dir = staging / "env"
+        env_dir.mkdir()
+        for name, text in _env_files(spec).items():
+            (env_dir / name).write_text(text)
+        if spec.local_files:
+            (env_dir / "wheels").mkdir()
+            for name, path in spec.local_files.items():
+                shutil.copyfile(path, env_dir / "wheels" / name)
+        _copy_tooling(staging / "tooling")
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
