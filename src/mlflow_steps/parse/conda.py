@@ -103,6 +103,11 @@ def parse_conda_lock(codeset: Path, path: Path) -> LockedEnv:
     try:
         lockfile = parse_conda_lock_file(path)
     except Exception as exc:  # pydantic ValidationError and version errors
+        errors = exc.errors() if hasattr(exc, "errors") else []
+        if errors:
+            where = ".".join(str(part) for part in errors[0]["loc"])
+            raise StepError(f"not a valid conda-lock lockfile: {errors[0]['msg']}",
+                            source=name, field=where) from None
         first = str(exc).splitlines()[0]
         raise StepError(f"not a valid conda-lock lockfile ({first})", source=name) from None
     env = LockedEnv()

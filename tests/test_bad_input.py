@@ -1,0 +1,59 @@
+"""Every bad codeset ends with one line naming file and field, exit 2, no output."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from bad_input_corpus import BAD_CODESETS, MAIN
+from helpers import run_cli, write_codeset
+
+from mlflow_steps.envspec import BuildOptions, resolve_env
+from mlflow_steps.errors import StepError
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CODESETS))
+def test_bad_codeset_is_one_clear_line(tmp_path: Path, case: str) -> None:
+    files, words = BAD_CODESETS[case]
+    codeset = write_codeset(tmp_path / "cs", files)
+    with pytest.raises(StepError) as caught:
+        resolve_env(codeset, BuildOptions())
+    message = str(caught.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, f"{case}: {word!r} not in {message!r}"
+
+
+@pytest.mark.parametrize("case", ["missing MLproject", "binary garbage requirements",
+                                  "include escapes the codeset", "both env fields"])
+def test_cli_exit_code_and_no_partial_output(tmp_path: Path, case: str) -> None:
+    files, words = BAD_CODESETS[case]
+    codeset = write_codeset(tmp_path / "cs", files)
+    out = tmp_path / "context"
+    for args in (["hash", str(codeset)], ["render", str(codeset), "-o", str(out)]):
+        result = run_cli(*args)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mlflow-steps: error: ")
+        assert "Traceback" not in result.stderr and words[0] in lines[0]
+    assert not out.exists()
+    assert not list(tmp_path.glob(".render-*"))
+
+
+def test_fifty_megabyte_requirements_is_refused_quickly(tmp_path: Path) -> None:
+    codeset = write_codeset(tmp_path / "cs", {"MLproject": MAIN})
+    with (codeset / "requirements.txt").open("w") as handle:
+        line = "numpy==1.26.4\n"
+        handle.write(line * (50 * 1024 * 1024 // len(line)))
+    started = time.perf_counter()
+    with pytest.raises(StepError, match=r"requirements.txt: file is 5\d\.\d MB, over"):
+        resolve_env(codeset, BuildOptions())
+    # Bounded: the size check happens before reading (generous bound for noisy machines).
+    assert time.perf_counter() - started < 10
+
+
+def test_unknown_strategy_names_the_input(tmp_path: Path) -> None:
+    result = run_cli("hash", str(tmp_path), "--env-strategy", "docker")
+    assert result.returncode == 2 and "env-strategy" in result.stderr

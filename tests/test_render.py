@@ -1,0 +1,124 @@
+"""Dockerfile and build-context rendering."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from helpers import EXAMPLE, REPO, run_cli
+
+from mlflow_steps.envspec import BuildOptions, resolve_env
+from mlflow_steps.errors import StepError
+from mlflow_steps.hashing import env_tag
+from mlflow_steps.render import PipSecretMounts, render_dockerfile, write_context
+
+LOCK = (REPO / "tests/data/conda-lock.yml").read_text()
+
+
+def instructions(dockerfile: str) -> list[str]:
+    """Instruction keywords in order (continuations folded)."""
+    return [line.split()[0] for line in dockerfile.splitlines()
+            if line and not line.startswith((" ", "#"))]
+
+
+def spec_for(codeset, files, **options):
+    return resolve_env(codeset(files), BuildOptions(**options))[1]
+
+
+@pytest.mark.parametrize("files", [
+    {"requirements.txt": "numpy\n"},
+    {"conda.yaml": "dependencies: [python=3.11, numpy]\n"},
+    {"conda-lock.yml": LOCK},
+])
+def test_layout_is_cache_friendly_and_non_root(codeset, files) -> None:
+    spec = spec_for(codeset, files)
+    dockerfile = render_dockerfile(spec)
+    keywords = instructions(dockerfile)
+    assert keywords[0] == "FROM" and dockerfile.splitlines()[1] == f"FROM {spec.base_image}"
+    env_copy = dockerfile.index("COPY env/")
+    assert env_copy < dockerfile.index("RUN") < dockerfile.index("COPY tooling/")
+    assert keywords[-3:] == ["USER", "WORKDIR", "CMD"]
+    assert "USER 1000" in dockerfile and "WORKDIR /project" in dockerfile
+    assert dockerfile.rstrip().endswith(
+        'CMD ["/opt/mlflow-steps/bin/mlflow-steps", "run", "/project"]')
+    assert "--no-cache-dir" in dockerfile and "rm -rf /root/.cache" in dockerfile
+    assert env_tag(spec) in dockerfile
+    if spec.strategy != "pip":
+        assert "conda clean --all --yes" in dockerfile
+
+
+def test_context_files(codeset, tmp_path: Path) -> None:
+    wheel = "./w/x-1.0-py3-none-any.whl"
+    spec = spec_for(codeset, {"requirements.txt": f"-c pins.txt\nnumpy\n{wheel}\n",
+                              "pins.txt": "numpy==1.26.4\n", "w/x-1.0-py3-none-any.whl": b"PK"})
+    out = write_context(spec, tmp_path / "ctx")
+    requirements = (out / "env/requirements.txt").read_text().splitlines()
+    assert requirements == ["-c /opt/mlflow-steps-build/env/constraints.txt", "numpy",
+                            "/opt/mlflow-steps-build/env/wheels/x-1.0-py3-none-any.whl",
+                            "mlflow-skinny<4", "boto3"]
+    assert (out / "env/constraints.txt").read_text() == "numpy==1.26.4\n"
+    assert (out / "env/wheels/x-1.0-py3-none-any.whl").read_bytes() == b"PK"
+    tooling = out / "tooling"
+    assert (tooling / "src/mlflow_steps/cli.py").is_file()
+    assert (tooling / "src/mlflow_steps/templates/pip.Dockerfile.j2").is_file()
+    assert 'mlflow-steps = "mlflow_steps.cli:main"' in (tooling / "pyproject.toml").read_text()
+
+
+def test_conda_and_lock_env_files(codeset, tmp_path: Path) -> None:
+    conda = spec_for(codeset, {"conda.yaml": "channels: [conda-forge]\n"
+                                             "dependencies: [python=3.11, numpy]\n"})
+    out = write_context(conda, tmp_path / "conda-ctx")
+    assert (out / "env/environment.yml").read_text() == (
+        "channels:\n- conda-forge\ndependencies:\n- numpy\n- python 3.11.*\n- pip\n")
+    lock = resolve_env(codeset({"conda-lock.yml": LOCK}, "lock"), BuildOptions())[1]
+    out = write_context(lock, tmp_path / "lock-ctx")
+    explicit = (out / "env/conda-explicit.txt").read_text().splitlines()
+    assert explicit[0] == "@EXPLICIT" and len(explicit) == 3
+    assert all(re.search(r"\.conda#[0-9a-f]{32}$", line) for line in explicit[1:])
+    assert "--hash=sha256:8abb2f1d" in (out / "env/requirements.lock.txt").read_text()
+    assert "--require-hashes" in (out / "Dockerfile").read_text()
+
+
+def test_secret_mounts_prefix_pip_runs(codeset) -> None:
+    spec = spec_for(codeset, {"requirements.txt": "numpy\n"})
+    mounts = PipSecretMounts((("pip-config", "/etc/pip.conf"),))
+    dockerfile = render_dockerfile(spec, mounts)
+    runs = [line for line in dockerfile.splitlines() if "-m venv" in line]
+    assert len(runs) == 2
+    assert all(line.startswith("RUN --mount=type=secret,id=pip-config,target=/etc/pip.conf ")
+               for line in runs)
+
+
+def test_output_dir_must_be_new_or_empty(tmp_path: Path) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    _, spec = resolve_env(EXAMPLE, BuildOptions())
+    with pytest.raises(StepError, match="not empty"):
+        write_context(spec, tmp_path / "busy")
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+    (tmp_path / "empty").mkdir()
+    assert (write_context(spec, tmp_path / "empty") / "Dockerfile").is_file()
+
+
+def test_render_cli(tmp_path: Path) -> None:
+    result = run_cli("render", str(EXAMPLE), "-o", str(tmp_path / "ctx"))
+    assert result.returncode == 0, result.stderr
+    tag = run_cli("hash", str(EXAMPLE)).stdout.strip()
+    assert f"tag {tag}" in result.stdout
+    assert f"io.mlflow-steps.env-tag=\"{tag}\"" in (tmp_path / "ctx/Dockerfile").read_text()
+
+
+def test_inputs_come_from_fuseml_env_vars_and_empty_means_unset() -> None:
+    import os
+
+    env = dict(os.environ)
+    default = run_cli("hash", str(EXAMPLE), env=env).stdout
+    env["FUSEML_BASE_IMAGE"] = ""
+    assert run_cli("hash", str(EXAMPLE), env=env).stdout == default
+    env["FUSEML_BASE_IMAGE"] = "localhost:5000/library/python:3.11-slim"
+    explained = run_cli("hash", str(EXAMPLE), "--explain", env=env).stdout
+    assert '"base_image": "localhost:5000/library/python:3.11-slim"' in explained
+    assert explained.splitlines()[-1] != default.strip()
+    flag = run_cli("hash", str(EXAMPLE), "--base-image", "localhost:5000/library/python:3.11-slim")
+    assert flag.stdout.strip() == explained.splitlines()[-1]
