@@ -11,7 +11,7 @@ from helpers import EXAMPLE, REPO, run_cli
 from mlflow_steps.envspec import BuildOptions, resolve_env
 from mlflow_steps.errors import StepError
 from mlflow_steps.hashing import env_tag
-from mlflow_steps.render import PipSecretMounts, render_dockerfile, write_context
+from mlflow_steps.render import PipConfigDelivery, render_dockerfile, write_context
 
 LOCK = (REPO / "tests/data/conda-lock.yml").read_text()
 
@@ -82,11 +82,16 @@ def test_conda_and_lock_env_files(codeset, tmp_path: Path) -> None:
 
 def test_secret_mounts_prefix_pip_runs(codeset) -> None:
     spec = spec_for(codeset, {"requirements.txt": "numpy\n"})
-    mounts = PipSecretMounts((("pip-config", "/etc/pip.conf"),))
+    mounts = PipConfigDelivery(mounts=(("pip-config", "/etc/pip.conf"),))
     dockerfile = render_dockerfile(spec, mounts)
     runs = [line for line in dockerfile.splitlines() if "-m venv" in line]
     assert len(runs) == 2
     assert all(line.startswith("RUN --mount=type=secret,id=pip-config,target=/etc/pip.conf ")
+               for line in runs)
+    kaniko = render_dockerfile(spec, PipConfigDelivery(config_file="/kaniko/x/pip.conf"))
+    runs = [line for line in kaniko.splitlines() if "-m venv" in line]
+    assert len(runs) == 2
+    assert all(line.startswith("RUN export PIP_CONFIG_FILE=/kaniko/x/pip.conf && python3 -m")
                for line in runs)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,10 +11,13 @@ from typing import Any
 import click
 
 from mlflow_steps import __version__
+from mlflow_steps.backends import BUILDER_CHOICES
+from mlflow_steps.builder import DEFAULT_REPOSITORY, BuilderInputs, run_builder
 from mlflow_steps.envspec import DEFAULT_MINICONDA_VERSION, STRATEGIES, BuildOptions, resolve_env
 from mlflow_steps.errors import StepError
 from mlflow_steps.hashing import env_tag, template_version
 from mlflow_steps.render import write_context
+from mlflow_steps.stepio import result_path, write_outputs
 
 
 def _empty_is_default(default: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -25,8 +29,11 @@ def _empty_is_default(default: Any) -> Callable[[click.Context, click.Parameter,
 
 def step_input(name: str, default: Any = None, **kwargs: Any) -> Callable[[Any], Any]:
     """A step input: flag ``--name-with-dashes`` and env var ``FUSEML_NAME`` (empty = unset)."""
+    flag = f"--{name.replace('_', '-')}"
+    if kwargs.get("type") is bool:
+        flag = f"{flag}/--no-{name.replace('_', '-')}"
     return click.option(
-        f"--{name.replace('_', '-')}",
+        flag,
         name,
         envvar=f"FUSEML_{name.upper()}",
         default=default,
@@ -89,6 +96,48 @@ def render_command(codeset: Path, output_dir: Path, **inputs: Any) -> None:
     _, spec = resolve_env(codeset, _options(**inputs))
     write_context(spec, output_dir)
     click.echo(f"{output_dir}/Dockerfile ({spec.strategy}, tag {env_tag(spec)})")
+
+
+@cli.command("build")
+@codeset_argument
+@build_inputs
+@step_input("registry", help="Registry to push to [default: registry.fuseml-registry].")
+@step_input("pull_registry", help="Registry consumers pull from (empty: same as registry).")
+@step_input("repository", DEFAULT_REPOSITORY, help="Repository inside the registry.")
+@step_input("builder", "auto", type=click.Choice(BUILDER_CHOICES),
+            help="Build engine; auto: kaniko, then docker, then buildah.")
+@step_input("force", False, type=bool, help="Rebuild even if the tag exists.")
+@step_input("verbose", False, type=bool, help="Log the hashed spec and build details.")
+@step_input("compressed_caching", False, type=bool, help="Kaniko --compressed-caching.")
+@step_input("cache_repo", help="Kaniko layer cache repository (enables --cache).")
+@step_input("insecure_registries", "", help="Comma-separated registries reached over HTTP.")
+@step_input("registry_ca", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="CA bundle for a TLS registry with a private CA.")
+@step_input("forward_pip_config", True, type=bool,
+            help="Forward this machine's pip index/CA config into the build (as a secret).")
+@click.option("--output-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the pull reference here (default: /tekton/results/$TASK_RESULT).")
+@click.option("--digest-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the image digest here (default: results/$TASK_RESULT_DIGEST).")
+def build_command(codeset: Path, output_file: Path | None, digest_file: Path | None,
+                  env_strategy: str, base_image: str | None, miniconda_version: str,
+                  insecure_registries: str, **inputs: Any) -> None:
+    """Build and push CODESET's environment image unless the registry already has it."""
+    environ = dict(os.environ)
+    outcome = run_builder(codeset, BuilderInputs(
+        options=_options(env_strategy, base_image, miniconda_version),
+        insecure_registries=tuple(h.strip() for h in insecure_registries.split(",") if h.strip()),
+        **inputs,
+    ), environ)
+    outputs = {}
+    for path in (output_file, result_path(environ, "TASK_RESULT")):
+        if path:
+            outputs[path] = outcome.pull_reference
+    for path in (digest_file, result_path(environ, "TASK_RESULT_DIGEST")):
+        if path:
+            outputs[path] = outcome.digest
+    write_outputs(outputs)
+    click.echo(outcome.pull_reference)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,14 +34,22 @@ TEMPLATES = {"pip": "pip.Dockerfile.j2", "conda": "conda.Dockerfile.j2",
 
 
 @dataclass(frozen=True)
-class PipSecretMounts:
-    """BuildKit-style secret mounts that give RUN steps a pip config without baking it in."""
+class PipConfigDelivery:
+    """How pip-using RUN steps see the build-time pip config without it entering a layer.
 
-    ids_to_targets: tuple[tuple[str, str], ...] = ()
+    BuildKit and Buildah mount secrets (``mounts``: id → target); Kaniko reads files
+    from its own never-snapshotted directory (``config_file``).
+    """
+
+    mounts: tuple[tuple[str, str], ...] = ()
+    config_file: str | None = None
 
     def prefix(self) -> str:
-        """The `--mount=type=secret,...` words to put before pip-using RUN commands."""
-        return "".join(f"--mount=type=secret,id={i},target={t} " for i, t in self.ids_to_targets)
+        """Words to put right after RUN in pip-using steps."""
+        words = "".join(f"--mount=type=secret,id={i},target={t} " for i, t in self.mounts)
+        if self.config_file:
+            words += f"export PIP_CONFIG_FILE={self.config_file} && "
+        return words
 
 
 def _environment() -> jinja2.Environment:
@@ -104,7 +112,7 @@ def _tooling_pyproject() -> str:
     )
 
 
-def render_dockerfile(spec: EnvSpec, mounts: PipSecretMounts = PipSecretMounts()) -> str:
+def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDelivery()) -> str:
     """The Dockerfile text for ``spec``."""
     template = _environment().get_template(TEMPLATES[spec.strategy])
     return template.render(
@@ -119,7 +127,7 @@ def render_dockerfile(spec: EnvSpec, mounts: PipSecretMounts = PipSecretMounts()
         tooling_python="python3",
         workdir=WORKDIR,
         uid=RUNTIME_UID,
-        pip_mounts=mounts.prefix(),
+        pip_prefix=delivery.prefix(),
         has_build_requirements=bool(spec.build_requirements),
         has_locked_pip=bool(spec.locked_pip),
     )
@@ -132,14 +140,14 @@ def _copy_tooling(target: Path) -> None:
 
 
 def write_context(spec: EnvSpec, out_dir: Path,
-                  mounts: PipSecretMounts = PipSecretMounts()) -> Path:
+                  delivery: PipConfigDelivery = PipConfigDelivery()) -> Path:
     """Write Dockerfile, env/ and tooling/ into ``out_dir`` (new or empty), atomically."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise StepError("output directory exists and is not empty", source=str(out_dir))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".render-", dir=out_dir.parent))
     try:
-        (staging / "Dockerfile").write_text(render_dockerfile(spec, mounts))
+        (staging / "Dockerfile").write_text(render_dockerfile(spec, delivery))
         env_dir = staging / "env"
         env_dir.mkdir()
         for name, text in _env_files(spec).items():

@@ -1,0 +1,211 @@
+"""Local real infrastructure for the demo, tests and benches.
+
+A Docker engine on its own socket, OCI registries (plain, or TLS + htpasswd) on free
+loopback ports, and a debootstrapped Debian/Python base image cached under ~/.cache.
+Everything started here is stopped by ``close()``; nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+CACHE = Path(os.environ.get("MLFLOW_STEPS_CACHE", Path.home() / ".cache" / "mlflow-steps"))
+ROOTFS = CACHE / "rootfs-bookworm"
+ROOTFS_TAR = CACHE / "rootfs-bookworm.tar"
+BASE_PACKAGES = "python3,python3-venv,python3-pip,ca-certificates,passwd"
+BASE_PYTHON = "3.11"
+BASE_NAME = f"library/python:{BASE_PYTHON}-slim"
+SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    """Poll ``check()`` until it is truthy, or raise with ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class Service:
+    """A process we started, with its log."""
+
+    process: subprocess.Popen
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Service:
+    """Start ``argv`` in its own process group, output to ``log``."""
+    handle = log.open("wb")
+    process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
+    return Service(process, log)
+
+
+@dataclass
+class DockerEngine:
+    """dockerd on a private socket with vfs storage."""
+
+    root: Path
+    service: Service | None = None
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.root}/docker.sock"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DOCKER_HOST": self.host}
+
+    def cli(self, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run([docker_cli(), *args], env=self.env(), check=check,
+                              capture_output=True, text=True, **kwargs)
+
+    def start(self) -> DockerEngine:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.service = start(
+            ["dockerd", "--storage-driver", "vfs", "--data-root", str(self.root / "data"),
+             "--exec-root", str(self.root / "exec"), "-p", str(self.root / "docker.pid"),
+             "-H", self.host],
+            self.root / "dockerd.log",
+        )
+        wait_until(lambda: self.cli("version", check=False).returncode == 0, 60, "dockerd")
+        return self
+
+    def stop(self) -> None:
+        if self.service:
+            self.service.stop()
+
+
+def docker_cli() -> str:
+    """A docker client whose `build` supports BuildKit secrets (Debian's 20.10 has it built in)."""
+    return os.environ.get("MLFLOW_STEPS_DOCKER_CLI") or (
+        "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker")
+
+
+@dataclass
+class Registry:
+    """A docker-registry (CNCF distribution) on a free loopback port."""
+
+    root: Path
+    tls: bool = False
+    users: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    service: Service | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.address}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "ca.crt"
+
+    def start(self) -> Registry:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        http: dict[str, object] = {"addr": self.address, "secret": os.urandom(8).hex()}
+        config: dict[str, object] = {
+            "version": 0.1,
+            "log": {"level": "info"},
+            "storage": {"filesystem": {"rootdirectory": str(self.root / "data")},
+                        "delete": {"enabled": True}},
+            "http": http,
+        }
+        if self.tls:
+            self._make_certificates()
+            http["tls"] = {"certificate": str(self.root / "server.crt"),
+                           "key": str(self.root / "server.key")}
+        if self.users:
+            htpasswd = self.root / "htpasswd"
+            htpasswd.write_text("")
+            for user, password in self.users.items():
+                subprocess.run(["htpasswd", "-bB", str(htpasswd), user, password], check=True,
+                               capture_output=True)
+            config["auth"] = {"htpasswd": {"realm": "mlflow-steps-test", "path": str(htpasswd)}}
+        import yaml
+
+        (self.root / "config.yml").write_text(yaml.safe_dump(config))
+        self.service = start(["docker-registry", "serve", str(self.root / "config.yml")],
+                             self.root / "registry.log")
+        verify = str(self.ca_file) if self.tls else True
+        wait_until(lambda: requests.get(f"{self.url}/v2/", timeout=2, verify=verify)
+                   .status_code in (200, 401), 30, f"registry on {self.address}")
+        return self
+
+    def _make_certificates(self) -> None:
+        key, crt = self.root / "ca.key", self.ca_file
+        run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=mlflow-steps test CA", "-keyout", str(key), "-out", str(crt))
+        run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", str(self.root / "server.key"), "-out", str(self.root / "server.csr"))
+        ext = self.root / "san.ext"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        run("openssl", "x509", "-req", "-in", str(self.root / "server.csr"), "-CA", str(crt),
+            "-CAkey", str(key), "-CAcreateserial", "-days", "2", "-extfile", str(ext),
+            "-out", str(self.root / "server.crt"))
+
+    def stop(self) -> None:
+        if self.service:
+            self.service.stop()
+
+
+def ensure_rootfs_tar() -> Path:
+    """A cached tarball of a minimal Debian bookworm with python3 + venv + pip."""
+    if ROOTFS_TAR.exists():
+        return ROOTFS_TAR
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        subprocess.run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}",
+                        "bookworm", str(rootfs)], check=True, capture_output=True)
+        for cache_dir in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            shutil.rmtree(rootfs / cache_dir, ignore_errors=True)
+        partial = ROOTFS_TAR.with_suffix(".partial")
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True)
+        partial.rename(ROOTFS_TAR)
+    return ROOTFS_TAR
+
+
+def push_base_image(engine: DockerEngine, registry: Registry) -> str:
+    """Import the cached rootfs as REGISTRY/library/python:3.11-slim and push it."""
+    reference = f"{registry.address}/{BASE_NAME}"
+    if engine.cli("image", "inspect", reference, check=False).returncode != 0:
+        engine.cli("import", "--change", "CMD [\"python3\"]",
+                   "--change", "ENV LANG=C.UTF-8", str(ensure_rootfs_tar()), reference)
+    engine.cli("push", reference)
+    return reference

@@ -1,0 +1,90 @@
+"""The build-engine interface and the live, prefixed log streaming they share."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow_steps.errors import StepError
+from mlflow_steps.registry import ImageRef, is_insecure
+from mlflow_steps.render import PipConfigDelivery
+
+PIP_CONFIG_SECRET = "pip-config"
+PIP_CA_SECRET = "pip-ca"
+SECRET_MOUNT_TARGETS = {
+    PIP_CONFIG_SECRET: "/etc/pip.conf",
+    PIP_CA_SECRET: "/run/secrets/pip-ca.pem",
+}
+TAIL_LINES = 12
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """One build-and-push: everything an engine needs, secrets as file paths only."""
+
+    context: Path
+    destination: ImageRef
+    base_image: ImageRef
+    docker_config: Path
+    secrets: dict[str, Path] = field(default_factory=dict)
+    insecure_registries: tuple[str, ...] = ()
+    registry_ca: Path | None = None
+    compressed_caching: bool = False
+    cache: bool = False
+    cache_repo: str | None = None
+    verbose: bool = False
+
+    def insecure(self, ref: ImageRef) -> bool:
+        return is_insecure(ref.registry, self.insecure_registries)
+
+
+class Backend(ABC):
+    """A container engine that builds a context and pushes the result."""
+
+    name = "abstract"
+
+    def __init__(self, environ: dict[str, str]) -> None:
+        self.environ = environ
+
+    @abstractmethod
+    def unavailable_reason(self) -> str | None:
+        """None when the engine can be used here, else why not."""
+
+    def delivery(self, with_ca: bool) -> PipConfigDelivery:
+        """How pip config reaches RUN steps (secret mounts unless overridden)."""
+        ids = [PIP_CONFIG_SECRET] + ([PIP_CA_SECRET] if with_ca else [])
+        return PipConfigDelivery(mounts=tuple((i, SECRET_MOUNT_TARGETS[i]) for i in ids))
+
+    def ca_target(self) -> str:
+        """Where the CA bundle appears inside RUN steps."""
+        return SECRET_MOUNT_TARGETS[PIP_CA_SECRET]
+
+    def secret_dir(self, workspace: Path) -> Path:
+        """Where the builder writes secret files for this engine."""
+        return workspace / "secrets"
+
+    @abstractmethod
+    def build_and_push(self, request: BuildRequest) -> None:
+        """Build ``request.context`` and push it to ``request.destination``."""
+
+    def run_streaming(self, argv: list[str], env: dict[str, str], what: str) -> None:
+        """Run argv, stream its output prefixed to stderr, fail with its last lines."""
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        try:
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       env=env, text=True, errors="replace")
+        except OSError as exc:
+            raise StepError(f"cannot start {argv[0]}: {exc.strerror}", source=self.name) from None
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            print(f"[{self.name}] {line}", file=sys.stderr, flush=True)
+        if process.wait() != 0:
+            last = " | ".join(x.strip() for x in tail if x.strip())
+            raise StepError(f"{what} failed (exit {process.returncode}): {last}",
+                            source=self.name)
