@@ -119,6 +119,7 @@ class Registry:
     root: Path
     tls: bool = False
     users: dict[str, str] = field(default_factory=dict)
+    token_auth: dict[str, str] | None = None
     port: int = 0
     service: Service | None = None
 
@@ -156,6 +157,8 @@ class Registry:
                 subprocess.run(["htpasswd", "-bB", str(htpasswd), user, password], check=True,
                                capture_output=True)
             config["auth"] = {"htpasswd": {"realm": "mlflow-steps-test", "path": str(htpasswd)}}
+        if self.token_auth:
+            config["auth"] = {"token": self.token_auth}
         import yaml
 
         (self.root / "config.yml").write_text(yaml.safe_dump(config))

@@ -30,3 +30,43 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         [sys.executable, "-m", "mlflow_steps", *args],
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )
+
+
+def push_tiny_image(base_url: str, repository: str, tag: str, *, auth=None, verify=True,
+                    headers: dict[str, str] | None = None) -> str:
+    """Upload a minimal OCI image (empty config, no layers) over the registry API."""
+    import hashlib
+    import json
+
+    import requests
+
+    config = b"{}"
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    kwargs = {"auth": auth, "verify": verify, "headers": dict(headers or {}), "timeout": 10}
+    response = requests.post(f"{base_url}/v2/{repository}/blobs/uploads/", **kwargs)
+    assert response.status_code == 202, response.text
+    location = response.headers["Location"]
+    location = location if location.startswith("http") else base_url + location
+    separator = "&" if "?" in location else "?"
+    response = requests.put(f"{location}{separator}digest={config_digest}", data=config, **{
+        **kwargs, "headers": {**kwargs["headers"], "Content-Type": "application/octet-stream"}})
+    assert response.status_code == 201, response.text
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": len(config)},
+        "layers": []}).encode()
+    response = requests.put(f"{base_url}/v2/{repository}/manifests/{tag}", data=manifest, **{
+        **kwargs, "headers": {**kwargs["headers"],
+                              "Content-Type": "application/vnd.oci.image.manifest.v1+json"}})
+    assert response.status_code == 201, response.text
+    return "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+
+def docker_config(directory: Path, auths: dict[str, dict[str, str]], **extra) -> Path:
+    """Write a Docker config.json and return its directory (the DOCKER_CONFIG value)."""
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps({"auths": auths, **extra}))
+    return directory

@@ -138,7 +138,8 @@ class RegistryClient:
                  verify: bool | str = True, environ: dict[str, str] | None = None,
                  retries: int = RETRIES, backoff: float = 0.5) -> None:
         self.host = host
-        self.scheme = "http" if is_insecure(host, insecure_registries) else "https"
+        self.scheme = "https"
+        self.allow_plain_http = is_insecure(host, insecure_registries)
         self.verify = verify
         self.environ = dict(os.environ if environ is None else environ)
         self.retries = retries
@@ -166,14 +167,20 @@ class RegistryClient:
         raise self._failure(response, f"{repository}:{tag}")
 
     def _request(self, method: str, url: str, *, scope: str) -> requests.Response:
+        """One logical request: TLS fallback and auth do not count as retries."""
         headers = {"Accept": ", ".join(MANIFEST_TYPES)}
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             if self._authorization:
                 headers["Authorization"] = self._authorization
             try:
                 response = self.session.request(method, url, headers=headers, timeout=TIMEOUT,
                                                 verify=self.verify, allow_redirects=True)
             except requests.exceptions.SSLError as exc:
+                if self.allow_plain_http and self.scheme == "https" and _speaks_plain_http(exc):
+                    self.scheme = "http"  # like Docker: insecure registries may lack TLS
+                    url = url.replace("https://", "http://", 1)
+                    continue
                 raise StepError(f"TLS failure ({_short(exc)}); give the registry CA or mark "
                                 "it insecure", source=f"registry {self.host}") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
@@ -181,6 +188,7 @@ class RegistryClient:
                     raise StepError(f"unreachable after {attempt + 1} attempts ({_short(exc)})",
                                     source=f"registry {self.host}") from None
                 time.sleep(self.backoff * 2**attempt)
+                attempt += 1
                 continue
             if response.status_code == 401 and "Authorization" not in headers:
                 self._authorization = self._authorize(response, scope)
@@ -188,9 +196,9 @@ class RegistryClient:
                     continue
             if response.status_code >= 500 and attempt < self.retries:
                 time.sleep(self.backoff * 2**attempt)
+                attempt += 1
                 continue
             return response
-        raise AssertionError("unreachable")
 
     def _authorize(self, response: requests.Response, scope: str) -> str | None:
         challenge = response.headers.get("WWW-Authenticate", "")
@@ -242,6 +250,11 @@ def _registry_message(response: requests.Response) -> str:
         return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)[:300]
     except ValueError:
         return (response.reason or "").strip()[:300]
+
+
+def _speaks_plain_http(exc: Exception) -> bool:
+    """True when a TLS handshake failed because the server answered in plain HTTP."""
+    return any(marker in str(exc) for marker in ("WRONG_VERSION_NUMBER", "record layer failure"))
 
 
 def _short(exc: Exception) -> str:
