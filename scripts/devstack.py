@@ -120,6 +120,7 @@ class Registry:
     tls: bool = False
     users: dict[str, str] = field(default_factory=dict)
     token_auth: dict[str, str] | None = None
+    readonly: bool = False
     port: int = 0
     service: Service | None = None
 
@@ -143,7 +144,8 @@ class Registry:
             "version": 0.1,
             "log": {"level": "info"},
             "storage": {"filesystem": {"rootdirectory": str(self.root / "data")},
-                        "delete": {"enabled": True}},
+                        "delete": {"enabled": True},
+                        "maintenance": {"readonly": {"enabled": self.readonly}}},
             "http": http,
         }
         if self.tls:

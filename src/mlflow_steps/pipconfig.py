@@ -86,10 +86,12 @@ class BuildPipConfig:
 def collect_pip_config(environ: dict[str, str], *, index_url: str | None = None,
                        extra_index_urls: tuple[str, ...] = (),
                        trusted_hosts: tuple[str, ...] = (),
-                       ca_bundle: str | None = None) -> BuildPipConfig:
+                       ca_bundle: str | None = None,
+                       config_files: list[Path] | None = None) -> BuildPipConfig:
     """Merge pip config files, PIP_* variables and explicit inputs (highest wins)."""
     values: dict[str, str] = {}
-    for path in pip_config_files(environ):
+    files = pip_config_files(environ) if config_files is None else config_files
+    for path in files:
         parser = configparser.ConfigParser(interpolation=None)
         try:
             parser.read(path)
