@@ -4,7 +4,8 @@ BIN := $(VENV)/bin
 EXAMPLE := examples/sklearn-logreg
 OUT := out
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench images push
+.PHONY: image-tracking-server
 
 setup:
 	./scripts/setup.sh
@@ -23,3 +24,16 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/hash_bench.py
+	$(BIN)/python bench/builder_bench.py
+	$(BIN)/python bench/server_bench.py
+
+images: setup
+	$(BIN)/python scripts/images.py
+
+push: setup
+	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host[:port]"; exit 2; }
+	$(BIN)/python scripts/images.py --push $(REGISTRY)
+
+# The tracking-server image (images/tracking-server/mlflow), built from the local base.
+image-tracking-server: setup
+	$(BIN)/python scripts/devservices.py tracking-server-image

@@ -78,10 +78,11 @@ class DockerEngine:
 
     root: Path
     service: Service | None = None
+    socket_path: Path | None = None
 
     @property
     def host(self) -> str:
-        return f"unix://{self.root}/docker.sock"
+        return f"unix://{self.socket_path or self.root / 'docker.sock'}"
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "DOCKER_HOST": self.host}
@@ -214,3 +215,38 @@ def push_base_image(engine: DockerEngine, registry: Registry) -> str:
                    "--change", "ENV LANG=C.UTF-8", str(ensure_rootfs_tar()), reference)
     engine.cli("push", reference)
     return reference
+
+
+STACK_DIR = CACHE / "stack"
+STACK_REGISTRY_PORT = 5055
+
+
+@contextlib.contextmanager
+def local_stack():
+    """Engine + registry for the demo and `make images`, data kept under ~/.cache.
+
+    Uses DOCKER_HOST when an engine answers there; otherwise starts dockerd on a private
+    socket. The registry listens on 127.0.0.1:5055 (or a free port) so image references,
+    and hence environment tags, stay stable across runs. Everything started is stopped.
+    """
+    started: list[DockerEngine | Registry] = []
+    try:
+        engine = DockerEngine(STACK_DIR / "docker")
+        host = os.environ.get("DOCKER_HOST", "")
+        if host.startswith("unix://") and subprocess.run(
+                [docker_cli(), "version"], capture_output=True, check=False).returncode == 0:
+            engine = DockerEngine(STACK_DIR, socket_path=Path(host.removeprefix("unix://")))
+        else:
+            started.append(engine.start())
+        port = STACK_REGISTRY_PORT if _port_free(STACK_REGISTRY_PORT) else 0
+        registry = Registry(STACK_DIR / "registry", port=port)
+        started.append(registry.start())
+        yield engine, registry
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0

@@ -68,6 +68,27 @@ def base_image(docker_engine, registry):
 
 
 @pytest.fixture(scope="session")
+def builder_image(docker_engine, registry, base_image):
+    """The builder step image (target `builder`), built from the local bases."""
+    from images import build
+
+    return build(docker_engine, registry, "builder", "test", target="builder")
+
+
+@pytest.fixture(scope="session")
+def trainer_image(docker_engine, registry, base_image) -> str:
+    """examples/sklearn-logreg built by the builder step (docker) and pushed: its reference."""
+    from helpers import EXAMPLE, run_cli
+
+    env = {**docker_engine.env(), "FUSEML_REGISTRY": registry.address,
+           "FUSEML_PULL_REGISTRY": registry.address, "FUSEML_BASE_IMAGE": base_image,
+           "FUSEML_BUILDER": "docker"}
+    result = run_cli("build", str(EXAMPLE), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="session")
 def buildah_env(stack_root):
     """Environment for buildah with private vfs storage."""
     import os
@@ -78,3 +99,50 @@ def buildah_env(stack_root):
     conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{storage}/graph"\n'
                     f'runroot = "{storage}/run"\n')
     return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "STORAGE_DRIVER": "vfs"}
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(stack_root):
+    """A plain `mlflow server` (sqlite store, proxied local artifacts): `.url`."""
+    from devservices import MlflowServer
+
+    server = MlflowServer(stack_root / "mlflow").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(stack_root):
+    """An S3-compatible endpoint (moto_server): `.endpoint_url`, `.client_env()`, buckets."""
+    from devservices import MotoS3
+
+    s3 = MotoS3(stack_root / "s3").start()
+    yield s3
+    s3.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL on a loopback port: `.url(db)`, `.create_database(name)`."""
+    import shutil
+    import tempfile
+
+    from devservices import Postgres
+
+    root = Path(tempfile.mkdtemp(prefix="mls-pg-", dir="/tmp"))
+    server = Postgres(root).start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def workflow_step_images(docker_engine, registry, base_image):
+    """Two tiny step images (plain, and labelled to get the engine socket): references."""
+    context = Path(__file__).parent / "data" / "workflows" / "step-image"
+    plain = f"{registry.address}/mls-test/step:plain"
+    socket = f"{registry.address}/mls-test/step:socket"
+    docker_engine.cli("build", "-t", plain, "--build-arg", f"BASE={base_image}", str(context))
+    docker_engine.cli("build", "-t", socket, "--build-arg", f"BASE={base_image}",
+                      "--label", "org.mlflow-steps.engine-socket=true", str(context))
+    return plain, socket

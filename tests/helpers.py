@@ -24,11 +24,12 @@ def write_codeset(root: Path, files: dict[str, str | bytes]) -> Path:
     return root
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """Run the real `mlflow-steps` console entry in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "mlflow_steps", *args],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        capture_output=True, text=True, env=env, timeout=timeout, check=False,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -17,6 +19,9 @@ from mlflow_steps.envspec import DEFAULT_MINICONDA_VERSION, STRATEGIES, BuildOpt
 from mlflow_steps.errors import StepError
 from mlflow_steps.hashing import env_tag, template_version
 from mlflow_steps.render import write_context
+from mlflow_steps.runtime.model import Registration, parse_tags
+from mlflow_steps.runtime.step import RuntimeInputs, run_runtime
+from mlflow_steps.runtime.tracking import mlflow_error_line
 from mlflow_steps.stepio import result_path, write_outputs
 
 
@@ -68,7 +73,31 @@ def _options(env_strategy: str, base_image: str | None, miniconda_version: str) 
                         miniconda_version=miniconda_version)
 
 
-@click.group()
+# Commands from subpackages that trainer images do not carry, loaded only when present.
+LAZY_COMMANDS = {"server": "mlflow_steps.server.cli:server",
+                 "workflow": "mlflow_steps.workflow.cli:workflow_group",
+                 "env": "mlflow_steps.workflow.cli:env_command"}
+
+
+class StepsGroup(click.Group):
+    """Built-in steps plus the LAZY_COMMANDS whose subpackage is installed."""
+
+    def _available(self) -> dict[str, str]:
+        return {name: target for name, target in LAZY_COMMANDS.items()
+                if importlib.util.find_spec(target.rsplit(".", 1)[0]) is not None}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self._available()])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self._available().get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = target.split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@click.group(cls=StepsGroup)
 @click.version_option(__version__, prog_name="mlflow-steps")
 def cli() -> None:
     """Build and run MLflow projects as FuseML-compatible workflow steps."""
@@ -140,6 +169,61 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
     click.echo(outcome.pull_reference)
 
 
+def _registration(name: str | None, alias: str | None, tags: str | None,
+                  description: str | None) -> Registration | None:
+    if not name:
+        for field, value in (("mlflow_model_alias", alias), ("mlflow_model_tags", tags),
+                             ("mlflow_model_description", description)):
+            if value:
+                raise StepError("needs mlflow_register_model (the registered model name)",
+                                field=field)
+        return None
+    return Registration(name, alias, parse_tags(tags), description)
+
+
+@cli.command("run")
+@codeset_argument
+@step_input("mlflow_experiment", help="Experiment name or id (default: <org>.<project>).")
+@step_input("mlflow_entrypoint", "main", help="MLproject entry point.")
+@step_input("mlflow_entrypoint_args", "", help="name=value arguments, space/comma separated.")
+@step_input("mlflow_artifact_path", "model", help="Name of the model the run logs.")
+@step_input("mlflow_register_model", help="Register the model under this name.")
+@step_input("mlflow_model_alias", help="Alias for the registered version.")
+@step_input("mlflow_model_tags", help="Tags for the registered version: k=v,k2=v2.")
+@step_input("mlflow_model_description", help="Description of the registered version.")
+@step_input("verbose", False, type=bool, help="Log the resolved run settings (no secrets).")
+@click.option("--output-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the model URL here (default: /tekton/results/$TASK_RESULT).")
+@click.option("--run-id-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the run id here (default: results/$TASK_RESULT_RUN_ID).")
+@click.option("--model-uri-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the models:/ URI here (default: results/$TASK_RESULT_MODEL_URI).")
+def run_command(codeset: Path, output_file: Path | None, run_id_file: Path | None,
+                model_uri_file: Path | None, mlflow_register_model: str | None,
+                mlflow_model_alias: str | None, mlflow_model_tags: str | None,
+                mlflow_model_description: str | None, **inputs: Any) -> None:
+    """Run CODESET's MLflow project here (the image is the environment); print the model URL."""
+    environ = dict(os.environ)
+    registration = _registration(mlflow_register_model, mlflow_model_alias, mlflow_model_tags,
+                                 mlflow_model_description)
+    outcome = run_runtime(codeset, RuntimeInputs(registration=registration, **inputs), environ)
+    models_uri = outcome.registered_uri or outcome.model.models_uri
+    outputs = {}
+    for paths, value in (
+        ((output_file, result_path(environ, "TASK_RESULT")), outcome.model.url),
+        ((run_id_file, result_path(environ, "TASK_RESULT_RUN_ID")), outcome.run_id),
+        ((model_uri_file, result_path(environ, "TASK_RESULT_MODEL_URI")), models_uri),
+    ):
+        outputs.update({path: value for path in paths if path})
+    write_outputs(outputs)
+    click.echo(f"mlflow-steps: run {outcome.run_id} logged {outcome.model.models_uri}"
+               + (f", registered as {outcome.registered_uri}" if outcome.registered_uri else ""),
+               err=True)
+    click.echo(outcome.model.url)
+
+
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: StepError becomes one line on stderr and exit code 2."""
     try:
@@ -155,4 +239,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except OSError as exc:
         click.echo(f"mlflow-steps: error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException):
+            raise
+        click.echo(f"mlflow-steps: error: mlflow: {mlflow_error_line(exc)}", err=True)
         sys.exit(2)

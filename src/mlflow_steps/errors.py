@@ -6,7 +6,10 @@ class StepError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None,
+                 exit_code: int | None = None):
+        if exit_code:
+            self.exit_code = exit_code
         self.source = source
         self.field = field
         self.detail = message

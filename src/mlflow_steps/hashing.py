@@ -13,12 +13,23 @@ TAG_LENGTH = 32
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+# Subpackages that trainer images do not carry (the tracking server, the workflow runner):
+# editing them must not change environment tags.
+NOT_IN_IMAGES = ("server", "workflow")
+
+
+def tooling_files() -> list[Path]:
+    """The package files baked into trainer images: tooling source and templates."""
+    sources = [path for path in sorted(PACKAGE_DIR.rglob("*.py"))
+               if path.relative_to(PACKAGE_DIR).parts[0] not in NOT_IN_IMAGES]
+    return sources + sorted((PACKAGE_DIR / "templates").glob("*.j2"))
+
+
 @cache
 def template_version() -> str:
     """Digest of the Dockerfile templates and the tooling source baked into images."""
     digest = hashlib.sha256()
-    files = sorted(PACKAGE_DIR.rglob("*.py")) + sorted((PACKAGE_DIR / "templates").glob("*.j2"))
-    for path in files:
+    for path in tooling_files():
         digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0")
         digest.update(path.read_bytes().replace(b"\r\n", b"\n") + b"\0")
     return digest.hexdigest()[:16]

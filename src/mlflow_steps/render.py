@@ -14,7 +14,7 @@ import yaml
 from mlflow_steps import __version__
 from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.errors import StepError
-from mlflow_steps.hashing import PACKAGE_DIR, env_tag
+from mlflow_steps.hashing import PACKAGE_DIR, env_tag, tooling_files
 
 BUILD_DIR = "/opt/mlflow-steps-build"
 ENV_PREFIX = "/opt/env"
@@ -61,7 +61,7 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def _requirements_text(spec: EnvSpec) -> str:
+def requirements_text(spec: EnvSpec) -> str:
     pip = spec.pip
     lines = []
     if pip.get("index_url"):
@@ -78,7 +78,7 @@ def _requirements_text(spec: EnvSpec) -> str:
 
 
 def _env_files(spec: EnvSpec) -> dict[str, str]:
-    files = {"requirements.txt": _requirements_text(spec)}
+    files = {"requirements.txt": requirements_text(spec)}
     if spec.pip.get("constraints"):
         files["constraints.txt"] = "\n".join(spec.pip["constraints"]) + "\n"
     if spec.build_requirements:
@@ -134,8 +134,11 @@ def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDeli
 
 
 def _copy_tooling(target: Path) -> None:
-    shutil.copytree(PACKAGE_DIR, target / "src" / "mlflow_steps",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    package = target / "src" / "mlflow_steps"
+    for path in tooling_files():
+        destination = package / path.relative_to(PACKAGE_DIR)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, destination)
     (target / "pyproject.toml").write_text(_tooling_pyproject())
 
 

@@ -1,0 +1,67 @@
+"""Runtime step vs plain `mlflow run --env-manager local`, same project, same server.
+
+Rounds alternate the two commands against one `mlflow server` on loopback, so machine
+noise hits both alike; the medians and their ratio are printed (target ≤ 1.10).
+Usage: python bench/runtime_bench.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from devservices import MlflowServer  # noqa: E402
+
+EXAMPLE = REPO / "examples" / "sklearn-logreg"
+VENV_BIN = Path(sys.executable).parent
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit(f"failed: {argv[0]} ...\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mls-bench-") as tmp:
+        root = Path(tmp)
+        codeset = Path(shutil.copytree(EXAMPLE, root / "codeset"))
+        server = MlflowServer(root / "server").start()
+        try:
+            env = {**os.environ, "MLFLOW_TRACKING_URI": server.url,
+                   "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+            step = [str(VENV_BIN / "mlflow-steps"), "run", str(codeset),
+                    "--mlflow-experiment", "bench", "--mlflow-entrypoint-args", "C=0.5"]
+            plain = [str(VENV_BIN / "mlflow"), "run", str(codeset), "--env-manager", "local",
+                     "--experiment-name", "bench", "-P", "C=0.5"]
+            timed(step, env, root)  # warm-up: creates the experiment, fills OS caches
+            step_times, plain_times = [], []
+            for _ in range(args.rounds):
+                step_times.append(timed(step, env, root))
+                plain_times.append(timed(plain, env, root))
+        finally:
+            server.stop()
+    step_median, plain_median = statistics.median(step_times), statistics.median(plain_times)
+    print(f"rounds                 {args.rounds}")
+    print(f"mlflow run (median)    {plain_median:6.2f} s")
+    print(f"mlflow-steps run       {step_median:6.2f} s")
+    print(f"overhead ratio         {step_median / plain_median:6.3f}   (target <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""FuseML workflows: load and validate, resolve extensions, run locally, export to Tekton."""

@@ -1,0 +1,87 @@
+"""The container engine a local run uses: Docker, through the Docker SDK for Python."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+from docker.types import Mount
+
+from mlflow_steps.errors import StepError
+
+ENGINE_SOCKET_LABEL = "org.mlflow-steps.engine-socket"
+SOCKET_IN_CONTAINER = "/var/run/docker.sock"
+DEFAULT_ENGINE = "unix:///var/run/docker.sock"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """One step container: image, env, bind mounts (host → container) and where it runs."""
+
+    name: str
+    image: str
+    env: dict[str, str]
+    mounts: tuple[tuple[Path, str], ...]
+    working_dir: str | None
+    network: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class DockerEngine:
+    """Pull, inspect and run containers; a run always ends with its container removed."""
+
+    def __init__(self, base_url: str | None) -> None:
+        self.base_url = base_url or DEFAULT_ENGINE
+        try:
+            self.client = docker.DockerClient(base_url=self.base_url)
+            self.client.ping()
+        except docker.errors.DockerException as exc:
+            raise StepError(f"cannot reach the Docker engine: {exc}",
+                            source=self.base_url) from None
+
+    def socket(self) -> Path | None:
+        """The engine's unix socket on this machine, if it is reached through one."""
+        if self.base_url.startswith("unix://"):
+            return Path(self.base_url.removeprefix("unix://"))
+        return None
+
+    def prepare(self, reference: str) -> dict[str, str]:
+        """Pull ``reference`` unless present; return its labels."""
+        try:
+            image = self.client.images.get(reference)
+        except docker.errors.ImageNotFound:
+            try:
+                image = self.client.images.pull(reference)
+            except docker.errors.APIError as exc:
+                raise StepError(f"cannot pull image: {exc.explanation or exc}",
+                                source=reference) from None
+        return dict(image.labels or {})
+
+    def run(self, spec: ContainerSpec, on_line: Callable[[str], None]) -> int:
+        """Run to completion, streaming output lines; return the exit code."""
+        mounts = [Mount(target, str(source), type="bind") for source, target in spec.mounts]
+        try:
+            container = self.client.containers.create(
+                spec.image, name=spec.name, environment=spec.env, mounts=mounts,
+                working_dir=spec.working_dir, network_mode=spec.network, labels=spec.labels)
+        except docker.errors.APIError as exc:
+            raise StepError(f"cannot create the container: {exc.explanation or exc}",
+                            source=spec.image) from None
+        try:
+            container.start()
+            pending = b""
+            for chunk in container.logs(stream=True, follow=True):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    on_line(line.decode("utf-8", "replace").rstrip("\r"))
+            if pending:
+                on_line(pending.decode("utf-8", "replace"))
+            return int(container.wait()["StatusCode"])
+        except docker.errors.APIError as exc:
+            raise StepError(f"container failed to run: {exc.explanation or exc}",
+                            source=spec.image) from None
+        finally:
+            container.remove(force=True)

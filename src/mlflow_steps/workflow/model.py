@@ -1,0 +1,97 @@
+"""A validated FuseML workflow: immutable, every string value pre-parsed into a Template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlflow_steps.workflow.expressions import Template
+from mlflow_steps.workflow.nodes import Where
+
+INPUT_TYPES = ("string", "codeset")
+DEFAULT_CODESET_PATH = "/project"
+SELECTOR_FIELDS = ("extension_id", "service_id", "zone", "product", "version",
+                   "service_category", "service_resource")
+
+
+@dataclass(frozen=True)
+class WorkflowInput:
+    name: str
+    type: str = "string"
+    description: str = ""
+    default: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowOutput:
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A step parameter input; the container gets it as ``FUSEML_<NAME>``."""
+
+    name: str
+    value: Template
+    where: Where
+
+
+@dataclass(frozen=True)
+class CodesetMount:
+    """The step's codeset input: which workflow input, mounted where (the working dir)."""
+
+    input: str
+    path: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    value: Template
+    where: Where
+
+
+@dataclass(frozen=True)
+class Selector:
+    """An extension requirement: a name for expressions plus record-matching fields."""
+
+    name: str
+    fields: tuple[tuple[str, str], ...]
+    where: Where
+
+    def describe(self) -> str:
+        criteria = ", ".join(f"{key}={value}" for key, value in self.fields) or "any"
+        return f"{self.name} ({criteria})"
+
+    def get(self, field: str) -> str:
+        return dict(self.fields).get(field, "")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    image: Template
+    params: tuple[Param, ...]
+    codeset: CodesetMount | None
+    outputs: tuple[str, ...]
+    env: tuple[EnvVar, ...]
+    extensions: tuple[Selector, ...]
+    where: Where
+
+
+@dataclass(frozen=True)
+class Workflow:
+    name: str
+    description: str
+    inputs: tuple[WorkflowInput, ...]
+    outputs: tuple[WorkflowOutput, ...]
+    steps: tuple[Step, ...]
+    source: str
+
+    def input(self, name: str) -> WorkflowInput:
+        return next(item for item in self.inputs if item.name == name)
+
+    def producer(self, output: str) -> Step:
+        """The step whose output gives workflow output ``output`` (the last one declaring it)."""
+        return [step for step in self.steps if output in step.outputs][-1]

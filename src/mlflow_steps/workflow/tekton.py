@@ -1,0 +1,290 @@
+"""Export a workflow to Tekton v1: a Pipeline, one Task per step, ConfigMaps/Secrets, a run.
+
+Mapping (as FuseML's own Tekton backend did, plus what it lacked):
+- string inputs → pipeline params; a codeset input → the ``codeset`` workspace plus params
+  ``<input>-name`` / ``<input>-project``, written to ``.fuseml/_project`` / ``_org`` by a
+  first task;
+- step inputs → task params exposed as ``FUSEML_<NAME>``; outputs → task results
+  (``TASK_RESULT`` names the last one); workflow outputs → pipeline results;
+- ``{{ inputs.X }}`` → ``$(params.X)``, ``{{ steps.S.outputs.O }}`` → ``$(tasks.S.results.O)``;
+- extensions → a ConfigMap (endpoint url, version, zone, configuration) and a Secret
+  (credential keys with placeholder values) per matched service, read through
+  ``valueFrom``; ``{{ extension.E.* }}`` → ``$(FUSEML_EXT_E_*)``, expanded by Kubernetes
+  from an env var defined earlier in the same container.
+Steps run in the listed order (``runAfter``), as in FuseML.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlflow_steps.errors import StepError
+from mlflow_steps.stepio import write_atomically
+from mlflow_steps.workflow.expressions import (
+    ExtensionRef,
+    InputRef,
+    Ref,
+    StepOutputRef,
+    Template,
+)
+from mlflow_steps.workflow.extensions import (
+    Access,
+    ExtensionRegistry,
+    Identity,
+    resolve_steps,
+)
+from mlflow_steps.workflow.model import Step, Workflow
+from mlflow_steps.workflow.plan import GLOBAL_ENV_PREFIX, RESULT_ENV, param_env_name
+
+API_VERSION = "tekton.dev/v1"
+WORKSPACE = "codeset"
+CODESET_TASK = "fuseml-codeset"
+SHELL_IMAGE_PARAM = "shell-image"
+DEFAULT_SHELL_IMAGE = "docker.io/library/busybox:1.36"
+PLACEHOLDER = "REPLACE-ME"
+PART_OF = "app.kubernetes.io/part-of"
+CODESET_SCRIPT = """#!/bin/sh
+set -eu
+mkdir -p "$(workspaces.codeset.path)/.fuseml"
+printf '%s' "$CODESET_PROJECT" > "$(workspaces.codeset.path)/.fuseml/_org"
+printf '%s' "$CODESET_NAME" > "$(workspaces.codeset.path)/.fuseml/_project"
+"""
+
+
+def k8s_name(*parts: str) -> str:
+    """A DNS-1123 label from ``parts`` (lower-cased, other characters → '-')."""
+    name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:63].rstrip("-")
+    if not name:
+        raise StepError(f"cannot make a Kubernetes name from {'-'.join(parts)!r}")
+    return name
+
+
+def ext_var(ref: ExtensionRef) -> str:
+    """The env var that carries one extension attribute inside the task's container."""
+    return re.sub(r"[^A-Z0-9_]", "_", f"FUSEML_EXT_{ref.selector}_{ref.key or ref.attribute}"
+                  .upper())
+
+
+@dataclass(frozen=True)
+class _Objects:
+    """Per matched service: its ConfigMap and (when it has credentials) Secret."""
+
+    config_map: str
+    secret: str | None
+    secret_keys: frozenset[str]
+
+    def ref(self, key: str) -> dict[str, Any]:
+        if self.secret and key in self.secret_keys:
+            return {"secretKeyRef": {"name": self.secret, "key": key}}
+        return {"configMapKeyRef": {"name": self.config_map, "key": key}}
+
+
+class TektonExport:
+    """Builds the Kubernetes documents of one workflow (pure; ``write`` puts them in files)."""
+
+    def __init__(self, workflow: Workflow, registry: ExtensionRegistry | None,
+                 identity: Identity) -> None:
+        self.workflow = workflow
+        self.name = k8s_name(workflow.name)
+        self.tasks = {step.name: k8s_name(step.name) for step in workflow.steps}
+        self.access = resolve_steps(workflow, registry, identity)
+        self.codeset = next((i.name for i in workflow.inputs if i.type == "codeset"), None)
+
+    def documents(self) -> dict[str, list[dict[str, Any]]]:
+        """File name → documents."""
+        files = {"pipeline.yaml": [self.pipeline()],
+                 **{f"task-{self.tasks[s.name]}.yaml": [self.task(s)]
+                    for s in self.workflow.steps},
+                 "pipelinerun.yaml": [self.pipeline_run()]}
+        extensions = self.extension_objects()
+        if extensions:
+            files["extensions.yaml"] = extensions
+        return files
+
+    def write(self, directory: Path) -> list[Path]:
+        if directory.exists() and any(directory.iterdir()):
+            raise StepError("output directory is not empty", source=str(directory))
+        written = []
+        for file, documents in self.documents().items():
+            path = directory / file
+            write_atomically(path, yaml.safe_dump_all(documents, sort_keys=False))
+            written.append(path)
+        return written
+
+    # -- expressions ---------------------------------------------------------------------
+
+    def _text(self, template: Template) -> str:
+        return template.render(self._pipeline_ref)
+
+    def _pipeline_ref(self, ref: Ref) -> str:
+        if isinstance(ref, InputRef):
+            if self.workflow.input(ref.input).type == "codeset":
+                return f"$(params.{ref.input}-{ref.attribute or 'name'})"
+            return f"$(params.{ref.input})"
+        if isinstance(ref, ExtensionRef):
+            return f"$({ext_var(ref)})"
+        return f"$(tasks.{self.tasks[ref.step]}.results.{ref.output})"
+
+    # -- objects -------------------------------------------------------------------------
+
+    def _meta(self, name: str) -> dict[str, Any]:
+        return {"name": name, "labels": {PART_OF: self.name}}
+
+    def _service_objects(self, access: Access) -> _Objects:
+        name = k8s_name(self.name, access.extension.id, access.service.id)
+        keys = frozenset(key for key, _ in access.credentials.configuration) \
+            if access.credentials else frozenset()
+        return _Objects(name, name if keys else None, keys)
+
+    def extension_objects(self) -> list[dict[str, Any]]:
+        documents: dict[str, dict[str, Any]] = {}
+        for access in self.access.values():
+            objects = self._service_objects(access)
+            env = access.env()
+            data = {"url": access.endpoint.url, "version": access.extension.version,
+                    "zone": access.extension.zone,
+                    **{k: v for k, v in env.items() if k not in objects.secret_keys}}
+            documents[f"ConfigMap/{objects.config_map}"] = {
+                "apiVersion": "v1", "kind": "ConfigMap", "metadata": self._meta(
+                    objects.config_map), "data": data}
+            if objects.secret:
+                documents[f"Secret/{objects.secret}"] = {
+                    "apiVersion": "v1", "kind": "Secret", "metadata": self._meta(objects.secret),
+                    "type": "Opaque",
+                    "stringData": dict.fromkeys(sorted(objects.secret_keys), PLACEHOLDER)}
+        return list(documents.values())
+
+    def pipeline(self) -> dict[str, Any]:
+        params: list[dict[str, Any]] = []
+        for item in self.workflow.inputs:
+            if item.type == "codeset":
+                params += [{"name": f"{item.name}-{attr}", "type": "string",
+                            "description": f"Codeset {item.name}: its {attr}"}
+                           for attr in ("name", "project")]
+                continue
+            param: dict[str, Any] = {"name": item.name, "type": "string",
+                                     "description": item.description}
+            if item.default is not None:
+                param["default"] = item.default
+            params.append(param)
+        tasks = [self._pipeline_task(step, index) for index, step in
+                 enumerate(self.workflow.steps)]
+        spec: dict[str, Any] = {"description": self.workflow.description, "params": params}
+        if self.codeset:
+            params.append({"name": SHELL_IMAGE_PARAM, "type": "string",
+                           "description": "A small image with /bin/sh",
+                           "default": DEFAULT_SHELL_IMAGE})
+            spec["workspaces"] = [{"name": WORKSPACE, "description":
+                                   "The codeset (an MLflow project checkout)"}]
+            tasks.insert(0, self._codeset_task())
+        spec["tasks"] = tasks
+        spec["results"] = [
+            {"name": output.name, "description": output.description,
+             "value": self._text(Template((StepOutputRef(
+                 self.workflow.producer(output.name).name, output.name),)))}
+            for output in self.workflow.outputs]
+        return {"apiVersion": API_VERSION, "kind": "Pipeline", "metadata": self._meta(self.name),
+                "spec": spec}
+
+    def _codeset_task(self) -> dict[str, Any]:
+        return {
+            "name": CODESET_TASK,
+            "params": [{"name": "name", "value": f"$(params.{self.codeset}-name)"},
+                       {"name": "project", "value": f"$(params.{self.codeset}-project)"},
+                       {"name": "image", "value": f"$(params.{SHELL_IMAGE_PARAM})"}],
+            "workspaces": [{"name": WORKSPACE, "workspace": WORKSPACE}],
+            "taskSpec": {
+                "params": [{"name": n, "type": "string"} for n in ("name", "project", "image")],
+                "workspaces": [{"name": WORKSPACE}],
+                "steps": [{"name": "write", "image": "$(params.image)",
+                           "env": [{"name": "CODESET_NAME", "value": "$(params.name)"},
+                                   {"name": "CODESET_PROJECT", "value": "$(params.project)"}],
+                           "script": CODESET_SCRIPT}],
+            },
+        }
+
+    def _task_params(self, step: Step) -> list[tuple[str, Template]]:
+        """(task param, template) for every value the pipeline hands the task."""
+        params = [(param.name, param.value) for param in step.params]
+        if step.image.literal is None:
+            params.append(("IMAGE", step.image))
+        params += [(f"env-{var.name}", var.value) for var in step.env
+                   if var.value.literal is None]
+        return params
+
+    def _pipeline_task(self, step: Step, index: int) -> dict[str, Any]:
+        previous = self.tasks[self.workflow.steps[index - 1].name] if index else (
+            CODESET_TASK if self.codeset else None)
+        task: dict[str, Any] = {"name": self.tasks[step.name],
+                                "taskRef": {"name": k8s_name(self.name, step.name)}}
+        if previous:
+            task["runAfter"] = [previous]
+        task["params"] = [{"name": name, "value": self._text(template)}
+                          for name, template in self._task_params(step)]
+        if step.codeset:
+            task["workspaces"] = [{"name": WORKSPACE, "workspace": WORKSPACE}]
+        return task
+
+    def task(self, step: Step) -> dict[str, Any]:
+        container: dict[str, Any] = {
+            "name": self.tasks[step.name],
+            "image": step.image.literal or "$(params.IMAGE)",
+            "env": [{"name": name, **value} for name, value in self._env(step).items()],
+        }
+        spec: dict[str, Any] = {
+            "params": [{"name": name, "type": "string"} for name, _ in self._task_params(step)],
+            "results": [{"name": output} for output in step.outputs],
+        }
+        if step.codeset:
+            container["workingDir"] = step.codeset.path
+            spec["workspaces"] = [{"name": WORKSPACE, "mountPath": step.codeset.path}]
+        spec["steps"] = [container]
+        return {"apiVersion": API_VERSION, "kind": "Task",
+                "metadata": self._meta(k8s_name(self.name, step.name)), "spec": spec}
+
+    def _env(self, step: Step) -> dict[str, dict[str, Any]]:
+        """Env in dependency order: extension values first, FuseML's own variables last."""
+        env: dict[str, dict[str, Any]] = {}
+        refs = [ref for template in (step.image, *(p.value for p in step.params),
+                                     *(v.value for v in step.env))
+                for ref in template.refs if isinstance(ref, ExtensionRef)]
+        for ref in refs:
+            objects = self._service_objects(self.access[step.name, ref.selector])
+            env[ext_var(ref)] = {"valueFrom": objects.ref(ref.key or ref.attribute)}
+        for selector in step.extensions:
+            access = self.access[step.name, selector.name]
+            objects = self._service_objects(access)
+            env.update({key: {"valueFrom": objects.ref(key)} for key in access.env()})
+        for var in step.env:
+            env[var.name] = {"value": var.value.literal if var.value.literal is not None
+                             else f"$(params.env-{var.name})"}
+        env.update({param_env_name(p.name): {"value": f"$(params.{p.name})"}
+                    for p in step.params})
+        if step.outputs:
+            env[RESULT_ENV] = {"value": step.outputs[-1]}
+        if step.codeset:
+            env["FUSEML_CODESET_PATH"] = {"value": step.codeset.path}
+        env[f"{GLOBAL_ENV_PREFIX}WORKFLOW_NAME"] = {"value": self.workflow.name}
+        env[f"{GLOBAL_ENV_PREFIX}WORKFLOW_NAMESPACE"] = {
+            "value": "$(context.taskRun.namespace)"}
+        return env
+
+    def pipeline_run(self) -> dict[str, Any]:
+        params = []
+        for item in self.workflow.inputs:
+            names = [f"{item.name}-name", f"{item.name}-project"] if item.type == "codeset" \
+                else [item.name]
+            params += [{"name": name, "value": PLACEHOLDER if item.type == "codeset"
+                        or item.default is None else item.default} for name in names]
+        spec: dict[str, Any] = {"pipelineRef": {"name": self.name}, "params": params}
+        if self.codeset:
+            spec["workspaces"] = [{"name": WORKSPACE, "persistentVolumeClaim": {
+                "claimName": k8s_name(self.name, "codeset")}}]
+        return {"apiVersion": API_VERSION, "kind": "PipelineRun",
+                "metadata": {"generateName": f"{self.name}-", "labels": {PART_OF: self.name}},
+                "spec": spec}
