@@ -72,7 +72,15 @@ def builder_image(docker_engine, registry, base_image):
     """The builder step image (target `builder`), built from the local bases."""
     from images import build
 
-    return build(docker_engine, registry, "builder", "test", target="builder")
+    return build(docker_engine, registry, "builder", "test")
+
+
+@pytest.fixture(scope="session")
+def serve_image(builder_image, docker_engine, registry):
+    """The serving step image (target `serve`; shares the builder's layers)."""
+    from images import build
+
+    return build(docker_engine, registry, "serve", "test")
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "sklearn-logreg"
+# Two iris rows the example's model classifies as [0, 2].
+IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 MINIMAL_MLPROJECT = "name: demo\nentry_points:\n  main:\n    command: python train.py\n"
 
 
@@ -71,3 +73,12 @@ def docker_config(directory: Path, auths: dict[str, dict[str, str]], **extra) ->
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps({"auths": auths, **extra}))
     return directory
+
+
+def predictions(url: str) -> list[int]:
+    """POST the iris rows to an MLflow scoring server's /invocations URL."""
+    import requests
+
+    answer = requests.post(url, json={"inputs": IRIS_ROWS}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["predictions"]

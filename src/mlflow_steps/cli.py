@@ -22,6 +22,7 @@ from mlflow_steps.render import write_context
 from mlflow_steps.runtime.model import Registration, parse_tags
 from mlflow_steps.runtime.step import RuntimeInputs, run_runtime
 from mlflow_steps.runtime.tracking import mlflow_error_line
+from mlflow_steps.serving import ServeInputs, serve_model
 from mlflow_steps.stepio import result_path, write_outputs
 
 
@@ -222,6 +223,25 @@ def run_command(codeset: Path, output_file: Path | None, run_id_file: Path | Non
     click.echo(outcome.model.url)
 
 
+
+
+@cli.command("serve")
+@step_input("model", help="Model URL to serve (e.g. the trainer's model-url output).")
+@step_input("runtime_image", help="Image with the model's environment (the builder's output).")
+@step_input("app_name", "model", help="Name of the server container (re-use replaces it).")
+@step_input("port", type=click.IntRange(1, 65535), help="Port to listen on [default: free].")
+@step_input("advertise_host", "127.0.0.1", help="Host name put in the prediction URL.")
+@click.option("--output-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the prediction URL here (default: results/$TASK_RESULT).")
+def serve_command(output_file: Path | None, model: str | None, runtime_image: str | None,
+                  **inputs: Any) -> None:
+    """Serve MODEL with `mlflow models serve` in RUNTIME_IMAGE; print the prediction URL."""
+    environ = dict(os.environ)
+    url = serve_model(ServeInputs(model=model or "", runtime_image=runtime_image or "",
+                                  **inputs), environ)
+    write_outputs({path: url for path in (output_file, result_path(environ, "TASK_RESULT"))
+                   if path})
+    click.echo(url)
 
 
 def main(argv: list[str] | None = None) -> None:
