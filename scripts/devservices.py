@@ -1,8 +1,7 @@
 """Real services for tests, benches and the demo: MLflow, PostgreSQL, an S3 look-alike.
 
 Each listens on a free 127.0.0.1 port, keeps its data and log under a directory it is
-given, and is stopped by ``stop()``. Process handling comes from ``devstack``. Also builds
-the tracking-server image (`python scripts/devservices.py tracking-server-image`).
+given, and is stopped by ``stop()``. Process handling comes from ``devstack``.
 """
 
 from __future__ import annotations
@@ -12,12 +11,11 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from devstack import Service, docker_cli, free_port, local_stack, push_base_image, start, wait_until
+from devstack import Service, free_port, start, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -66,19 +64,24 @@ class HttpServer:
 
 @dataclass
 class MlflowServer(HttpServer):
-    """Plain `mlflow server`: sqlite store in ``root``, proxied artifacts (local or S3)."""
+    """Plain `mlflow server`: sqlite store in ``root``; artifacts proxied (local or S3), or
+    written by the clients themselves under ``default_artifact_root`` when that is set."""
 
     artifacts_destination: str | None = None
+    default_artifact_root: str | None = None
 
     @property
     def backend_store_uri(self) -> str:
         return f"sqlite:///{self.root / 'mlflow.db'}"
 
     def argv(self) -> list[str]:
+        argv = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+                "--workers", "1", "--backend-store-uri", self.backend_store_uri]
+        if self.default_artifact_root:
+            return [*argv, "--no-serve-artifacts",
+                    "--default-artifact-root", self.default_artifact_root]
         destination = self.artifacts_destination or str(self.root / "artifacts")
-        return [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", "1", "--backend-store-uri", self.backend_store_uri,
-                "--serve-artifacts", "--artifacts-destination", destination]
+        return [*argv, "--serve-artifacts", "--artifacts-destination", destination]
 
 
 @dataclass
@@ -195,10 +198,12 @@ class Postgres:
                 shutil.chown(path, "postgres", "postgres")
         pwfile.chmod(0o600)
         if not data.exists():
-            subprocess.run(self._as_owner(
+            initdb = subprocess.run(self._as_owner(
                 [str(bindir / "initdb"), "-D", str(data), "-U", self.user, "--auth=scram-sha-256",
                  f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8"]),
-                check=True, capture_output=True)
+                capture_output=True, text=True, check=False)
+            if initdb.returncode != 0:
+                raise RuntimeError(f"initdb failed: {initdb.stderr.strip()}")
         self.port = self.port or free_port()
         self.service = start(self._as_owner(
             [str(bindir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(self.port),
@@ -219,43 +224,3 @@ class Postgres:
     def stop(self) -> None:
         if self.service:
             self.service.stop()
-
-
-REPO = Path(__file__).resolve().parents[1]
-TRACKING_SERVER_DOCKERFILE_DIR = REPO / "images" / "tracking-server" / "mlflow"
-TRACKING_SERVER_REPOSITORY = "mlflow-steps/tracking-server"
-
-
-def build_tracking_server_image(engine, base_image: str, reference: str) -> str:
-    """Build images/tracking-server/mlflow FROM ``base_image`` as ``reference``.
-
-    The context is the package source (``images.write_context``); pip configuration goes in
-    as BuildKit secrets (``images.pip_secrets``).
-    """
-    from images import pip_secrets, write_context
-
-    with tempfile.TemporaryDirectory(prefix="mls-ts-") as tmp:
-        context = write_context(TRACKING_SERVER_DOCKERFILE_DIR, Path(tmp) / "context")
-        secrets_dir = Path(tmp) / "secrets"
-        secrets_dir.mkdir(mode=0o700)
-        subprocess.run([docker_cli(), "build", "--progress", "plain", "-t", reference,
-                        *pip_secrets(secrets_dir), f"--build-arg=BASE_IMAGE={base_image}",
-                        str(context)],
-                       env={**engine.env(), "DOCKER_BUILDKIT": "1"}, check=True,
-                       capture_output=True)
-    return reference
-
-
-def main() -> None:
-    """`python scripts/devservices.py tracking-server-image [TAG]` (used by `make`)."""
-    if sys.argv[1:2] != ["tracking-server-image"]:
-        sys.exit("usage: devservices.py tracking-server-image [TAG]")
-    tag = sys.argv[2] if len(sys.argv) > 2 else "latest"
-    with local_stack() as (engine, registry):
-        reference = f"{registry.address}/{TRACKING_SERVER_REPOSITORY}:{tag}"
-        build_tracking_server_image(engine, push_base_image(engine, registry), reference)
-        print(f"built {reference}")
-
-
-if __name__ == "__main__":
-    main()

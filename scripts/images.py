@@ -25,8 +25,13 @@ from mlflow_steps.backends.base import PIP_CA_SECRET, PIP_CONFIG_SECRET, SECRET_
 from mlflow_steps.pipconfig import collect_pip_config
 
 REPO = Path(__file__).resolve().parents[1]
+BUILDER_DIR = REPO / "images" / "builders" / "mlflow"
+# name: (Dockerfile directory, repository, target built here)
 IMAGES = {
-    "builder": (REPO / "images" / "builders" / "mlflow", "mlflow-steps/builder"),
+    "builder": (BUILDER_DIR, "mlflow-steps/builder", "builder"),
+    "serve": (BUILDER_DIR, "mlflow-steps/serve", "serve"),
+    "tracking-server": (REPO / "images" / "tracking-server" / "mlflow",
+                        "mlflow-steps/tracking-server", None),
 }
 SOURCE_FILES = ("pyproject.toml", "README.md")
 DOCKER_CLI_NAME = "library/docker:cli-local"
@@ -75,10 +80,9 @@ def push_docker_cli_image(engine: DockerEngine, registry: Registry) -> str:
     return reference
 
 
-def build(engine: DockerEngine, registry: Registry, name: str, tag: str,
-          target: str | None = None) -> str:
-    """Build image ``name`` from local bases; return its local reference."""
-    dockerfile_dir, repository = IMAGES[name]
+def build(engine: DockerEngine, registry: Registry, name: str, tag: str) -> str:
+    """Build image ``name`` from local bases and push it to ``registry``; its reference."""
+    dockerfile_dir, repository, target = IMAGES[name]
     reference = f"{registry.address}/{repository}:{tag}"
     build_args = {"BASE_IMAGE": push_base_image(engine, registry),
                   "DOCKER_CLI_IMAGE": push_docker_cli_image(engine, registry)}
@@ -93,6 +97,7 @@ def build(engine: DockerEngine, registry: Registry, name: str, tag: str,
             argv += ["--target", target]
         subprocess.run([*argv, str(context)], env={**engine.env(), "DOCKER_BUILDKIT": "1"},
                        check=True)
+    engine.cli("push", reference)
     return reference
 
 
@@ -105,8 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     with local_stack() as (engine, registry):
         for name in args.names:
-            target = "builder" if name == "builder" else None
-            reference = build(engine, registry, name, args.tag, target)
+            reference = build(engine, registry, name, args.tag)
             print(f"built {reference}")
             if args.push:
                 remote = f"{args.push}/{IMAGES[name][1]}:{args.tag}"

@@ -1,0 +1,129 @@
+"""`mlflow-steps server ...`: every input is an env var, and a flag that wins over it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlflow_steps.errors import StepError
+from mlflow_steps.server import check as checks
+from mlflow_steps.server import config as cfg
+
+
+def _echo(line: str) -> None:
+    click.echo(line)
+    sys.stdout.flush()
+
+
+def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
+    return click.option(flag, envvar=envvar, show_envvar=True, **kwargs)
+
+
+def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Store, artifacts, TTL and token inputs, shared by every server command."""
+    for decorator in reversed((
+        _option("--backend-store-uri", cfg.BACKEND_STORE_URI,
+                default=cfg.DEFAULT_BACKEND_STORE_URI, show_default=True,
+                help="SQLAlchemy URL of the tracking and model-registry store."),
+        _option("--artifacts-destination", cfg.ARTIFACTS_DESTINATION,
+                default=cfg.DEFAULT_ARTIFACTS_DESTINATION, show_default=True,
+                help="Where proxied artifacts live: a local path, s3://bucket/prefix, ..."),
+        _option("--gc-ttl", cfg.GC_TTL, default=cfg.DEFAULT_GC_TTL, show_default=True,
+                help="gc purges what was deleted longer ago than this (#d#h#m#s)."),
+        _option("--token", cfg.TOKEN, default=None,
+                help="Bearer token every request must carry (prefer the env var)."),
+        _option("--require-token/--no-require-token", cfg.REQUIRE_TOKEN, default=False,
+                help="Refuse to start without a token."),
+    )):
+        func = decorator(func)
+    return func
+
+
+@click.group("server")
+def server() -> None:
+    """Run and maintain an MLflow tracking server (SQL store, proxied artifacts)."""
+
+
+@server.command("check")
+@config_options
+def check_command(**values: Any) -> None:
+    """Verify the configuration; print each problem on its own line."""
+    config = cfg.ServerConfig(**values)
+    with config.reported("check"):
+        found = checks.problems(config)
+    for problem in found:
+        click.echo(f"mlflow-steps: check: {problem}", err=True)
+    if found:
+        sys.exit(StepError.exit_code)
+    _echo(f"server check: ok ({config.describe()})")
+
+
+@server.command("serve")
+@config_options
+@_option("--host", "MLFLOW_HOST", default="0.0.0.0", show_default=True, help="Listen address.")
+@_option("--port", "MLFLOW_PORT", default=5000, show_default=True,
+         type=click.IntRange(1, 65535), help="Listen port.")
+@_option("--workers", "MLFLOW_WORKERS", default=4, show_default=True,
+         type=click.IntRange(1, 64), help="uvicorn worker processes.")
+def serve_command(**values: Any) -> None:
+    """Serve the tracking server, model registry and proxied artifacts (token-gated if set)."""
+    from mlflow_steps.server.serve import serve
+
+    config = cfg.ServerConfig(**values)
+    with config.reported("serve"):
+        serve(config, dict(os.environ))
+
+
+@server.command("gc")
+@config_options
+@click.option("--dry-run", is_flag=True, help="List what would be purged; change nothing.")
+@click.option("--every", metavar="DURATION",
+              help="Keep running: one pass now, then one per DURATION (#d#h#m#s).")
+def gc_command(dry_run: bool, every: str | None, **values: Any) -> None:
+    """Purge runs and experiments deleted longer ago than the TTL (rows and artifacts)."""
+    from mlflow_steps.server.gc import collect, collect_every
+
+    config = cfg.ServerConfig(**values)
+    interval = None
+    if every is not None:
+        try:
+            interval = cfg.parse_duration(every)
+        except ValueError as exc:
+            raise StepError(str(exc), source="--every") from None
+        if not interval.total_seconds():
+            raise StepError("must be longer than 0s", source="--every")
+    with config.reported("gc"):
+        checks.require(config, (checks.check_ttl, checks.check_store))
+        if interval is None:
+            collect(config, dry_run=dry_run, log=_echo)
+            return
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        collect_every(config, interval, stop, dry_run=dry_run, log=_echo)
+    _echo("gc: stopped")
+
+
+@server.command("db-upgrade")
+@config_options
+@click.option("--dry-run", is_flag=True, help="Show the pending migrations; change nothing.")
+@click.option("--no-backup", is_flag=True, help="Skip the backup (you have your own).")
+@_option("--backup-dir", "MLFLOW_SERVER_BACKUP_DIR", default=cfg.DEFAULT_BACKUP_DIR,
+         show_default=True, type=click.Path(path_type=Path, file_okay=False),
+         help="Where the backup goes.")
+def db_upgrade_command(dry_run: bool, no_backup: bool, backup_dir: Path,
+                       **values: Any) -> None:
+    """Upgrade the store's schema to this MLflow's, after a verified backup."""
+    from mlflow_steps.server.db_upgrade import upgrade
+
+    config = cfg.ServerConfig(**values)
+    with config.reported("db-upgrade"):
+        upgrade(config, backup_dir=None if no_backup else backup_dir.absolute(),
+                dry_run=dry_run, log=_echo)

@@ -1,0 +1,130 @@
+"""`gc`: purge runs and experiments deleted longer ago than the TTL, rows and artifacts.
+
+Runs deleted at or before ``now - ttl`` go, with every run of an experiment deleted at or
+before then (its name becomes free again). Artifacts of proxied runs
+(``mlflow-artifacts:/...``) are resolved against the artifact destination. The store hooks
+are the ones `mlflow gc` uses.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from mlflow_steps.server.config import ServerConfig
+
+if TYPE_CHECKING:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+PROXIED_SCHEME = "mlflow-artifacts"
+
+
+@dataclass(frozen=True)
+class Purge:
+    """One thing to purge: a run or an experiment, and where its artifacts are."""
+
+    kind: str
+    id: str
+    name: str
+    artifact_uri: str
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.id} ({self.name}) artifacts {self.artifact_uri}"
+
+
+def resolve_artifact_uri(uri: str, destination: str) -> str | None:
+    """Where ``uri``'s files are: proxied URIs map into ``destination``; None for none."""
+    parsed = urlparse(uri)
+    if parsed.scheme == PROXIED_SCHEME:
+        return f"{destination.rstrip('/')}/{parsed.path.lstrip('/')}"
+    return uri or None
+
+
+def open_store(config: ServerConfig) -> SqlAlchemyStore:
+    """MLflow's SQL tracking store on the configured database."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    return SqlAlchemyStore(config.store_uri(), "mlflow-artifacts:/")
+
+
+def plan(tracking_store: SqlAlchemyStore, ttl: timedelta, now_ms: int) -> list[Purge]:
+    """Runs, then experiments, deleted at or before ``now_ms - ttl``."""
+    from mlflow.entities import ViewType
+
+    ttl_ms = int(ttl.total_seconds() * 1000)
+    experiments = _all_pages(lambda token: tracking_store.search_experiments(
+        view_type=ViewType.DELETED_ONLY, filter_string=f"last_update_time <= {now_ms - ttl_ms}",
+        page_token=token))
+    run_ids = set(tracking_store._get_deleted_runs(older_than=ttl_ms))
+    if experiments:  # every run of a purged experiment goes with it, deleted or not
+        run_ids.update(run.info.run_id for run in _all_pages(lambda token: tracking_store
+                       .search_runs([e.experiment_id for e in experiments], "",
+                                    ViewType.ALL, page_token=token)))
+    runs = sorted((tracking_store.get_run(run_id).info for run_id in run_ids),
+                  key=lambda info: (info.experiment_id, info.run_id))
+    return ([Purge("run", r.run_id, r.run_name or "", r.artifact_uri) for r in runs]
+            + [Purge("experiment", e.experiment_id, e.name, e.artifact_location)
+               for e in experiments])
+
+
+def _all_pages(fetch: Callable[[str | None], Any]) -> list[Any]:
+    items: list[Any] = []
+    token = None
+    while True:
+        page = fetch(token)
+        items.extend(page)
+        token = page.token
+        if not token:
+            return items
+
+
+def _delete_artifacts(purge: Purge, destination: str) -> None:
+    """Delete ``purge``'s artifacts; experiment roots only when the server manages them."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if purge.kind == "experiment" and urlparse(purge.artifact_uri).scheme != PROXIED_SCHEME:
+        return
+    location = resolve_artifact_uri(purge.artifact_uri, destination)
+    if location:
+        get_artifact_repository(location).delete_artifacts()
+
+
+def execute(tracking_store: SqlAlchemyStore, purges: list[Purge], destination: str,
+            log: Callable[[str], None]) -> None:
+    """Delete artifacts, then rows, run by run; experiments last."""
+    for purge in purges:
+        _delete_artifacts(purge, destination)
+        if purge.kind == "run":
+            tracking_store._hard_delete_run(purge.id)
+        else:
+            tracking_store._hard_delete_experiment(purge.id)
+        log(f"purged {purge.describe()}")
+
+
+def collect(config: ServerConfig, *, dry_run: bool, log: Callable[[str], None]) -> int:
+    """One gc pass; the number of runs and experiments purged (or that would be)."""
+    tracking_store = open_store(config)
+    ttl = config.ttl()
+    purges = plan(tracking_store, ttl, int(time.time() * 1000))
+    if dry_run:
+        for purge in purges:
+            log(f"would purge {purge.describe()}")
+    else:
+        execute(tracking_store, purges, config.artifacts_uri(), log)
+    verb = "would purge" if dry_run else "purged"
+    log(f"gc: {verb} {len(purges)} item(s) deleted more than {config.gc_ttl} ago")
+    return len(purges)
+
+
+def collect_every(config: ServerConfig, interval: timedelta, stop: threading.Event, *,
+                  dry_run: bool, log: Callable[[str], None]) -> None:
+    """A pass now, then one per ``interval``, until ``stop`` is set."""
+    while True:
+        collect(config, dry_run=dry_run, log=log)
+        if stop.wait(interval.total_seconds()):
+            return
