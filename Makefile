@@ -5,7 +5,6 @@ EXAMPLE := examples/sklearn-logreg
 OUT := out
 
 .PHONY: setup demo test lint bench images push
-.PHONY: image-tracking-server
 
 setup:
 	./scripts/setup.sh
@@ -14,6 +13,7 @@ demo: setup
 	$(BIN)/mlflow-steps hash $(EXAMPLE) --explain
 	rm -rf $(OUT)/context
 	$(BIN)/mlflow-steps render $(EXAMPLE) -o $(OUT)/context
+	$(BIN)/python scripts/demo.py
 
 test: setup
 	$(BIN)/ruff check src tests bench scripts
@@ -33,7 +33,3 @@ images: setup
 push: setup
 	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host[:port]"; exit 2; }
 	$(BIN)/python scripts/images.py --push $(REGISTRY)
-
-# The tracking-server image (images/tracking-server/mlflow), built from the local base.
-image-tracking-server: setup
-	$(BIN)/python scripts/devservices.py tracking-server-image

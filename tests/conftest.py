@@ -146,11 +146,13 @@ def postgres():
 
 @pytest.fixture(scope="session")
 def workflow_step_images(docker_engine, registry, base_image):
-    """Two tiny step images (plain, and labelled to get the engine socket): references."""
+    """Two tiny step images (plain, and labelled to get the engine socket and the pip
+    configuration): references."""
     context = Path(__file__).parent / "data" / "workflows" / "step-image"
     plain = f"{registry.address}/mls-test/step:plain"
     socket = f"{registry.address}/mls-test/step:socket"
     docker_engine.cli("build", "-t", plain, "--build-arg", f"BASE={base_image}", str(context))
     docker_engine.cli("build", "-t", socket, "--build-arg", f"BASE={base_image}",
-                      "--label", "org.mlflow-steps.engine-socket=true", str(context))
+                      "--label", "org.mlflow-steps.engine-socket=true",
+                      "--label", "org.mlflow-steps.pip-config=true", str(context))
     return plain, socket

@@ -10,6 +10,7 @@ import pytest
 from helpers import EXAMPLE, run_cli
 
 SECRET = "s3cr3t-Value-42"
+PIP_INDEX = "https://mirror.example/simple"
 ACCESS_KEY = "AKIA-test-9"
 EXTENSIONS = f"""
 id: store
@@ -96,7 +97,7 @@ def run_workflow(tmp_path: Path, docker_engine, workflow_step_images):
     (tmp_path / "wf.yaml").write_text(WORKFLOW)
     (tmp_path / "ext.yaml").write_text(EXTENSIONS)
     env = {**os.environ, "DOCKER_HOST": docker_engine.host,
-           "MLFLOW_STEPS_RUNS_DIR": str(tmp_path / "runs")}
+           "MLFLOW_STEPS_RUNS_DIR": str(tmp_path / "runs"), "PIP_INDEX_URL": PIP_INDEX}
 
     def run(*extra: str):
         result = run_cli("workflow", "run", str(tmp_path / "wf.yaml"), "--codeset", str(EXAMPLE),
@@ -140,6 +141,9 @@ def test_run_passes_inputs_codeset_extensions_and_outputs(run_workflow) -> None:
     assert not first["socket"] and "DOCKER_HOST" not in first["env"]
     assert second["socket"] and second["env"]["DOCKER_HOST"] == "unix:///var/run/docker.sock"
     assert "AWS_SECRET_ACCESS_KEY" not in second["env"]
+    assert first["workspace_writable"] and second["workspace_writable"]
+    assert first["pip"] is None and f"index-url = {PIP_INDEX}" in second["pip"]
+    assert not list((run_workflow.tmp / "runs").glob("*/pip/*")), "pip config left behind"
     assert not (EXAMPLE / ".fuseml").exists()
     log = result.stderr
     assert f"[first] running ({plain})" in log and "[first] secret is ***" in log

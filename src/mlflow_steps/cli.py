@@ -260,6 +260,10 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         click.echo(f"mlflow-steps: error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
         sys.exit(2)
+    except ImportError as exc:
+        click.echo(f"mlflow-steps: error: Python module {exc.name!r} is not installed here "
+                   "(needed by this store or feature): pip install it", err=True)
+        sys.exit(2)
     except Exception as exc:
         from mlflow.exceptions import MlflowException
 

@@ -28,6 +28,7 @@ TOOLING_REQUIREMENTS = (
     "pyyaml>=6",
     "requests>=2.31",
     "mlflow-skinny>=2.10,<4",
+    "boto3>=1.28",  # S3 artifact stores: the step checks the model the run logged there
 )
 TEMPLATES = {"pip": "pip.Dockerfile.j2", "conda": "conda.Dockerfile.j2",
              "conda-lock": "conda-lock.Dockerfile.j2"}

@@ -78,12 +78,14 @@ def validate_command(files: tuple[Path, ...]) -> None:
 @click.option("--network", default="host", show_default=True,
               help="Docker network of the step containers (host: loopback services reachable).")
 @click.option("--keep-workspace", is_flag=True, help="Keep the run's codeset copy.")
+@click.option("--forward-pip-config/--no-forward-pip-config", default=True, show_default=True,
+              help="Give builder steps this machine's pip index/CA config (a read-only mount).")
 @click.option("-v", "--verbose", is_flag=True, help="Show resolved extensions and step env "
               "(credentials masked).")
 def run_command(file: Path, codeset_dir: Path | None, codeset_name: str | None, project: str,
                 user: str, inputs: tuple[str, ...], extensions: Path | None, runs_dir: Path,
                 output_json: Path | None, engine: str | None, network: str,
-                keep_workspace: bool, verbose: bool) -> None:
+                keep_workspace: bool, forward_pip_config: bool, verbose: bool) -> None:
     """Run workflow FILE locally, each step a container, in order."""
     try:  # the Docker SDK (the `workflow` extra) is only needed to run
         from mlflow_steps.workflow.engine import DockerEngine
@@ -111,7 +113,8 @@ def run_command(file: Path, codeset_dir: Path | None, codeset_name: str | None, 
     runner = Runner(plan, DockerEngine(engine), RunStore(runs_dir),
                     lambda line: click.echo(line, err=True))
     click.echo(f"run {record.id}", err=True)
-    outputs = runner.run(record, RunOptions(codeset_dir, network, keep_workspace, verbose))
+    outputs = runner.run(record, RunOptions(codeset_dir, network, keep_workspace, verbose,
+                                                forward_pip_config))
     click.echo(f"run {record.id} succeeded in {record.seconds:.1f}s", err=True)
     for name, value in outputs.items():
         click.echo(f"{name}={value}")

@@ -13,6 +13,7 @@ from docker.types import Mount
 from mlflow_steps.errors import StepError
 
 ENGINE_SOCKET_LABEL = "org.mlflow-steps.engine-socket"
+PIP_CONFIG_LABEL = "org.mlflow-steps.pip-config"
 SOCKET_IN_CONTAINER = "/var/run/docker.sock"
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
 
@@ -28,6 +29,14 @@ class ContainerSpec:
     working_dir: str | None
     network: str
     labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the runner needs to know of a step image."""
+
+    labels: dict[str, str]
+    user: str = ""  # the image's USER ("" = root)
 
 
 class DockerEngine:
@@ -48,8 +57,8 @@ class DockerEngine:
             return Path(self.base_url.removeprefix("unix://"))
         return None
 
-    def prepare(self, reference: str) -> dict[str, str]:
-        """Pull ``reference`` unless present; return its labels."""
+    def prepare(self, reference: str) -> ImageInfo:
+        """Pull ``reference`` unless present; return its labels and user."""
         try:
             image = self.client.images.get(reference)
         except docker.errors.ImageNotFound:
@@ -58,7 +67,7 @@ class DockerEngine:
             except docker.errors.APIError as exc:
                 raise StepError(f"cannot pull image: {exc.explanation or exc}",
                                 source=reference) from None
-        return dict(image.labels or {})
+        return ImageInfo(dict(image.labels or {}), image.attrs["Config"].get("User") or "")
 
     def run(self, spec: ContainerSpec, on_line: Callable[[str], None]) -> int:
         """Run to completion, streaming output lines; return the exit code."""

@@ -4,12 +4,16 @@ The codeset is copied to a workspace that every step mounts at its codeset path 
 ``.fuseml/_org`` = project and ``.fuseml/_project`` = codeset name are written into it);
 each step gets its own results directory at ``/tekton/results`` and its outputs are read
 from there only after it exited 0. Steps whose image carries the label
-``org.mlflow-steps.engine-socket=true`` (the builder) get the engine's socket.
+``org.mlflow-steps.engine-socket=true`` (the builder) get the engine's socket; those
+labelled ``org.mlflow-steps.pip-config=true`` get this machine's build-time pip
+configuration (index URLs, trusted hosts, CA bundle) as a read-only file mount that is
+deleted when the step ends — the way ``mlflow-steps build`` forwards it on the host.
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import re
 import shutil
 import time
@@ -18,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_steps.errors import StepError
+from mlflow_steps.pipconfig import collect_pip_config
 from mlflow_steps.workflow.engine import (
     ENGINE_SOCKET_LABEL,
+    PIP_CONFIG_LABEL,
     SOCKET_IN_CONTAINER,
     ContainerSpec,
     DockerEngine,
@@ -30,6 +36,7 @@ from mlflow_steps.workflow.redact import Redactor
 from mlflow_steps.workflow.runs import RunRecord, RunStore, StepRecord
 
 RESULTS_IN_CONTAINER = "/tekton/results"
+PIP_CONFIG_IN_CONTAINER = "/run/mlflow-steps/pip"
 TAIL_LINES = 10
 BUILD_SKIPPED = "build skipped"
 
@@ -48,6 +55,7 @@ class RunOptions:
     network: str = "host"
     keep_workspace: bool = False
     verbose: bool = False
+    forward_pip_config: bool = True
 
 
 class Runner:
@@ -101,6 +109,7 @@ class Runner:
         fuseml.mkdir(exist_ok=True)
         (fuseml / "_org").write_text(codeset.project)
         (fuseml / "_project").write_text(codeset.name)
+        workspace.chmod(0o777)  # a non-root step may write there (e.g. a local mlruns store)
 
     def _run_step(self, step: Step, step_record: StepRecord, record: RunRecord, run_dir: Path,
                   options: RunOptions) -> None:
@@ -112,8 +121,9 @@ class Runner:
         results = run_dir / "results" / step.name
         shutil.rmtree(results, ignore_errors=True)
         results.mkdir(parents=True)
-        spec = self._container(step, image, results, run_dir / "workspace", record.id,
-                               options.network)
+        results.chmod(0o777)  # as in Tekton: steps may run as any user
+        pip_dir = pip_config_dir(run_dir, step)
+        spec = self._container(step, image, results, run_dir, record.id, options)
         if options.verbose:
             for key, value in sorted(spec.env.items()):
                 self.emit(f"[{step.name}] env {key}={value}")
@@ -124,7 +134,10 @@ class Runner:
             step_record.build_skipped |= BUILD_SKIPPED in line
             self.emit(f"[{step.name}] {line}")
 
-        exit_code = self.engine.run(spec, on_line)
+        try:
+            exit_code = self.engine.run(spec, on_line)
+        finally:
+            shutil.rmtree(pip_dir, ignore_errors=True)
         step_record.seconds = round(time.monotonic() - started, 3)
         step_record.exit_code = exit_code
         if exit_code != 0:
@@ -140,13 +153,19 @@ class Runner:
         what = "skipped build, done" if step_record.build_skipped else "done"
         self.emit(f"[{step.name}] {what} in {step_record.seconds:.1f}s")
 
-    def _container(self, step: Step, image: str, results: Path, workspace: Path,
-                   run_id: str, network: str) -> ContainerSpec:
+    def _container(self, step: Step, image: str, results: Path, run_dir: Path,
+                   run_id: str, options: RunOptions) -> ContainerSpec:
         env = self.plan.env(step)
         mounts = [(results, RESULTS_IN_CONTAINER)]
         if step.codeset:
-            mounts.append((workspace, step.codeset.path))
-        if self.engine.prepare(image).get(ENGINE_SOCKET_LABEL) == "true":
+            mounts.append((run_dir / "workspace", step.codeset.path))
+        info = self.engine.prepare(image)
+        pip_dir = pip_config_dir(run_dir, step)
+        if (options.forward_pip_config and info.labels.get(PIP_CONFIG_LABEL) == "true"
+                and write_pip_config(pip_dir, info.user)):
+            mounts.append((pip_dir, PIP_CONFIG_IN_CONTAINER))
+            env["PIP_CONFIG_FILE"] = f"{PIP_CONFIG_IN_CONTAINER}/pip.conf"
+        if info.labels.get(ENGINE_SOCKET_LABEL) == "true":
             socket = self.engine.socket()
             if socket is None:
                 raise StepError(f"step {step.name!r} needs the engine's socket, but the "
@@ -156,7 +175,7 @@ class Runner:
             env["DOCKER_HOST"] = f"unix://{SOCKET_IN_CONTAINER}"
         name = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"mls-{run_id}-{step.name}")
         return ContainerSpec(name, image, env, tuple(mounts),
-                             step.codeset.path if step.codeset else None, network,
+                             step.codeset.path if step.codeset else None, options.network,
                              labels={"org.mlflow-steps.run": run_id})
 
     def _read_outputs(self, step: Step, results: Path) -> dict[str, str]:
@@ -169,3 +188,32 @@ class Runner:
                                  field=f"steps.{step.name}")
             outputs[name] = path.read_text(errors="replace").strip()
         return outputs
+
+
+def pip_config_dir(run_dir: Path, step: Step) -> Path:
+    """Where ``step``'s forwarded pip configuration lives while it runs."""
+    return run_dir / "pip" / step.name
+
+
+def write_pip_config(directory: Path, image_user: str) -> bool:
+    """This machine's build-time pip config as ``pip.conf`` (+ ``ca.pem``) in ``directory``,
+    private to the image's user (given to a numeric ``uid[:gid]`` when we can chown).
+
+    False (nothing written) when there is none to forward.
+    """
+    config = collect_pip_config(dict(os.environ))
+    if config.empty:
+        return False
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, mode=0o700)
+    ca_target = f"{PIP_CONFIG_IN_CONTAINER}/ca.pem" if config.ca_bundle else None
+    if config.ca_bundle:
+        shutil.copyfile(config.ca_bundle, directory / "ca.pem")
+    pip_conf = directory / "pip.conf"
+    pip_conf.touch(mode=0o600)
+    pip_conf.write_text(config.pip_conf(ca_target))
+    uid, _, gid = image_user.partition(":")
+    if uid.isdigit() and int(uid) != os.geteuid() and os.geteuid() == 0:
+        for path in (directory, *directory.iterdir()):
+            os.chown(path, int(uid), int(gid) if gid.isdigit() else -1)
+    return True

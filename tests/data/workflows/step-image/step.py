@@ -25,6 +25,8 @@ report = {
     "org": (fuseml / "_org").read_text() if fuseml.is_dir() else None,
     "project": (fuseml / "_project").read_text() if fuseml.is_dir() else None,
     "socket": os.path.exists("/var/run/docker.sock"),
+    "workspace_writable": os.access(".", os.W_OK),
+    "pip": Path(env["PIP_CONFIG_FILE"]).read_text() if "PIP_CONFIG_FILE" in env else None,
 }
 results = Path("/tekton/results")
 (results / env["FUSEML_REPORT"]).write_text(json.dumps(report, sort_keys=True))
