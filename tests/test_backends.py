@@ -61,7 +61,7 @@ def test_kaniko_argv_defaults(kaniko: Path, tmp_path: Path) -> None:
     assert argv == [
         str(kaniko), f"--context=dir://{tmp_path}/ctx", f"--dockerfile={tmp_path}/ctx/Dockerfile",
         "--destination=reg.example:5000/mlflow/trainer:abc", f"--digest-file={tmp_path}/digest",
-        "--compressed-caching=false", "--verbosity=info"]
+        "--compressed-caching=false", "--push-retry=2", "--verbosity=info"]
 
 
 def test_kaniko_argv_insecure_cache_and_ca(kaniko: Path, tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_kaniko_argv_insecure_cache_and_ca(kaniko: Path, tmp_path: Path) -> None
         base_image=ImageRef.parse("127.0.0.1:5000/library/python:3.11-slim"),
         registry_ca=tmp_path / "ca.crt")
     argv = backend.argv(request, tmp_path / "digest")[5:]
-    assert argv == ["--compressed-caching=true", "--cache=true",
+    assert argv == ["--compressed-caching=true", "--push-retry=2", "--cache=true",
                     "--cache-repo=reg.example:5000/cache", "--insecure", "--skip-tls-verify",
                     "--insecure-pull", "--skip-tls-verify-pull",
                     f"--registry-certificate=reg.example:5000={tmp_path}/ca.crt",
@@ -141,3 +141,37 @@ def test_buildah_registries_conf(tmp_path: Path) -> None:
         'unqualified-search-registries = ["docker.io"]\n\n'
         '[[registry]]\nlocation = "127.0.0.1:5000"\ninsecure = true\n\n'
         '[[registry]]\nlocation = "mirror.corp:443"\ninsecure = true\n')
+
+
+FLAKY_PUSH = """#!/bin/sh
+# A push that loses a race with a concurrent push of the same blobs N times, then succeeds.
+count_file="$(dirname "$0")/attempts"
+n=$(($(cat "$count_file" 2>/dev/null || echo 0) + 1))
+echo "$n" > "$count_file"
+if [ "$n" -le "$FAILURES" ]; then echo "errors: $ERROR"; exit 1; fi
+echo "pushed"
+"""
+
+
+@pytest.mark.parametrize(("failures", "error", "attempts", "succeeds"), [
+    (0, "", 1, True),
+    (1, "manifest blob unknown: blob unknown to registry", 2, True),
+    (2, "digest invalid: provided digest did not match uploaded content", 3, True),
+    (3, "blob upload unknown", 3, False),
+    (1, "denied: requested access to the resource is denied", 1, False),
+])
+def test_push_retries_only_transient_registry_races(tmp_path: Path, failures: int, error: str,
+                                                    attempts: int, succeeds: bool,
+                                                    monkeypatch) -> None:
+    monkeypatch.setattr("mlflow_steps.backends.base.time.sleep", lambda seconds: None)
+    push = tmp_path / "push"
+    push.write_text(FLAKY_PUSH)
+    push.chmod(0o755)
+    backend = select_backend("buildah", dict(os.environ))
+    env = {**os.environ, "FAILURES": str(failures), "ERROR": error}
+    if succeeds:
+        backend.push([str(push)], env, "test push")
+    else:
+        with pytest.raises(StepError, match=f"test push failed .*{error.split(':')[0]}"):
+            backend.push([str(push)], env, "test push")
+    assert int((tmp_path / "attempts").read_text()) == attempts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import subprocess
 import sys
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,10 @@ SECRET_MOUNT_TARGETS = {
     PIP_CA_SECRET: "/run/secrets/pip-ca.pem",
 }
 TAIL_LINES = 12
+PUSH_ATTEMPTS = 3
+# What a registry answers while another push of the same blobs is still in flight.
+TRANSIENT_PUSH_ERRORS = ("blob unknown", "digest invalid", "blob upload unknown",
+                         "blob upload invalid", "unexpected eof", "connection reset")
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,20 @@ class Backend(ABC):
     @abstractmethod
     def build_and_push(self, request: BuildRequest) -> None:
         """Build ``request.context`` and push it to ``request.destination``."""
+
+    def push(self, argv: list[str], env: dict[str, str], what: str) -> None:
+        """Run a push command; retry it when the registry's answer is a transient race."""
+        for attempt in range(1, PUSH_ATTEMPTS + 1):
+            try:
+                self.run_streaming(argv, env, what)
+                return
+            except StepError as exc:
+                transient = any(marker in str(exc).lower() for marker in TRANSIENT_PUSH_ERRORS)
+                if attempt == PUSH_ATTEMPTS or not transient:
+                    raise
+            print(f"[{self.name}] {what}: transient registry error, retry {attempt} of "
+                  f"{PUSH_ATTEMPTS - 1}", file=sys.stderr, flush=True)
+            time.sleep(2 * attempt)
 
     def run_streaming(self, argv: list[str], env: dict[str, str], what: str) -> None:
         """Run argv, stream its output prefixed to stderr, fail with its last lines."""

@@ -49,5 +49,5 @@ class BuildahBackend(Backend):
             for secret_id, path in sorted(request.secrets.items()):
                 argv += ["--secret", f"id={secret_id},src={path}"]
             self.run_streaming([*argv, *tls, str(request.context)], env, "buildah bud")
-            self.run_streaming(["buildah", "push", *tls, str(request.destination),
+            self.push(["buildah", "push", *tls, str(request.destination),
                                 f"docker://{request.destination}"], env, "buildah push")

@@ -65,4 +65,4 @@ class DockerBackend(Backend):
             argv += ["--secret", f"id={secret_id},src={path}"]
         argv.append(str(request.context))
         self.run_streaming(argv, env, "docker build")
-        self.run_streaming([self.cli, "push", str(request.destination)], env, "docker push")
+        self.push([self.cli, "push", str(request.destination)], env, "docker push")

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from mlflow_steps.backends.base import Backend, BuildRequest
+from mlflow_steps.backends.base import PUSH_ATTEMPTS, Backend, BuildRequest
 from mlflow_steps.render import PipConfigDelivery
 
 EXECUTOR_ENV = "MLFLOW_STEPS_KANIKO_EXECUTOR"
@@ -50,6 +50,7 @@ class KanikoBackend(Backend):
             f"--destination={request.destination}",
             f"--digest-file={digest_file}",
             f"--compressed-caching={'true' if request.compressed_caching else 'false'}",
+            f"--push-retry={PUSH_ATTEMPTS - 1}",
         ]
         if request.cache or request.cache_repo:
             argv.append("--cache=true")
