@@ -73,11 +73,26 @@ def _artifact(experiment_id: str, run_id: str, name: str) -> str:
     return f"{experiment_id}/{run_id}/artifacts/files/{name}.txt"
 
 
+def _model_artifact(experiment_id: str, model_id: str, name: str) -> str:
+    return f"{experiment_id}/models/{model_id}/artifacts/{name}.txt"
+
+
+def log_model_with_artifact(client, experiment_id: str, tmp: Path, name: str) -> str:
+    """An MLflow 3 logged model with one artifact file; its id."""
+    model_id = client.create_logged_model(experiment_id, name=name).model_id
+    artifact = tmp / f"{name}.txt"
+    artifact.write_text(f"model file of {name}\n")
+    client.log_model_artifact(model_id, str(artifact))
+    return model_id
+
+
 def test_gc_purges_only_what_is_older_than_the_ttl(store: Store, tmp_path: Path) -> None:
     with tracking(store.server.url) as client:
         kept = client.create_experiment("gc-kept")
         runs = {name: log_run_with_artifact(client, kept, tmp_path, name)
                 for name in ("old", "young", "live")}
+        models = {name: log_model_with_artifact(client, kept, tmp_path, name)
+                  for name in ("model-old", "model-young", "model-live")}
         gone = client.create_experiment("gc-gone")
         for name in ("in-gone", "in-gone-active"):
             runs[name] = log_run_with_artifact(client, gone, tmp_path, name)
@@ -85,24 +100,31 @@ def test_gc_purges_only_what_is_older_than_the_ttl(store: Store, tmp_path: Path)
         runs["in-recent"] = log_run_with_artifact(client, recent, tmp_path, "in-recent")
         for name in ("old", "young"):
             client.delete_run(runs[name])
+            client.delete_logged_model(models[f"model-{name}"])
         client.delete_experiment(gone)
         client.delete_experiment(recent)
     store.age("runs", "run_uuid", runs["old"], "deleted_time", DAY_MS + MINUTE_MS)
     store.age("runs", "run_uuid", runs["young"], "deleted_time", DAY_MS - MINUTE_MS)
     store.age("experiments", "experiment_id", gone, "last_update_time", DAY_MS + MINUTE_MS)
+    store.age("logged_models", "model_id", models["model-old"], "last_updated_timestamp_ms",
+              DAY_MS + MINUTE_MS)
+    store.age("logged_models", "model_id", models["model-young"], "last_updated_timestamp_ms",
+              DAY_MS - MINUTE_MS)
     # left active in a deleted experiment (restored by hand, or by an older MLflow): it goes too
     store.update("runs", "run_uuid", runs["in-gone-active"], "lifecycle_stage", "active")
     experiment_of = {"old": kept, "young": kept, "live": kept, "in-gone": gone,
                      "in-gone-active": gone, "in-recent": recent}
-    every_artifact = {_artifact(experiment_of[n], r, n) for n, r in runs.items()}
+    every_artifact = ({_artifact(experiment_of[n], r, n) for n, r in runs.items()}
+                      | {_model_artifact(kept, m, n) for n, m in models.items()})
     assert every_artifact <= stored_artifacts(store.destination, store.s3)
 
     dry = run_cli("server", "gc", "--dry-run", env=store.env())
     assert dry.returncode == 0, dry.stderr
     would = {line.split()[3] for line in dry.stdout.splitlines()
              if line.startswith("would purge ")}
-    assert would == {runs["old"], runs["in-gone"], runs["in-gone-active"], gone}
-    assert "would purge 4 item(s)" in dry.stdout
+    assert would == {runs["old"], runs["in-gone"], runs["in-gone-active"], gone,
+                     models["model-old"]}
+    assert "would purge 5 item(s)" in dry.stdout
     assert every_artifact <= stored_artifacts(store.destination, store.s3)
     with tracking(store.server.url) as client:
         assert client.get_run(runs["old"]).info.lifecycle_stage == "deleted"
@@ -111,8 +133,11 @@ def test_gc_purges_only_what_is_older_than_the_ttl(store: Store, tmp_path: Path)
 
     purge = run_cli("server", "gc", env=store.env())
     assert purge.returncode == 0, purge.stderr
-    assert "purged 4 item(s)" in purge.stdout
+    assert "purged 5 item(s)" in purge.stdout
     left = stored_artifacts(store.destination, store.s3)
+    assert _model_artifact(kept, models["model-old"], "model-old") not in left
+    for name in ("model-young", "model-live"):
+        assert _model_artifact(kept, models[name], name) in left
     for name in ("old", "in-gone", "in-gone-active"):
         assert _artifact(experiment_of[name], runs[name], name) not in left
     for name in ("young", "live", "in-recent"):
@@ -123,6 +148,9 @@ def test_gc_purges_only_what_is_older_than_the_ttl(store: Store, tmp_path: Path)
                 client.get_run(runs[name])
         assert client.get_run(runs["young"]).info.lifecycle_stage == "deleted"
         assert client.get_run(runs["live"]).info.lifecycle_stage == "active"
+        with pytest.raises(MlflowException, match=r"not found|does not exist"):
+            client.get_logged_model(models["model-old"])
+        assert client.get_logged_model(models["model-live"]).name == "model-live"
         reborn = client.get_experiment(client.create_experiment("gc-gone"))
         assert (reborn.name, reborn.lifecycle_stage) == ("gc-gone", "active")
 

@@ -1,9 +1,9 @@
-"""`gc`: purge runs and experiments deleted longer ago than the TTL, rows and artifacts.
+"""`gc`: purge runs, logged models and experiments deleted longer ago than the TTL.
 
-Runs deleted at or before ``now - ttl`` go, with every run of an experiment deleted at or
-before then (its name becomes free again). Artifacts of proxied runs
-(``mlflow-artifacts:/...``) are resolved against the artifact destination. The store hooks
-are the ones `mlflow gc` uses.
+Runs and MLflow 3 logged models deleted at or before ``now - ttl`` go, rows and artifacts,
+with everything in an experiment deleted at or before then (its name becomes free again).
+Proxied artifacts (``mlflow-artifacts:/...``) are resolved against the artifact destination.
+The store hooks are the ones `mlflow gc` uses.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ PROXIED_SCHEME = "mlflow-artifacts"
 
 @dataclass(frozen=True)
 class Purge:
-    """One thing to purge: a run or an experiment, and where its artifacts are."""
+    """One thing to purge: a run, a logged model or an experiment, and its artifacts."""
 
     kind: str
     id: str
@@ -53,7 +53,7 @@ def open_store(config: ServerConfig) -> SqlAlchemyStore:
 
 
 def plan(tracking_store: SqlAlchemyStore, ttl: timedelta, now_ms: int) -> list[Purge]:
-    """Runs, then experiments, deleted at or before ``now_ms - ttl``."""
+    """Runs, logged models, then experiments, deleted at or before ``now_ms - ttl``."""
     from mlflow.entities import ViewType
 
     ttl_ms = int(ttl.total_seconds() * 1000)
@@ -68,8 +68,20 @@ def plan(tracking_store: SqlAlchemyStore, ttl: timedelta, now_ms: int) -> list[P
     runs = sorted((tracking_store.get_run(run_id).info for run_id in run_ids),
                   key=lambda info: (info.experiment_id, info.run_id))
     return ([Purge("run", r.run_id, r.run_name or "", r.artifact_uri) for r in runs]
+            + _logged_models(tracking_store, ttl_ms, {e.experiment_id for e in experiments})
             + [Purge("experiment", e.experiment_id, e.name, e.artifact_location)
                for e in experiments])
+
+
+def _logged_models(tracking_store: SqlAlchemyStore, ttl_ms: int,
+                   purged_experiments: set[str]) -> list[Purge]:
+    """Deleted logged models (MLflow 3) outside purged experiments, which take theirs along."""
+    if not hasattr(tracking_store, "_get_deleted_logged_models"):
+        return []
+    models = (tracking_store.get_logged_model(model_id, allow_deleted=True)
+              for model_id in tracking_store._get_deleted_logged_models(older_than=ttl_ms))
+    return sorted((Purge("model", m.model_id, m.name, m.artifact_location) for m in models
+                   if m.experiment_id not in purged_experiments), key=lambda p: p.id)
 
 
 def _all_pages(fetch: Callable[[str | None], Any]) -> list[Any]:
@@ -101,13 +113,15 @@ def execute(tracking_store: SqlAlchemyStore, purges: list[Purge], destination: s
         _delete_artifacts(purge, destination)
         if purge.kind == "run":
             tracking_store._hard_delete_run(purge.id)
+        elif purge.kind == "model":
+            tracking_store._hard_delete_logged_model(purge.id)
         else:
             tracking_store._hard_delete_experiment(purge.id)
         log(f"purged {purge.describe()}")
 
 
 def collect(config: ServerConfig, *, dry_run: bool, log: Callable[[str], None]) -> int:
-    """One gc pass; the number of runs and experiments purged (or that would be)."""
+    """One gc pass; the number of items purged (or that would be)."""
     tracking_store = open_store(config)
     ttl = config.ttl()
     purges = plan(tracking_store, ttl, int(time.time() * 1000))
