@@ -156,3 +156,11 @@ def workflow_step_images(docker_engine, registry, base_image):
                       "--label", "org.mlflow-steps.engine-socket=true",
                       "--label", "org.mlflow-steps.pip-config=true", str(context))
     return plain, socket
+
+
+@pytest.fixture(scope="session")
+def old_python() -> Path:
+    """Python of a venv with an older MLflow (cached under ~/.cache; made when missing)."""
+    from server_testing import older_mlflow_python
+
+    return older_mlflow_python()

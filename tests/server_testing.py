@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
+from devstack import CACHE
 from mlflow import MlflowClient
 
 # Variables that must not leak from the test process into clients or servers.
@@ -62,3 +67,50 @@ def stored_artifacts(destination: str, s3=None) -> set[str]:
     bucket, _, prefix = destination.removeprefix("s3://").partition("/")
     listing = s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
     return {obj["Key"].removeprefix(prefix).lstrip("/") for obj in listing.get("Contents", [])}
+
+
+# A store written by an older MLflow release, for db-upgrade.
+OLD_MLFLOW = "2.9.2"
+OLD_REQUIREMENTS = (f"mlflow-skinny=={OLD_MLFLOW}", "sqlalchemy<2", "alembic<1.14",
+                    "psycopg2-binary")
+OLD_REVISION = "acf3f17fdcc7"  # the head schema of MLflow 2.9
+OLD_WRITER = '''
+import json, sys
+from mlflow import MlflowClient
+client = MlflowClient(sys.argv[1], sys.argv[1])
+experiment_id = client.create_experiment("legacy", tags={"origin": "old"})
+runs = {}
+for i in range(3):
+    run_id = client.create_run(experiment_id, tags={"index": str(i)}).info.run_id
+    client.log_param(run_id, "alpha", str(i / 10))
+    for step in range(5):
+        client.log_metric(run_id, "loss", 1.0 / (step + 1 + i), step=step)
+    client.set_terminated(run_id)
+    runs[run_id] = i
+client.create_registered_model("legacy-model", description="from 2.9")
+version = client.create_model_version("legacy-model", "s3://bucket/legacy/model",
+                                      run_id=next(iter(runs)))
+client.set_model_version_tag("legacy-model", version.version, "quality", "good")
+print(json.dumps(runs))
+'''
+
+
+def write_old_store(old_python: Path, uri: str) -> dict[str, int]:
+    """Fill ``uri`` with the older MLflow; {run_id: index}."""
+    result = subprocess.run([str(old_python), "-c", OLD_WRITER, uri], capture_output=True,
+                            text=True, env=clean_env(), check=False, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def older_mlflow_python() -> Path:
+    """Python of a venv with the older MLflow (cached; built when missing)."""
+    venv = CACHE / f"venv-mlflow-skinny-{OLD_MLFLOW}"
+    python = venv / "bin" / "python"
+    if not (venv / ".complete").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *OLD_REQUIREMENTS],
+                       check=True, capture_output=True)
+        (venv / ".complete").write_text(" ".join(OLD_REQUIREMENTS))
+    return python

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 from devstack import free_port, wait_until
-from server_testing import log_run_with_artifact, tracking
+from server_testing import OLD_REVISION, log_run_with_artifact, tracking, write_old_store
 
 from images import build
 
@@ -104,3 +104,24 @@ def test_one_off_commands_share_the_volume(docker_engine, server_image: str, con
     assert upgrade.returncode == 0, upgrade.stderr
     assert "db-upgrade: sqlite:////data/mlflow/standalone/store/mydb.sqlite is already at" \
         in upgrade.stdout
+
+
+def test_db_upgrade_backs_up_postgres_with_the_image_pg_dump(docker_engine, server_image: str,
+                                                             old_python, postgres) -> None:
+    """The admin's path: a store of an older MLflow, upgraded by the image, dump first."""
+    uri = postgres.create_database("legacy_image")
+    write_old_store(old_python, uri.replace("+psycopg2", ""))
+    volume = f"mls-up-{secrets.token_hex(4)}"
+    try:
+        upgrade = docker_engine.cli("run", "--rm", "--network", "host", "-v", f"{volume}:/data",
+                                    "-e", f"MLFLOW_BACKEND_STORE_URI={uri}", server_image,
+                                    "db-upgrade", check=False)
+        assert upgrade.returncode == 0, upgrade.stderr
+        assert f"upgraded from {OLD_REVISION} to " in upgrade.stdout
+        assert postgres.password not in upgrade.stdout + upgrade.stderr
+        listing = docker_engine.cli("run", "--rm", "-v", f"{volume}:/data", "--entrypoint", "sh",
+                                    server_image, "-c", "pg_restore --list "
+                                    "/data/mlflow/standalone/backups/legacy_image.*.dump")
+        assert "TABLE public runs" in listing.stdout
+    finally:
+        docker_engine.cli("volume", "rm", "-f", volume, check=False)
