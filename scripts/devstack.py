@@ -72,9 +72,31 @@ def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Serv
     return Service(process, log)
 
 
+def storage_driver(root: Path) -> str:
+    """overlay2 when this kernel lets us mount an overlay under ``root``, else vfs.
+
+    vfs copies a whole image for every container and layer; overlay2 does not. Set
+    MLFLOW_STEPS_DOCKER_STORAGE to force one.
+    """
+    if os.environ.get("MLFLOW_STEPS_DOCKER_STORAGE"):
+        return os.environ["MLFLOW_STEPS_DOCKER_STORAGE"]
+    with tempfile.TemporaryDirectory(dir=root) as probe:
+        dirs = {name: Path(probe) / name for name in ("lower", "upper", "work", "merged")}
+        for directory in dirs.values():
+            directory.mkdir()
+        options = (f"lowerdir={dirs['lower']},upperdir={dirs['upper']},"
+                   f"workdir={dirs['work']}")
+        mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options,
+                                  str(dirs["merged"])], capture_output=True, check=False)
+        if mounted.returncode != 0:
+            return "vfs"
+        subprocess.run(["umount", str(dirs["merged"])], capture_output=True, check=False)
+        return "overlay2"
+
+
 @dataclass
 class DockerEngine:
-    """dockerd on a private socket with vfs storage."""
+    """dockerd on a private socket (overlay2 where it works, else vfs)."""
 
     root: Path
     service: Service | None = None
@@ -94,9 +116,9 @@ class DockerEngine:
     def start(self) -> DockerEngine:
         self.root.mkdir(parents=True, exist_ok=True)
         self.service = start(
-            ["dockerd", "--storage-driver", "vfs", "--data-root", str(self.root / "data"),
-             "--exec-root", str(self.root / "exec"), "-p", str(self.root / "docker.pid"),
-             "-H", self.host],
+            ["dockerd", "--storage-driver", storage_driver(self.root),
+             "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
+             "-p", str(self.root / "docker.pid"), "-H", self.host],
             self.root / "dockerd.log",
         )
         wait_until(lambda: self.cli("version", check=False).returncode == 0, 60, "dockerd")
