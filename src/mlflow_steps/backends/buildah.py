@@ -50,4 +50,4 @@ class BuildahBackend(Backend):
                 argv += ["--secret", f"id={secret_id},src={path}"]
             self.run_streaming([*argv, *tls, str(request.context)], env, "buildah bud")
             self.push(["buildah", "push", *tls, str(request.destination),
-                                f"docker://{request.destination}"], env, "buildah push")
+                       f"docker://{request.destination}"], env, "buildah push")
