@@ -125,8 +125,14 @@ class DockerEngine:
         return self
 
     def stop(self) -> None:
+        """Stop dockerd and unmount what it leaves under its root (its netns file)."""
         if self.service:
             self.service.stop()
+        root = f"{self.root.resolve()}/"
+        with open("/proc/self/mounts") as mounts:
+            points = [line.split()[1] for line in mounts if line.split()[1].startswith(root)]
+        for point in sorted(points, reverse=True):
+            subprocess.run(["umount", point], capture_output=True, check=False)
 
 
 def docker_cli() -> str:
