@@ -26,6 +26,9 @@ ROOTFS_TAR = CACHE / "rootfs-bookworm.tar"
 BASE_PACKAGES = "python3,python3-venv,python3-pip,ca-certificates,passwd"
 BASE_PYTHON = "3.11"
 BASE_NAME = f"library/python:{BASE_PYTHON}-slim"
+# Set in the image config as public bases do: Kaniko and Buildah run RUN steps with only
+# the image's own environment.
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
@@ -239,8 +242,30 @@ def push_base_image(engine: DockerEngine, registry: Registry) -> str:
     """Import the cached rootfs as REGISTRY/library/python:3.11-slim and push it."""
     reference = f"{registry.address}/{BASE_NAME}"
     if engine.cli("image", "inspect", reference, check=False).returncode != 0:
-        engine.cli("import", "--change", "CMD [\"python3\"]",
+        engine.cli("import", "--change", "CMD [\"python3\"]", "--change", f"ENV PATH={BASE_PATH}",
                    "--change", "ENV LANG=C.UTF-8", str(ensure_rootfs_tar()), reference)
+    engine.cli("push", reference)
+    return reference
+
+
+BUILDAH_NAME = "local/buildah:debian"
+BUILDAH_DOCKERFILE = """ARG BASE
+FROM ${BASE}
+RUN apt-get update -qq \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah \\
+ && rm -rf /var/lib/apt/lists/*
+"""
+
+
+def push_buildah_image(engine: DockerEngine, registry: Registry) -> str:
+    """An executor image with Debian's buildah (quay.io/buildah/stable is not reachable here):
+    REGISTRY/local/buildah:debian, made on the local base."""
+    reference = f"{registry.address}/{BUILDAH_NAME}"
+    if engine.cli("image", "inspect", reference, check=False).returncode != 0:
+        with tempfile.TemporaryDirectory(prefix="mls-buildah-") as tmp:
+            (Path(tmp) / "Dockerfile").write_text(BUILDAH_DOCKERFILE)
+            engine.cli("build", "--network", "host", "-t", reference, "--build-arg",
+                       f"BASE={push_base_image(engine, registry)}", tmp, timeout=600)
     engine.cli("push", reference)
     return reference
 

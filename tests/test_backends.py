@@ -1,48 +1,19 @@
-"""Build backends through their contracts: Kaniko argv/auth/secrets, selection, buildah conf."""
+"""Build backends through their contracts: executor arguments, selection, buildah conf."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
-from helpers import EXAMPLE, docker_config
+from helpers import docker_config
 
 from mlflow_steps.backends import select_backend
 from mlflow_steps.backends.base import BuildRequest
-from mlflow_steps.backends.buildah import registries_conf
-from mlflow_steps.builder import BuilderInputs, run_builder
-from mlflow_steps.envspec import BuildOptions
+from mlflow_steps.backends.buildah import buildah_args, registries_conf
+from mlflow_steps.backends.kaniko import kaniko_args
 from mlflow_steps.errors import StepError
 from mlflow_steps.registry import ImageRef
-
-RECORDER = """#!/bin/sh
-# Stand-in for /kaniko/executor: record argv, env and visible files; write the digest file.
-out="$(dirname "$0")/record"
-mkdir -p "$out"
-printf '%s\\n' "$@" > "$out/argv"
-echo "$DOCKER_CONFIG" > "$out/docker_config"
-cp "$DOCKER_CONFIG/config.json" "$out/config.json" 2>/dev/null
-cp "$(dirname "$0")/mlflow-steps/pip.conf" "$out/pip.conf" 2>/dev/null
-for arg in "$@"; do
-  case "$arg" in
-    --digest-file=*) echo "sha256:$(printf x | sha256sum | cut -c1-64)" > "${arg#--digest-file=}";;
-    --context=dir://*) cp "${arg#--context=dir://}/Dockerfile" "$out/Dockerfile";;
-  esac
-done
-echo "INFO kaniko stand-in built"
-exit ${KANIKO_EXIT:-0}
-"""
-
-
-@pytest.fixture
-def kaniko(tmp_path: Path) -> Path:
-    executor = tmp_path / "kaniko" / "executor"
-    executor.parent.mkdir()
-    executor.write_text(RECORDER)
-    executor.chmod(0o755)
-    return executor
 
 
 def request_for(tmp_path: Path, **overrides) -> BuildRequest:
@@ -55,71 +26,53 @@ def request_for(tmp_path: Path, **overrides) -> BuildRequest:
     return BuildRequest(**{**values, **overrides})
 
 
-def test_kaniko_argv_defaults(kaniko: Path, tmp_path: Path) -> None:
-    backend = select_backend("kaniko", {"MLFLOW_STEPS_KANIKO_EXECUTOR": str(kaniko)})
-    argv = backend.argv(request_for(tmp_path), tmp_path / "digest")
-    assert argv == [
-        str(kaniko), f"--context=dir://{tmp_path}/ctx", f"--dockerfile={tmp_path}/ctx/Dockerfile",
+def test_kaniko_args_defaults(tmp_path: Path) -> None:
+    assert kaniko_args(request_for(tmp_path), tmp_path / "digest", None) == [
+        f"--context=dir://{tmp_path}/ctx", f"--dockerfile={tmp_path}/ctx/Dockerfile",
         "--destination=reg.example:5000/mlflow/trainer:abc", f"--digest-file={tmp_path}/digest",
         "--compressed-caching=false", "--push-retry=2", "--verbosity=info"]
 
 
-def test_kaniko_argv_insecure_cache_and_ca(kaniko: Path, tmp_path: Path) -> None:
-    backend = select_backend("kaniko", {"MLFLOW_STEPS_KANIKO_EXECUTOR": str(kaniko)})
+def test_kaniko_args_secrets_insecure_cache_reproducible_and_ca(tmp_path: Path) -> None:
     request = request_for(
         tmp_path, insecure_registries=("reg.example:5000",), compressed_caching=True,
-        cache_repo="reg.example:5000/cache", verbose=True,
-        base_image=ImageRef.parse("127.0.0.1:5000/library/python:3.11-slim"),
-        registry_ca=tmp_path / "ca.crt")
-    argv = backend.argv(request, tmp_path / "digest")[5:]
-    assert argv == ["--compressed-caching=true", "--push-retry=2", "--cache=true",
-                    "--cache-repo=reg.example:5000/cache", "--insecure", "--skip-tls-verify",
-                    "--insecure-pull", "--skip-tls-verify-pull",
+        cache_repo="reg.example:5000/cache", verbose=True, reproducible=True,
+        secrets={"pip-config": tmp_path / "pip.conf", "pip-ca": tmp_path / "ca.pem"},
+        base_image=ImageRef.parse("127.0.0.1:5000/library/python:3.11-slim"))
+    args = kaniko_args(request, tmp_path / "digest", tmp_path / "ca.crt")[4:]
+    assert args == ["--compressed-caching=true", "--push-retry=2",
+                    f"--secret=id=pip-ca,src={tmp_path}/ca.pem",
+                    f"--secret=id=pip-config,src={tmp_path}/pip.conf",
+                    "--cache=true", "--cache-repo=reg.example:5000/cache", "--reproducible",
+                    "--insecure-registry=reg.example:5000", "--insecure-registry=127.0.0.1:5000",
                     f"--registry-certificate=reg.example:5000={tmp_path}/ca.crt",
                     "--verbosity=debug"]
 
 
-def test_kaniko_run_through_the_builder(kaniko: Path, tmp_path: Path, registry) -> None:
-    """The real builder drives the executor; the push is verified against the registry."""
-    ca = tmp_path / "ca.pem"
-    ca.write_text("CA")
-    config = docker_config(tmp_path / "dockercfg", {registry.address: {"auth": "dTpw"}})
-    environ = {**os.environ, "MLFLOW_STEPS_KANIKO_EXECUTOR": str(kaniko),
-               "DOCKER_CONFIG": str(config), "PIP_INDEX_URL": "https://u:tok@mirror.example/s",
-               "PIP_CERT": str(ca)}
-    with pytest.raises(StepError, match=r"kaniko reported success but .* is not in the registry"):
-        run_builder(EXAMPLE, BuilderInputs(registry=registry.address, builder="kaniko",
-                                           options=BuildOptions(base_image="python:3.11-slim")),
-                    environ)
-    record = kaniko.parent / "record"
-    argv = (record / "argv").read_text().splitlines()
-    assert argv[2].startswith(f"--destination={registry.address}/mlflow/trainer:")
-    assert "--insecure" in argv and "--insecure-pull" not in argv
-    assert (record / "docker_config").read_text().strip() == str(kaniko.parent / ".docker")
-    assert json.loads((record / "config.json").read_text())["auths"][registry.address]
-    pip_conf = (record / "pip.conf").read_text()
-    assert "index-url = https://u:tok@mirror.example/s" in pip_conf
-    assert f"cert = {kaniko.parent}/mlflow-steps/pip-ca.pem" in pip_conf
-    dockerfile = (record / "Dockerfile").read_text()
-    assert f"export PIP_CONFIG_FILE={kaniko.parent}/mlflow-steps/pip.conf" in dockerfile
-    assert "tok" not in dockerfile.replace("tooling", "")
-    assert not (kaniko.parent / "mlflow-steps" / "pip.conf").exists()  # secrets removed
+def test_kaniko_args_name_a_shared_insecure_registry_once(tmp_path: Path) -> None:
+    request = request_for(tmp_path, destination=ImageRef("127.0.0.1:5000", "t", "x"),
+                          base_image=ImageRef.parse("127.0.0.1:5000/library/python:3.11"))
+    assert kaniko_args(request, tmp_path / "d", None).count(
+        "--insecure-registry=127.0.0.1:5000") == 1
 
 
-def test_kaniko_failure_is_reported_with_its_last_lines(kaniko: Path, tmp_path: Path,
-                                                        registry) -> None:
-    environ = {**os.environ, "MLFLOW_STEPS_KANIKO_EXECUTOR": str(kaniko), "KANIKO_EXIT": "3"}
-    with pytest.raises(StepError, match=r"kaniko build failed \(exit 3\): .*stand-in built"):
-        run_builder(EXAMPLE, BuilderInputs(registry=registry.address, builder="kaniko",
-                                           options=BuildOptions(base_image="python:3.11-slim")),
-                    environ)
+def test_buildah_args(tmp_path: Path) -> None:
+    config = docker_config(tmp_path / "docker", {"reg.example:5000": {"auth": "dTpw"}})
+    request = request_for(tmp_path, docker_config=config, reproducible=True,
+                          secrets={"pip-config": tmp_path / "pip.conf"})
+    build, push = buildah_args(request, tmp_path / "digest", tmp_path / "certs")
+    auth = ["--authfile", f"{config}/config.json", "--cert-dir", f"{tmp_path}/certs"]
+    assert build == ["bud", "--layers=false", "--format", "oci", "-f", f"{tmp_path}/ctx/Dockerfile",
+                     "-t", "reg.example:5000/mlflow/trainer:abc", "--isolation", "chroot",
+                     "--timestamp", "0", "--secret", f"id=pip-config,src={tmp_path}/pip.conf",
+                     *auth, f"{tmp_path}/ctx"]
+    assert push == ["push", *auth, "--digestfile", f"{tmp_path}/digest",
+                    "reg.example:5000/mlflow/trainer:abc",
+                    "docker://reg.example:5000/mlflow/trainer:abc"]
 
 
-def test_auto_selection_order(kaniko: Path, tmp_path: Path) -> None:
-    with_kaniko = {"MLFLOW_STEPS_KANIKO_EXECUTOR": str(kaniko), "PATH": os.environ["PATH"]}
-    assert select_backend("auto", with_kaniko).name == "kaniko"
-    no_engine = {"MLFLOW_STEPS_KANIKO_EXECUTOR": str(tmp_path / "none"),
-                 "DOCKER_HOST": f"unix://{tmp_path}/no.sock", "PATH": os.environ["PATH"]}
+def test_auto_selection_order(tmp_path: Path) -> None:
+    no_engine = {"DOCKER_HOST": f"unix://{tmp_path}/no.sock", "PATH": os.environ["PATH"]}
     assert select_backend("auto", no_engine).name == "buildah"
     with pytest.raises(StepError, match="no build engine available"):
         select_backend("auto", {**no_engine, "PATH": str(tmp_path)})
@@ -127,9 +80,14 @@ def test_auto_selection_order(kaniko: Path, tmp_path: Path) -> None:
         select_backend("docker", no_engine)
 
 
-def test_docker_selected_when_engine_answers(docker_engine, tmp_path: Path) -> None:
-    environ = {**docker_engine.env(), "MLFLOW_STEPS_KANIKO_EXECUTOR": str(tmp_path / "none")}
-    assert select_backend("auto", environ).name == "docker"
+def test_docker_selected_when_engine_answers(docker_engine) -> None:
+    assert select_backend("auto", docker_engine.env()).name == "docker"
+
+
+def test_kaniko_is_not_a_backend() -> None:
+    """Kaniko owns its container: it only runs as the build step of the builder plan."""
+    with pytest.raises(KeyError):
+        select_backend("kaniko", {})
 
 
 def test_buildah_registries_conf(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import EXAMPLE, run_cli
+from image_checks import check_runtime_image, scan_pushed_image
 
 SECRET_TOKEN = "SECRET-TOKEN-" + os.urandom(6).hex()
 CA_MARKER = "CA-MARKER-" + os.urandom(6).hex()
@@ -34,19 +34,6 @@ def build(codeset: Path, env: dict[str, str], *args: str):
     return run_cli("build", str(codeset), *args, env=env)
 
 
-def scan_pushed_image(reference: str, destination: Path, needles: list[str]) -> list[str]:
-    """Copy the image out of the registry with skopeo and search every blob for needles."""
-    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{reference}",
-                    f"dir:{destination}"], check=True, capture_output=True, timeout=300)
-    found = []
-    for blob in destination.iterdir():
-        data = blob.read_bytes()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-        found += [needle for needle in needles if needle.encode() in data]
-    return found
-
-
 def test_docker_build_skip_and_rebuild(docker_engine, registry, base_image, secret_pip_env,
                                        tmp_path: Path) -> None:
     codeset = copy_example(tmp_path)
@@ -66,13 +53,7 @@ def test_docker_build_skip_and_rebuild(docker_engine, registry, base_image, secr
     assert SECRET_TOKEN not in first.stderr + first.stdout
 
     pushed = f"{registry.address}/mlflow/trainer:{tag}"
-    check = docker_engine.cli("run", "--rm", "--network", "host", pushed, "sh", "-c",
-                              "id -u && pwd && python -c 'import sklearn, mlflow, boto3' && "
-                              "/opt/mlflow-steps/bin/mlflow-steps --version && "
-                              "test ! -e /etc/pip.conf && test ! -d /root/.cache/pip",
-                              check=False)
-    assert check.returncode == 0, check.stderr
-    assert check.stdout.splitlines()[:2] == ["1000", "/project"]
+    check_runtime_image(docker_engine, pushed)
     history = docker_engine.cli("history", "--no-trunc", pushed).stdout
     assert SECRET_TOKEN not in history and CA_MARKER not in history
     assert scan_pushed_image(pushed, tmp_path / "scan", [SECRET_TOKEN, CA_MARKER]) == []
@@ -112,7 +93,8 @@ def test_docker_build_skip_and_rebuild(docker_engine, registry, base_image, secr
     assert ran.returncode == 0, ran.stderr
 
 
-def test_buildah_build_and_skip(registry, base_image, buildah_env, tmp_path: Path) -> None:
+def test_buildah_build_and_skip(docker_engine, registry, base_image, buildah_env,
+                                tmp_path: Path) -> None:
     codeset = copy_example(tmp_path)
     (codeset / "conda.yaml").write_text((codeset / "conda.yaml").read_text().replace(
         "      - boto3\n", "      - boto3\n      - packaging\n"))
@@ -128,6 +110,7 @@ def test_buildah_build_and_skip(registry, base_image, buildah_env, tmp_path: Pat
                              check=False)
     assert inspect.returncode == 0, inspect.stderr
     assert '"io.mlflow-steps.strategy": "pip"' in inspect.stdout
+    check_runtime_image(docker_engine, reference)
     again = build(codeset, {**env, "PATH": "/nonexistent"}, "--output-file",
                   str(tmp_path / "out2"))
     assert again.returncode == 0 and "build skipped" in again.stderr

@@ -39,7 +39,10 @@ def test_layout_is_cache_friendly_and_non_root(codeset, files) -> None:
     env_copy = dockerfile.index("COPY env/")
     assert env_copy < dockerfile.index("RUN") < dockerfile.index("COPY tooling/")
     assert keywords[-3:] == ["USER", "WORKDIR", "CMD"]
-    assert "USER 1000" in dockerfile and "WORKDIR /project" in dockerfile
+    assert "USER 1000" in dockerfile and "WORKDIR /srv/mlflow" in dockerfile
+    # The image never touches the codeset mount point, which may be read-only at build time.
+    assert "/project" not in dockerfile.replace('"run", "/project"]', "")
+    assert "mkdir -p /srv/mlflow && chown 1000 /srv/mlflow" in dockerfile
     assert dockerfile.rstrip().endswith(
         'CMD ["/opt/mlflow-steps/bin/mlflow-steps", "run", "/project"]')
     assert "--no-cache-dir" in dockerfile and "rm -rf /root/.cache" in dockerfile
@@ -87,11 +90,6 @@ def test_secret_mounts_prefix_pip_runs(codeset) -> None:
     runs = [line for line in dockerfile.splitlines() if "-m venv" in line]
     assert len(runs) == 2
     assert all(line.startswith("RUN --mount=type=secret,id=pip-config,target=/etc/pip.conf ")
-               for line in runs)
-    kaniko = render_dockerfile(spec, PipConfigDelivery(config_file="/kaniko/x/pip.conf"))
-    runs = [line for line in kaniko.splitlines() if "-m venv" in line]
-    assert len(runs) == 2
-    assert all(line.startswith("RUN export PIP_CONFIG_FILE=/kaniko/x/pip.conf && python3 -m")
                for line in runs)
 
 

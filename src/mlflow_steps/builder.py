@@ -10,7 +10,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mlflow_steps.backends import select_backend
-from mlflow_steps.backends.base import PIP_CA_SECRET, PIP_CONFIG_SECRET, Backend, BuildRequest
+from mlflow_steps.backends.base import (
+    PIP_CA_SECRET,
+    PIP_CONFIG_SECRET,
+    SECRET_MOUNT_TARGETS,
+    Backend,
+    BuildRequest,
+    secret_delivery,
+)
 from mlflow_steps.envspec import BuildOptions, EnvSpec, resolve_env
 from mlflow_steps.errors import StepError
 from mlflow_steps.hashing import env_tag, template_version
@@ -35,6 +42,7 @@ class BuilderInputs:
     verbose: bool = False
     compressed_caching: bool = False
     cache_repo: str | None = None
+    reproducible: bool = False
     insecure_registries: tuple[str, ...] = ()
     registry_ca: Path | None = None
     forward_pip_config: bool = True
@@ -65,75 +73,114 @@ def log(message: str) -> None:
     print(f"mlflow-steps: {message}", file=sys.stderr, flush=True)
 
 
-def _with_pip_config(inputs: BuilderInputs, pip: BuildPipConfig) -> BuildOptions:
+def resolve_spec(codeset: Path, options: BuildOptions, environ: dict[str, str],
+                 forward_pip_config: bool = True) -> tuple[EnvSpec, BuildPipConfig]:
+    """The codeset's environment spec with the pip indexes a build would use folded in
+    (without credentials): the one spec path of `hash`, `render` and `build`."""
+    pip = collect_pip_config(environ) if forward_pip_config else BuildPipConfig()
     index, extras = pip.public_urls()
-    return replace(inputs.options, index_url=index, extra_index_urls=extras)
+    _, spec = resolve_env(codeset, replace(options, index_url=index, extra_index_urls=extras))
+    return spec, pip
 
 
-def _write_secrets(directory: Path, pip: BuildPipConfig, backend: Backend) -> dict[str, Path]:
+def write_pip_secrets(directory: Path, pip: BuildPipConfig) -> dict[str, Path]:
+    """pip.conf (+ CA bundle) as private files for the engine's secret mounts."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     config = directory / "pip.conf"
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(pip.pip_conf(backend.ca_target() if pip.ca_bundle else None))
+        handle.write(pip.pip_conf(SECRET_MOUNT_TARGETS[PIP_CA_SECRET] if pip.ca_bundle else None))
     secrets = {PIP_CONFIG_SECRET: config}
     if pip.ca_bundle:
         ca = directory / "pip-ca.pem"
         shutil.copyfile(pip.ca_bundle, ca)
+        ca.chmod(0o600)
         secrets[PIP_CA_SECRET] = ca
     return secrets
 
 
-def run_builder(codeset: Path, inputs: BuilderInputs,
-                environ: dict[str, str] | None = None) -> BuildOutcome:
-    """Build and push the codeset's environment image unless the registry has it."""
-    environ = dict(os.environ if environ is None else environ)
-    pip = collect_pip_config(environ) if inputs.forward_pip_config else BuildPipConfig()
-    _, spec = resolve_env(codeset, _with_pip_config(inputs, pip))
+@dataclass(frozen=True)
+class BuildTarget:
+    """What the builder decided before any engine runs: spec, tag, where it goes."""
+
+    spec: EnvSpec
+    destination: ImageRef
+    pull_reference: str
+    pip: BuildPipConfig
+    client: RegistryClient
+
+
+def resolve_target(codeset: Path, inputs: BuilderInputs, environ: dict[str, str]) -> BuildTarget:
+    """Hash the codeset's environment and name its image; nothing is built or pushed."""
+    spec, pip = resolve_spec(codeset, inputs.options, environ, inputs.forward_pip_config)
     tag = env_tag(spec)
     destination = ImageRef(inputs.push_registry(), inputs.repository, tag)
-    pull_reference = f"{inputs.pull_prefix()}/{inputs.repository}:{tag}"
     if inputs.verbose:
         log(f"environment spec:\n{spec.explain(template_version())}")
         log(pip.describe())
     client = RegistryClient(
         destination.registry, insecure_registries=inputs.insecure_registries,
         verify=str(inputs.registry_ca) if inputs.registry_ca else True, environ=environ)
-    if not inputs.force:
-        digest = client.manifest_digest(destination.repository, tag)
-        if digest:
-            log(f"{destination} already exists ({digest}); build skipped")
-            return BuildOutcome(pull_reference, digest, built=False, backend=None)
-    backend = select_backend(inputs.builder, environ)
-    log(f"building {destination} with {backend.name} ({spec.strategy}, base {spec.base_image})")
-    _build(backend, spec, destination, inputs, pip, environ)
-    digest = client.manifest_digest(destination.repository, tag)
+    return BuildTarget(spec, destination, f"{inputs.pull_prefix()}/{inputs.repository}:{tag}",
+                       pip, client)
+
+
+def existing_digest(target: BuildTarget, force: bool) -> str | None:
+    """The digest under the target's tag, or None when it must be built."""
+    if force:
+        return None
+    digest = target.client.manifest_digest(target.destination.repository,
+                                           target.destination.tag)
+    if digest:
+        log(f"{target.destination} already exists ({digest}); build skipped")
+    return digest
+
+
+def pushed_digest(client: RegistryClient, destination: ImageRef, engine: str) -> str:
+    """The digest the registry now serves for ``destination``; fails when it has none."""
+    digest = client.manifest_digest(destination.repository, destination.tag)
     if not digest:
-        raise StepError(f"{backend.name} reported success but {destination} is not in the "
+        raise StepError(f"{engine} reported success but {destination} is not in the "
                         "registry", source="push")
     log(f"pushed {destination} ({digest})")
-    return BuildOutcome(pull_reference, digest, built=True, backend=backend.name)
+    return digest
 
 
-def _build(backend: Backend, spec: EnvSpec, destination: ImageRef, inputs: BuilderInputs,
-           pip: BuildPipConfig, environ: dict[str, str]) -> None:
+def run_builder(codeset: Path, inputs: BuilderInputs,
+                environ: dict[str, str] | None = None) -> BuildOutcome:
+    """Build and push the codeset's environment image unless the registry has it."""
+    environ = dict(os.environ if environ is None else environ)
+    target = resolve_target(codeset, inputs, environ)
+    digest = existing_digest(target, inputs.force)
+    if digest:
+        return BuildOutcome(target.pull_reference, digest, built=False, backend=None)
+    backend = select_backend(inputs.builder, environ)
+    log(f"building {target.destination} with {backend.name} ({target.spec.strategy}, "
+        f"base {target.spec.base_image})")
+    _build(backend, target, inputs, environ)
+    digest = pushed_digest(target.client, target.destination, backend.name)
+    return BuildOutcome(target.pull_reference, digest, built=True, backend=backend.name)
+
+
+def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
+                  docker_config: Path, secrets: dict[str, Path]) -> BuildRequest:
+    """The engine-neutral build request for ``target``."""
+    return BuildRequest(
+        context=context, destination=target.destination,
+        base_image=ImageRef.parse(target.spec.base_image), docker_config=docker_config,
+        secrets=secrets, insecure_registries=inputs.insecure_registries,
+        registry_ca=inputs.registry_ca, compressed_caching=inputs.compressed_caching,
+        cache_repo=inputs.cache_repo, reproducible=inputs.reproducible, verbose=inputs.verbose,
+    )
+
+
+def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
+           environ: dict[str, str]) -> None:
+    pip = target.pip
     with tempfile.TemporaryDirectory(prefix="mlflow-steps-build-") as tmp:
         workspace = Path(tmp)
-        delivery = (PipConfigDelivery() if pip.empty
-                    else backend.delivery(with_ca=pip.ca_bundle is not None))
-        context = write_context(spec, workspace / "context", delivery)
-        secret_dir = backend.secret_dir(workspace)
-        try:
-            secrets = {} if pip.empty else _write_secrets(secret_dir, pip, backend)
-            request = BuildRequest(
-                context=context, destination=destination,
-                base_image=ImageRef.parse(spec.base_image),
-                docker_config=docker_config_dir(environ), secrets=secrets,
-                insecure_registries=inputs.insecure_registries,
-                registry_ca=inputs.registry_ca, compressed_caching=inputs.compressed_caching,
-                cache_repo=inputs.cache_repo, verbose=inputs.verbose,
-            )
-            backend.build_and_push(request)
-        finally:
-            for name in ("pip.conf", "pip-ca.pem"):
-                (secret_dir / name).unlink(missing_ok=True)
+        delivery = PipConfigDelivery() if pip.empty else secret_delivery(pip.ca_bundle is not None)
+        context = write_context(target.spec, workspace / "context", delivery)
+        secrets = {} if pip.empty else write_pip_secrets(workspace / "secrets", pip)
+        backend.build_and_push(build_request(target, inputs, context,
+                                             docker_config_dir(environ), secrets))

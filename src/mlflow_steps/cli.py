@@ -14,8 +14,8 @@ import click
 
 from mlflow_steps import __version__
 from mlflow_steps.backends import BUILDER_CHOICES
-from mlflow_steps.builder import DEFAULT_REPOSITORY, BuilderInputs, run_builder
-from mlflow_steps.envspec import DEFAULT_MINICONDA_VERSION, STRATEGIES, BuildOptions, resolve_env
+from mlflow_steps.builder import DEFAULT_REPOSITORY, BuilderInputs, resolve_spec, run_builder
+from mlflow_steps.envspec import DEFAULT_MINICONDA_VERSION, STRATEGIES, BuildOptions
 from mlflow_steps.errors import StepError
 from mlflow_steps.hashing import env_tag, template_version
 from mlflow_steps.render import write_context
@@ -24,6 +24,8 @@ from mlflow_steps.runtime.step import RuntimeInputs, run_runtime
 from mlflow_steps.runtime.tracking import mlflow_error_line
 from mlflow_steps.serving import ServeInputs, serve_model
 from mlflow_steps.stepio import result_path, write_outputs
+from mlflow_steps.steps import builder_plan
+from mlflow_steps.steps.builder_plan import DEFAULT_EXECUTOR, EXECUTORS, PLAN_MOUNT
 
 
 def _empty_is_default(default: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -104,13 +106,20 @@ def cli() -> None:
     """Build and run MLflow projects as FuseML-compatible workflow steps."""
 
 
+forward_pip_config_input = step_input(
+    "forward_pip_config", True, type=bool,
+    help="Forward this machine's pip index/CA config into the build (as a secret); its index "
+         "URLs, without credentials, are part of the environment tag.")
+
+
 @cli.command("hash")
 @codeset_argument
 @build_inputs
+@forward_pip_config_input
 @click.option("--explain", is_flag=True, help="Print the normalised spec that is hashed.")
-def hash_command(codeset: Path, explain: bool, **inputs: Any) -> None:
-    """Print the environment tag of CODESET."""
-    _, spec = resolve_env(codeset, _options(**inputs))
+def hash_command(codeset: Path, explain: bool, forward_pip_config: bool, **inputs: Any) -> None:
+    """Print the environment tag of CODESET (the tag `build` pushes)."""
+    spec, _ = resolve_spec(codeset, _options(**inputs), dict(os.environ), forward_pip_config)
     if explain:
         click.echo(spec.explain(template_version()))
     click.echo(env_tag(spec))
@@ -119,11 +128,13 @@ def hash_command(codeset: Path, explain: bool, **inputs: Any) -> None:
 @cli.command("render")
 @codeset_argument
 @build_inputs
+@forward_pip_config_input
 @click.option("-o", "--output-dir", type=click.Path(path_type=Path), required=True,
               help="New or empty directory for the build context.")
-def render_command(codeset: Path, output_dir: Path, **inputs: Any) -> None:
+def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
+                   **inputs: Any) -> None:
     """Write the build context (Dockerfile, env files, tooling) for CODESET."""
-    _, spec = resolve_env(codeset, _options(**inputs))
+    spec, _ = resolve_spec(codeset, _options(**inputs), dict(os.environ), forward_pip_config)
     write_context(spec, output_dir)
     click.echo(f"{output_dir}/Dockerfile ({spec.strategy}, tag {env_tag(spec)})")
 
@@ -135,30 +146,54 @@ def render_command(codeset: Path, output_dir: Path, **inputs: Any) -> None:
 @step_input("pull_registry", help="Registry consumers pull from (empty: same as registry).")
 @step_input("repository", DEFAULT_REPOSITORY, help="Repository inside the registry.")
 @step_input("builder", "auto", type=click.Choice(BUILDER_CHOICES),
-            help="Build engine; auto: kaniko, then docker, then buildah.")
+            help="Build engine here; auto: docker, then buildah (Kaniko: --stage).")
 @step_input("force", False, type=bool, help="Rebuild even if the tag exists.")
 @step_input("verbose", False, type=bool, help="Log the hashed spec and build details.")
 @step_input("compressed_caching", False, type=bool, help="Kaniko --compressed-caching.")
 @step_input("cache_repo", help="Kaniko layer cache repository (enables --cache).")
+@step_input("reproducible", False, type=bool,
+            help="Strip timestamps (Kaniko --reproducible, Buildah --timestamp 0).")
 @step_input("insecure_registries", "", help="Comma-separated registries reached over HTTP.")
 @step_input("registry_ca", type=click.Path(path_type=Path, dir_okay=False, exists=True),
             help="CA bundle for a TLS registry with a private CA.")
-@step_input("forward_pip_config", True, type=bool,
-            help="Forward this machine's pip index/CA config into the build (as a secret).")
+@forward_pip_config_input
+@click.option("--stage", type=click.Choice(("all", "prepare", "verify")), default="all",
+              show_default=True,
+              help="all: build here; prepare/verify: the builder plan's steps around an "
+                   "executor container (see --plan-dir).")
+@click.option("--executor", type=click.Choice(tuple(EXECUTORS)), default=DEFAULT_EXECUTOR,
+              show_default=True, help="With --stage prepare: the executor the plan is for.")
+@click.option("--plan-dir", type=click.Path(path_type=Path, file_okay=False),
+              default=PLAN_MOUNT, show_default=True,
+              help="With --stage: the directory the plan's steps share.")
+@click.option("--skip-result", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --stage prepare: write true/false here (a Tekton step result).")
+@click.option("--args-result", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --stage prepare: write the executor's arguments here (JSON array).")
 @click.option("--output-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the pull reference here (default: /tekton/results/$TASK_RESULT).")
 @click.option("--digest-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the image digest here (default: results/$TASK_RESULT_DIGEST).")
 def build_command(codeset: Path, output_file: Path | None, digest_file: Path | None,
                   env_strategy: str, base_image: str | None, miniconda_version: str,
-                  insecure_registries: str, **inputs: Any) -> None:
+                  insecure_registries: str, stage: str, executor: str, plan_dir: Path,
+                  skip_result: Path | None, args_result: Path | None, **inputs: Any) -> None:
     """Build and push CODESET's environment image unless the registry already has it."""
     environ = dict(os.environ)
-    outcome = run_builder(codeset, BuilderInputs(
+    builder_inputs = BuilderInputs(
         options=_options(env_strategy, base_image, miniconda_version),
         insecure_registries=tuple(h.strip() for h in insecure_registries.split(",") if h.strip()),
         **inputs,
-    ), environ)
+    )
+    if stage == "prepare":
+        plan = builder_plan.prepare(codeset, builder_inputs, executor, plan_dir, environ,
+                                    skip_result, args_result)
+        click.echo("skip" if plan.skip else "build")
+        return
+    if stage == "verify":
+        outcome = builder_plan.verify(plan_dir, environ)
+    else:
+        outcome = run_builder(codeset, builder_inputs, environ)
     outputs = {}
     for path in (output_file, result_path(environ, "TASK_RESULT")):
         if path:

@@ -19,7 +19,10 @@ from mlflow_steps.hashing import PACKAGE_DIR, env_tag, tooling_files
 BUILD_DIR = "/opt/mlflow-steps-build"
 ENV_PREFIX = "/opt/env"
 TOOLING_PREFIX = "/opt/mlflow-steps"
-WORKDIR = "/project"
+# Owned by the runtime user in the image itself; never the codeset mount (/project), which
+# only exists when a step runs, nor any path a builder uses.
+WORKDIR = "/srv/mlflow"
+CODESET_PATH = "/project"
 RUNTIME_UID = 1000
 TOOLING_REQUIREMENTS = (
     "click>=8.1",
@@ -36,21 +39,14 @@ TEMPLATES = {"pip": "pip.Dockerfile.j2", "conda": "conda.Dockerfile.j2",
 
 @dataclass(frozen=True)
 class PipConfigDelivery:
-    """How pip-using RUN steps see the build-time pip config without it entering a layer.
-
-    BuildKit and Buildah mount secrets (``mounts``: id → target); Kaniko reads files
-    from its own never-snapshotted directory (``config_file``).
-    """
+    """How pip-using RUN steps see the build-time pip config without it entering a layer:
+    secret mounts (``mounts``: id → target)."""
 
     mounts: tuple[tuple[str, str], ...] = ()
-    config_file: str | None = None
 
     def prefix(self) -> str:
         """Words to put right after RUN in pip-using steps."""
-        words = "".join(f"--mount=type=secret,id={i},target={t} " for i, t in self.mounts)
-        if self.config_file:
-            words += f"export PIP_CONFIG_FILE={self.config_file} && "
-        return words
+        return "".join(f"--mount=type=secret,id={i},target={t} " for i, t in self.mounts)
 
 
 def _environment() -> jinja2.Environment:
@@ -127,6 +123,7 @@ def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDeli
         tooling_prefix=TOOLING_PREFIX,
         tooling_python="python3",
         workdir=WORKDIR,
+        codeset_path=CODESET_PATH,
         uid=RUNTIME_UID,
         pip_prefix=delivery.prefix(),
         has_build_requirements=bool(spec.build_requirements),

@@ -5,11 +5,9 @@ from __future__ import annotations
 from mlflow_steps.backends.base import Backend, BuildRequest
 from mlflow_steps.backends.buildah import BuildahBackend
 from mlflow_steps.backends.docker import DockerBackend
-from mlflow_steps.backends.kaniko import KanikoBackend
 from mlflow_steps.errors import StepError
 
 BACKENDS: dict[str, type[Backend]] = {
-    "kaniko": KanikoBackend,
     "docker": DockerBackend,
     "buildah": BuildahBackend,
 }
@@ -17,7 +15,11 @@ BUILDER_CHOICES = ("auto", *BACKENDS)
 
 
 def select_backend(name: str, environ: dict[str, str]) -> Backend:
-    """The named backend, or for ``auto`` the first available: kaniko, docker, buildah."""
+    """The named backend, or for ``auto`` the first available: docker, then buildah.
+
+    Kaniko is not a backend: it owns its container, so it runs as the `build` step of
+    the builder plan (:mod:`mlflow_steps.steps.builder_plan`).
+    """
     if name != "auto":
         backend = BACKENDS[name](environ)
         problem = backend.unavailable_reason()

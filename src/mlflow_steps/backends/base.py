@@ -41,10 +41,18 @@ class BuildRequest:
     compressed_caching: bool = False
     cache: bool = False
     cache_repo: str | None = None
+    reproducible: bool = False
     verbose: bool = False
 
     def insecure(self, ref: ImageRef) -> bool:
         return is_insecure(ref.registry, self.insecure_registries)
+
+
+def secret_delivery(with_ca: bool) -> PipConfigDelivery:
+    """How pip config reaches RUN steps: secret mounts, with every engine (BuildKit, Buildah,
+    Kaniko's ``--secret``), so it never enters a layer."""
+    ids = [PIP_CONFIG_SECRET] + ([PIP_CA_SECRET] if with_ca else [])
+    return PipConfigDelivery(mounts=tuple((i, SECRET_MOUNT_TARGETS[i]) for i in ids))
 
 
 class Backend(ABC):
@@ -58,19 +66,6 @@ class Backend(ABC):
     @abstractmethod
     def unavailable_reason(self) -> str | None:
         """None when the engine can be used here, else why not."""
-
-    def delivery(self, with_ca: bool) -> PipConfigDelivery:
-        """How pip config reaches RUN steps (secret mounts unless overridden)."""
-        ids = [PIP_CONFIG_SECRET] + ([PIP_CA_SECRET] if with_ca else [])
-        return PipConfigDelivery(mounts=tuple((i, SECRET_MOUNT_TARGETS[i]) for i in ids))
-
-    def ca_target(self) -> str:
-        """Where the CA bundle appears inside RUN steps."""
-        return SECRET_MOUNT_TARGETS[PIP_CA_SECRET]
-
-    def secret_dir(self, workspace: Path) -> Path:
-        """Where the builder writes secret files for this engine."""
-        return workspace / "secrets"
 
     @abstractmethod
     def build_and_push(self, request: BuildRequest) -> None:

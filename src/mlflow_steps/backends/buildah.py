@@ -21,8 +21,28 @@ def registries_conf(request: BuildRequest) -> str:
     return text
 
 
+def buildah_args(request: BuildRequest, digest_file: Path, cert_dir: Path | None,
+                 isolation: str | None = "chroot") -> tuple[list[str], list[str]]:
+    """Arguments of `buildah bud` and of `buildah push` for ``request``."""
+    auth_file = request.docker_config / "config.json"
+    tls = ["--authfile", str(auth_file)] if auth_file.is_file() else []
+    if cert_dir:
+        tls += ["--cert-dir", str(cert_dir)]
+    build = ["bud", "--layers=false", "--format", "oci",
+             "-f", str(request.context / "Dockerfile"), "-t", str(request.destination)]
+    if isolation:
+        build += ["--isolation", isolation]
+    if request.reproducible:
+        build += ["--timestamp", "0"]
+    for secret_id, path in sorted(request.secrets.items()):
+        build += ["--secret", f"id={secret_id},src={path}"]
+    push = ["push", *tls, "--digestfile", str(digest_file), str(request.destination),
+            f"docker://{request.destination}"]
+    return [*build, *tls, str(request.context)], push
+
+
 class BuildahBackend(Backend):
-    """`buildah bud` + `buildah push --digestfile`."""
+    """`buildah bud` + `buildah push --digestfile` with this machine's buildah."""
 
     name = "buildah"
 
@@ -35,19 +55,12 @@ class BuildahBackend(Backend):
             conf = Path(tmp) / "registries.conf"
             conf.write_text(registries_conf(request))
             env = {**self.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)}
-            auth_file = request.docker_config / "config.json"
-            tls = ["--authfile", str(auth_file)] if auth_file.is_file() else []
+            cert_dir = None
             if request.registry_ca:
                 cert_dir = Path(tmp) / "certs"
                 cert_dir.mkdir()
                 shutil.copyfile(request.registry_ca, cert_dir / "ca.crt")
-                tls += ["--cert-dir", str(cert_dir)]
-            argv = ["buildah", "bud", "--layers=false", "--format", "oci",
-                    "-f", str(request.context / "Dockerfile"), "-t", str(request.destination)]
-            if "BUILDAH_ISOLATION" not in self.environ:
-                argv += ["--isolation", "chroot"]
-            for secret_id, path in sorted(request.secrets.items()):
-                argv += ["--secret", f"id={secret_id},src={path}"]
-            self.run_streaming([*argv, *tls, str(request.context)], env, "buildah bud")
-            self.push(["buildah", "push", *tls, str(request.destination),
-                       f"docker://{request.destination}"], env, "buildah push")
+            isolation = None if "BUILDAH_ISOLATION" in self.environ else "chroot"
+            build, push = buildah_args(request, Path(tmp) / "digest", cert_dir, isolation)
+            self.run_streaming(["buildah", *build], env, "buildah bud")
+            self.push(["buildah", *push], env, "buildah push")

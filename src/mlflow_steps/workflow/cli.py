@@ -11,6 +11,7 @@ import click
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.stepio import write_atomically
+from mlflow_steps.steps.builder_plan import EXECUTORS
 from mlflow_steps.workflow.envexport import DEFAULT_SELECTOR, FORMATS, format_env, parse_selector
 from mlflow_steps.workflow.extensions import Identity, load_registry
 from mlflow_steps.workflow.loader import load_workflow
@@ -80,12 +81,20 @@ def validate_command(files: tuple[Path, ...]) -> None:
 @click.option("--keep-workspace", is_flag=True, help="Keep the run's codeset copy.")
 @click.option("--forward-pip-config/--no-forward-pip-config", default=True, show_default=True,
               help="Give builder steps this machine's pip index/CA config (a read-only mount).")
+@click.option("--builder", "builder_executor", type=click.Choice(("engine", *EXECUTORS)),
+              default="engine", show_default=True,
+              help="Builder steps: one container building on this engine through its socket, "
+                   "or the in-cluster plan (prepare → executor → verify) with Kaniko or "
+                   "Buildah, as `export --tekton` writes it.")
+@click.option("--executor-image", help="The executor image of the plan "
+              "[default: the published Kaniko or Buildah image].")
 @click.option("-v", "--verbose", is_flag=True, help="Show resolved extensions and step env "
               "(credentials masked).")
 def run_command(file: Path, codeset_dir: Path | None, codeset_name: str | None, project: str,
                 user: str, inputs: tuple[str, ...], extensions: Path | None, runs_dir: Path,
                 output_json: Path | None, engine: str | None, network: str,
-                keep_workspace: bool, forward_pip_config: bool, verbose: bool) -> None:
+                keep_workspace: bool, forward_pip_config: bool, builder_executor: str,
+                executor_image: str | None, verbose: bool) -> None:
     """Run workflow FILE locally, each step a container, in order."""
     try:  # the Docker SDK (the `workflow` extra) is only needed to run
         from mlflow_steps.workflow.engine import DockerEngine
@@ -113,8 +122,9 @@ def run_command(file: Path, codeset_dir: Path | None, codeset_name: str | None, 
     runner = Runner(plan, DockerEngine(engine), RunStore(runs_dir),
                     lambda line: click.echo(line, err=True))
     click.echo(f"run {record.id}", err=True)
-    outputs = runner.run(record, RunOptions(codeset_dir, network, keep_workspace, verbose,
-                                                forward_pip_config))
+    outputs = runner.run(record, RunOptions(
+        codeset_dir, network, keep_workspace, verbose, forward_pip_config,
+        None if builder_executor == "engine" else builder_executor, executor_image))
     click.echo(f"run {record.id} succeeded in {record.seconds:.1f}s", err=True)
     for name, value in outputs.items():
         click.echo(f"{name}={value}")

@@ -29,6 +29,8 @@ class ContainerSpec:
     working_dir: str | None
     network: str
     labels: dict[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] | None = None  # replaces the image's entrypoint and command
+    security_options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,10 @@ class DockerEngine:
         try:
             container = self.client.containers.create(
                 spec.image, name=spec.name, environment=spec.env, mounts=mounts,
-                working_dir=spec.working_dir, network_mode=spec.network, labels=spec.labels)
+                working_dir=spec.working_dir, network_mode=spec.network, labels=spec.labels,
+                entrypoint=list(spec.command[:1]) if spec.command else None,
+                command=list(spec.command[1:]) if spec.command else None,
+                security_opt=list(spec.security_options) or None)
         except docker.errors.APIError as exc:
             raise StepError(f"cannot create the container: {exc.explanation or exc}",
                             source=spec.image) from None

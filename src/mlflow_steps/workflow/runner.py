@@ -18,11 +18,22 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.pipconfig import collect_pip_config
+from mlflow_steps.registry import docker_config_dir
+from mlflow_steps.steps.builder_plan import (
+    EXECUTORS,
+    PLAN_MOUNT,
+    REGISTRY_AUTH_MOUNT,
+    SKIP_RESULT,
+    is_builder_image,
+    local_step_results,
+    plan_steps,
+    substitute,
+)
 from mlflow_steps.workflow.engine import (
     ENGINE_SOCKET_LABEL,
     PIP_CONFIG_LABEL,
@@ -56,6 +67,10 @@ class RunOptions:
     keep_workspace: bool = False
     verbose: bool = False
     forward_pip_config: bool = True
+    # Run builder steps as the three-step plan with this executor (None: one container
+    # that builds on the engine through its socket).
+    builder_executor: str | None = None
+    executor_image: str | None = None
 
 
 class Runner:
@@ -123,7 +138,9 @@ class Runner:
         results.mkdir(parents=True)
         results.chmod(0o777)  # as in Tekton: steps may run as any user
         pip_dir = pip_config_dir(run_dir, step)
-        spec = self._container(step, image, results, run_dir, record.id, options)
+        as_plan = options.builder_executor is not None and is_builder_image(image)
+        spec = self._container(step, image, results, run_dir, record.id, options,
+                               engine_socket=not as_plan)
         if options.verbose:
             for key, value in sorted(spec.env.items()):
                 self.emit(f"[{step.name}] env {key}={value}")
@@ -135,7 +152,10 @@ class Runner:
             self.emit(f"[{step.name}] {line}")
 
         try:
-            exit_code = self.engine.run(spec, on_line)
+            if as_plan:
+                exit_code = self._run_builder_plan(step, spec, run_dir, options, on_line)
+            else:
+                exit_code = self.engine.run(spec, on_line)
         finally:
             shutil.rmtree(pip_dir, ignore_errors=True)
         step_record.seconds = round(time.monotonic() - started, 3)
@@ -153,8 +173,54 @@ class Runner:
         what = "skipped build, done" if step_record.build_skipped else "done"
         self.emit(f"[{step.name}] {what} in {step_record.seconds:.1f}s")
 
+    def _run_builder_plan(self, step: Step, spec: ContainerSpec, run_dir: Path,
+                          options: RunOptions, on_line: Callable[[str], None]) -> int:
+        """prepare → build (the executor image, unless the plan skips it) → verify, as in
+        the Tekton Task, sharing a private plan directory that is removed afterwards."""
+        assert options.builder_executor is not None
+        executor = EXECUTORS[options.builder_executor]
+        if options.executor_image:
+            executor = replace(executor, image=options.executor_image)
+        self.engine.prepare(executor.image)
+        plan_dir = run_dir / "plan" / step.name
+        shutil.rmtree(plan_dir, ignore_errors=True)
+        plan_dir.mkdir(parents=True, mode=0o700)
+        results = local_step_results(plan_dir)
+        auth = docker_config_dir(dict(os.environ)) / "config.json"
+        try:
+            for plan_step in plan_steps(executor):
+                if plan_step.only_when_building and \
+                        (results / SKIP_RESULT).read_text().strip() == "true":
+                    self.emit(f"[{step.name}] {plan_step.name}: not run (the plan skips it)")
+                    continue
+                words = substitute(plan_step.command + plan_step.args, results, PLAN_MOUNT)
+                mounts = [(plan_dir, PLAN_MOUNT)]
+                if plan_step.step_inputs:
+                    env = dict(spec.env)
+                    mounts += list(spec.mounts)
+                    if auth.is_file():
+                        mounts.append((auth, f"{REGISTRY_AUTH_MOUNT}/config.json"))
+                        env["DOCKER_CONFIG"] = REGISTRY_AUTH_MOUNT
+                    container = replace(spec, name=f"{spec.name}-{plan_step.name}", env=env,
+                                        mounts=tuple(mounts), command=tuple(words))
+                else:
+                    if auth.is_file():
+                        mounts.append((auth, f"{executor.auth_mount}/config.json"))
+                    container = ContainerSpec(
+                        f"{spec.name}-{plan_step.name}", executor.image, {}, tuple(mounts),
+                        None, spec.network, spec.labels, tuple(words),
+                        executor.security_options)
+                self.emit(f"[{step.name}] {plan_step.name} ({container.image})")
+                exit_code = self.engine.run(container, on_line)
+                if exit_code != 0:
+                    return exit_code
+            return 0
+        finally:
+            shutil.rmtree(plan_dir, ignore_errors=True)
+
     def _container(self, step: Step, image: str, results: Path, run_dir: Path,
-                   run_id: str, options: RunOptions) -> ContainerSpec:
+                   run_id: str, options: RunOptions, engine_socket: bool = True
+                   ) -> ContainerSpec:
         env = self.plan.env(step)
         mounts = [(results, RESULTS_IN_CONTAINER)]
         if step.codeset:
@@ -165,7 +231,7 @@ class Runner:
                 and write_pip_config(pip_dir, info.user)):
             mounts.append((pip_dir, PIP_CONFIG_IN_CONTAINER))
             env["PIP_CONFIG_FILE"] = f"{PIP_CONFIG_IN_CONTAINER}/pip.conf"
-        if info.labels.get(ENGINE_SOCKET_LABEL) == "true":
+        if engine_socket and info.labels.get(ENGINE_SOCKET_LABEL) == "true":
             socket = self.engine.socket()
             if socket is None:
                 raise StepError(f"step {step.name!r} needs the engine's socket, but the "

@@ -1,0 +1,1 @@
+"""Step definitions that run as more than one container (the in-cluster builder plan)."""

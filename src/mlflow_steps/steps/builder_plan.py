@@ -1,0 +1,265 @@
+"""The builder as three steps: prepare (our image) → build (an unmodified executor image)
+→ verify (our image).
+
+Kaniko owns the container it runs in: it unpacks the base image over that container's root
+filesystem and snapshots what changes. So our Python never shares a container with an
+executor. ``prepare`` hashes the environment, checks the registry and, unless the tag
+exists, renders the build context, the executor's arguments and the build-time secrets into
+the plan directory (a volume the three steps share: an ``emptyDir`` in Tekton). ``build`` is
+the published executor image, run only when the plan says so. ``verify`` checks the pushed
+manifest and writes the step results, so a failed build leaves none.
+
+One definition (:data:`EXECUTORS`, :func:`plan_steps`) serves the Tekton export and the
+local runner, so in-cluster behaviour can be reproduced on one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mlflow_steps.backends.base import BuildRequest, secret_delivery
+from mlflow_steps.backends.buildah import buildah_args, registries_conf
+from mlflow_steps.backends.kaniko import kaniko_args
+from mlflow_steps.builder import (
+    BuilderInputs,
+    BuildOutcome,
+    build_request,
+    existing_digest,
+    log,
+    pushed_digest,
+    resolve_target,
+    write_pip_secrets,
+)
+from mlflow_steps.errors import StepError
+from mlflow_steps.registry import ImageRef, RegistryClient, docker_config_dir
+from mlflow_steps.render import PipConfigDelivery, write_context
+
+PLAN_MOUNT = "/mlflow-steps-build"
+REGISTRY_AUTH_MOUNT = "/mlflow-steps-registry"
+PLAN_FILE = "plan.json"
+STEP_RESULTS_DIR = "step-results"
+PREPARE, BUILD, VERIFY = "prepare", "build", "verify"
+SKIP_RESULT = "skip"
+ARGS_RESULT = "executor-args"
+# Works on any node filesystem (overlay needs fuse-overlayfs or a privileged container).
+BUILDAH_STORAGE_DRIVER = "vfs"
+BUILDAH_SCRIPT = f"""set -eu
+cd {PLAN_MOUNT}
+export CONTAINERS_REGISTRIES_CONF={PLAN_MOUNT}/registries.conf
+set --; while IFS= read -r arg; do set -- "$@" "$arg"; done < build.args; buildah "$@"
+set --; while IFS= read -r arg; do set -- "$@" "$arg"; done < push.args; buildah "$@"
+"""
+
+
+@dataclass(frozen=True)
+class Executor:
+    """A published executor image and how the `build` step runs it.
+
+    ``security_options`` are the least privilege it builds with (Docker's
+    ``--security-opt``; the matching securityContext profiles in Tekton).
+    """
+
+    name: str
+    image: str
+    command: tuple[str, ...]
+    args: tuple[str, ...]
+    auth_mount: str
+    security_options: tuple[str, ...] = ()
+
+
+EXECUTORS = {
+    # No privilege beyond a root container: Kaniko builds in userspace.
+    "kaniko": Executor(
+        "kaniko", "ghcr.io/osscontainertools/kaniko:v1.28.3", ("/kaniko/executor",),
+        (f"$(steps.{PREPARE}.results.{ARGS_RESULT}[*])",), auth_mount="/kaniko/.docker"),
+    # vfs storage and chroot isolation, as root, with no added capability and not
+    # privileged: buildah unshares namespaces for RUN steps, which the runtime's default
+    # seccomp profile refuses (measured: "unshare(CLONE_NEWUSER): Operation not permitted"),
+    # and so does a default AppArmor profile where nodes enforce one.
+    "buildah": Executor(
+        "buildah", "quay.io/buildah/stable:v1.43.0", ("/bin/sh", "-c", BUILDAH_SCRIPT), (),
+        auth_mount=REGISTRY_AUTH_MOUNT,
+        security_options=("seccomp=unconfined", "apparmor=unconfined")),
+}
+DEFAULT_EXECUTOR = "kaniko"
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One container of the plan; ``image`` None means the builder step's own image."""
+
+    name: str
+    image: str | None
+    command: tuple[str, ...]
+    args: tuple[str, ...] = ()
+    results: tuple[tuple[str, str], ...] = ()
+    only_when_building: bool = False
+    step_inputs: bool = False  # gets the FuseML step's inputs (FUSEML_*, TASK_RESULT)
+
+
+def step_result_path(name: str) -> str:
+    """The Tekton variable for one of ``prepare``'s step results."""
+    return f"$(step.results.{name}.path)"
+
+
+def plan_steps(executor: Executor) -> tuple[PlanStep, ...]:
+    """The builder's three steps for ``executor``."""
+    return (
+        PlanStep(PREPARE, None, ("mlflow-steps", "build"),
+                 ("--stage", PREPARE, "--executor", executor.name, "--plan-dir", PLAN_MOUNT,
+                  "--skip-result", step_result_path(SKIP_RESULT),
+                  "--args-result", step_result_path(ARGS_RESULT)),
+                 results=((SKIP_RESULT, "string"), (ARGS_RESULT, "array")), step_inputs=True),
+        PlanStep(BUILD, executor.image, executor.command, executor.args,
+                 only_when_building=True),
+        PlanStep(VERIFY, None, ("mlflow-steps", "build"),
+                 ("--stage", VERIFY, "--plan-dir", PLAN_MOUNT), step_inputs=True),
+    )
+
+
+@dataclass(frozen=True)
+class PlanFile:
+    """What ``prepare`` decided, for ``verify`` (no secrets)."""
+
+    executor: str
+    skip: bool
+    destination: str
+    pull_reference: str
+    existing_digest: str | None
+    insecure_registries: tuple[str, ...]
+    registry_ca: str | None
+
+    def write(self, plan_dir: Path) -> None:
+        (plan_dir / PLAN_FILE).write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def read(cls, plan_dir: Path) -> PlanFile:
+        path = plan_dir / PLAN_FILE
+        try:
+            data = json.loads(path.read_text())
+            data["insecure_registries"] = tuple(data["insecure_registries"])
+            return cls(**data)
+        except FileNotFoundError:
+            raise StepError("no build plan here: run the prepare stage first",
+                            source=str(path)) from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StepError(f"unreadable build plan ({exc})", source=str(path)) from None
+
+
+def _write_result(path: Path | None, value: str) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value)
+
+
+def prepare(codeset: Path, inputs: BuilderInputs, executor_name: str, plan_dir: Path,
+            environ: dict[str, str], skip_result: Path | None = None,
+            args_result: Path | None = None) -> PlanFile:
+    """Decide skip or build; for a build, write context, secrets and executor arguments."""
+    if executor_name not in EXECUTORS:
+        raise StepError(f"unknown executor (one of {', '.join(EXECUTORS)})", field="executor")
+    if plan_dir.exists() and any(p.name != STEP_RESULTS_DIR for p in plan_dir.iterdir()):
+        raise StepError("plan directory is not empty", source=str(plan_dir))
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    target = resolve_target(codeset, inputs, environ)
+    digest = existing_digest(target, inputs.force)
+    ca_file = None
+    if inputs.registry_ca:
+        ca_file = plan_dir / "certs" / "ca.crt"
+        ca_file.parent.mkdir()
+        shutil.copyfile(inputs.registry_ca, ca_file)
+    plan = PlanFile(executor_name, digest is not None, str(target.destination),
+                    target.pull_reference, digest, inputs.insecure_registries,
+                    str(ca_file) if ca_file else None)
+    args: list[str] = []
+    if digest is None:
+        pip = target.pip
+        delivery = PipConfigDelivery() if pip.empty else secret_delivery(pip.ca_bundle is not None)
+        context = write_context(target.spec, plan_dir / "context", delivery)
+        secrets = {} if pip.empty else write_pip_secrets(plan_dir / "secrets", pip)
+        request = build_request(target, inputs, context, docker_config_dir(environ), secrets)
+        args = _executor_args(executor_name, request, plan_dir, ca_file)
+        log(f"plan: build {target.destination} with {executor_name} "
+            f"({target.spec.strategy}, base {target.spec.base_image})")
+    plan.write(plan_dir)
+    _write_result(skip_result, "true" if plan.skip else "false")
+    _write_result(args_result, json.dumps(args))
+    return plan
+
+
+def _executor_args(executor: str, request: BuildRequest, plan_dir: Path,
+                   ca_file: Path | None) -> list[str]:
+    digest_file = plan_dir / "digest"
+    if executor == "kaniko":
+        return kaniko_args(request, digest_file, ca_file)
+    (plan_dir / "registries.conf").write_text(registries_conf(request))
+    build, push = buildah_args(request, digest_file, ca_file.parent if ca_file else None)
+    for name, words in (("build.args", build), ("push.args", push)):
+        words = [f"--storage-driver={BUILDAH_STORAGE_DRIVER}", *words]
+        if any("\n" in word for word in words):
+            raise StepError("a build argument contains a newline", field=name)
+        (plan_dir / name).write_text("".join(f"{word}\n" for word in words))
+    return []
+
+
+def verify(plan_dir: Path, environ: dict[str, str]) -> BuildOutcome:
+    """Check the pushed (or existing) manifest; the build-time secrets are removed first."""
+    plan = PlanFile.read(plan_dir)
+    shutil.rmtree(plan_dir / "secrets", ignore_errors=True)
+    destination = ImageRef.parse(plan.destination)
+    client = RegistryClient(destination.registry,
+                            insecure_registries=plan.insecure_registries,
+                            verify=plan.registry_ca or True, environ=environ)
+    if plan.skip:
+        digest = client.manifest_digest(destination.repository, destination.tag)
+        if digest != plan.existing_digest:
+            raise StepError(f"{destination} changed or vanished since prepare "
+                            f"({plan.existing_digest} → {digest})", source="verify")
+        return BuildOutcome(plan.pull_reference, digest or "", built=False, backend=None)
+    digest = pushed_digest(client, destination, plan.executor)
+    reported = plan_dir / "digest"
+    if reported.is_file() and reported.read_text().strip() != digest:
+        log(f"note: {plan.executor} pushed {reported.read_text().strip()}, the registry now "
+            f"serves {digest} (another builder pushed the same tag)")
+    return BuildOutcome(plan.pull_reference, digest, built=True, backend=plan.executor)
+
+
+BUILDER_REPOSITORIES = ("mlflow-steps/builder", "fuseml/mlflow-builder")
+_STEP_RESULT = re.compile(r"\$\(steps\.(?P<step>[a-z0-9-]+)\.results\.(?P<name>[a-z0-9-]+)"
+                          r"(?P<star>\[\*\])?\)")
+_RESULT_PATH = re.compile(r"\$\(step\.results\.(?P<name>[a-z0-9-]+)\.path\)")
+
+
+def is_builder_image(reference: str) -> bool:
+    """Whether a workflow step's image is the builder (ours, or FuseML's by name)."""
+    return ImageRef.parse(reference).repository.endswith(BUILDER_REPOSITORIES)
+
+
+def local_step_results(plan_dir: Path) -> Path:
+    """Where a local run keeps ``prepare``'s step results (inside the plan directory)."""
+    return plan_dir / STEP_RESULTS_DIR
+
+
+def substitute(words: tuple[str, ...], results_dir: Path, plan_dir_in_container: str
+               ) -> list[str]:
+    """Tekton's step-result variables in ``words``, resolved as a local run does.
+
+    ``$(step.results.X.path)`` is a file under the plan directory; ``$(steps.S.results.X)``
+    its content; ``$(steps.S.results.X[*])`` (a whole array result) expands to its items.
+    """
+    resolved: list[str] = []
+    for word in words:
+        word = _RESULT_PATH.sub(
+            lambda m: f"{plan_dir_in_container}/{STEP_RESULTS_DIR}/{m['name']}", word)
+        match = _STEP_RESULT.fullmatch(word)
+        if match and match["star"]:
+            items = json.loads((results_dir / match["name"]).read_text())
+            resolved += [str(item) for item in items]
+            continue
+        resolved.append(_STEP_RESULT.sub(
+            lambda m: (results_dir / m["name"]).read_text().strip(), word))
+    return resolved

@@ -1,0 +1,50 @@
+"""The one runtime-image test every build path must pass (Docker, Buildah, Kaniko)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+from pathlib import Path
+
+RUNTIME_PROBE = (
+    "id -u && pwd && stat -c %u . && "
+    "python -c 'import sklearn, mlflow, boto3' && "
+    "/opt/mlflow-steps/bin/mlflow-steps --version && "
+    "test ! -e /etc/pip.conf && test ! -e /run/secrets/pip-ca.pem && "
+    "test ! -d /root/.cache/pip && test ! -e /mlflow-steps-build && test ! -e /kaniko"
+)
+
+
+def check_runtime_image(engine, reference: str) -> dict[str, str]:
+    """Pull and run ``reference`` as a fresh consumer does; return its labels.
+
+    The tooling entry point runs, the environment imports, the user is 1000, the WORKDIR
+    exists and belongs to that user, no build-time secret or builder path is in the image,
+    and the labels name the environment tag.
+    """
+    engine.cli("rmi", reference, check=False)
+    ran = engine.cli("run", "--rm", "--network", "host", reference, "sh", "-c", RUNTIME_PROBE,
+                     check=False, timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    uid, workdir, owner = ran.stdout.splitlines()[:3]
+    assert (uid, owner) == ("1000", "1000") and workdir == "/srv/mlflow"
+    config = json.loads(engine.cli("image", "inspect", reference).stdout)[0]["Config"]
+    labels = config["Labels"] or {}
+    assert labels["io.mlflow-steps.env-tag"] == reference.rsplit(":", 1)[1]
+    assert labels["io.mlflow-steps.strategy"] in ("pip", "conda", "conda-lock")
+    assert config["User"] == "1000" and config["WorkingDir"] == "/srv/mlflow"
+    return labels
+
+
+def scan_pushed_image(reference: str, destination: Path, needles: list[str]) -> list[str]:
+    """Copy the image out of the registry with skopeo and search every blob for needles."""
+    subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{reference}",
+                    f"dir:{destination}"], check=True, capture_output=True, timeout=300)
+    found = []
+    for blob in destination.iterdir():
+        data = blob.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        found += [needle for needle in needles if needle.encode() in data]
+    return found
