@@ -79,11 +79,14 @@ def check_task_spec(spec: dict[str, Any], what: str, embedded: bool = False) -> 
     assert used <= declared, f"{what}: undeclared params {used - declared}"
 
 
-def check_pod(steps: list[dict[str, Any]], what: str) -> None:
+def check_pod(steps: list[dict[str, Any]], what: str,
+              volumes: list[dict[str, Any]] | None = None) -> None:
     """Steps as Pod containers: env, valueFrom, workingDir are Kubernetes' own fields."""
-    containers = [{k: v for k, v in step.items() if k != "script"} for step in steps]
+    tekton_only = {"script", "results", "when", "onError", "timeout", "workspaces", "params",
+                   "ref", "stdoutConfig", "stderrConfig"}
+    containers = [{k: v for k, v in step.items() if k not in tekton_only} for step in steps]
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
-           "spec": {"containers": containers}}
+           "spec": {"containers": containers, "volumes": volumes or []}}
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
 
 
@@ -101,7 +104,8 @@ def test_files_and_kinds(exported) -> None:
     assert kinds == {"pipeline.yaml": ["Pipeline"], "pipelinerun.yaml": ["PipelineRun"],
                      "task-builder.yaml": ["Task"], "task-trainer.yaml": ["Task"],
                      "task-server.yaml": ["Task"],
-                     "extensions.yaml": ["ConfigMap", "ConfigMap", "Secret"]}
+                     "extensions.yaml": ["ConfigMap", "ConfigMap", "Secret"],
+                     "builder-secrets.yaml": ["Secret", "Secret"]}
     for docs in exported.values():
         for doc in docs:
             assert doc["apiVersion"] == ("v1" if doc["kind"] in ("ConfigMap", "Secret")
@@ -110,7 +114,7 @@ def test_files_and_kinds(exported) -> None:
 
 
 def test_configmaps_and_secrets_are_valid_kubernetes(exported) -> None:
-    for doc in exported["extensions.yaml"]:
+    for doc in exported["extensions.yaml"] + exported["builder-secrets.yaml"]:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     secret = exported["extensions.yaml"][2]
     assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "REPLACE-ME",
@@ -171,12 +175,13 @@ def test_tasks_match_tekton_v1_and_results_line_up(exported) -> None:
              if name.startswith("task-") for doc in docs}
     results = {name.removeprefix("mlflow-e2e-"): [r["name"] for r in task["spec"]["results"]]
                for name, task in tasks.items()}
-    assert results == {"builder": ["mlflow-runtime"], "trainer": ["model-url"],
+    assert results == {"builder": ["mlflow-runtime", "IMAGE_DIGEST"], "trainer": ["model-url"],
                        "server": ["prediction-url"]}
     for name, task in tasks.items():
         keys_within(task, OBJECT, name)
         check_task_spec(task["spec"], name)
-        check_pod(task["spec"]["steps"], name)
+        pod_volumes = task["spec"].get("volumes", [])
+        check_pod(task["spec"]["steps"], name, pod_volumes)
         assert task["spec"]["workspaces"] == [{"name": "codeset", "mountPath": "/project"}]
     pipeline_text = yaml.safe_dump(exported["pipeline.yaml"])
     for task, result in re.findall(r"\$\(tasks\.([^.]+)\.results\.([^)]+)\)", pipeline_text):
@@ -239,10 +244,8 @@ def test_pipeline_run_example(exported) -> None:
     assert required <= {p["name"] for p in run["spec"]["params"]}
 
 
-def test_export_needs_extensions_and_an_empty_directory(tmp_path: Path) -> None:
+def test_export_needs_an_empty_directory(tmp_path: Path) -> None:
     train = str(REPO / "workflows" / "mlflow-train.yaml")
-    result = run_cli("workflow", "export", train, "--tekton", "-o", str(tmp_path / "a"))
-    assert result.returncode == 2 and "pass --extensions FILE" in result.stderr
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "x").write_text("")
     result = run_cli("workflow", "export", train, "--tekton", "-o", str(tmp_path / "b"),
@@ -251,3 +254,94 @@ def test_export_needs_extensions_and_an_empty_directory(tmp_path: Path) -> None:
     build = run_cli("workflow", "export", str(REPO / "workflows" / "mlflow-build.yaml"),
                     "--tekton", "-o", str(tmp_path / "c"))
     assert build.returncode == 0 and not (tmp_path / "c" / "extensions.yaml").exists()
+
+
+def test_export_without_extensions_file_resolves_them_in_cluster(tmp_path: Path) -> None:
+    """No local extension records: each selector reads a ConfigMap (and an optional Secret)
+    that the cluster provides; templates of the ConfigMaps are written alongside."""
+    out = tmp_path / "out"
+    result = run_cli("workflow", "export", str(REPO / "workflows" / "mlflow-train.yaml"),
+                     "--tekton", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    trainer = yaml.safe_load((out / "task-trainer.yaml").read_text())["spec"]["steps"][0]
+    assert trainer["envFrom"] == [
+        {"configMapRef": {"name": "mlflow-train-ext-mlflow-tracking"}},
+        {"secretRef": {"name": "mlflow-train-ext-mlflow-tracking", "optional": True}},
+        {"configMapRef": {"name": "mlflow-train-ext-mlflow-store"}},
+        {"secretRef": {"name": "mlflow-train-ext-mlflow-store", "optional": True}}]
+    check_pod([trainer], "trainer")
+    templates = list(yaml.safe_load_all((out / "extensions.yaml").read_text()))
+    assert [t["metadata"]["name"] for t in templates] == [
+        "mlflow-train-ext-mlflow-tracking", "mlflow-train-ext-mlflow-store"]
+    for template in templates:
+        kubernetes_validate.validate(template, K8S_VERSION, strict=True)
+
+
+def test_expression_references_resolve_in_cluster(tmp_path: Path) -> None:
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text("""name: wf
+steps:
+  - name: s
+    image: img
+    inputs:
+      - name: endpoint
+        value: '{{ extension.store.url }}'
+      - name: key
+        value: '{{ extension.store.cfg.AWS_ACCESS_KEY_ID }}'
+    extensions:
+      - name: store
+        service_resource: s3
+""")
+    export = TektonExport(load_workflow(workflow), None, Identity("local", "me"))
+    env = {item["name"]: item for item in export.task(export.workflow.steps[0])["spec"]
+           ["steps"][0]["env"]}
+    assert env["FUSEML_EXT_STORE_URL"]["valueFrom"] == {"configMapKeyRef": {
+        "name": "wf-ext-store", "key": "url"}}
+    assert env["FUSEML_EXT_STORE_AWS_ACCESS_KEY_ID"] == {
+        "name": "FUSEML_EXT_STORE_AWS_ACCESS_KEY_ID", "value": "$(AWS_ACCESS_KEY_ID)"}
+
+
+@pytest.mark.parametrize("executor", ["kaniko", "buildah"])
+def test_builder_is_the_three_step_plan(tmp_path: Path, executor: str) -> None:
+    out = tmp_path / "out"
+    result = run_cli("workflow", "export", str(REPO / "workflows" / "mlflow-build.yaml"),
+                     "--tekton", "-o", str(out), "--builder", executor)
+    assert result.returncode == 0, result.stderr
+    task = yaml.safe_load((out / "task-builder.yaml").read_text())
+    spec = task["spec"]
+    check_task_spec(spec, "builder")
+    check_pod(spec["steps"], "builder", spec["volumes"])
+    prepare, build, verify = spec["steps"]
+    assert [prepare["name"], build["name"], verify["name"]] == ["prepare", "build", "verify"]
+    assert prepare["image"] == verify["image"] == "$(params.IMAGE)"
+    assert prepare["command"] == verify["command"] == ["mlflow-steps", "build"]
+    assert prepare["results"] == [{"name": "skip", "type": "string"},
+                                  {"name": "executor-args", "type": "array"}]
+    # The executor: the published image, unmodified, run only when prepare says build.
+    assert build["image"] == "$(params.EXECUTOR_IMAGE)"
+    default = next(p["default"] for p in spec["params"] if p["name"] == "EXECUTOR_IMAGE")
+    assert default == {"kaniko": "ghcr.io/osscontainertools/kaniko:v1.28.3",
+                       "buildah": "quay.io/buildah/stable:v1.43.0"}[executor]
+    assert build["when"] == [{"input": "$(steps.prepare.results.skip)", "operator": "notin",
+                              "values": ["true"]}]
+    assert "env" not in build and "mlflow-steps" not in build["command"]
+    assert build["securityContext"]["privileged"] is False
+    if executor == "kaniko":
+        assert build["command"] == ["/kaniko/executor"]
+        assert build["args"] == ["$(steps.prepare.results.executor-args[*])"]
+        assert "seccompProfile" not in build["securityContext"]
+    else:
+        assert build["securityContext"]["seccompProfile"] == {"type": "Unconfined"}
+    # Results only from verify; registry credentials only from the Secret, as a file.
+    assert {e["name"]: e["value"] for e in verify["env"]}["TASK_RESULT"] == "mlflow-runtime"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["registry-auth"]["secret"] == {
+        "secretName": "mlflow-build-registry", "optional": True,
+        "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}
+    assert volumes["build-plan"] == {"name": "build-plan", "emptyDir": {}}
+    for step in spec["steps"]:
+        assert {"name": "build-plan", "mountPath": "/mlflow-steps-build"} in \
+            step["volumeMounts"]
+    secrets = list(yaml.safe_load_all((out / "builder-secrets.yaml").read_text()))
+    assert secrets[0]["type"] == "kubernetes.io/dockerconfigjson"
+    assert "&id" not in (out / "task-builder.yaml").read_text()

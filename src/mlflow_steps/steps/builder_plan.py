@@ -40,6 +40,8 @@ from mlflow_steps.render import PipConfigDelivery, write_context
 
 PLAN_MOUNT = "/mlflow-steps-build"
 REGISTRY_AUTH_MOUNT = "/mlflow-steps-registry"
+# Where a runner gives our image the build-time pip config (a file mount, never env values).
+PIP_CONFIG_MOUNT = "/run/mlflow-steps/pip"
 PLAN_FILE = "plan.json"
 STEP_RESULTS_DIR = "step-results"
 PREPARE, BUILD, VERIFY = "prepare", "build", "verify"

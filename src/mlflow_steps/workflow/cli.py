@@ -11,7 +11,7 @@ import click
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.stepio import write_atomically
-from mlflow_steps.steps.builder_plan import EXECUTORS
+from mlflow_steps.steps.builder_plan import DEFAULT_EXECUTOR, EXECUTORS
 from mlflow_steps.workflow.envexport import DEFAULT_SELECTOR, FORMATS, format_env, parse_selector
 from mlflow_steps.workflow.extensions import Identity, load_registry
 from mlflow_steps.workflow.loader import load_workflow
@@ -155,16 +155,24 @@ def runs_command(runs_dir: Path, as_json: bool) -> None:
 @click.option("--tekton", is_flag=True, help="Export to Tekton v1 (the only target).")
 @click.option("-o", "--output-dir", type=click.Path(path_type=Path, file_okay=False),
               required=True, help="New or empty directory for the YAML files.")
-@extensions_option
+@click.option("--extensions", type=click.Path(path_type=Path, exists=True),
+              help="Extension records to export as ConfigMaps/Secrets (default: resolved "
+                   "in-cluster from the ConfigMap and Secret <workflow>-ext-<selector>).")
+@click.option("--builder", "executor", type=click.Choice(tuple(EXECUTORS)),
+              default=DEFAULT_EXECUTOR, show_default=True,
+              help="The executor of the builder step's build (its published image).")
 @project_option
 @user_option
 def export_command(file: Path, tekton: bool, output_dir: Path, extensions: Path | None,
-                   project: str, user: str) -> None:
-    """Write FILE as a Tekton Pipeline, Tasks, ConfigMaps/Secrets and a PipelineRun."""
+                   executor: str, project: str, user: str) -> None:
+    """Write FILE as a Tekton Pipeline, Tasks, ConfigMaps/Secrets and a PipelineRun.
+
+    A builder step becomes a three-step Task: prepare → the executor → verify.
+    """
     if not tekton:
         raise click.UsageError("choose the export target: --tekton")
     registry = load_registry(extensions) if extensions else None
-    export = TektonExport(load_workflow(file), registry, Identity(project, user))
+    export = TektonExport(load_workflow(file), registry, Identity(project, user), executor)
     for path in export.write(output_dir):
         click.echo(str(path))
 

@@ -26,6 +26,7 @@ from mlflow_steps.pipconfig import collect_pip_config
 from mlflow_steps.registry import docker_config_dir
 from mlflow_steps.steps.builder_plan import (
     EXECUTORS,
+    PIP_CONFIG_MOUNT,
     PLAN_MOUNT,
     REGISTRY_AUTH_MOUNT,
     SKIP_RESULT,
@@ -47,7 +48,6 @@ from mlflow_steps.workflow.redact import Redactor
 from mlflow_steps.workflow.runs import RunRecord, RunStore, StepRecord
 
 RESULTS_IN_CONTAINER = "/tekton/results"
-PIP_CONFIG_IN_CONTAINER = "/run/mlflow-steps/pip"
 TAIL_LINES = 10
 BUILD_SKIPPED = "build skipped"
 
@@ -229,8 +229,8 @@ class Runner:
         pip_dir = pip_config_dir(run_dir, step)
         if (options.forward_pip_config and info.labels.get(PIP_CONFIG_LABEL) == "true"
                 and write_pip_config(pip_dir, info.user)):
-            mounts.append((pip_dir, PIP_CONFIG_IN_CONTAINER))
-            env["PIP_CONFIG_FILE"] = f"{PIP_CONFIG_IN_CONTAINER}/pip.conf"
+            mounts.append((pip_dir, PIP_CONFIG_MOUNT))
+            env["PIP_CONFIG_FILE"] = f"{PIP_CONFIG_MOUNT}/pip.conf"
         if engine_socket and info.labels.get(ENGINE_SOCKET_LABEL) == "true":
             socket = self.engine.socket()
             if socket is None:
@@ -272,7 +272,7 @@ def write_pip_config(directory: Path, image_user: str) -> bool:
         return False
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, mode=0o700)
-    ca_target = f"{PIP_CONFIG_IN_CONTAINER}/ca.pem" if config.ca_bundle else None
+    ca_target = f"{PIP_CONFIG_MOUNT}/ca.pem" if config.ca_bundle else None
     if config.ca_bundle:
         shutil.copyfile(config.ca_bundle, directory / "ca.pem")
     pip_conf = directory / "pip.conf"

@@ -25,6 +25,18 @@ import yaml
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.stepio import write_atomically
+from mlflow_steps.steps.builder_plan import (
+    DEFAULT_EXECUTOR,
+    EXECUTORS,
+    PIP_CONFIG_MOUNT,
+    PLAN_MOUNT,
+    PREPARE,
+    REGISTRY_AUTH_MOUNT,
+    SKIP_RESULT,
+    Executor,
+    is_builder_image,
+    plan_steps,
+)
 from mlflow_steps.workflow.expressions import (
     ExtensionRef,
     InputRef,
@@ -70,6 +82,13 @@ def ext_var(ref: ExtensionRef) -> str:
                   .upper())
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Every value written out in full: no YAML anchors for the env the steps share."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 @dataclass(frozen=True)
 class _Objects:
     """Per matched service: its ConfigMap and (when it has credentials) Secret."""
@@ -88,12 +107,16 @@ class TektonExport:
     """Builds the Kubernetes documents of one workflow (pure; ``write`` puts them in files)."""
 
     def __init__(self, workflow: Workflow, registry: ExtensionRegistry | None,
-                 identity: Identity) -> None:
+                 identity: Identity, executor: str = DEFAULT_EXECUTOR) -> None:
         self.workflow = workflow
         self.name = k8s_name(workflow.name)
         self.tasks = {step.name: k8s_name(step.name) for step in workflow.steps}
-        self.access = resolve_steps(workflow, registry, identity)
+        # Without a registry file, extensions are resolved in-cluster: one ConfigMap (and an
+        # optional Secret) per selector, which the cluster's operator provides.
+        self.in_cluster = registry is None
+        self.access = {} if registry is None else resolve_steps(workflow, registry, identity)
         self.codeset = next((i.name for i in workflow.inputs if i.type == "codeset"), None)
+        self.executor = EXECUTORS[executor]
 
     def documents(self) -> dict[str, list[dict[str, Any]]]:
         """File name → documents."""
@@ -104,6 +127,8 @@ class TektonExport:
         extensions = self.extension_objects()
         if extensions:
             files["extensions.yaml"] = extensions
+        if any(self.is_builder(step) for step in self.workflow.steps):
+            files["builder-secrets.yaml"] = self.builder_secrets()
         return files
 
     def write(self, directory: Path) -> list[Path]:
@@ -112,7 +137,8 @@ class TektonExport:
         written = []
         for file, documents in self.documents().items():
             path = directory / file
-            write_atomically(path, yaml.safe_dump_all(documents, sort_keys=False))
+            write_atomically(path, yaml.dump_all(documents, Dumper=_PlainDumper,
+                                                 sort_keys=False))
             written.append(path)
         return written
 
@@ -135,6 +161,10 @@ class TektonExport:
     def _meta(self, name: str) -> dict[str, Any]:
         return {"name": name, "labels": {PART_OF: self.name}}
 
+    def in_cluster_objects(self, selector: str) -> str:
+        """The ConfigMap (and optional Secret) name of an in-cluster extension selector."""
+        return k8s_name(self.name, "ext", selector)
+
     def _service_objects(self, access: Access) -> _Objects:
         name = k8s_name(self.name, access.extension.id, access.service.id)
         keys = frozenset(key for key, _ in access.credentials.configuration) \
@@ -142,6 +172,8 @@ class TektonExport:
         return _Objects(name, name if keys else None, keys)
 
     def extension_objects(self) -> list[dict[str, Any]]:
+        if self.in_cluster:
+            return self._in_cluster_templates()
         documents: dict[str, dict[str, Any]] = {}
         for access in self.access.values():
             objects = self._service_objects(access)
@@ -158,6 +190,45 @@ class TektonExport:
                     "type": "Opaque",
                     "stringData": dict.fromkeys(sorted(objects.secret_keys), PLACEHOLDER)}
         return list(documents.values())
+
+    def _in_cluster_templates(self) -> list[dict[str, Any]]:
+        """A ConfigMap per selector to fill in: its keys become the step's env (as FuseML
+        injects an extension's configuration); ``url``/``version``/``zone`` serve
+        ``{{ extension.* }}`` expressions. Credentials go in the Secret of the same name."""
+        selectors = dict.fromkeys(s.name for step in self.workflow.steps
+                                  for s in step.extensions)
+        return [{"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {**self._meta(self.in_cluster_objects(name)), "annotations": {
+                     "mlflow-steps/fill-in": "endpoint configuration (e.g. MLFLOW_TRACKING_URI);"
+                     " credentials in the Secret of the same name (optional)"}},
+                 "data": {"url": PLACEHOLDER}} for name in selectors]
+
+    def builder_secrets(self) -> list[dict[str, Any]]:
+        """Templates of the builder's two optional Secrets: registry auth and pip config."""
+        return [
+            {"apiVersion": "v1", "kind": "Secret", "metadata": self._meta(self.registry_secret),
+             "type": "kubernetes.io/dockerconfigjson",
+             "stringData": {".dockerconfigjson": '{"auths": {}}'}},
+            {"apiVersion": "v1", "kind": "Secret",
+             "metadata": self._meta(self.pip_config_secret), "type": "Opaque",
+             "stringData": {"pip.conf": "[global]\n"}},
+        ]
+
+    @property
+    def registry_secret(self) -> str:
+        return k8s_name(self.name, "registry")
+
+    @property
+    def pip_config_secret(self) -> str:
+        return k8s_name(self.name, "pip-config")
+
+    def is_builder(self, step: Step) -> bool:
+        """The builder step: its image, or the default of the input that names it."""
+        image = step.image.literal
+        if image is None and len(step.image.parts) == 1 and isinstance(
+                step.image.parts[0], InputRef):
+            image = self.workflow.input(step.image.parts[0].input).default
+        return bool(image) and is_builder_image(image)
 
     def pipeline(self) -> dict[str, Any]:
         params: list[dict[str, Any]] = []
@@ -236,6 +307,9 @@ class TektonExport:
             "image": step.image.literal or "$(params.IMAGE)",
             "env": [{"name": name, **value} for name, value in self._env(step).items()],
         }
+        envfrom = self._env_from(step)
+        if envfrom:
+            container["envFrom"] = envfrom
         spec: dict[str, Any] = {
             "params": [{"name": name, "type": "string"} for name, _ in self._task_params(step)],
             "results": [{"name": output} for output in step.outputs],
@@ -244,8 +318,68 @@ class TektonExport:
             container["workingDir"] = step.codeset.path
             spec["workspaces"] = [{"name": WORKSPACE, "mountPath": step.codeset.path}]
         spec["steps"] = [container]
+        if self.is_builder(step):
+            self._builder_plan(spec, container)
         return {"apiVersion": API_VERSION, "kind": "Task",
                 "metadata": self._meta(k8s_name(self.name, step.name)), "spec": spec}
+
+    def _builder_plan(self, spec: dict[str, Any], container: dict[str, Any]) -> None:
+        """The builder step as prepare → build (the executor image) → verify."""
+        executor = self.executor
+        spec["description"] = (
+            f"mlflow-steps builder plan: prepare → {executor.name} → verify. Needs Tekton "
+            "Pipelines with step results and step `when` expressions (feature flags "
+            "enable-step-actions, and enable-api-fields beta for array step results).")
+        spec["params"].append({"name": "EXECUTOR_IMAGE", "type": "string",
+                               "description": f"The {executor.name} executor image",
+                               "default": executor.image})
+        spec["results"].append({"name": "IMAGE_DIGEST",
+                                "description": "Digest of the environment image"})
+        spec["volumes"] = [
+            {"name": "build-plan", "emptyDir": {}},
+            {"name": "registry-auth", "secret": {
+                "secretName": self.registry_secret, "optional": True,
+                "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}},
+            {"name": "pip-config", "secret": {"secretName": self.pip_config_secret,
+                                              "optional": True}},
+        ]
+        plan = {"name": "build-plan", "mountPath": PLAN_MOUNT}
+        env = [*container["env"],
+               {"name": "DOCKER_CONFIG", "value": REGISTRY_AUTH_MOUNT},
+               {"name": "TASK_RESULT_DIGEST", "value": "IMAGE_DIGEST"}]
+        ours = {"mounts": [plan, {"name": "registry-auth", "mountPath": REGISTRY_AUTH_MOUNT,
+                                  "readOnly": True}], "env": env}
+        steps = []
+        for plan_step in plan_steps(executor):
+            step: dict[str, Any] = {"name": plan_step.name}
+            if plan_step.image is None:
+                step["image"] = container["image"]
+                step_env = list(ours["env"])
+                mounts = list(ours["mounts"])
+                if plan_step.name == PREPARE:
+                    step_env.append({"name": "PIP_CONFIG_FILE",
+                                     "value": f"{PIP_CONFIG_MOUNT}/pip.conf"})
+                    mounts.append({"name": "pip-config", "mountPath": PIP_CONFIG_MOUNT,
+                                   "readOnly": True})
+                    step["results"] = [{"name": n, "type": t} for n, t in plan_step.results]
+                step["env"] = step_env
+                if "envFrom" in container:
+                    step["envFrom"] = container["envFrom"]
+                if "workingDir" in container:
+                    step["workingDir"] = container["workingDir"]
+            else:
+                step["image"] = "$(params.EXECUTOR_IMAGE)"
+                mounts = [plan, {"name": "registry-auth", "mountPath": executor.auth_mount,
+                                 "readOnly": True}]
+                step["securityContext"] = executor_security_context(executor)
+                step["when"] = [{"input": f"$(steps.{PREPARE}.results.{SKIP_RESULT})",
+                                 "operator": "notin", "values": ["true"]}]
+            step["command"] = list(plan_step.command)
+            if plan_step.args:
+                step["args"] = list(plan_step.args)
+            step["volumeMounts"] = mounts
+            steps.append(step)
+        spec["steps"] = steps
 
     def _env(self, step: Step) -> dict[str, dict[str, Any]]:
         """Env in dependency order: extension values first, FuseML's own variables last."""
@@ -254,9 +388,16 @@ class TektonExport:
                                      *(v.value for v in step.env))
                 for ref in template.refs if isinstance(ref, ExtensionRef)]
         for ref in refs:
+            if self.in_cluster:
+                env[ext_var(ref)] = {"value": f"$({ref.key})"} if ref.key else {
+                    "valueFrom": {"configMapKeyRef": {
+                        "name": self.in_cluster_objects(ref.selector), "key": ref.attribute}}}
+                continue
             objects = self._service_objects(self.access[step.name, ref.selector])
             env[ext_var(ref)] = {"valueFrom": objects.ref(ref.key or ref.attribute)}
         for selector in step.extensions:
+            if self.in_cluster:
+                continue
             access = self.access[step.name, selector.name]
             objects = self._service_objects(access)
             env.update({key: {"valueFrom": objects.ref(key)} for key in access.env()})
@@ -274,6 +415,17 @@ class TektonExport:
             "value": "$(context.taskRun.namespace)"}
         return env
 
+    def _env_from(self, step: Step) -> list[dict[str, Any]]:
+        """In-cluster extensions: every key of the selector's ConfigMap and Secret."""
+        if not self.in_cluster:
+            return []
+        names = dict.fromkeys(self.in_cluster_objects(s.name) for s in step.extensions)
+        sources: list[dict[str, Any]] = []
+        for name in names:
+            sources += [{"configMapRef": {"name": name}},
+                        {"secretRef": {"name": name, "optional": True}}]
+        return sources
+
     def pipeline_run(self) -> dict[str, Any]:
         params = []
         for item in self.workflow.inputs:
@@ -288,3 +440,15 @@ class TektonExport:
         return {"apiVersion": API_VERSION, "kind": "PipelineRun",
                 "metadata": {"generateName": f"{self.name}-", "labels": {PART_OF: self.name}},
                 "spec": spec}
+
+
+def executor_security_context(executor: Executor) -> dict[str, Any]:
+    """The executor's least privilege as a Kubernetes securityContext: root in its own
+    container (both executors need it), never privileged, plus the profiles it needs."""
+    context: dict[str, Any] = {"runAsUser": 0, "privileged": False}
+    for option in executor.security_options:
+        kind, _, value = option.partition("=")
+        if value == "unconfined":
+            key = {"seccomp": "seccompProfile", "apparmor": "appArmorProfile"}[kind]
+            context[key] = {"type": "Unconfined"}
+    return context
