@@ -25,6 +25,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/hash_bench.py
 	$(BIN)/python bench/builder_bench.py
+	$(BIN)/python bench/executor_bench.py
 	$(BIN)/python bench/server_bench.py
 
 images: setup
