@@ -1,19 +1,26 @@
-"""Builder step: cold build vs skip path, and our image size vs a naive Dockerfile.
+"""Builder step vs hand-written Dockerfiles: cold and warm build+push, pushed bytes, skip.
 
-Everything runs in one go on a fresh Docker engine (empty layer cache) and a fresh
-registry, so the numbers sit side by side:
-  * cold: `mlflow-steps build` of examples/sklearn-logreg, nothing cached;
-  * skip: the same command again (the tag exists, no engine call), median of 3, in the
-    step's own environment (a venv with `.[builder]`, as the builder image installs it:
-    mlflow-skinny) and in the dev venv (full MLflow, whose import alone takes ~1.8 s);
-  * naive: the original FuseML style (apt-get install git, pip upgrade, pip cache kept,
-    whole codeset copied) for the same requirements, on the same base.
-Usage: python bench/builder_bench.py
+One fresh Docker engine and registry; every contender builds examples/sklearn-logreg's
+requirements on the same local base, with the same forwarded pip configuration (BuildKit
+secrets), and pushes to the same registry (a repository of its own):
+  * ours:    `mlflow-steps build --builder docker`;
+  * careful: a hand-written Dockerfile (one venv, pip --no-cache-dir, requirements only);
+  * naive:   the original FuseML style (apt-get install git, pip upgrade, pip cache kept,
+             whole codeset copied).
+Cold: the engine's build cache is emptied before each build (the base stays pulled).
+Warm: right after, the same contender rebuilds with one more requirement line (`six`).
+Rounds are interleaved with a rotating order; medians (and min-max) are printed.
+Skip: `mlflow-steps build` once the tag exists, median of 5, in the step's own environment
+(a venv with `.[builder]`, what the builder image installs), in the dev venv, and as the
+builder image run end to end (`docker run`), next to the floor (interpreter + one HEAD).
+Usage: python bench/builder_bench.py [--rounds N]
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,11 +33,20 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from devstack import CACHE, DockerEngine, Registry, docker_cli, push_base_image  # noqa: E402
 
+from images import build as build_step_image  # noqa: E402
 from images import pip_secrets  # noqa: E402
 from mlflow_steps.envspec import BuildOptions, resolve_env  # noqa: E402
 from mlflow_steps.render import requirements_text  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "sklearn-logreg"
+CAREFUL_DOCKERFILE = """\
+FROM {base}
+COPY requirements.txt /tmp/requirements.txt
+RUN --mount=type=secret,id=pip-config,target=/etc/pip.conf \\
+    --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca.pem \\
+    python3 -m venv /env && /env/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+ENV PATH=/env/bin:$PATH
+"""
 NAIVE_DOCKERFILE = """\
 FROM {base}
 RUN apt-get update && apt-get install -y git
@@ -41,13 +57,23 @@ RUN --mount=type=secret,id=pip-config,target=/etc/pip.conf \\
  && /env/bin/pip install -r /project/requirements.txt
 WORKDIR /project
 """
+FLOOR = """\
+import sys, urllib.request
+urllib.request.urlopen(urllib.request.Request(sys.argv[1], method="HEAD"), timeout=10)
+"""
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+def run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
+                            check=False)
     if result.returncode != 0:
-        sys.exit(f"failed: {' '.join(argv[:3])}...\n{result.stderr[-2000:]}")
+        sys.exit(f"failed: {' '.join(argv[:4])}...\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> float:
+    start = time.perf_counter()
+    run(argv, env, cwd)
     return time.perf_counter() - start
 
 
@@ -64,61 +90,147 @@ def step_python() -> Path:
     return python
 
 
-def median_seconds(argv: list[str], env: dict[str, str], runs: int = 3) -> float:
-    return statistics.median(timed(argv, env) for _ in range(runs))
+def pushed_bytes(registry: Registry, reference: str, base_layers: set[str]) -> int:
+    """Compressed bytes of the image's layers that are not the base's."""
+    repository, tag = reference.split("/", 1)[1].rsplit(":", 1)
+    import requests
+
+    manifest = requests.get(
+        f"{registry.url}/v2/{repository}/manifests/{tag}", timeout=30,
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json,"
+                           "application/vnd.oci.image.manifest.v1+json"}).json()
+    return sum(layer["size"] for layer in manifest["layers"]
+               if layer["digest"] not in base_layers)
 
 
-def image_size(engine: DockerEngine, reference: str) -> int:
-    return int(engine.cli("image", "inspect", "--format", "{{.Size}}", reference).stdout)
+def layer_digests(registry: Registry, reference: str) -> set[str]:
+    repository, tag = reference.split("/", 1)[1].rsplit(":", 1)
+    import requests
+
+    manifest = requests.get(
+        f"{registry.url}/v2/{repository}/manifests/{tag}", timeout=30,
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}).json()
+    return {layer["digest"] for layer in manifest["layers"]}
 
 
-def naive_build(engine: DockerEngine, base: str, workdir: Path) -> tuple[float, str]:
-    """Build the naive image for the example's requirements; return (seconds, reference)."""
-    context = workdir / "naive"
-    subprocess.run(["cp", "-r", str(EXAMPLE), str(context)], check=True)
-    _, spec = resolve_env(EXAMPLE, BuildOptions(base_image=base))
-    (context / "requirements.txt").write_text(requirements_text(spec))
-    (context / "Dockerfile").write_text(NAIVE_DOCKERFILE.format(base=base))
-    secrets_dir = workdir / "secrets"
-    secrets_dir.mkdir(mode=0o700)
-    reference = "bench/naive:latest"
-    seconds = timed([docker_cli(), "build", "-t", reference, *pip_secrets(secrets_dir),
-                     str(context)], {**engine.env(), "DOCKER_BUILDKIT": "1"})
-    return seconds, reference
+class Contender:
+    """Builds and pushes one way; ``extra`` adds a requirement line (the warm rebuild)."""
+
+    def __init__(self, name: str, engine: DockerEngine, registry: Registry, base: str,
+                 root: Path) -> None:
+        self.name, self.engine, self.registry, self.base = name, engine, registry, base
+        self.root = root / name
+        self.root.mkdir()
+        self.reference = ""
+
+    def build_push(self, round_: int, extra: str = "") -> float:
+        codeset = self.root / f"codeset-{round_}{'-warm' if extra else ''}"
+        shutil.copytree(EXAMPLE, codeset)
+        if extra:
+            conda = codeset / "conda.yaml"
+            conda.write_text(conda.read_text().replace("      - boto3\n",
+                                                       f"      - boto3\n      - {extra}\n"))
+        if self.name == "ours":
+            env = {**self.engine.env(), "FUSEML_REGISTRY": self.registry.address,
+                   "FUSEML_BASE_IMAGE": self.base, "FUSEML_BUILDER": "docker",
+                   "FUSEML_REPOSITORY": f"bench/ours-{round_}"}
+            start = time.perf_counter()
+            self.reference = run([sys.executable, "-m", "mlflow_steps", "build",
+                                  str(codeset), "--force"], env).strip()
+            return time.perf_counter() - start
+        _, spec = resolve_env(codeset, BuildOptions(base_image=self.base))
+        (codeset / "requirements.txt").write_text(requirements_text(spec))
+        template = CAREFUL_DOCKERFILE if self.name == "careful" else NAIVE_DOCKERFILE
+        (codeset / "Dockerfile").write_text(template.format(base=self.base))
+        secrets_dir = codeset.parent / f"secrets-{codeset.name}"
+        secrets_dir.mkdir(mode=0o700)
+        self.reference = f"{self.registry.address}/bench/{self.name}-{round_}:latest"
+        env = {**self.engine.env(), "DOCKER_BUILDKIT": "1"}
+        start = time.perf_counter()
+        run([docker_cli(), "build", "-t", self.reference, *pip_secrets(secrets_dir),
+             str(codeset)], env)
+        run([docker_cli(), "push", self.reference], env)
+        return time.perf_counter() - start
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):7.1f} s ({min(values):.1f}-{max(values):.1f})"
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    names = ["ours", "careful", "naive"]
+    cold: dict[str, list[float]] = {name: [] for name in names}
+    warm: dict[str, list[float]] = {name: [] for name in names}
+    size: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="mls-bench-", dir="/tmp") as tmp:
         root = Path(tmp)
         engine = DockerEngine(root / "docker").start()
         registry = Registry(root / "registry").start()
         try:
             base = push_base_image(engine, registry)
-            env = {**engine.env(), "FUSEML_REGISTRY": registry.address,
-                   "FUSEML_BASE_IMAGE": base, "FUSEML_BUILDER": "docker"}
-            build = [str(step_python()), "-m", "mlflow_steps", "build", str(EXAMPLE)]
-            cold = timed(build, env)
-            skip = median_seconds(build, env)
-            skip_dev = median_seconds([sys.executable, *build[1:]], env)
-            tag = subprocess.run(build, env=env, capture_output=True, text=True,
-                                 check=True).stdout.strip().rsplit(":", 1)[1]
-            ours = image_size(engine, f"{registry.address}/mlflow/trainer:{tag}")
-            naive_seconds, naive_ref = naive_build(engine, base, root)
-            naive = image_size(engine, naive_ref)
-            base_size = image_size(engine, base)
+            base_layers = layer_digests(registry, base)
+            contenders = {name: Contender(name, engine, registry, base, root)
+                          for name in names}
+            for round_ in range(args.rounds):
+                order = names[round_ % len(names):] + names[:round_ % len(names)]
+                for name in order:
+                    engine.cli("builder", "prune", "-af")
+                    cold[name].append(contenders[name].build_push(round_))
+                    size[name] = pushed_bytes(registry, contenders[name].reference,
+                                              base_layers)
+                    warm[name].append(contenders[name].build_push(round_, extra="six"))
+            skip = skip_times(engine, registry, base, root)
         finally:
             registry.stop()
             engine.stop()
-    print(f"cold build          {cold:8.1f} s")
-    print(f"skip path           {skip:8.2f} s   (target < 2 s; step venv, mlflow-skinny)")
-    print(f"skip path, dev venv {skip_dev:8.2f} s   (full MLflow installed)")
-    print(f"cold / skip         {cold / skip:8.1f} x")
-    print(f"naive build         {naive_seconds:8.1f} s   (base already pulled)")
-    mb = 1 << 20
-    print(f"base image          {base_size / mb:8.0f} MB")
-    for label, size in (("our image", ours), ("naive image", naive)):
-        print(f"{label:<20}{size / mb:8.0f} MB   (+{(size - base_size) / mb:.0f} MB on base)")
-    print(f"ours / naive        {ours / naive:8.2f}     (target < 1)")
+    careful = statistics.median(cold["careful"])
+    careful_warm = statistics.median(warm["careful"])
+    mb = 1e6
+    print(f"{'':<9}{'cold build+push':>26}{'warm (+1 line)':>26}{'pushed':>10}")
+    for name in names:
+        print(f"{name:<9}{spread(cold[name]):>26}{spread(warm[name]):>26}"
+              f"{size[name] / mb:>7.1f} MB")
+    print(f"ours / careful: cold {statistics.median(cold['ours']) / careful:.2f}x "
+          f"(goal <= 0.5), warm {statistics.median(warm['ours']) / careful_warm:.2f}x vs "
+          f"careful warm, {statistics.median(warm['ours']) / careful:.2f}x vs careful cold "
+          f"(goal <= 0.25), pushed {size['ours'] / size['careful']:.2f}x (goal <= 0.8)")
+    naive = statistics.median(cold["naive"])
+    print(f"ours / naive:   cold {statistics.median(cold['ours']) / naive:.2f}x, "
+          f"pushed {size['ours'] / size['naive']:.2f}x")
+    for label, seconds in skip.items():
+        print(f"skip {label:<34}{seconds:6.3f} s")
+
+
+def skip_times(engine: DockerEngine, registry: Registry, base: str, root: Path
+               ) -> dict[str, float]:
+    """The skip decision, median of 5, once the example's tag exists."""
+    env = {**engine.env(), "FUSEML_REGISTRY": registry.address, "FUSEML_BASE_IMAGE": base,
+           "FUSEML_REPOSITORY": "bench/skip", "FUSEML_BUILDER": "docker"}
+    run([sys.executable, "-m", "mlflow_steps", "build", str(EXAMPLE)], env)
+    tag = run([sys.executable, "-m", "mlflow_steps", "hash", str(EXAMPLE), "--base-image",
+               base], env).strip()
+    builder = build_step_image(engine, registry, "builder", "bench")
+    docker_run = [docker_cli(), "run", "--rm", "--network", "host",
+                  "-v", f"{EXAMPLE}:/project:ro", "-e", f"FUSEML_REGISTRY={registry.address}",
+                  "-e", f"FUSEML_BASE_IMAGE={base}", "-e", "FUSEML_REPOSITORY=bench/skip",
+                  "-e", "PIP_CONFIG_FILE=/dev/null", builder]
+    argv = ["-m", "mlflow_steps", "build", str(EXAMPLE)]
+    commands = {
+        "(step venv, mlflow-skinny)": ([str(step_python()), *argv], env),
+        "(dev venv, full MLflow)": ([sys.executable, *argv], env),
+        "(builder image, docker run)": (docker_run, engine.env()),
+        "floor (python + one HEAD)": (
+            [sys.executable, "-c", FLOOR, f"{registry.url}/v2/bench/skip/manifests/{tag}"],
+            env),
+    }
+    result = {}
+    for label, (command, command_env) in commands.items():
+        timed(command, command_env)  # warm the page cache
+        result[label] = statistics.median(timed(command, command_env) for _ in range(5))
+    return result
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Runtime step vs plain `mlflow run --env-manager local`, same project, same server.
 
-Rounds alternate the two commands against one `mlflow server` on loopback, so machine
-noise hits both alike; the medians and their ratio are printed (target ≤ 1.10).
-Usage: python bench/runtime_bench.py [--rounds 5]
+Rounds alternate the two commands against one `mlflow server` on loopback, the order
+swapped every round, so machine noise and cache warmth hit both alike; the medians (and
+min-max), their ratio and the absolute overhead are printed (target ratio <= 1.10).
+Usage: python bench/runtime_bench.py [--rounds 8]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mls-bench-") as tmp:
         root = Path(tmp)
@@ -50,16 +51,21 @@ def main() -> None:
             plain = [str(VENV_BIN / "mlflow"), "run", str(codeset), "--env-manager", "local",
                      "--experiment-name", "bench", "-P", "C=0.5"]
             timed(step, env, root)  # warm-up: creates the experiment, fills OS caches
+            timed(plain, env, root)
             step_times, plain_times = [], []
-            for _ in range(args.rounds):
-                step_times.append(timed(step, env, root))
-                plain_times.append(timed(plain, env, root))
+            for round_ in range(args.rounds):
+                pair = [(step, step_times), (plain, plain_times)]
+                for command, times in pair if round_ % 2 == 0 else reversed(pair):
+                    times.append(timed(command, env, root))
         finally:
             server.stop()
     step_median, plain_median = statistics.median(step_times), statistics.median(plain_times)
     print(f"rounds                 {args.rounds}")
-    print(f"mlflow run (median)    {plain_median:6.2f} s")
-    print(f"mlflow-steps run       {step_median:6.2f} s")
+    print(f"mlflow run (median)    {plain_median:6.2f} s  ({min(plain_times):.2f}-"
+          f"{max(plain_times):.2f})")
+    print(f"mlflow-steps run       {step_median:6.2f} s  ({min(step_times):.2f}-"
+          f"{max(step_times):.2f})")
+    print(f"overhead               {step_median - plain_median:+6.2f} s")
     print(f"overhead ratio         {step_median / plain_median:6.3f}   (target <= 1.10)")
 
 

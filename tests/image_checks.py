@@ -10,6 +10,9 @@ from pathlib import Path
 RUNTIME_PROBE = (
     "id -u && pwd && stat -c %u . && "
     "python -c 'import sklearn, mlflow, boto3' && "
+    # bytecode compiled at build time; packages' tests/ not shipped
+    "site=$(python -c 'import sklearn, os; print(os.path.dirname(sklearn.__file__))') && "
+    "ls $site/__pycache__/__init__.cpython-*.pyc >/dev/null && test ! -e $site/tests && "
     "/opt/mlflow-steps/bin/mlflow-steps --version && "
     "test ! -e /etc/pip.conf && test ! -e /run/secrets/pip-ca.pem && "
     "test ! -d /root/.cache/pip && test ! -e /mlflow-steps-build && test ! -e /kaniko"

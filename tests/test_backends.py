@@ -13,7 +13,7 @@ from mlflow_steps.backends.base import BuildRequest
 from mlflow_steps.backends.buildah import buildah_args, registries_conf
 from mlflow_steps.backends.kaniko import kaniko_args
 from mlflow_steps.errors import StepError
-from mlflow_steps.registry import ImageRef
+from mlflow_steps.imageref import ImageRef
 
 
 def request_for(tmp_path: Path, **overrides) -> BuildRequest:

@@ -119,3 +119,40 @@ def test_conda_channel_order_matters_but_dependency_order_does_not() -> None:
                                                       "SciPy, numpy, python=3.11")})
     other = tag_of({"conda.yaml": env.format("defaults, conda-forge", "python=3.11, numpy, scipy")})
     assert one == same != other
+
+
+conda_name = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,12}", fullmatch=True)
+conda_version = st.from_regex(r"[0-9][0-9a-z_]{0,2}(\.[0-9a-z_]{1,3}){0,3}", fullmatch=True)
+conda_spec = st.builds(
+    lambda name, space1, op, space2, version, star: (
+        name if op is None else f"{name}{space1}{op}{space2}{version}{star}"),
+    conda_name, st.sampled_from(["", " "]),
+    st.one_of(st.none(), st.sampled_from(["=", "==", ">=", "<=", "!=", ">", "<", "~=", "=="])),
+    st.sampled_from(["", " "]), conda_version, st.sampled_from(["", ".*"]))
+
+
+@given(conda_spec)
+@settings(max_examples=400, deadline=None)
+def test_plain_conda_specs_normalise_exactly_as_conda_lock(spec: str) -> None:
+    """The fast path (no conda-lock import) agrees with conda's MatchSpec wherever it
+    applies; other specs go to MatchSpec."""
+    from mlflow_steps.errors import StepError
+    from mlflow_steps.parse.conda import _plain_conda_spec, matchspec_text
+
+    fast = _plain_conda_spec(spec)
+    if fast is None:
+        return
+    try:
+        expected = matchspec_text(spec, source="conda.yaml", field="dependencies")
+    except StepError:
+        raise AssertionError(f"{spec!r}: MatchSpec refuses what the fast path accepts") from None
+    assert fast == expected, spec
+
+
+def test_plain_conda_spec_fast_path_covers_common_specs() -> None:
+    from mlflow_steps.parse.conda import _plain_conda_spec
+
+    for spec in ("python=3.11", "numpy", "pip", "scikit-learn>=1.3", "pandas==2.1.4"):
+        assert _plain_conda_spec(spec) is not None
+    for spec in ("conda-forge::numpy", "numpy 1.2 py_0", "numpy>=1.2,<2", "numpy=1.2=py_0"):
+        assert _plain_conda_spec(spec) is None

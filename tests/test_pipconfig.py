@@ -69,3 +69,19 @@ def test_machine_pip_config_is_forwardable() -> None:
 
     pip = collect_pip_config(dict(os.environ))
     assert pip.ca_bundle is not None and pip.ca_bundle.is_file()
+
+
+def test_uv_env_carries_the_same_settings_quoted(tmp_path: Path) -> None:
+    from mlflow_steps.pipconfig import BuildPipConfig
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("CA")
+    config = BuildPipConfig(index_url="https://u:p$w'd@mirror.example/simple",
+                            extra_index_urls=("https://a.example/s", "https://b.example/s"),
+                            trusted_hosts=("mirror.example",), ca_bundle=ca)
+    text = config.uv_env("/run/secrets/pip-ca.pem")
+    assert text.splitlines() == [
+        "UV_INDEX_URL='https://u:p$w'\"'\"'d@mirror.example/simple'",
+        "UV_EXTRA_INDEX_URL='https://a.example/s https://b.example/s'",
+        "UV_INSECURE_HOST=mirror.example", "SSL_CERT_FILE=/run/secrets/pip-ca.pem"]
+    assert BuildPipConfig().uv_env(None) == ""

@@ -12,7 +12,8 @@ from helpers import docker_config, push_tiny_image
 from token_server import ISSUER, SERVICE, TokenServer
 
 from mlflow_steps.errors import StepError
-from mlflow_steps.registry import ImageRef, RegistryClient, is_insecure, load_credentials
+from mlflow_steps.imageref import ImageRef, is_insecure
+from mlflow_steps.registry import RegistryClient, load_credentials
 
 
 def basic(user: str, password: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from helpers import EXAMPLE, REPO, run_cli
 from mlflow_steps.envspec import BuildOptions, resolve_env
 from mlflow_steps.errors import StepError
 from mlflow_steps.hashing import env_tag
-from mlflow_steps.render import PipConfigDelivery, render_dockerfile, write_context
+from mlflow_steps.render import TOOLING_WHEEL, PipConfigDelivery, render_dockerfile, write_context
 
 LOCK = (REPO / "tests/data/conda-lock.yml").read_text()
 
@@ -37,7 +39,9 @@ def test_layout_is_cache_friendly_and_non_root(codeset, files) -> None:
     keywords = instructions(dockerfile)
     assert keywords[0] == "FROM" and dockerfile.splitlines()[1] == f"FROM {spec.base_image}"
     env_copy = dockerfile.index("COPY env/")
-    assert env_copy < dockerfile.index("RUN") < dockerfile.index("COPY tooling/")
+    tooling = dockerfile.index("--no-deps /opt/mlflow-steps-build/tooling/mlflow_steps-")
+    assert env_copy < dockerfile.index("RUN") < tooling
+    assert "uv pip check --quiet --python /opt/env/bin/python" in dockerfile[tooling:]
     assert keywords[-3:] == ["USER", "WORKDIR", "CMD"]
     assert "USER 1000" in dockerfile and "WORKDIR /srv/mlflow" in dockerfile
     # The image never touches the codeset mount point, which may be read-only at build time.
@@ -45,9 +49,15 @@ def test_layout_is_cache_friendly_and_non_root(codeset, files) -> None:
     assert "mkdir -p /srv/mlflow && chown 1000 /srv/mlflow" in dockerfile
     assert dockerfile.rstrip().endswith(
         'CMD ["/opt/mlflow-steps/bin/mlflow-steps", "run", "/project"]')
-    assert "--no-cache-dir" in dockerfile and "rm -rf /root/.cache" in dockerfile
     assert env_tag(spec) in dockerfile
-    if spec.strategy != "pip":
+    # uv's cache is a build cache mount (never a layer); packages' tests/ are not shipped.
+    assert "--mount=type=cache,id=mlflow-steps-uv,target=/root/.cache/uv" in dockerfile
+    assert "--mount=type=bind,source=tools/uv,target=/usr/local/bin/uv" in dockerfile
+    if spec.strategy == "pip":
+        assert "uv venv --quiet --python python3 /opt/env" in dockerfile
+        assert "find /opt/env -depth -type d -name tests" in dockerfile
+        assert "pip install --no-cache-dir" not in dockerfile
+    else:
         assert "conda clean --all --yes" in dockerfile
 
 
@@ -62,10 +72,18 @@ def test_context_files(codeset, tmp_path: Path) -> None:
                             "mlflow-skinny<4", "boto3"]
     assert (out / "env/constraints.txt").read_text() == "numpy==1.26.4\n"
     assert (out / "env/wheels/x-1.0-py3-none-any.whl").read_bytes() == b"PK"
-    tooling = out / "tooling"
-    assert (tooling / "src/mlflow_steps/cli.py").is_file()
-    assert (tooling / "src/mlflow_steps/templates/pip.Dockerfile.j2").is_file()
-    assert 'mlflow-steps = "mlflow_steps.cli:main"' in (tooling / "pyproject.toml").read_text()
+    wheel = out / "tooling" / TOOLING_WHEEL
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        info = "mlflow_steps-0.1.0.dist-info"
+        assert "mlflow_steps/cli.py" in names and "mlflow_steps/templates/pip.Dockerfile.j2" \
+            in names
+        assert b"mlflow-steps = mlflow_steps.cli:main" in archive.read(f"{info}/entry_points.txt")
+        assert b"Requires-Dist: mlflow-skinny>=2.10,<4" in archive.read(f"{info}/METADATA")
+        assert archive.testzip() is None and names[-1] == f"{info}/RECORD"
+    again = write_context(spec, tmp_path / "ctx2")
+    assert (again / "tooling" / TOOLING_WHEEL).read_bytes() == wheel.read_bytes()
+    assert os.access(out / "tools" / "uv", os.X_OK)
 
 
 def test_conda_and_lock_env_files(codeset, tmp_path: Path) -> None:
@@ -87,9 +105,11 @@ def test_secret_mounts_prefix_pip_runs(codeset) -> None:
     spec = spec_for(codeset, {"requirements.txt": "numpy\n"})
     mounts = PipConfigDelivery(mounts=(("pip-config", "/etc/pip.conf"),))
     dockerfile = render_dockerfile(spec, mounts)
-    runs = [line for line in dockerfile.splitlines() if "-m venv" in line]
-    assert len(runs) == 2
-    assert all(line.startswith("RUN --mount=type=secret,id=pip-config,target=/etc/pip.conf ")
+    runs = [line for line in dockerfile.splitlines() if line.startswith("RUN ")
+            and "source=tools/uv" in line]
+    assert len(runs) == 2  # the environment and the tooling install
+    assert all("--mount=type=secret,id=pip-config,target=/etc/pip.conf set -a && " in line
+               and "[ ! -f /run/secrets/uv.env ] || . /run/secrets/uv.env" in line
                for line in runs)
 
 

@@ -14,20 +14,19 @@ from mlflow_steps.backends.base import (
     PIP_CA_SECRET,
     PIP_CONFIG_SECRET,
     SECRET_MOUNT_TARGETS,
+    UV_CONFIG_SECRET,
     Backend,
     BuildRequest,
     secret_delivery,
 )
 from mlflow_steps.envspec import BuildOptions, EnvSpec, resolve_env
 from mlflow_steps.errors import StepError
+from mlflow_steps.fuseml import DEFAULT_REPOSITORY, FUSEML_PULL_REGISTRY, FUSEML_REGISTRY
 from mlflow_steps.hashing import env_tag, template_version
+from mlflow_steps.imageref import ImageRef
 from mlflow_steps.pipconfig import BuildPipConfig, collect_pip_config
-from mlflow_steps.registry import ImageRef, RegistryClient, docker_config_dir
+from mlflow_steps.registry import RegistryClient, docker_config_dir
 from mlflow_steps.render import PipConfigDelivery, write_context
-
-FUSEML_REGISTRY = "registry.fuseml-registry"
-FUSEML_PULL_REGISTRY = "127.0.0.1:30500"
-DEFAULT_REPOSITORY = "mlflow/trainer"
 
 
 @dataclass(frozen=True)
@@ -83,14 +82,20 @@ def resolve_spec(codeset: Path, options: BuildOptions, environ: dict[str, str],
     return spec, pip
 
 
-def write_pip_secrets(directory: Path, pip: BuildPipConfig) -> dict[str, Path]:
-    """pip.conf (+ CA bundle) as private files for the engine's secret mounts."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    config = directory / "pip.conf"
-    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_private(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(pip.pip_conf(SECRET_MOUNT_TARGETS[PIP_CA_SECRET] if pip.ca_bundle else None))
-    secrets = {PIP_CONFIG_SECRET: config}
+        handle.write(text)
+    return path
+
+
+def write_pip_secrets(directory: Path, pip: BuildPipConfig) -> dict[str, Path]:
+    """pip.conf, its uv equivalent (+ the CA bundle) as private files for the engine's
+    secret mounts."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_target = SECRET_MOUNT_TARGETS[PIP_CA_SECRET] if pip.ca_bundle else None
+    secrets = {PIP_CONFIG_SECRET: _write_private(directory / "pip.conf", pip.pip_conf(ca_target)),
+               UV_CONFIG_SECRET: _write_private(directory / "uv.env", pip.uv_env(ca_target))}
     if pip.ca_bundle:
         ca = directory / "pip-ca.pem"
         shutil.copyfile(pip.ca_bundle, ca)

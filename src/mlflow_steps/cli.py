@@ -8,24 +8,24 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlflow_steps import __version__
 from mlflow_steps.backends import BUILDER_CHOICES
-from mlflow_steps.builder import DEFAULT_REPOSITORY, BuilderInputs, resolve_spec, run_builder
 from mlflow_steps.envspec import DEFAULT_MINICONDA_VERSION, STRATEGIES, BuildOptions
 from mlflow_steps.errors import StepError
+from mlflow_steps.fuseml import DEFAULT_REPOSITORY
 from mlflow_steps.hashing import env_tag, template_version
-from mlflow_steps.render import write_context
-from mlflow_steps.runtime.model import Registration, parse_tags
-from mlflow_steps.runtime.step import RuntimeInputs, run_runtime
-from mlflow_steps.runtime.tracking import mlflow_error_line
-from mlflow_steps.serving import ServeInputs, serve_model
 from mlflow_steps.stepio import result_path, write_outputs
-from mlflow_steps.steps import builder_plan
 from mlflow_steps.steps.builder_plan import DEFAULT_EXECUTOR, EXECUTORS, PLAN_MOUNT
+
+if TYPE_CHECKING:
+    from mlflow_steps.runtime.model import Registration
+
+# Each command imports what only it needs when it runs (the builder's skip path must not
+# pay for MLflow, jinja2 or the engines).
 
 
 def _empty_is_default(default: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -119,6 +119,8 @@ forward_pip_config_input = step_input(
 @click.option("--explain", is_flag=True, help="Print the normalised spec that is hashed.")
 def hash_command(codeset: Path, explain: bool, forward_pip_config: bool, **inputs: Any) -> None:
     """Print the environment tag of CODESET (the tag `build` pushes)."""
+    from mlflow_steps.builder import resolve_spec
+
     spec, _ = resolve_spec(codeset, _options(**inputs), dict(os.environ), forward_pip_config)
     if explain:
         click.echo(spec.explain(template_version()))
@@ -134,6 +136,9 @@ def hash_command(codeset: Path, explain: bool, forward_pip_config: bool, **input
 def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
                    **inputs: Any) -> None:
     """Write the build context (Dockerfile, env files, tooling) for CODESET."""
+    from mlflow_steps.builder import resolve_spec
+    from mlflow_steps.render import write_context
+
     spec, _ = resolve_spec(codeset, _options(**inputs), dict(os.environ), forward_pip_config)
     write_context(spec, output_dir)
     click.echo(f"{output_dir}/Dockerfile ({spec.strategy}, tag {env_tag(spec)})")
@@ -179,6 +184,9 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
                   insecure_registries: str, stage: str, executor: str, plan_dir: Path,
                   skip_result: Path | None, args_result: Path | None, **inputs: Any) -> None:
     """Build and push CODESET's environment image unless the registry already has it."""
+    from mlflow_steps.builder import BuilderInputs, run_builder
+    from mlflow_steps.steps import builder_stages
+
     environ = dict(os.environ)
     builder_inputs = BuilderInputs(
         options=_options(env_strategy, base_image, miniconda_version),
@@ -186,12 +194,12 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
         **inputs,
     )
     if stage == "prepare":
-        plan = builder_plan.prepare(codeset, builder_inputs, executor, plan_dir, environ,
+        plan = builder_stages.prepare(codeset, builder_inputs, executor, plan_dir, environ,
                                     skip_result, args_result)
         click.echo("skip" if plan.skip else "build")
         return
     if stage == "verify":
-        outcome = builder_plan.verify(plan_dir, environ)
+        outcome = builder_stages.verify(plan_dir, environ)
     else:
         outcome = run_builder(codeset, builder_inputs, environ)
     outputs = {}
@@ -207,6 +215,8 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
 
 def _registration(name: str | None, alias: str | None, tags: str | None,
                   description: str | None) -> Registration | None:
+    from mlflow_steps.runtime.model import Registration, parse_tags
+
     if not name:
         for field, value in (("mlflow_model_alias", alias), ("mlflow_model_tags", tags),
                              ("mlflow_model_description", description)):
@@ -239,6 +249,8 @@ def run_command(codeset: Path, output_file: Path | None, run_id_file: Path | Non
                 mlflow_model_alias: str | None, mlflow_model_tags: str | None,
                 mlflow_model_description: str | None, **inputs: Any) -> None:
     """Run CODESET's MLflow project here (the image is the environment); print the model URL."""
+    from mlflow_steps.runtime.step import RuntimeInputs, run_runtime
+
     environ = dict(os.environ)
     registration = _registration(mlflow_register_model, mlflow_model_alias, mlflow_model_tags,
                                  mlflow_model_description)
@@ -271,6 +283,8 @@ def run_command(codeset: Path, output_file: Path | None, run_id_file: Path | Non
 def serve_command(output_file: Path | None, model: str | None, runtime_image: str | None,
                   **inputs: Any) -> None:
     """Serve MODEL with `mlflow models serve` in RUNTIME_IMAGE; print the prediction URL."""
+    from mlflow_steps.serving import ServeInputs, serve_model
+
     environ = dict(os.environ)
     url = serve_model(ServeInputs(model=model or "", runtime_image=runtime_image or "",
                                   **inputs), environ)
@@ -301,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except Exception as exc:
         from mlflow.exceptions import MlflowException
+
+        from mlflow_steps.runtime.tracking import mlflow_error_line
 
         if not isinstance(exc, MlflowException):
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from functools import cache
+from importlib.metadata import version
 from pathlib import Path
 
 from mlflow_steps.envspec import EnvSpec
@@ -27,8 +28,9 @@ def tooling_files() -> list[Path]:
 
 @cache
 def template_version() -> str:
-    """Digest of the Dockerfile templates and the tooling source baked into images."""
-    digest = hashlib.sha256()
+    """Digest of the Dockerfile templates, the tooling source baked into images and the
+    version of uv that installs them."""
+    digest = hashlib.sha256(f"uv {version('uv')}\0".encode())
     for path in tooling_files():
         digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0")
         digest.update(path.read_bytes().replace(b"\r\n", b"\n") + b"\0")

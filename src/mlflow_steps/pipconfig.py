@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,14 @@ class BuildPipConfig:
         if self.ca_bundle and ca_target:
             lines.append(f"cert = {ca_target}")
         return "\n".join(lines) + "\n"
+
+    def uv_env(self, ca_target: str | None) -> str:
+        """The same settings for uv, as a shell env file (a secret too)."""
+        values = {"UV_INDEX_URL": self.index_url or "",
+                  "UV_EXTRA_INDEX_URL": " ".join(self.extra_index_urls),
+                  "UV_INSECURE_HOST": " ".join(self.trusted_hosts),
+                  "SSL_CERT_FILE": ca_target if self.ca_bundle and ca_target else ""}
+        return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items() if value)
 
     def describe(self) -> str:
         """One safe line for logs: hosts and CA path, never credentials."""

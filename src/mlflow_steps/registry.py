@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 
 from mlflow_steps.errors import StepError
+from mlflow_steps.imageref import DOCKER_HUB, is_insecure
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json",
@@ -21,45 +22,9 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 )
-DOCKER_HUB = "docker.io"
 RETRIES = 4
 TIMEOUT = 15.0
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """registry/repository:tag (Docker Hub names normalised)."""
-
-    registry: str
-    repository: str
-    tag: str
-
-    @classmethod
-    def parse(cls, text: str) -> ImageRef:
-        name, _, digest = text.partition("@")
-        last = name.rsplit("/", 1)[-1]
-        tag = "latest"
-        if ":" in last:
-            name, tag = name.rsplit(":", 1)
-        if digest:
-            tag = digest
-        first, _, rest = name.partition("/")
-        if rest and ("." in first or ":" in first or first == "localhost"):
-            registry, repository = first, rest
-        else:
-            registry, repository = DOCKER_HUB, name if rest else f"library/{name}"
-        return cls(registry, repository, tag)
-
-    def __str__(self) -> str:
-        separator = "@" if self.tag.startswith("sha256:") else ":"
-        return f"{self.registry}/{self.repository}{separator}{self.tag}"
-
-
-def is_insecure(host: str, insecure_registries: tuple[str, ...]) -> bool:
-    """Plain HTTP only for registries named insecure, and for loopback ones."""
-    bare = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return host in insecure_registries or bare in ("localhost", "127.0.0.1", "::1")
 
 
 def docker_config_dir(environ: dict[str, str]) -> Path:

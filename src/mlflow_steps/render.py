@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
 import yaml
 
 from mlflow_steps import __version__
@@ -16,17 +19,22 @@ from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.errors import StepError
 from mlflow_steps.hashing import PACKAGE_DIR, env_tag, tooling_files
 
+if TYPE_CHECKING:
+    import jinja2
+
 BUILD_DIR = "/opt/mlflow-steps-build"
 ENV_PREFIX = "/opt/env"
+# Where RUN steps find the build-time uv settings (a secret mount; absent without any).
+UV_CONFIG_TARGET = "/run/secrets/uv.env"
 TOOLING_PREFIX = "/opt/mlflow-steps"
 # Owned by the runtime user in the image itself; never the codeset mount (/project), which
 # only exists when a step runs, nor any path a builder uses.
 WORKDIR = "/srv/mlflow"
 CODESET_PATH = "/project"
 RUNTIME_UID = 1000
+# What `mlflow-steps run` needs in a runtime image (rendering, and so jinja2, is not run there).
 TOOLING_REQUIREMENTS = (
     "click>=8.1",
-    "jinja2>=3.1",
     "packaging>=23",
     "pyyaml>=6",
     "requests>=2.31",
@@ -50,6 +58,8 @@ class PipConfigDelivery:
 
 
 def _environment() -> jinja2.Environment:
+    import jinja2  # only when rendering: not on the builder's skip path
+
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(PACKAGE_DIR / "templates"),
         undefined=jinja2.StrictUndefined,
@@ -98,15 +108,52 @@ def _env_files(spec: EnvSpec) -> dict[str, str]:
     return files
 
 
-def _tooling_pyproject() -> str:
-    deps = ",\n".join(f'    "{req}"' for req in TOOLING_REQUIREMENTS)
-    return (
-        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
-        f'[project]\nname = "mlflow-steps"\nversion = "{__version__}"\n'
-        f'requires-python = ">=3.10"\ndependencies = [\n{deps},\n]\n\n'
-        '[project.scripts]\nmlflow-steps = "mlflow_steps.cli:main"\n\n'
-        '[tool.setuptools.package-data]\nmlflow_steps = ["templates/*.j2"]\n'
-    )
+TOOLING_WHEEL = f"mlflow_steps-{__version__}-py3-none-any.whl"
+WHEEL_DATE = (1980, 1, 1, 0, 0, 0)  # zip's earliest: the wheel's bytes depend on content only
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+    return f"sha256={digest.decode()}"
+
+
+def tooling_wheel_files() -> dict[str, bytes]:
+    """The step tooling as a wheel's files: package sources, templates and metadata."""
+    files = {f"mlflow_steps/{path.relative_to(PACKAGE_DIR).as_posix()}": path.read_bytes()
+             for path in tooling_files()}
+    info = f"mlflow_steps-{__version__}.dist-info"
+    files[f"{info}/METADATA"] = "".join(
+        ["Metadata-Version: 2.1\nName: mlflow-steps\n", f"Version: {__version__}\n",
+         "Requires-Python: >=3.10\n", *(f"Requires-Dist: {r}\n" for r in TOOLING_REQUIREMENTS)]
+    ).encode()
+    files[f"{info}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: mlflow-steps\n"
+                              b"Root-Is-Purelib: true\nTag: py3-none-any\n")
+    files[f"{info}/entry_points.txt"] = (b"[console_scripts]\n"
+                                         b"mlflow-steps = mlflow_steps.cli:main\n")
+    record = "".join(f"{name},{_record_hash(data)},{len(data)}\n"
+                     for name, data in sorted(files.items()))
+    files[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
+    return files
+
+
+def write_tooling_wheel(directory: Path) -> Path:
+    """Write the tooling wheel (no build backend needed to install it; same bytes for the
+    same sources)."""
+    path = directory / TOOLING_WHEEL
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
+        for name, data in tooling_wheel_files().items():  # RECORD last
+            entry = zipfile.ZipInfo(name, WHEEL_DATE)
+            entry.external_attr = 0o644 << 16
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            wheel.writestr(entry, data)
+    return path
+
+
+def uv_binary() -> Path:
+    """The uv executable put in build contexts (bind-mounted by RUN, never in a layer)."""
+    import uv
+
+    return Path(uv.find_uv_bin())
 
 
 def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDelivery()) -> str:
@@ -126,23 +173,17 @@ def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDeli
         codeset_path=CODESET_PATH,
         uid=RUNTIME_UID,
         pip_prefix=delivery.prefix(),
+        uv_config=UV_CONFIG_TARGET,
+        tooling_wheel=TOOLING_WHEEL,
         has_build_requirements=bool(spec.build_requirements),
         has_locked_pip=bool(spec.locked_pip),
     )
 
 
-def _copy_tooling(target: Path) -> None:
-    package = target / "src" / "mlflow_steps"
-    for path in tooling_files():
-        destination = package / path.relative_to(PACKAGE_DIR)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, destination)
-    (target / "pyproject.toml").write_text(_tooling_pyproject())
-
-
 def write_context(spec: EnvSpec, out_dir: Path,
                   delivery: PipConfigDelivery = PipConfigDelivery()) -> Path:
-    """Write Dockerfile, env/ and tooling/ into ``out_dir`` (new or empty), atomically."""
+    """Write Dockerfile, env/, tooling/ (the tooling wheel) and tools/ (uv) into ``out_dir``
+    (new or empty), atomically."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise StepError("output directory exists and is not empty", source=str(out_dir))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +198,10 @@ def write_context(spec: EnvSpec, out_dir: Path,
             (env_dir / "wheels").mkdir()
             for name, path in spec.local_files.items():
                 shutil.copyfile(path, env_dir / "wheels" / name)
-        _copy_tooling(staging / "tooling")
+        (staging / "tooling").mkdir()
+        write_tooling_wheel(staging / "tooling")
+        (staging / "tools").mkdir()
+        shutil.copy2(uv_binary(), staging / "tools" / "uv")
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)

@@ -1,17 +1,26 @@
-"""Container build engines behind one interface, registered by name."""
+"""Container build engines behind one interface, registered by name (imported on use)."""
 
 from __future__ import annotations
 
-from mlflow_steps.backends.base import Backend, BuildRequest
-from mlflow_steps.backends.buildah import BuildahBackend
-from mlflow_steps.backends.docker import DockerBackend
+import importlib
+from typing import TYPE_CHECKING
+
 from mlflow_steps.errors import StepError
 
-BACKENDS: dict[str, type[Backend]] = {
-    "docker": DockerBackend,
-    "buildah": BuildahBackend,
+if TYPE_CHECKING:
+    from mlflow_steps.backends.base import Backend
+
+# name → "module:class", in `auto` order
+BACKENDS = {
+    "docker": "mlflow_steps.backends.docker:DockerBackend",
+    "buildah": "mlflow_steps.backends.buildah:BuildahBackend",
 }
 BUILDER_CHOICES = ("auto", *BACKENDS)
+
+
+def _backend(name: str, environ: dict[str, str]) -> Backend:
+    module, attribute = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), attribute)(environ)
 
 
 def select_backend(name: str, environ: dict[str, str]) -> Backend:
@@ -21,20 +30,17 @@ def select_backend(name: str, environ: dict[str, str]) -> Backend:
     the builder plan (:mod:`mlflow_steps.steps.builder_plan`).
     """
     if name != "auto":
-        backend = BACKENDS[name](environ)
+        backend = _backend(name, environ)
         problem = backend.unavailable_reason()
         if problem:
             raise StepError(problem, source="input", field="builder")
         return backend
     reasons = []
-    for backend_class in BACKENDS.values():
-        backend = backend_class(environ)
+    for candidate in BACKENDS:
+        backend = _backend(candidate, environ)
         problem = backend.unavailable_reason()
         if not problem:
             return backend
         reasons.append(f"{backend.name}: {problem}")
     raise StepError("no build engine available (" + "; ".join(reasons) + ")", source="input",
                     field="builder")
-
-
-__all__ = ["BACKENDS", "BUILDER_CHOICES", "Backend", "BuildRequest", "select_backend"]

@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow_steps.errors import StepError
-from mlflow_steps.registry import ImageRef, is_insecure
-from mlflow_steps.render import PipConfigDelivery
+from mlflow_steps.imageref import ImageRef, is_insecure
+from mlflow_steps.render import UV_CONFIG_TARGET, PipConfigDelivery
 
 PIP_CONFIG_SECRET = "pip-config"
+UV_CONFIG_SECRET = "uv-config"
 PIP_CA_SECRET = "pip-ca"
 SECRET_MOUNT_TARGETS = {
     PIP_CONFIG_SECRET: "/etc/pip.conf",
+    UV_CONFIG_SECRET: UV_CONFIG_TARGET,
     PIP_CA_SECRET: "/run/secrets/pip-ca.pem",
 }
 TAIL_LINES = 12
@@ -51,7 +53,7 @@ class BuildRequest:
 def secret_delivery(with_ca: bool) -> PipConfigDelivery:
     """How pip config reaches RUN steps: secret mounts, with every engine (BuildKit, Buildah,
     Kaniko's ``--secret``), so it never enters a layer."""
-    ids = [PIP_CONFIG_SECRET] + ([PIP_CA_SECRET] if with_ca else [])
+    ids = [PIP_CONFIG_SECRET, UV_CONFIG_SECRET] + ([PIP_CA_SECRET] if with_ca else [])
     return PipConfigDelivery(mounts=tuple((i, SECRET_MOUNT_TARGETS[i]) for i in ids))
 
 

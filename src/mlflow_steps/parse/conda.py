@@ -44,7 +44,38 @@ class LockedEnv:
     python_version: str | None = None
 
 
+# The plain specs of most environment files, normalised here exactly as conda's MatchSpec
+# does (a property test checks that against conda-lock), so hashing them needs no conda-lock
+# import (~0.25 s): `name`, `name=1.2` → `1.2.*`, `name==1.2` → `1.2`, `name>=1.2`, ...
+_PLAIN_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+_PLAIN_VERSION = r"[0-9][0-9A-Za-z]*(?:\.[0-9A-Za-z]+)*"
+_PLAIN_SPEC = re.compile(
+    rf"(?P<name>{_PLAIN_NAME})(?:\s*(?P<op>==|=|>=|<=|!=|>|<)\s*"
+    rf"(?P<version>{_PLAIN_VERSION})(?P<star>\.\*)?)?")
+
+
+def _plain_conda_spec(spec: str) -> str | None:
+    """The canonical text of a plain spec, or None when MatchSpec must parse it."""
+    match = _PLAIN_SPEC.fullmatch(spec.strip())
+    if match is None or (match["star"] and match["op"] not in ("=", "==")):
+        return None
+    name = match["name"].lower()
+    if match["op"] is None:
+        return name
+    if match["op"] == "=" or match["star"]:
+        return f"{name} {match['version']}.*"
+    if match["op"] == "==":
+        return f"{name} {match['version']}"
+    return f"{name} {match['op']}{match['version']}"
+
+
 def normalise_conda_spec(spec: str, *, source: str, field: str) -> str:
+    """Canonical 'channel::name version build' as conda's MatchSpec reads it."""
+    plain = _plain_conda_spec(spec)
+    return plain if plain is not None else matchspec_text(spec, source=source, field=field)
+
+
+def matchspec_text(spec: str, *, source: str, field: str) -> str:
     """Canonical 'channel::name version build' via conda-lock's MatchSpec parser."""
     from conda_lock.src_parser.conda_common import conda_spec_to_versioned_dep
 

@@ -1,4 +1,4 @@
-"""MLproject: shape checks, then MLflow's own project loader."""
+"""MLproject: shape checks and the fields the steps need (no MLflow import)."""
 
 from __future__ import annotations
 
@@ -118,28 +118,27 @@ def _select_env(codeset: Path, data: dict[str, Any]) -> tuple[str, Path | None]:
     )
 
 
-def load_project(codeset: Path) -> Project:
-    """Validate MLproject, load it with MLflow's loader and pick the environment file."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.projects import _project_spec
+def _parameter(name: str, spec: str | dict[str, Any] | None) -> Parameter:
+    if isinstance(spec, str):
+        return Parameter(name, spec, None)
+    spec = spec or {}
+    return Parameter(name, spec.get("type", "string"), spec.get("default"))
 
+
+def load_project(codeset: Path) -> Project:
+    """Validate MLproject and pick the environment file, without importing MLflow (the
+    builder's skip path stays fast); the runtime step also runs MLflow's own loader."""
     path = find_mlproject(codeset)
     data = load_yaml_mapping(codeset, path)
     _check_shape(data)
     env_kind, env_file = _select_env(codeset, data)
-    try:
-        loaded = _project_spec.load_project(str(codeset))
-    except MlflowException as exc:
-        raise StepError(str(exc.message).splitlines()[0], source=MLPROJECT) from None
     entry_points = {
-        name: EntryPoint(
-            name=name,
-            command=spec.command,
-            parameters=tuple(
-                Parameter(p.name, p.type, p.default) for p in spec.parameters.values()
-            ),
-        )
-        for name, spec in loaded._entry_points.items()
+        str(name): EntryPoint(str(name), spec["command"], tuple(
+            _parameter(str(pname), pspec)
+            for pname, pspec in (spec.get("parameters") or {}).items()))
+        for name, spec in data["entry_points"].items()
     }
-    docker_image = (loaded.docker_env or {}).get("image")
-    return Project(loaded.name, entry_points, env_kind, env_file, docker_image)
+    name = data.get("name")
+    docker_image = (data.get("docker_env") or {}).get("image")
+    return Project(str(name) if name is not None else None, entry_points, env_kind, env_file,
+                   docker_image)

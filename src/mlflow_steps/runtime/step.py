@@ -75,6 +75,7 @@ def run_runtime(codeset: Path, inputs: RuntimeInputs,
     if not codeset.is_dir():
         raise StepError("codeset directory not found", source=str(codeset))
     project = load_project(codeset)
+    spec = _project_spec.load_project(str(codeset))  # MLflow's own checks, before any call
     entry = select_entry_point(project, inputs.mlflow_entrypoint)
     parameters = resolve_parameters(entry, split_args(inputs.mlflow_entrypoint_args), environ)
 
@@ -87,7 +88,6 @@ def run_runtime(codeset: Path, inputs: RuntimeInputs,
         log(f"tracking {redact(uri)}, experiment {experiment_id}, entry point {entry.name}, "
             f"parameters {parameters}")
 
-    spec = _project_spec.load_project(str(codeset))
     run = get_or_create_run(None, str(codeset), experiment_id, str(codeset), None, entry.name,
                             parameters)
     run_id = run.info.run_id
