@@ -116,6 +116,7 @@ echo "pushed"
     (1, "manifest blob unknown: blob unknown to registry", 2, True),
     (2, "digest invalid: provided digest did not match uploaded content", 3, True),
     (3, "blob upload unknown", 3, False),
+    (1, "received unexpected HTTP status: 500 Internal Server Error", 2, True),
     (1, "denied: requested access to the resource is denied", 1, False),
 ])
 def test_push_retries_only_transient_registry_races(tmp_path: Path, failures: int, error: str,

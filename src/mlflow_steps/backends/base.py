@@ -24,9 +24,13 @@ SECRET_MOUNT_TARGETS = {
 }
 TAIL_LINES = 12
 PUSH_ATTEMPTS = 3
-# What a registry answers while another push of the same blobs is still in flight.
+# What a registry answers while another push of the same blobs is still in flight (the
+# reference registry also answers 500 to a concurrent upload of one blob), or when it is
+# briefly unavailable.
 TRANSIENT_PUSH_ERRORS = ("blob unknown", "digest invalid", "blob upload unknown",
-                         "blob upload invalid", "unexpected eof", "connection reset")
+                         "blob upload invalid", "unexpected eof", "connection reset",
+                         "500 internal server error", "502 bad gateway",
+                         "503 service unavailable")
 
 
 @dataclass(frozen=True)
