@@ -72,6 +72,15 @@ BAD_WORKFLOWS: dict[str, Case] = {
                              12, "steps[0].command", ("unknown key 'command'",)),
     "duplicate step name": Case(_append(SECOND.replace("second", "first")), 21, "steps[1].name",
                                 ("duplicate step name 'first'",)),
+    "step names that collide as Tekton tasks": Case(
+        _append(SECOND.replace("second", "First")), 21, "steps[1].name",
+        ("step 'First' and step 'first' both become the Tekton task 'first'", "rename one")),
+    "step name that collides with the codeset task": Case(
+        _append(SECOND.replace("second", "fuseml codeset")), 21, "steps[1].name",
+        ("the codeset task", "'fuseml-codeset'")),
+    "step name without a letter or digit": Case(
+        _append(SECOND.replace("second", "'--'")), 21, "steps[1].name",
+        ("no letter or digit",)),
     "input without name": Case(_edit("  - name: greeting\n    default", "  - default"), 5,
                                "inputs[1]", ("input has no 'name'",)),
     "duplicate input name": Case(_edit("  - name: greeting\n", "  - name: code\n"), 5,

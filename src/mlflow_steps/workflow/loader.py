@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow_steps.errors import StepError
 from mlflow_steps.workflow.expressions import (
     CODESET_ATTRIBUTES,
     ExpressionError,
@@ -18,6 +19,7 @@ from mlflow_steps.workflow.expressions import (
     parse_template,
 )
 from mlflow_steps.workflow.model import (
+    CODESET_TASK,
     DEFAULT_CODESET_PATH,
     INPUT_TYPES,
     SELECTOR_FIELDS,
@@ -29,6 +31,7 @@ from mlflow_steps.workflow.model import (
     Workflow,
     WorkflowInput,
     WorkflowOutput,
+    k8s_name,
 )
 from mlflow_steps.workflow.nodes import Node, Where, parse_documents, read_text
 from mlflow_steps.workflow.versions import is_valid_constraint
@@ -56,6 +59,7 @@ def parse_workflow(text: str, file: str) -> Workflow:
         raise root["steps"].where.error("a workflow needs at least one step")
     names = _unique(((node, node.mapping(_STEP_KEYS).get("name")) for node in step_nodes),
                     "step")
+    _check_task_names(step_nodes, names)
     steps: list[Step] = []
     for node, name in zip(step_nodes, names, strict=True):
         scope.later = names[len(steps) + 1:]
@@ -85,6 +89,22 @@ class _Scope:
 
 def _optional(values: dict[str, Node], key: str, default: str = "") -> str:
     return values[key].optional_text(default) if key in values else default
+
+
+def _check_task_names(step_nodes: list[Node], names: list[str]) -> None:
+    """Distinct step names must stay distinct as Kubernetes (Tekton task) names."""
+    tasks = {CODESET_TASK: "the codeset task"}
+    for node, name in zip(step_nodes, names, strict=True):
+        where = node.mapping(_STEP_KEYS)["name"].where
+        try:
+            task = k8s_name(name)
+        except StepError:
+            raise where.error(f"step name {name!r} has no letter or digit for a Kubernetes "
+                              "name") from None
+        if task in tasks:
+            raise where.error(f"step {name!r} and {tasks[task]} both become the Tekton task "
+                              f"{task!r}: rename one")
+        tasks[task] = f"step {name!r}"
 
 
 def _unique(named: Iterable[tuple[Node, Node | None]], what: str) -> list[str]:

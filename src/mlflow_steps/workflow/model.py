@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from mlflow_steps.errors import StepError
 from mlflow_steps.workflow.expressions import Template
 from mlflow_steps.workflow.nodes import Where
+
+# The Tekton task that writes .fuseml/_org and _project before the steps run.
+CODESET_TASK = "fuseml-codeset"
+
+
+def k8s_name(*parts: str) -> str:
+    """A DNS-1123 label from ``parts`` (lower-cased, other characters → '-')."""
+    name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:63].rstrip("-")
+    if not name:
+        raise StepError(f"cannot make a Kubernetes name from {'-'.join(parts)!r}")
+    return name
+
 
 INPUT_TYPES = ("string", "codeset")
 DEFAULT_CODESET_PATH = "/project"

@@ -50,12 +50,11 @@ from mlflow_steps.workflow.extensions import (
     Identity,
     resolve_steps,
 )
-from mlflow_steps.workflow.model import Step, Workflow
+from mlflow_steps.workflow.model import CODESET_TASK, Step, Workflow, k8s_name
 from mlflow_steps.workflow.plan import GLOBAL_ENV_PREFIX, RESULT_ENV, param_env_name
 
 API_VERSION = "tekton.dev/v1"
 WORKSPACE = "codeset"
-CODESET_TASK = "fuseml-codeset"
 SHELL_IMAGE_PARAM = "shell-image"
 DEFAULT_SHELL_IMAGE = "docker.io/library/busybox:1.36"
 PLACEHOLDER = "REPLACE-ME"
@@ -66,14 +65,6 @@ mkdir -p "$(workspaces.codeset.path)/.fuseml"
 printf '%s' "$CODESET_PROJECT" > "$(workspaces.codeset.path)/.fuseml/_org"
 printf '%s' "$CODESET_NAME" > "$(workspaces.codeset.path)/.fuseml/_project"
 """
-
-
-def k8s_name(*parts: str) -> str:
-    """A DNS-1123 label from ``parts`` (lower-cased, other characters → '-')."""
-    name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:63].rstrip("-")
-    if not name:
-        raise StepError(f"cannot make a Kubernetes name from {'-'.join(parts)!r}")
-    return name
 
 
 def ext_var(ref: ExtensionRef) -> str:
