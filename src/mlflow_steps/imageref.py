@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from mlflow_steps.errors import StepError
+
 DOCKER_HUB = "docker.io"
+# The OCI distribution reference grammar (distribution/reference): [domain/]path[:tag][@digest]
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?"
+_REFERENCE = re.compile(
+    rf"(?P<name>(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+NAME_MAX = 255
+
+
+def check_reference(text: str, *, source: str, field: str) -> str:
+    """``text`` when it is a valid image reference, else one line naming the field (a
+    newline or a space could otherwise inject Dockerfile instructions)."""
+    match = _REFERENCE.fullmatch(text)
+    if match is None or len(match["name"]) > NAME_MAX:
+        raise StepError(f"{text!r} is not an image reference ([registry/]name[:tag][@digest])",
+                        source=source, field=field)
+    return text
 
 
 @dataclass(frozen=True)
