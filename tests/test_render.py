@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from helpers import EXAMPLE, REPO, run_cli
 from mlflow_steps.envspec import BuildOptions, resolve_env
 from mlflow_steps.errors import StepError
 from mlflow_steps.hashing import env_tag
-from mlflow_steps.render import TOOLING_WHEEL, PipConfigDelivery, render_dockerfile, write_context
+from mlflow_steps.render import (
+    OWN_LAYERS,
+    TOOLING_WHEEL,
+    PipConfigDelivery,
+    render_dockerfile,
+    write_context,
+)
 
 LOCK = (REPO / "tests/data/conda-lock.yml").read_text()
 
@@ -37,11 +44,12 @@ def test_layout_is_cache_friendly_and_non_root(codeset, files) -> None:
     spec = spec_for(codeset, files)
     dockerfile = render_dockerfile(spec)
     keywords = instructions(dockerfile)
-    assert keywords[0] == "FROM" and dockerfile.splitlines()[1] == f"FROM {spec.base_image}"
-    env_copy = dockerfile.index("COPY env/")
-    tooling = dockerfile.index("--no-deps /opt/mlflow-steps-build/tooling/mlflow_steps-")
-    assert env_copy < dockerfile.index("RUN") < tooling
-    assert "uv pip check --quiet --python /opt/env/bin/python" in dockerfile[tooling:]
+    runtime = dockerfile[dockerfile.index(f"\nFROM {spec.base_image}\n"):]
+    assert keywords[0] == "FROM"
+    tooling = runtime.index("--no-deps /opt/mlflow-steps-build/tooling/mlflow_steps-")
+    # The environment's files come last: a requirements change re-runs no earlier step.
+    assert runtime.index("RUN") < tooling < runtime.index("COPY env/")
+    assert "uv pip check --quiet --python /opt/env/bin/python" in runtime[tooling:]
     assert keywords[-3:] == ["USER", "WORKDIR", "CMD"]
     assert "USER 1000" in dockerfile and "WORKDIR /srv/mlflow" in dockerfile
     # The image never touches the codeset mount point, which may be read-only at build time.
@@ -50,15 +58,38 @@ def test_layout_is_cache_friendly_and_non_root(codeset, files) -> None:
     assert dockerfile.rstrip().endswith(
         'CMD ["/opt/mlflow-steps/bin/mlflow-steps", "run", "/project"]')
     assert env_tag(spec) in dockerfile
-    # uv's cache is a build cache mount (never a layer); packages' tests/ are not shipped.
+    # uv's cache is a build cache mount (never a layer).
     assert "--mount=type=cache,id=mlflow-steps-uv,target=/root/.cache/uv" in dockerfile
     assert "--mount=type=bind,source=tools/uv,target=/usr/local/bin/uv" in dockerfile
     if spec.strategy == "pip":
-        assert "uv venv --quiet --python python3 /opt/env" in dockerfile
-        assert "find /opt/env -depth -type d -name tests" in dockerfile
-        assert "pip install --no-cache-dir" not in dockerfile
+        assert keywords.count("FROM") == 2 and " AS resolve\n" in dockerfile
+        assert "uv pip compile" in dockerfile and "pip install --no-cache-dir" not in dockerfile
+        assert "uv venv --quiet --python python3 /opt/env" in runtime
     else:
-        assert "conda clean --all --yes" in dockerfile
+        assert keywords.count("FROM") == 1 and "conda clean --all --yes" in dockerfile
+
+
+def test_pip_environment_is_layered_by_package(codeset) -> None:
+    """Large packages get layers of their own, before the rest; the environment files are
+    not a parent of those layers, so a one-line change reuses them."""
+    dockerfile = render_dockerfile(spec_for(codeset, {"requirements.txt": "numpy\n"}))
+    runtime = dockerfile[dockerfile.index("\nFROM python:3.11-slim\n"):]
+    layers = re.findall(r"COPY --from=resolve /layers/(\w+)\.txt", runtime)
+    assert layers == [str(i) for i in range(1, len(OWN_LAYERS) + 1)] + ["rest"]
+    resolve = dockerfile[:dockerfile.index("\nFROM python:3.11-slim\n")]
+    assert "> /layers/1.txt" in resolve and "grep -v -i -E '^(numpy|scipy|" in resolve
+    before_rest = runtime[:runtime.index("/layers/rest.txt")]
+    assert "source=env," not in before_rest and "COPY env/" not in before_rest
+
+
+def test_install_layer_script(codeset, tmp_path: Path) -> None:
+    out = write_context(spec_for(codeset, {"requirements.txt": "numpy\n"}), tmp_path / "ctx")
+    script = out / "tools" / "install-layer"
+    assert os.access(script, os.X_OK)
+    text = script.read_text()
+    assert "uv pip install --quiet --no-deps --python \"$python\" -r \"$lock\"" in text
+    assert "-name tests -exec rm -rf" in text
+    assert subprocess.run(["sh", "-n", str(script)], check=False).returncode == 0
 
 
 def test_context_files(codeset, tmp_path: Path) -> None:
@@ -107,7 +138,8 @@ def test_secret_mounts_prefix_pip_runs(codeset) -> None:
     dockerfile = render_dockerfile(spec, mounts)
     runs = [line for line in dockerfile.splitlines() if line.startswith("RUN ")
             and "source=tools/uv" in line]
-    assert len(runs) == 2  # the environment and the tooling install
+    # resolve, venv, one per own layer, the rest, the tooling
+    assert len(runs) == len(OWN_LAYERS) + 4
     assert all("--mount=type=secret,id=pip-config,target=/etc/pip.conf set -a && " in line
                and "[ ! -f /run/secrets/uv.env ] || . /run/secrets/uv.env" in line
                for line in runs)

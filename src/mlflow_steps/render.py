@@ -41,6 +41,11 @@ TOOLING_REQUIREMENTS = (
     "mlflow-skinny>=2.10,<4",
     "boto3>=1.28",  # S3 artifact stores: the step checks the model the run logged there
 )
+# Packages installed as layers of their own (in this order, before the rest) when the
+# environment has them: large, and rarely what a one-line requirements change touches.
+OWN_LAYERS = (("numpy",), ("scipy",), ("pandas",), ("scikit-learn",), ("pyarrow",),
+              ("torch",), ("botocore", "boto3", "s3transfer"), ("mlflow", "mlflow-skinny"))
+INSTALL_LAYER = "install-layer.sh.j2"
 TEMPLATES = {"pip": "pip.Dockerfile.j2", "conda": "conda.Dockerfile.j2",
              "conda-lock": "conda-lock.Dockerfile.j2"}
 
@@ -175,6 +180,7 @@ def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDeli
         pip_prefix=delivery.prefix(),
         uv_config=UV_CONFIG_TARGET,
         tooling_wheel=TOOLING_WHEEL,
+        layers=OWN_LAYERS,
         has_build_requirements=bool(spec.build_requirements),
         has_locked_pip=bool(spec.locked_pip),
     )
@@ -202,6 +208,10 @@ def write_context(spec: EnvSpec, out_dir: Path,
         write_tooling_wheel(staging / "tooling")
         (staging / "tools").mkdir()
         shutil.copy2(uv_binary(), staging / "tools" / "uv")
+        script = staging / "tools" / "install-layer"
+        script.write_text(_environment().get_template(INSTALL_LAYER).render(
+            env_prefix=ENV_PREFIX))
+        script.chmod(0o755)
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)
