@@ -201,9 +201,7 @@ def test_trainer_env_reads_extensions_and_inputs(exported) -> None:
     assert trainer["image"] == "$(params.IMAGE)" and trainer["workingDir"] == "/project"
 
 
-def test_extension_expressions_become_env_references(tmp_path: Path) -> None:
-    workflow = tmp_path / "wf.yaml"
-    workflow.write_text("""name: wf
+STORE_WORKFLOW = """name: wf
 steps:
   - name: s
     image: img
@@ -216,9 +214,18 @@ steps:
     extensions:
       - name: store
         service_resource: s3
-""")
-    export = TektonExport(load_workflow(workflow), load_registry(EXTENSIONS),
-                          Identity("local", "me"))
+"""
+
+
+def store_export(tmp_path: Path, registry) -> TektonExport:
+    """One step reading an extension's url and a configuration key in expressions."""
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text(STORE_WORKFLOW)
+    return TektonExport(load_workflow(workflow), registry, Identity("local", "me"))
+
+
+def test_extension_expressions_become_env_references(tmp_path: Path) -> None:
+    export = store_export(tmp_path, load_registry(EXTENSIONS))
     task = export.task(export.workflow.steps[0])
     env = task["spec"]["steps"][0]["env"]
     names = [item["name"] for item in env]
@@ -278,27 +285,13 @@ def test_export_without_extensions_file_resolves_them_in_cluster(tmp_path: Path)
 
 
 def test_expression_references_resolve_in_cluster(tmp_path: Path) -> None:
-    workflow = tmp_path / "wf.yaml"
-    workflow.write_text("""name: wf
-steps:
-  - name: s
-    image: img
-    inputs:
-      - name: endpoint
-        value: '{{ extension.store.url }}'
-      - name: key
-        value: '{{ extension.store.cfg.AWS_ACCESS_KEY_ID }}'
-    extensions:
-      - name: store
-        service_resource: s3
-""")
-    export = TektonExport(load_workflow(workflow), None, Identity("local", "me"))
+    export = store_export(tmp_path, None)
     env = {item["name"]: item for item in export.task(export.workflow.steps[0])["spec"]
            ["steps"][0]["env"]}
     assert env["FUSEML_EXT_STORE_URL"]["valueFrom"] == {"configMapKeyRef": {
         "name": "wf-ext-store", "key": "url"}}
-    assert env["FUSEML_EXT_STORE_AWS_ACCESS_KEY_ID"] == {
-        "name": "FUSEML_EXT_STORE_AWS_ACCESS_KEY_ID", "value": "$(AWS_ACCESS_KEY_ID)"}
+    assert env["FUSEML_EXT_STORE_AWS_SECRET_ACCESS_KEY"] == {
+        "name": "FUSEML_EXT_STORE_AWS_SECRET_ACCESS_KEY", "value": "$(AWS_SECRET_ACCESS_KEY)"}
 
 
 @pytest.mark.parametrize("executor", ["kaniko", "buildah"])

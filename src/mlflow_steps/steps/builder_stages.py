@@ -23,18 +23,13 @@ from mlflow_steps.errors import StepError
 from mlflow_steps.imageref import ImageRef
 from mlflow_steps.registry import RegistryClient, docker_config_dir
 from mlflow_steps.render import PipConfigDelivery, write_context
+from mlflow_steps.stepio import write_atomically
 from mlflow_steps.steps.builder_plan import (
     BUILDAH_STORAGE_DRIVER,
     EXECUTORS,
     STEP_RESULTS_DIR,
     PlanFile,
 )
-
-
-def _write_result(path: Path | None, value: str) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(value)
 
 
 def prepare(codeset: Path, inputs: BuilderInputs, executor_name: str, plan_dir: Path,
@@ -67,8 +62,10 @@ def prepare(codeset: Path, inputs: BuilderInputs, executor_name: str, plan_dir: 
         log(f"plan: build {target.destination} with {executor_name} "
             f"({target.spec.strategy}, base {target.spec.base_image})")
     plan.write(plan_dir)
-    _write_result(skip_result, "true" if plan.skip else "false")
-    _write_result(args_result, json.dumps(args))
+    for path, value in ((skip_result, "true" if plan.skip else "false"),
+                        (args_result, json.dumps(args))):
+        if path is not None:
+            write_atomically(path, value)
     return plan
 
 

@@ -335,24 +335,22 @@ class TektonExport:
                                               "optional": True}},
         ]
         plan = {"name": "build-plan", "mountPath": PLAN_MOUNT}
-        env = [*container["env"],
-               {"name": "DOCKER_CONFIG", "value": REGISTRY_AUTH_MOUNT},
-               {"name": "TASK_RESULT_DIGEST", "value": "IMAGE_DIGEST"}]
-        ours = {"mounts": [plan, {"name": "registry-auth", "mountPath": REGISTRY_AUTH_MOUNT,
-                                  "readOnly": True}], "env": env}
+        our_env = [*container["env"],
+                   {"name": "DOCKER_CONFIG", "value": REGISTRY_AUTH_MOUNT},
+                   {"name": "TASK_RESULT_DIGEST", "value": "IMAGE_DIGEST"}]
+        our_mounts = [plan, {"name": "registry-auth", "mountPath": REGISTRY_AUTH_MOUNT,
+                             "readOnly": True}]
         steps = []
         for plan_step in plan_steps(executor):
             step: dict[str, Any] = {"name": plan_step.name}
             if plan_step.image is None:
                 step["image"] = container["image"]
-                step_env = list(ours["env"])
-                mounts = list(ours["mounts"])
+                step_env, mounts = list(our_env), list(our_mounts)
                 if plan_step.name == PREPARE:
                     step_env.append({"name": "PIP_CONFIG_FILE",
                                      "value": f"{PIP_CONFIG_MOUNT}/pip.conf"})
                     mounts.append({"name": "pip-config", "mountPath": PIP_CONFIG_MOUNT,
                                    "readOnly": True})
-                    step["results"] = [{"name": n, "type": t} for n, t in plan_step.results]
                 step["env"] = step_env
                 if "envFrom" in container:
                     step["envFrom"] = container["envFrom"]
@@ -363,6 +361,9 @@ class TektonExport:
                 mounts = [plan, {"name": "registry-auth", "mountPath": executor.auth_mount,
                                  "readOnly": True}]
                 step["securityContext"] = executor_security_context(executor)
+            if plan_step.results:
+                step["results"] = [{"name": n, "type": t} for n, t in plan_step.results]
+            if plan_step.only_when_building:
                 step["when"] = [{"input": f"$(steps.{PREPARE}.results.{SKIP_RESULT})",
                                  "operator": "notin", "values": ["true"]}]
             step["command"] = list(plan_step.command)
