@@ -14,7 +14,6 @@ from helpers import REPO, run_cli
 from mlflow_steps.errors import StepError
 from mlflow_steps.workflow.envexport import parse_selector
 from mlflow_steps.workflow.extensions import Identity, load_registry
-from mlflow_steps.workflow.redact import Redactor
 
 RECORDS = """
 id: mlflow-a
@@ -156,11 +155,6 @@ def test_bad_registry_is_one_line(tmp_path: Path, text: str, words) -> None:
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
     for word in words:
         assert word in str(caught.value)
-
-
-def test_redactor_masks_longest_first() -> None:
-    redact = Redactor(["abc", "abcdef", ""])
-    assert redact("x abcdef y abc") == "x *** y ***"
 
 
 def test_env_command_export_lines_configure_a_shell(registry_file: Path) -> None:

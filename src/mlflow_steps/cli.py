@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -18,11 +18,14 @@ from mlflow_steps.envspec import DEFAULT_MINICONDA_VERSION, STRATEGIES, BuildOpt
 from mlflow_steps.errors import StepError
 from mlflow_steps.fuseml import DEFAULT_REPOSITORY
 from mlflow_steps.hashing import env_tag, template_version
+from mlflow_steps.redaction import redact, secret_values
 from mlflow_steps.stepio import result_path, write_outputs
 from mlflow_steps.steps.builder_plan import DEFAULT_EXECUTOR, EXECUTORS, PLAN_MOUNT
 
 if TYPE_CHECKING:
     from mlflow_steps.runtime.model import Registration
+
+DEBUG_VARIABLE = "MLFLOW_STEPS_DEBUG"
 
 # Each command imports what only it needs when it runs (the builder's skip path must not
 # pay for MLflow, jinja2 or the engines).
@@ -294,31 +297,38 @@ def serve_command(output_file: Path | None, model: str | None, runtime_image: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: StepError becomes one line on stderr and exit code 2."""
+    """Entry point: every failure is one redacted line on stderr; bad input exits 2."""
     try:
         cli.main(args=argv, prog_name="mlflow-steps", standalone_mode=False)
-    except StepError as exc:
-        click.echo(f"mlflow-steps: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        click.echo("mlflow-steps: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except OSError as exc:
-        click.echo(f"mlflow-steps: error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
-        sys.exit(2)
-    except ImportError as exc:
-        click.echo(f"mlflow-steps: error: Python module {exc.name!r} is not installed here "
-                   "(needed by this store or feature): pip install it", err=True)
-        sys.exit(2)
-    except Exception as exc:
-        from mlflow.exceptions import MlflowException
+        _fail("aborted", 130)
+    except Exception as exc:  # one line, never a traceback (it could print a secret)
+        message, code = _failure(exc)
+        _fail(f"error: {message}", code)
 
+
+def _failure(exc: Exception) -> tuple[str, int]:
+    """The line and exit code for an exception escaping a command."""
+    if isinstance(exc, StepError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, click.ClickException):
+        return exc.format_message(), exc.exit_code
+    if isinstance(exc, OSError):
+        return f"{exc.filename or ''}: {exc.strerror or exc}", 2
+    if isinstance(exc, ImportError):
+        return (f"Python module {exc.name!r} is not installed here (needed by this store or "
+                "feature): pip install it", 2)
+    if type(exc).__module__.startswith("mlflow."):
         from mlflow_steps.runtime.tracking import mlflow_error_line
 
-        if not isinstance(exc, MlflowException):
-            raise
-        click.echo(f"mlflow-steps: error: mlflow: {mlflow_error_line(exc)}", err=True)
-        sys.exit(2)
+        return f"mlflow: {mlflow_error_line(exc)}", 2
+    if os.environ.get(DEBUG_VARIABLE):
+        raise exc
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return (f"internal error, please report it (set {DEBUG_VARIABLE}=1 for the traceback): "
+            f"{type(exc).__name__}: {first}", 1)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"mlflow-steps: {redact(message, secret_values(os.environ))}", err=True)
+    sys.exit(code)

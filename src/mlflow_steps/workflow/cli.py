@@ -10,13 +10,13 @@ from pathlib import Path
 import click
 
 from mlflow_steps.errors import StepError
+from mlflow_steps.redaction import Redactor
 from mlflow_steps.stepio import write_atomically
 from mlflow_steps.steps.builder_plan import DEFAULT_EXECUTOR, EXECUTORS
 from mlflow_steps.workflow.envexport import DEFAULT_SELECTOR, FORMATS, format_env, parse_selector
 from mlflow_steps.workflow.extensions import Identity, load_registry
 from mlflow_steps.workflow.loader import load_workflow
 from mlflow_steps.workflow.plan import Codeset, RunPlan, bind_inputs
-from mlflow_steps.workflow.redact import Redactor
 from mlflow_steps.workflow.runs import RunRecord, RunStore, default_runs_dir
 from mlflow_steps.workflow.tekton import TektonExport
 
@@ -198,16 +198,15 @@ def env_command(extensions: Path, selectors: tuple[str, ...], project: str, user
     """
     registry = load_registry(extensions)
     env: dict[str, str] = {}
-    secrets: set[str] = set()
+    redact = Redactor()
     for index, text in enumerate(selectors or (DEFAULT_SELECTOR,)):
         access = registry.resolve(parse_selector(text, index), Identity(project, user))
         env.update(access.env())
-        secrets |= access.secrets()
+        redact.add(access.secrets())
         if verbose:
-            click.echo(f"{text} → {access.extension.id}/{access.service.id} at "
-                       f"{access.endpoint.url}", err=True)
+            click.echo(redact(f"{text} → {access.extension.id}/{access.service.id} at "
+                              f"{access.endpoint.url}"), err=True)
     if verbose:
-        redact = Redactor(secrets)
         for key, value in env.items():
             click.echo(f"  {key}={redact(value)}", err=True)
     text = format_env(env, style)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_steps.errors import StepError
+from mlflow_steps.redaction import has_credentials, is_secret_name
 from mlflow_steps.workflow.model import Selector, Workflow
 from mlflow_steps.workflow.nodes import Node, parse_documents, read_text
 from mlflow_steps.workflow.versions import version_matches
@@ -100,10 +101,21 @@ class Access:
             maps.append(self.credentials.configuration)
         return {key: value for config in maps for key, value in config}
 
+    def secret_keys(self) -> set[str]:
+        """Keys whose values are credentials: the credentials' configuration, any value that
+        carries one (a URL with user-info or a token parameter) or is named like one, and
+        ``url`` when the endpoint URL carries one."""
+        keys = {key for key, _ in self.credentials.configuration} if self.credentials else set()
+        keys |= {key for key, value in self.env().items()
+                 if is_secret_name(key) or has_credentials(value)}
+        if has_credentials(self.endpoint.url):
+            keys.add("url")
+        return keys
+
     def secrets(self) -> set[str]:
         """Credential values: never to be shown."""
-        return {value for _, value in self.credentials.configuration if value} \
-            if self.credentials else set()
+        values = {**self.env(), "url": self.endpoint.url}
+        return {values[key] for key in self.secret_keys() if values.get(key)}
 
     def attribute(self, name: str, key: str = "") -> str:
         """``url``, ``version``, ``zone`` or configuration ``key`` (for expressions)."""

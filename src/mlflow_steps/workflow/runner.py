@@ -23,6 +23,7 @@ from pathlib import Path
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.pipconfig import collect_pip_config
+from mlflow_steps.redaction import Redactor
 from mlflow_steps.registry import docker_config_dir
 from mlflow_steps.steps.builder_plan import (
     EXECUTORS,
@@ -44,7 +45,6 @@ from mlflow_steps.workflow.engine import (
 )
 from mlflow_steps.workflow.model import Step
 from mlflow_steps.workflow.plan import RunPlan
-from mlflow_steps.workflow.redact import Redactor
 from mlflow_steps.workflow.runs import RunRecord, RunStore, StepRecord
 
 RESULTS_IN_CONTAINER = "/tekton/results"

@@ -158,8 +158,7 @@ class TektonExport:
 
     def _service_objects(self, access: Access) -> _Objects:
         name = k8s_name(self.name, access.extension.id, access.service.id)
-        keys = frozenset(key for key, _ in access.credentials.configuration) \
-            if access.credentials else frozenset()
+        keys = frozenset(access.secret_keys())
         return _Objects(name, name if keys else None, keys)
 
     def extension_objects(self) -> list[dict[str, Any]]:
@@ -170,8 +169,8 @@ class TektonExport:
             objects = self._service_objects(access)
             env = access.env()
             data = {"url": access.endpoint.url, "version": access.extension.version,
-                    "zone": access.extension.zone,
-                    **{k: v for k, v in env.items() if k not in objects.secret_keys}}
+                    "zone": access.extension.zone, **env}
+            data = {k: v for k, v in data.items() if k not in objects.secret_keys}
             documents[f"ConfigMap/{objects.config_map}"] = {
                 "apiVersion": "v1", "kind": "ConfigMap", "metadata": self._meta(
                     objects.config_map), "data": data}
