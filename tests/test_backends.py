@@ -72,7 +72,13 @@ def test_buildah_args(tmp_path: Path) -> None:
 
 
 def test_auto_selection_order(tmp_path: Path) -> None:
-    no_engine = {"DOCKER_HOST": f"unix://{tmp_path}/no.sock", "PATH": os.environ["PATH"]}
+    """Without an engine, auto takes buildah when it is on PATH (a stand-in here: selection
+    only looks it up), else says none is available."""
+    with_buildah = tmp_path / "bin"
+    with_buildah.mkdir()
+    (with_buildah / "buildah").write_text("#!/bin/sh\nexit 0\n")
+    (with_buildah / "buildah").chmod(0o755)
+    no_engine = {"DOCKER_HOST": f"unix://{tmp_path}/no.sock", "PATH": str(with_buildah)}
     assert select_backend("auto", no_engine).name == "buildah"
     with pytest.raises(StepError, match="no build engine available"):
         select_backend("auto", {**no_engine, "PATH": str(tmp_path)})
