@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,25 @@ def test_uv_env_carries_the_same_settings_quoted(tmp_path: Path) -> None:
         "UV_EXTRA_INDEX_URL='https://a.example/s https://b.example/s'",
         "UV_INSECURE_HOST=mirror.example", "SSL_CERT_FILE=/run/secrets/pip-ca.pem"]
     assert BuildPipConfig().uv_env(None) == ""
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("PIP_INDEX_URL", "https://bob:{secret}@mirror.example:99999/simple"),
+    ("PIP_INDEX_URL", "https://bob:{secret}@:80/simple"),
+    ("PIP_EXTRA_INDEX_URL", "https://a.example/s https://{secret}@[::1/simple"),
+    ("PIP_INDEX_URL", "https://mirror.example:port/simple?token={secret}"),
+])
+def test_bad_index_url_is_one_redacted_line(tmp_path: Path, variable: str, value: str) -> None:
+    """hash and render fold the index into the tag: a bad URL stops both, naming the input."""
+    from helpers import EXAMPLE, run_cli
+
+    secret = "hunter2-very-secret"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PIP_")},
+           "PIP_CONFIG_FILE": os.devnull, variable: value.format(secret=secret)}
+    for args in (["hash", str(EXAMPLE)], ["render", str(EXAMPLE), "-o", str(tmp_path / "o")]):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 2 and result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"mlflow-steps: error: {variable}: ")
+        assert secret not in result.stderr and "usable index URL" in lines[0]
+    assert not (tmp_path / "o").exists()

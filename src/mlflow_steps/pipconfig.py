@@ -12,11 +12,14 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mlflow_steps.envspec import strip_credentials
 from mlflow_steps.errors import StepError
+from mlflow_steps.redaction import redact
 
 CONFIG_SECTIONS = ("global", "install")
+SETTINGS = ("index-url", "extra-index-url", "trusted-host", "cert")
 
 
 def pip_config_files(environ: dict[str, str]) -> list[Path]:
@@ -92,6 +95,18 @@ class BuildPipConfig:
         return "pip config forwarded: " + " ".join(parts)
 
 
+def _check_url(url: str, source: str, key: str) -> None:
+    """One redacted line for an index URL pip could not use (a bad port, a bad host)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+        if not parts.hostname:
+            raise ValueError("no host")
+    except ValueError as exc:
+        raise StepError(f"'{redact(url)}' is not a usable index URL ({exc})", source=source,
+                        field=key) from None
+
+
 def collect_pip_config(environ: dict[str, str], *, index_url: str | None = None,
                        extra_index_urls: tuple[str, ...] = (),
                        trusted_hosts: tuple[str, ...] = (),
@@ -99,25 +114,33 @@ def collect_pip_config(environ: dict[str, str], *, index_url: str | None = None,
                        config_files: list[Path] | None = None) -> BuildPipConfig:
     """Merge pip config files, PIP_* variables and explicit inputs (highest wins)."""
     values: dict[str, str] = {}
+    origins: dict[str, str] = {}  # key → where its value came from, for error lines
     files = pip_config_files(environ) if config_files is None else config_files
     for path in files:
         parser = configparser.ConfigParser(interpolation=None)
         try:
             parser.read(path)
-        except configparser.Error as exc:
-            raise StepError(f"unreadable pip config ({exc.message.splitlines()[0]})",
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "message", str(exc)).splitlines()[0]
+            raise StepError(f"unreadable pip config ({redact(reason)})",
                             source=str(path)) from None
         for section in CONFIG_SECTIONS:
             if parser.has_section(section):
-                values.update({k: v for k, v in parser.items(section)
-                               if k in ("index-url", "extra-index-url", "trusted-host", "cert")})
-    for key in ("index-url", "extra-index-url", "trusted-host", "cert"):
-        env_value = environ.get("PIP_" + key.upper().replace("-", "_"))
-        if env_value:
-            values[key] = env_value
+                found = {k: v for k, v in parser.items(section) if k in SETTINGS}
+                values.update(found)
+                origins.update(dict.fromkeys(found, str(path)))
+    for key in SETTINGS:
+        variable = "PIP_" + key.upper().replace("-", "_")
+        if environ.get(variable):
+            values[key] = environ[variable]
+            origins[key] = variable
     explicit = {"index-url": index_url, "extra-index-url": " ".join(extra_index_urls),
                 "trusted-host": " ".join(trusted_hosts), "cert": ca_bundle}
     values.update({k: v for k, v in explicit.items() if v})
+    origins.update({k: "input" for k, v in explicit.items() if v})
+    for key in ("index-url", "extra-index-url"):
+        for url in _reachable_urls(values.get(key, "")):
+            _check_url(url, origins[key], key)
 
     index = _reachable_urls(values.get("index-url", ""))
     extras_raw = values.get("extra-index-url", "")
