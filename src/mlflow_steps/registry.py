@@ -1,20 +1,44 @@
-"""OCI distribution client: image references, Docker config.json auth, manifest checks."""
+"""OCI distribution client: Docker config.json credentials, auth challenges, manifest checks.
+
+Credentials are found as the docker CLI finds them: ``credHelpers[host]``, else
+``credsStore``, else the ``auths`` entry. Every wait on the registry (token endpoint, TLS
+fallback and retries included) is bounded by one network budget (``retry.network_budget``);
+every failure is one StepError naming the registry and the endpoint, with every credential
+masked (``redaction.redact``).
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import json
 import os
 import re
+import shutil
+import signal
+import socket
+import ssl
 import subprocess
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.imageref import DOCKER_HUB, is_insecure
+from mlflow_steps.redaction import redact
+from mlflow_steps.retry import (
+    BACKOFF,
+    BUDGET_VARIABLE,
+    RETRIES,
+    Deadline,
+    network_budget,
+    retry_after_seconds,
+    retrying_session,
+)
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json",
@@ -22,21 +46,18 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 )
-RETRIES = 4
-TIMEOUT = 15.0
+HUB_INDEX = "https://index.docker.io/v1/"  # the docker CLI's key for Docker Hub credentials
+_HUB_HOSTS = (DOCKER_HUB, "index.docker.io", "registry-1.docker.io")
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # what may follow "Bearer " in a header
+_DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+_NOT_FOUND = "credentials not found"  # docker-credential-helpers' "not found" answer
 
 
 def docker_config_dir(environ: dict[str, str]) -> Path:
     """Where Docker clients read config.json."""
     return Path(environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
-
-
-def _registry_keys(host: str) -> list[str]:
-    keys = [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"{host}/v1/"]
-    if host == DOCKER_HUB:
-        keys += ["https://index.docker.io/v1/", "index.docker.io"]
-    return keys
 
 
 @dataclass(frozen=True)
@@ -47,53 +68,193 @@ class Credentials:
     password: str = ""
     identity_token: str = ""
 
+    def secrets(self) -> list[str]:
+        """The values no message may show (the password also as Basic auth encodes it)."""
+        basic = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return [value for value in (self.password, self.identity_token, basic if self.password
+                                    else "") if value]
+
 
 def load_credentials(host: str, environ: dict[str, str]) -> Credentials | None:
-    """Credentials for ``host`` from config.json: auths, credHelpers or credsStore."""
+    """Credentials for ``host`` from config.json, in the docker CLI's order: the helper
+    ``credHelpers[host]`` names, else the ``credsStore`` helper, else the ``auths`` entry.
+    A helper, once configured for the host, is the only source (as for the docker CLI):
+    its "credentials not found" means anonymous, not a fall back to ``auths``."""
     path = docker_config_dir(environ) / "config.json"
+    config = _read_config(path)
+    if config is None:
+        return None
+    helper = _configured_helper(config, host, path)
+    if helper:
+        return _helper_credentials(*helper, host, path, environ)
+    return _auths_credentials(config, host, path)
+
+
+def _read_config(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
         config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise StepError(f"unreadable Docker config ({exc})", source=str(path)) from None
-    helper = (config.get("credHelpers") or {}).get(host) or config.get("credsStore")
-    for key in _registry_keys(host):
-        entry = (config.get("auths") or {}).get(key)
-        if entry:
-            return _entry_credentials(entry, path, key)
-    if helper:
-        return _helper_credentials(helper, host, path)
-    return None
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not JSON"
+        raise StepError(f"unreadable Docker config ({reason})", source=str(path)) from None
+    if not isinstance(config, dict):
+        raise StepError(f"Docker config is a JSON {_kind(config)}, not an object",
+                        source=str(path))
+    return config
 
 
-def _entry_credentials(entry: dict, path: Path, key: str) -> Credentials:
-    if entry.get("identitytoken"):
-        return Credentials(username=entry.get("username", ""),
-                           identity_token=entry["identitytoken"])
-    if entry.get("auth"):
-        try:
-            username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            raise StepError("'auth' is not base64 of user:password", source=str(path),
-                            field=f"auths.{key}.auth") from None
-        return Credentials(username, password)
-    return Credentials(entry.get("username", ""), entry.get("password", ""))
+def _kind(value: object) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+            dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _helper_credentials(helper: str, host: str, path: Path) -> Credentials | None:
-    try:
-        result = subprocess.run([f"docker-credential-{helper}", "get"], input=host, text=True,
-                                capture_output=True, timeout=30, check=False)
-    except FileNotFoundError:
-        raise StepError(f"credential helper docker-credential-{helper} not found",
-                        source=str(path), field="credHelpers") from None
-    if result.returncode != 0:
+def _lookup_keys(host: str) -> tuple[str, ...]:
+    return (HUB_INDEX, *_HUB_HOSTS) if host in _HUB_HOSTS else (host,)
+
+
+def _hostname(key: str) -> str:
+    """The docker CLI's ConvertToHostname: scheme and path dropped."""
+    for prefix in ("http://", "https://"):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+            break
+    return key.split("/", 1)[0]
+
+
+def _configured_helper(config: dict, host: str, path: Path) -> tuple[str, str] | None:
+    """(helper name, config field) when a credential helper serves ``host``."""
+    helpers = config.get("credHelpers")
+    if helpers is None:
+        helpers = {}
+    if not isinstance(helpers, dict):
+        raise StepError(f"must map registry hosts to helper names, not a {_kind(helpers)}",
+                        source=str(path), field="credHelpers")
+    for key in _lookup_keys(host):
+        if key in helpers:
+            name, field = helpers[key], f"credHelpers.{key}"
+            break
+    else:
+        name, field = config.get("credsStore"), "credsStore"
+    if name is None or name == "":  # an empty credHelpers entry opts the host out
         return None
-    data = json.loads(result.stdout)
-    if data.get("Username") == "<token>":
-        return Credentials(identity_token=data.get("Secret", ""))
-    return Credentials(data.get("Username", ""), data.get("Secret", ""))
+    if not isinstance(name, str) or not _HELPER_NAME.fullmatch(name):
+        shown = repr(name) if isinstance(name, str) else f"a {_kind(name)}"
+        raise StepError(f"{shown[:60]} is not a credential helper name (docker-credential-NAME)",
+                        source=str(path), field=field)
+    return name, field
+
+
+def _auths_credentials(config: dict, host: str, path: Path) -> Credentials | None:
+    auths = config.get("auths")
+    if auths is None:
+        return None
+    if not isinstance(auths, dict):
+        raise StepError(f"must map registries to credentials, not a {_kind(auths)}",
+                        source=str(path), field="auths")
+    keys = [key for key in _lookup_keys(host) if key in auths]
+    hostnames = {_hostname(key) for key in _lookup_keys(host)}
+    keys += [key for key in auths if _hostname(key) in hostnames]
+    if not keys:
+        return None
+    key = keys[0]
+    entry = auths[key]
+    field = f"auths.{key}"
+    if not isinstance(entry, dict):
+        raise StepError(f"must be an object with auth or username/password, not a "
+                        f"{_kind(entry)}", source=str(path), field=field)
+    for name in ("auth", "username", "password", "identitytoken"):
+        if not isinstance(entry.get(name, ""), str):
+            raise StepError(f"must be a string, not a {_kind(entry[name])}", source=str(path),
+                            field=f"{field}.{name}")
+    username, password = entry.get("username", ""), entry.get("password", "")
+    if entry.get("auth"):
+        username, password = _decode_auth(entry["auth"], path, f"{field}.auth")
+    if entry.get("identitytoken"):
+        return Credentials(username=username, identity_token=entry["identitytoken"])
+    if not username and not password:
+        return None  # an empty entry: docker login with a credential store writes these
+    return Credentials(username, password)
+
+
+def _decode_auth(value: str, path: Path, field: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, ValueError):
+        decoded = ""
+    username, colon, password = decoded.partition(":")
+    if not colon or not username:
+        raise StepError("is not base64 of user:password", source=str(path),
+                        field=field) from None
+    return username, password
+
+
+def _helper_credentials(name: str, field: str, host: str, path: Path,
+                        environ: dict[str, str]) -> Credentials | None:
+    """The docker-credential-helpers protocol: ``get``, server URL on stdin, JSON out."""
+    program = f"docker-credential-{name}"
+    env = {**os.environ, **environ}
+    executable = shutil.which(program, path=env.get("PATH"))
+    where = {"source": str(path), "field": field}
+    if executable is None:
+        raise StepError(f"credential helper {program} is not on PATH", **where)
+    budget = network_budget(environ)
+    server = HUB_INDEX if host in _HUB_HOSTS else host
+    try:
+        process = subprocess.Popen([executable, "get"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                   start_new_session=True)
+    except OSError as exc:
+        raise StepError(f"cannot run {program} ({exc.strerror})", **where) from None
+    try:
+        out, err = process.communicate(server.encode(), timeout=budget)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        raise StepError(f"{program} get did not finish within {budget:g} s "
+                        f"({BUDGET_VARIABLE})", **where) from None
+    stdout, stderr = (out.decode(errors="replace").strip(),
+                      err.decode(errors="replace").strip())
+    if process.returncode != 0:
+        if _NOT_FOUND in stdout.lower():
+            return None
+        said = (stderr or stdout).splitlines()[:1]
+        detail = f": {redact(said[0])[:200]}" if said else ""
+        raise StepError(f"{program} get failed (exit status {process.returncode}{detail})",
+                        **where)
+    try:
+        answer = json.loads(stdout)
+    except (ValueError, RecursionError):
+        raise StepError(f"{program} get printed something that is not JSON", **where) from None
+    if not isinstance(answer, dict):
+        raise StepError(f"{program} get printed a JSON {_kind(answer)}, not an object "
+                        "with Username and Secret", **where)
+    username, secret = answer.get("Username") or "", answer.get("Secret") or ""
+    if not isinstance(username, str) or not isinstance(secret, str):
+        raise StepError(f"{program} get printed a Username or Secret that is not a string",
+                        **where)
+    if username == "<token>":
+        return Credentials(identity_token=secret) if secret else None
+    return Credentials(username, secret) if username or secret else None
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """End the helper and whatever it started (it leads its own session)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+        process.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):  # a grandchild left the group
+        process.communicate(timeout=5)
+
+
+class _TransportError(Exception):
+    """No HTTP answer: ``reason`` says why (``timed_out``: the budget ran out; ``tls``)."""
+
+    def __init__(self, reason: str, *, timed_out: bool = False, tls: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timed_out = timed_out
+        self.tls = tls
 
 
 class RegistryClient:
@@ -101,7 +262,8 @@ class RegistryClient:
 
     def __init__(self, host: str, *, insecure_registries: tuple[str, ...] = (),
                  verify: bool | str = True, environ: dict[str, str] | None = None,
-                 retries: int = RETRIES, backoff: float = 0.5) -> None:
+                 retries: int = RETRIES, backoff: float = BACKOFF,
+                 budget: float | None = None) -> None:
         self.host = host
         self.scheme = "https"
         self.allow_plain_http = is_insecure(host, insecure_registries)
@@ -109,8 +271,10 @@ class RegistryClient:
         self.environ = dict(os.environ if environ is None else environ)
         self.retries = retries
         self.backoff = backoff
-        self.session = requests.Session()
+        self.budget = network_budget(self.environ) if budget is None else budget
+        self.session = retrying_session(retries, backoff, methods=("HEAD", "GET", "POST"))
         self._authorization: str | None = None
+        self._secrets: set[str] = set()
 
     @property
     def base_url(self) -> str:
@@ -119,110 +283,263 @@ class RegistryClient:
 
     def manifest_digest(self, repository: str, tag: str) -> str | None:
         """Digest of repository:tag, None when the registry says it does not exist."""
-        url = f"{self.base_url}/v2/{repository}/manifests/{tag}"
-        response = self._request("HEAD", url, scope=f"repository:{repository}:pull")
+        try:
+            return self._manifest_digest(repository, tag)
+        except StepError as exc:
+            raise self._redacted(exc) from None
+
+    def _manifest_digest(self, repository: str, tag: str) -> str | None:
+        deadline = Deadline(self.budget)
+        path = f"/v2/{repository}/manifests/{tag}"
+        response = self._request("manifest HEAD", "HEAD", path,
+                                 scope=f"repository:{repository}:pull", deadline=deadline)
+        url = f"{self.base_url}{path}"
         if response.status_code == 404:
             return None
         if response.status_code == 200:
-            digest = response.headers.get("Docker-Content-Digest")
-            if not digest:
-                raise StepError("manifest answer has no Docker-Content-Digest header",
-                                source=f"registry {self.host}", field=f"{repository}:{tag}")
+            digest = response.headers.get("Docker-Content-Digest", "").strip()
+            if not _DIGEST.fullmatch(digest):
+                problem = (f"a Docker-Content-Digest that is not a digest ({digest[:80]!r})"
+                           if digest else "no Docker-Content-Digest header")
+                raise StepError(f"manifest HEAD {url} answered HTTP 200 with {problem}",
+                                source=self._source)
             return digest
-        raise self._failure(response, f"{repository}:{tag}")
+        raise self._failure(response, f"manifest HEAD {url}", deadline)
 
-    def _request(self, method: str, url: str, *, scope: str) -> requests.Response:
-        """One logical request: TLS fallback and auth do not count as retries."""
+    @property
+    def _source(self) -> str:
+        return f"registry {self.host}"
+
+    def _redacted(self, exc: StepError) -> StepError:
+        def clean(text: str | None) -> str | None:
+            return None if text is None else redact(text, self._secrets)
+
+        return StepError(clean(exc.detail) or "", source=clean(exc.source),
+                         field=clean(exc.field), exit_code=exc.exit_code)
+
+    def _request(self, what: str, method: str, path: str, *, scope: str,
+                 deadline: Deadline) -> requests.Response:
+        """One logical request: TLS fallback and authorisation share the deadline."""
         headers = {"Accept": ", ".join(MANIFEST_TYPES)}
-        attempt = 0
+        tls_failure: str | None = None
+        authorised = False
         while True:
+            url = f"{self.base_url}{path}"
             if self._authorization:
                 headers["Authorization"] = self._authorization
             try:
-                response = self.session.request(method, url, headers=headers, timeout=TIMEOUT,
-                                                verify=self.verify, allow_redirects=True)
-            except requests.exceptions.SSLError as exc:
-                if self.allow_plain_http and self.scheme == "https" and _speaks_plain_http(exc):
+                response = self._send(method, url, deadline, headers=headers)
+            except _TransportError as exc:
+                if exc.tls and self.allow_plain_http and self.scheme == "https":
                     self.scheme = "http"  # like Docker: insecure registries may lack TLS
-                    url = url.replace("https://", "http://", 1)
+                    tls_failure = exc.reason
                     continue
-                raise StepError(f"TLS failure ({_short(exc)}); give the registry CA or mark "
-                                "it insecure", source=f"registry {self.host}") from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt == self.retries:
-                    raise StepError(f"unreachable after {attempt + 1} attempts ({_short(exc)})",
-                                    source=f"registry {self.host}") from None
-                time.sleep(self.backoff * 2**attempt)
-                attempt += 1
-                continue
-            if response.status_code == 401 and "Authorization" not in headers:
-                self._authorization = self._authorize(response, scope)
+                raise self._transport_failure(exc, what, url, tls_failure) from None
+            if tls_failure and response.status_code == 400:  # a TLS-only server's answer
+                self.scheme = "https"
+                raise StepError(f"{what} {url.replace('http://', 'https://', 1)}: TLS "
+                                f"failure ({tls_failure}), and over plain HTTP it answers "
+                                "HTTP 400; give its CA with --registry-ca",
+                                source=self._source)
+            tls_failure = None
+            if response.status_code == 401 and not authorised:
+                authorised = True  # once per request: a cached token may have expired
+                self._authorization = self._authorize(response, scope, deadline)
                 if self._authorization:
                     continue
-            if response.status_code >= 500 and attempt < self.retries:
-                time.sleep(self.backoff * 2**attempt)
-                attempt += 1
-                continue
+                headers.pop("Authorization", None)
             return response
 
-    def _authorize(self, response: requests.Response, scope: str) -> str | None:
-        challenge = response.headers.get("WWW-Authenticate", "")
+    def _transport_failure(self, exc: _TransportError, what: str, url: str,
+                           tls_failure: str | None) -> StepError:
+        if exc.tls:
+            hint = "give its CA with --registry-ca" + (
+                "" if self.allow_plain_http else " or list it in --insecure-registries")
+            return StepError(f"{what} {url}: TLS failure ({exc.reason}); {hint}",
+                             source=self._source)
+        if exc.timed_out:
+            problem = (f"did not answer within {self.budget:g} s ({BUDGET_VARIABLE} "
+                       "sets the budget)")
+        else:
+            problem = exc.reason
+        if tls_failure:  # plain HTTP was the fallback: both ways failed
+            return StepError(f"{what} {url.replace('http://', 'https://', 1)}: TLS failure "
+                             f"({tls_failure}), and over plain HTTP it {problem}",
+                             source=self._source)
+        subject = f"{what} {url}" if url else what
+        return StepError(f"{subject} {problem}", source=self._source)
+
+    def _send(self, method: str, url: str, deadline: Deadline,
+              **kwargs: object) -> requests.Response:
+        """One HTTP exchange (the session retries); no answer raises _TransportError."""
+        if deadline.expired:
+            raise _TransportError("", timed_out=True)
+        failed_before = deadline.failed_attempts
+        try:
+            return self.session.request(method, url, timeout=deadline.timeout(),
+                                        verify=self.verify, allow_redirects=True,
+                                        **kwargs)  # type: ignore[arg-type]
+        except requests.TooManyRedirects:
+            raise _TransportError(f"is a redirect loop (more than "
+                                  f"{self.session.max_redirects} redirects)") from None
+        except requests.RequestException as exc:
+            attempts = max(1, deadline.failed_attempts - failed_before)
+            if _is_tls(exc):
+                raise _TransportError(_reason(exc), tls=True) from None
+            if _is_timeout(exc) or deadline.expired:
+                raise _TransportError(_reason(exc), timed_out=True) from None
+            if isinstance(exc, requests.ConnectionError):
+                raise _TransportError(f"unreachable after {attempts} attempt"
+                                      f"{'s' if attempts > 1 else ''} ({_reason(exc)})"
+                                      ) from None
+            raise _TransportError(f"failed ({_reason(exc)})") from None
+
+    def _authorize(self, response: requests.Response, scope: str,
+                   deadline: Deadline) -> str | None:
+        challenge = response.headers.get("WWW-Authenticate", "").strip()
         scheme, _, params_text = challenge.partition(" ")
         params = dict(_CHALLENGE_PARAM.findall(params_text))
         credentials = load_credentials(self.host, self.environ)
+        if credentials:
+            self._secrets.update(credentials.secrets())
         if scheme.lower() == "basic":
             if not credentials or not credentials.username:
                 return None
             token = base64.b64encode(
                 f"{credentials.username}:{credentials.password}".encode()).decode()
+            self._secrets.add(token)
             return f"Basic {token}"
         if scheme.lower() == "bearer" and params.get("realm"):
-            return f"Bearer {self._bearer_token(params, scope, credentials)}"
+            return f"Bearer {self._bearer_token(params, scope, credentials, deadline)}"
         return None
 
     def _bearer_token(self, params: dict[str, str], scope: str,
-                      credentials: Credentials | None) -> str:
+                      credentials: Credentials | None, deadline: Deadline) -> str:
         realm = params["realm"]
+        if not re.match(r"https?://[^/\s]", realm):
+            raise StepError(f"its WWW-Authenticate challenge names a token endpoint that is "
+                            f"not an http(s) URL ({realm[:100]!r})", source=self._source)
         service = params.get("service", "")
         if credentials and credentials.identity_token:
-            response = self.session.post(realm, timeout=TIMEOUT, verify=self.verify, data={
+            what = f"token endpoint POST {realm}"
+            kwargs: dict[str, object] = {"data": {
                 "grant_type": "refresh_token", "refresh_token": credentials.identity_token,
-                "service": service, "scope": scope, "client_id": "mlflow-steps"})
+                "service": service, "scope": scope, "client_id": "mlflow-steps"}}
+            method = "POST"
         else:
-            auth = (credentials.username, credentials.password) if credentials else None
-            response = self.session.get(realm, params={"service": service, "scope": scope},
-                                        auth=auth, timeout=TIMEOUT, verify=self.verify)
+            what = f"token endpoint GET {realm}"
+            kwargs = {"params": {"service": service, "scope": scope}}
+            if credentials and credentials.username:
+                kwargs["auth"] = (credentials.username, credentials.password)
+            method = "GET"
+        try:
+            response = self._send(method, realm, deadline, **kwargs)
+        except _TransportError as exc:
+            if exc.tls:
+                raise StepError(f"{what}: TLS failure ({exc.reason})",
+                                source=self._source) from None
+            raise self._transport_failure(exc, what, "", None) from None
         if response.status_code != 200:
-            raise self._failure(response, "token endpoint")
-        body = response.json()
+            raise self._failure(response, what, deadline)
+        try:
+            body = response.json()
+        except (ValueError, RecursionError):
+            raise StepError(f"{what} answered HTTP 200 with a body that is not JSON",
+                            source=self._source) from None
+        if not isinstance(body, dict):
+            raise StepError(f"{what} answered a JSON {_kind(body)}, not an object with a "
+                            "token", source=self._source)
         token = body.get("token") or body.get("access_token")
+        if isinstance(token, str):
+            self._secrets.add(token)
         if not token:
-            raise StepError("token endpoint answered without a token",
-                            source=f"registry {self.host}")
+            raise StepError(f"{what} answered without a token ('token' or 'access_token')",
+                            source=self._source)
+        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            raise StepError(f"{what} answered a token that is not a string of printable "
+                            "characters", source=self._source)
         return token
 
-    def _failure(self, response: requests.Response, what: str) -> StepError:
+    def _failure(self, response: requests.Response, what: str,
+                 deadline: Deadline) -> StepError:
+        status = response.status_code
+        reason = " ".join((response.reason or "").split())[:80]
         detail = _registry_message(response)
-        hint = {401: "; check the credentials in DOCKER_CONFIG/config.json",
-                403: "; the credentials lack pull rights"}.get(response.status_code, "")
-        return StepError(f"HTTP {response.status_code} {detail}{hint}",
-                         source=f"registry {self.host}", field=what)
+        hints = {401: "check the credentials in DOCKER_CONFIG/config.json or its helper",
+                 403: "the credentials lack pull rights"}
+        hint = hints.get(status, "")
+        wait = retry_after_seconds(response.headers.get("Retry-After"))
+        if wait and wait > deadline.remaining():
+            hint = (f"it asks to retry after {wait:g} s, beyond what is left of the "
+                    f"{self.budget:g} s network budget ({BUDGET_VARIABLE})")
+        text = f"{what} answered HTTP {status}" + (f" {reason}" if reason else "")
+        text += (f" ({detail})" if detail else "") + (f"; {hint}" if hint else "")
+        return StepError(text, source=self._source)
 
 
 def _registry_message(response: requests.Response) -> str:
+    """The registry's own error text (distribution ``errors`` or a token server's
+    ``details``/``error``), never a raw body."""
     try:
-        errors = response.json().get("errors") or []
-        return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)[:300]
-    except ValueError:
-        return (response.reason or "").strip()[:300]
+        body = response.json()
+    except (ValueError, RecursionError):
+        return ""
+    parts: list[str] = []
+    if isinstance(body, dict):
+        errors = body.get("errors")
+        for error in errors if isinstance(errors, list) else []:
+            if isinstance(error, dict):
+                code, message = error.get("code"), error.get("message")
+                parts.append(": ".join(str(part) for part in (code, message)
+                                       if isinstance(part, (str, int)) and part != ""))
+        for key in ("details", "error_description", "error", "message"):
+            if not parts and isinstance(body.get(key), str):
+                parts.append(body[key])
+    return " ".join("; ".join(part for part in parts if part).split())[:300]
 
 
-def _speaks_plain_http(exc: Exception) -> bool:
-    """True when a TLS handshake failed because the server answered in plain HTTP."""
-    return any(marker in str(exc) for marker in ("WRONG_VERSION_NUMBER", "record layer failure"))
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps (urllib3 ``reason``, ``args``, causes)."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [getattr(current, "reason", None), *current.args, current.__cause__,
+                  current.__context__]
+        pending += [item for item in linked if isinstance(item, BaseException)]
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc)
+def _is_tls(exc: BaseException) -> bool:
+    return isinstance(exc, requests.exceptions.SSLError) or any(
+        isinstance(cause, ssl.SSLError) for cause in _causes(exc))
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return any(isinstance(cause, (requests.Timeout, ReadTimeoutError, socket.timeout))
+               or (isinstance(cause, ConnectTimeoutError)
+                   and not isinstance(cause, NewConnectionError))
+               for cause in _causes(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a request got no answer, in a few words (no URL, no OpenSSL source position)."""
+    causes = list(_causes(exc))
+    for cause in causes:
+        if isinstance(cause, ssl.SSLError):
+            text = getattr(cause, "verify_message", None) and \
+                f"certificate verify failed: {cause.verify_message}"
+            return _short(text or str(cause))
+    for cause in reversed(causes):
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()[:200]
+    return _short(str(causes[-1]) or str(exc))
+
+
+def _short(text: str) -> str:
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)", "", text)
     match = re.search(r"\] ([^'\"\)]+)", text)
-    return (match.group(1) if match else text.splitlines()[0]).strip()[:200]
+    return (match.group(1) if match else (text.splitlines() or [""])[0]).strip()[:200]
