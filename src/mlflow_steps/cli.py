@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from mlflow_steps.errors import StepError
 from mlflow_steps.fuseml import DEFAULT_REPOSITORY
 from mlflow_steps.hashing import env_tag, template_version
 from mlflow_steps.redaction import redact, secret_values
+from mlflow_steps.retry import BUDGET_VARIABLE, DEFAULT_BUDGET_SECONDS
 from mlflow_steps.stepio import result_path, write_outputs
 from mlflow_steps.steps.builder_plan import DEFAULT_EXECUTOR, EXECUTORS, PLAN_MOUNT
 
@@ -103,10 +105,22 @@ class StepsGroup(click.Group):
         return getattr(importlib.import_module(module), attribute)
 
 
+def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds", param=param)
+    return value
+
+
 @click.group(cls=StepsGroup)
 @click.version_option(__version__, prog_name="mlflow-steps")
-def cli() -> None:
+@click.option("--network-timeout", type=click.FloatRange(0, 3600, min_open=True),
+              envvar=BUDGET_VARIABLE, show_envvar=True, callback=_finite,
+              help=f"Seconds any server (registry, tracking server) may take to answer, "
+                   f"retries included [default: {DEFAULT_BUDGET_SECONDS:.0f}].")
+def cli(network_timeout: float | None) -> None:
     """Build and run MLflow projects as FuseML-compatible workflow steps."""
+    if network_timeout is not None:  # every command reads the budget from the environment
+        os.environ[BUDGET_VARIABLE] = f"{network_timeout:g}"
 
 
 forward_pip_config_input = step_input(
