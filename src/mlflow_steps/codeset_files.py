@@ -1,13 +1,60 @@
-"""Confined, bounded reading of files inside a codeset."""
+"""The one bounded file reader (codeset, workflow and extension files) and codeset confinement.
+
+Every input file is read here: symlinks that dangle or loop are named as such, anything but
+a regular file (a FIFO would block forever, a device never ends) is refused before it is
+opened for reading, and the size is bounded before and while reading.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 from pathlib import Path, PurePosixPath
 
 from mlflow_steps.errors import StepError
+from mlflow_steps.redaction import redact
 
 MAX_ENV_FILE_BYTES = 5 * 1024 * 1024
+MAX_FILE_BYTES = MAX_ENV_FILE_BYTES  # one bound for every file read as input
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def quoted(text: str, limit: int = 120) -> str:
+    """User text for a message: redacted, one line, bounded, in quotes."""
+    text = redact(text).replace("\n", "\\n").replace("\r", "\\r")
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def broken_link(path: Path) -> str | None:
+    """'symlink to X does not resolve' / 'symlink loops' when ``path`` is a broken link."""
+    try:
+        os.stat(path)
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loops (it resolves back to itself); fix or remove it"
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            return f"symlink to {quoted(target)} does not resolve; fix or remove it"
+        return None
+
+
+def _resolve(path: Path, *, source: str, field: str | None) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # RuntimeError: "Symlink loop" (Python < 3.13)
+        raise StepError(f"symlink {quoted(str(path.name))} loops (it resolves back to "
+                        "itself); fix or remove it", source=source, field=field) from None
 
 
 def resolve_inside(
@@ -16,47 +63,94 @@ def resolve_inside(
     """Resolve ``reference`` (relative to ``base_dir``) and make sure it stays in the codeset."""
     if not reference:
         raise StepError("empty path", source=source, field=field)
+    if "\x00" in reference:
+        raise StepError("path contains a NUL byte", source=source, field=field)
     if PurePosixPath(reference).is_absolute() or Path(reference).is_absolute():
         raise StepError(
-            f"'{reference}' is an absolute path; use a path relative to the codeset",
+            f"{quoted(reference)} is an absolute path; use a path relative to the codeset",
             source=source,
             field=field,
         )
-    root = codeset.resolve()
-    target = (base_dir / reference).resolve()
+    root = _resolve(codeset, source=source, field=field)
+    given = base_dir / reference
+    target = _resolve(given, source=source, field=field)
     if target != root and root not in target.parents:
         raise StepError(
-            f"'{reference}' points outside the codeset; environment files must live in it",
+            f"{quoted(reference)} points outside the codeset; environment files must live in it",
             source=source,
             field=field,
         )
+    problem = broken_link(given)
+    if problem:
+        raise StepError(f"{quoted(reference)}: {problem}", source=source, field=field)
     return target
 
 
 def relative_name(codeset: Path, path: Path) -> str:
     """The codeset-relative POSIX name of ``path``, for messages and hashes."""
-    return path.resolve().relative_to(codeset.resolve()).as_posix()
+    root = _resolve(codeset, source=codeset.name, field=None)
+    target = _resolve(path, source=path.name, field=None)
+    try:
+        return target.relative_to(root).as_posix()
+    except ValueError:
+        raise StepError("points outside the codeset; codeset files must live in it",
+                        source=path.name) from None
+
+
+def read_bounded_bytes(path: Path, *, source: str, limit: int = MAX_FILE_BYTES,
+                       what: str = "environment files") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; anything else is one line."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        problem = broken_link(path)
+        if problem:
+            raise StepError(problem, source=source) from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise StepError("file not found", source=source) from None
+        raise StepError(f"cannot read: {exc.strerror}", source=source) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise StepError(f"{_kind(info.st_mode)}, not a regular file", source=source)
+    _check_size(info.st_size, limit, source, what)
+    try:
+        # O_NONBLOCK: should the file have been swapped for a FIFO since stat, open returns
+        # at once and fstat below refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise StepError(f"cannot read: {exc.strerror}", source=source) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise StepError(f"{_kind(info.st_mode)}, not a regular file", source=source)
+        data = handle.read(limit + 1)
+    _check_size(len(data), limit, source, what)
+    return data
+
+
+def _check_size(size: int, limit: int, source: str, what: str) -> None:
+    if size > limit:
+        raise StepError(
+            f"file is {size / 1e6:.1f} MB, over the {limit // (1024 * 1024)} MiB limit for "
+            f"{what}", source=source)
+
+
+def read_bounded_text(path: Path, *, source: str, limit: int = MAX_FILE_BYTES,
+                      what: str = "environment files") -> str:
+    """A bounded regular file as UTF-8 text (BOM dropped); binary content is refused."""
+    data = read_bounded_bytes(path, source=source, limit=limit, what=what)
+    if b"\x00" in data:
+        raise StepError("binary content, expected a text file", source=source)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise StepError(f"not UTF-8 text (byte {exc.start})", source=source) from None
 
 
 def read_env_text(codeset: Path, path: Path) -> str:
-    """Read an environment file as text: bounded size, UTF-8, CRLF folded to LF."""
+    """Read an environment file as text: confined, bounded size, UTF-8, CRLF folded to LF."""
     name = relative_name(codeset, path)
-    if not path.is_file():
-        raise StepError("file not found", source=name)
-    size = path.stat().st_size
-    if size > MAX_ENV_FILE_BYTES:
-        raise StepError(
-            f"file is {size / 1e6:.1f} MB, over the {MAX_ENV_FILE_BYTES // (1024 * 1024)} MiB "
-            "limit for environment files",
-            source=name,
-        )
-    data = path.read_bytes()
-    if b"\x00" in data:
-        raise StepError("binary content, expected a text file", source=name)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise StepError(f"not UTF-8 text (byte {exc.start})", source=name) from None
+    text = read_bounded_text(path, source=name)
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_steps.errors import StepError
+from mlflow_steps.parse.yaml_file import read_yaml_documents
 from mlflow_steps.redaction import has_credentials, is_secret_name
+from mlflow_steps.workflow.loader import yaml_nodes
 from mlflow_steps.workflow.model import Selector, Workflow
-from mlflow_steps.workflow.nodes import Node, parse_documents, read_text
+from mlflow_steps.workflow.nodes import Node
 from mlflow_steps.workflow.versions import version_matches
 
 ENDPOINT_TYPES = ("internal", "external")
@@ -197,7 +199,9 @@ def load_registry(path: Path) -> ExtensionRegistry:
         if path.is_dir() else [path]
     extensions: list[Extension] = []
     for file in files:
-        for document in parse_documents(read_text(file), str(file)):
+        # The one bounded reader and YAML loader: a FIFO, a device or a huge file is one line.
+        for document in yaml_nodes(read_yaml_documents(file, what="extension files"),
+                                   str(file)):
             records = document.items() if document.is_list() else [document]
             for record in records:
                 extension = _extension(record)

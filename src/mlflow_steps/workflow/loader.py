@@ -7,7 +7,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from mlflow_steps.errors import StepError
+from mlflow_steps.parse.yaml_file import compose_documents, read_yaml_documents
 from mlflow_steps.workflow.expressions import (
     CODESET_ATTRIBUTES,
     ExpressionError,
@@ -33,7 +36,7 @@ from mlflow_steps.workflow.model import (
     WorkflowOutput,
     k8s_name,
 )
-from mlflow_steps.workflow.nodes import Node, Where, parse_documents, read_text
+from mlflow_steps.workflow.nodes import Node, Where
 from mlflow_steps.workflow.versions import is_valid_constraint
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -41,13 +44,22 @@ PARAM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 
 
 def load_workflow(path: Path) -> Workflow:
-    """Parse and validate the workflow file at ``path``."""
-    return parse_workflow(read_text(path), str(path))
+    """Read (bounded, regular files only), parse and validate the workflow file at ``path``."""
+    return _workflow(read_yaml_documents(path, what="workflow files"), str(path))
 
 
 def parse_workflow(text: str, file: str) -> Workflow:
     """Parse and validate workflow YAML ``text`` (``file`` names it in errors)."""
-    documents = parse_documents(text, file)
+    return _workflow(compose_documents(text, file), file)
+
+
+def yaml_nodes(documents: list[yaml.Node], file: str) -> list[Node]:
+    """Composed YAML documents as Nodes that know their file and line."""
+    return [Node(doc, Where(file, doc.start_mark.line + 1, "")) for doc in documents]
+
+
+def _workflow(composed: list[yaml.Node], file: str) -> Workflow:
+    documents = yaml_nodes(composed, file)
     if len(documents) != 1:
         raise Where(file, 1, "").error(
             f"expected one YAML document with a workflow, found {len(documents)}")
