@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from packaging.version import Version
 
@@ -17,6 +17,7 @@ from mlflow_steps.parse.conda import parse_conda_env, parse_conda_lock
 from mlflow_steps.parse.project import Project, load_project
 from mlflow_steps.parse.python_env import parse_python_env
 from mlflow_steps.parse.requirements import RequirementsParser, parse_requirements_file
+from mlflow_steps.redaction import has_credentials, redact
 
 DEFAULT_PYTHON = "3.11"
 DEFAULT_MINICONDA_VERSION = "24.7.1-0"
@@ -87,13 +88,20 @@ class EnvSpec:
 
 
 def strip_credentials(url: str) -> str:
-    """Drop user:password from a URL (build-time index URLs may carry them)."""
-    parts = urlsplit(url)
-    if not (parts.username or parts.password):
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    """Drop credentials from a URL (build-time index URLs may carry them): user:password@,
+    and query parameters that carry one (?access_token=, ?X-Amz-Signature=, ...). A URL that
+    does not parse is masked whole rather than shown."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        query = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True)
+                 if not has_credentials(f"?{key}=x")]
+        kept = urlencode(query) if len(query) != len(parse_qsl(parts.query, True)) \
+            else parts.query
+    except ValueError:
+        return redact(url)
+    stripped = urlunsplit(parts._replace(netloc=netloc, query=kept))
+    return stripped if stripped != urlunsplit(parts) else url
 
 
 def _with_added(pip: RequirementsParser) -> tuple[str, ...]:

@@ -6,14 +6,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow_steps.codeset_files import relative_name
+from mlflow_steps.codeset_files import quoted, relative_name
 from mlflow_steps.errors import StepError
-from mlflow_steps.parse.requirements import RequirementsParser, yaml_lines
-from mlflow_steps.parse.yaml_file import load_yaml_mapping, require_str_list
+from mlflow_steps.parse.requirements import RequirementsParser, reject_credentials, yaml_lines
+from mlflow_steps.parse.yaml_file import load_yaml_mapping, require_str_list, written_text
 
 LOCK_PLATFORM = "linux-64"
 PIP_ONLY_PACKAGES = {"python", "pip"}
 _EXACT_PYTHON = re.compile(r"^=?=?\s*(\d+\.\d+)(\.\d+)?(\.\*)?$")
+_CONDA_ADVICE = ("configure them with conda config (.condarc) or CONDA_* variables at build "
+                 "time instead of the codeset")
+_TOKEN_PATH = re.compile(r"(?:^|/)t/[^/]{8,}/")
 
 
 @dataclass
@@ -83,8 +86,8 @@ def matchspec_text(spec: str, *, source: str, field: str) -> str:
         dep = conda_spec_to_versioned_dep(spec, "main")
     except Exception as exc:  # conda's MatchSpec raises several unrelated types
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StepError(f"'{spec}' is not a valid conda spec ({first})", source=source,
-                        field=field) from None
+        raise StepError(f"{quoted(spec)} is not a valid conda spec ({quoted(first)[1:-1]})",
+                        source=source, field=field) from None
     text = dep.name.lower()
     if dep.conda_channel:
         text = f"{dep.conda_channel}::{text}"
@@ -103,6 +106,8 @@ def parse_conda_env(codeset: Path, path: Path) -> CondaEnv:
     if "dependencies" not in data:
         raise StepError("missing 'dependencies' list", source=name, field="dependencies")
     channels = require_str_list(data.get("channels") or [], source=name, field="channels")
+    for index, channel in enumerate(channels):
+        _reject_channel_credentials(channel, source=name, field=f"channels[{index}]")
     raw = data["dependencies"]
     if not isinstance(raw, list) or not raw:
         raise StepError("expected a non-empty list", source=name, field="dependencies")
@@ -113,7 +118,14 @@ def parse_conda_env(codeset: Path, path: Path) -> CondaEnv:
         if isinstance(item, dict) and set(item) == {"pip"}:
             lines = require_str_list(item["pip"], source=name, field=f"{where}.pip")
             env.pip.parse_lines(yaml_lines(lines, f"{where}.pip"), path.parent, source=name)
-        elif isinstance(item, str | int | float):
+        elif isinstance(item, dict) and len(item) == 1:
+            raise _mapping_spec(item, source=name, field=where)
+        elif written_text(item) is not None:
+            raise StepError(f"{written_text(item)} was read as the number {item!r}; quote it",
+                            source=name, field=where)
+        elif isinstance(item, str | int | float) and not isinstance(item, bool):
+            if "://" in str(item) or "/t/" in str(item):
+                _reject_channel_credentials(str(item), source=name, field=where)
             spec = normalise_conda_spec(str(item), source=name, field=where)
             env.dependencies.append(spec)
             package, _, version = spec.partition(" ")
@@ -123,6 +135,28 @@ def parse_conda_env(codeset: Path, path: Path) -> CondaEnv:
             raise StepError("expected a conda spec string or a {pip: [...]} mapping",
                             source=name, field=where)
     return env
+
+
+def _reject_channel_credentials(channel: str, *, source: str, field: str) -> None:
+    """Channels (and specs naming one) with credentials: user:password@, a credential query
+    parameter, or an anaconda.org token path (/t/TOKEN/)."""
+    if _TOKEN_PATH.search(channel):
+        raise StepError(f"channel embeds an anaconda.org token (/t/...); {_CONDA_ADVICE}",
+                        source=source, field=field)
+    if "://" in channel:
+        reject_credentials(channel.split("::")[0], source=source, field=field,
+                           advice=_CONDA_ADVICE)
+
+
+def _mapping_spec(item: dict, *, source: str, field: str) -> StepError:
+    """`- python: 3.10` is a mapping (and 3.10 the number 3.1), not the spec `python=3.10`."""
+    (key, value), = item.items()
+    text = written_text(value)
+    if text is not None and isinstance(key, str):
+        return StepError(f"{key}: {text} was read as the number {value!r}; quote it as a conda "
+                         f"spec: \"{key}={text}\"", source=source, field=field)
+    return StepError("expected a conda spec string like 'name=1.2', got a mapping (write "
+                     "'name=version', not 'name: version')", source=source, field=field)
 
 
 def parse_conda_lock(codeset: Path, path: Path) -> LockedEnv:

@@ -6,10 +6,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow_steps.codeset_files import relative_name
+from mlflow_steps.codeset_files import quoted, relative_name
 from mlflow_steps.errors import StepError
 from mlflow_steps.parse.requirements import RequirementsParser, yaml_lines
-from mlflow_steps.parse.yaml_file import load_yaml_mapping, require_str_list
+from mlflow_steps.parse.yaml_file import (
+    describe,
+    load_yaml_mapping,
+    require_str_list,
+    written_text,
+)
 
 _PYTHON_VERSION = re.compile(r"^(\d+)\.(\d+)(\.\d+)?$")
 
@@ -31,9 +36,17 @@ def parse_python_env(codeset: Path, path: Path) -> PythonEnv:
     """Parse python_env.yaml: python (required), build_dependencies, dependencies."""
     name = relative_name(codeset, path)
     data = load_yaml_mapping(codeset, path)
-    python = str(data.get("python", "")).strip()
+    raw = data.get("python", "")
+    text = written_text(raw)
+    if text is not None:  # `python: 3.10` is the number 3.1 to YAML
+        raise StepError(f"python: {text} was read as the number {raw!r}; quote it: "
+                        f"python: \"{text}\"", source=name)
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise StepError(f"expected a version like '3.11' or '3.11.7', got {describe(raw)}",
+                        source=name, field="python")
+    python = str(raw).strip()
     if not _PYTHON_VERSION.match(python):
-        raise StepError(f"expected a version like '3.11' or '3.11.7', got '{python}'",
+        raise StepError(f"expected a version like '3.11' or '3.11.7', got {quoted(python, 40)}",
                         source=name, field="python")
     env = PythonEnv(python, RequirementsParser(codeset), RequirementsParser(codeset))
     for key, parser in (("build_dependencies", env.build), ("dependencies", env.runtime)):

@@ -11,13 +11,22 @@ from urllib.parse import urlsplit
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from mlflow_steps.codeset_files import file_sha256, read_env_text, relative_name, resolve_inside
+from mlflow_steps.codeset_files import (
+    file_sha256,
+    quoted,
+    read_env_text,
+    relative_name,
+    resolve_inside,
+)
 from mlflow_steps.errors import StepError
+from mlflow_steps.redaction import has_credentials
 
 LOCAL_ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tar.bz2")
 VCS_PREFIXES = ("git+", "hg+", "svn+", "bzr+")
 FLAG_OPTIONS = {"--pre", "--prefer-binary", "--require-hashes", "--no-index"}
 VALUE_OPTIONS = {"--only-binary", "--no-binary", "--trusted-host"}
+VALUE_REQUIRED = {"-r", "--requirement", "-c", "--constraint", "-e", "--editable", "-i",
+                  "--index-url", "--extra-index-url", "-f", "--find-links"}
 _COMMENT = re.compile(r"(^|\s+)#.*$")
 
 
@@ -60,13 +69,22 @@ class PipSpec:
         return {re.split(r"[\[<>=!~;@ ]", line, maxsplit=1)[0] for line in self.requirements}
 
 
-def reject_credentials(url: str, *, source: str, field: str) -> str:
-    """Refuse URLs carrying user:password; credentials belong in pip config or env."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
+PIP_ADVICE = "put them in pip config or PIP_INDEX_URL at build time instead of the codeset"
+
+
+def reject_credentials(url: str, *, source: str, field: str, advice: str = PIP_ADVICE) -> str:
+    """Refuse URLs carrying credentials (user:password@, a token as user, a credential query
+    parameter such as ?access_token= or ?X-Amz-Signature=): they would reach the hash, the
+    rendered files (an image layer) and logs. Credentials belong in pip config or env."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise StepError(f"{quoted(url)} is not a valid URL", source=source,
+                        field=field) from None
+    if parts.username or parts.password or "@" in parts.netloc or has_credentials(url):
         raise StepError(
-            f"URL '{parts.hostname}' embeds credentials; put them in pip config or "
-            "PIP_INDEX_URL at build time instead of the codeset",
+            f"URL {quoted(host or '?')} embeds credentials; {advice}",
             source=source,
             field=field,
         )
@@ -79,8 +97,8 @@ def normalise_requirement(text: str, *, source: str, field: str) -> str:
         req = Requirement(text)
     except InvalidRequirement as exc:
         first = str(exc).splitlines()[0]
-        raise StepError(f"'{text}' is not a valid requirement ({first})", source=source,
-                        field=field) from None
+        raise StepError(f"{quoted(text)} is not a valid requirement ({quoted(first)[1:-1]})",
+                        source=source, field=field) from None
     out = canonicalize_name(req.name)
     if req.extras:
         out += "[" + ",".join(sorted(canonicalize_name(e) for e in req.extras)) + "]"
@@ -88,7 +106,8 @@ def normalise_requirement(text: str, *, source: str, field: str) -> str:
     if req.url:
         if req.url.startswith(VCS_PREFIXES) or req.url.startswith("file:"):
             raise StepError(
-                f"'{req.name}' comes from '{req.url}'; VCS and file URLs are not reproducible "
+                f"{quoted(req.name)} comes from {quoted(req.url)}; VCS and file URLs are not "
+                "reproducible "
                 "builds — pin a released version or ship a wheel in the codeset",
                 source=source, field=field,
             )
@@ -156,15 +175,18 @@ class RequirementsParser:
         try:
             words = shlex.split(line)
         except ValueError as exc:
-            raise StepError(f"cannot split '{line}': {exc}", source=source, field=where) from None
+            raise StepError(f"cannot split {quoted(line)}: {exc}", source=source,
+                            field=where) from None
         option, _, inline = words[0].partition("=")
         value = inline or (words[1] if len(words) > 1 else "")
+        if not value and option in VALUE_REQUIRED:
+            raise StepError(f"{quoted(option)} needs a value", source=source, field=where)
         if option in ("-r", "--requirement", "-c", "--constraint"):
             target = resolve_inside(self.codeset, base_dir, value, source=source, field=where)
             self.parse_file(target, constraint=constraint or option in ("-c", "--constraint"))
         elif option in ("-e", "--editable"):
             raise StepError(
-                f"editable requirement '{value}' cannot be built into an image; "
+                f"editable requirement {quoted(value)} cannot be built into an image; "
                 "install the project normally or ship a wheel in the codeset",
                 source=source, field=where,
             )
@@ -175,7 +197,7 @@ class RequirementsParser:
                                                                  field=where))
         elif option in ("-f", "--find-links"):
             if "://" not in value:
-                raise StepError(f"--find-links '{value}' must be a URL; ship local wheels as "
+                raise StepError(f"--find-links {quoted(value)} must be a URL; ship local wheels as "
                                 "requirement lines instead", source=source, field=where)
             self.spec.find_links.append(reject_credentials(value, source=source, field=where))
         elif option in FLAG_OPTIONS:
@@ -183,7 +205,8 @@ class RequirementsParser:
         elif option in VALUE_OPTIONS and value:
             self.spec.options.append(f"{option}={value}")
         else:
-            raise StepError(f"unsupported pip option '{option}'", source=source, field=where)
+            raise StepError(f"unsupported pip option {quoted(option)}", source=source,
+                            field=where)
 
     def _requirement(self, line: str, base_dir: Path, *, source: str, where: str,
                      constraint: bool) -> None:
@@ -191,7 +214,7 @@ class RequirementsParser:
         head = head.strip()
         if head.startswith(VCS_PREFIXES) or head.startswith(("http://", "https://")):
             raise StepError(
-                f"'{head}' is a bare URL; write it as 'name @ URL' with a released archive",
+                f"{quoted(head)} is a bare URL; write it as 'name @ URL' with a released archive",
                 source=source, field=where,
             )
         is_path = head.startswith((".", "/")) or head.endswith(LOCAL_ARCHIVE_SUFFIXES)
@@ -208,11 +231,12 @@ class RequirementsParser:
         path = resolve_inside(self.codeset, base_dir, reference, source=source, field=where)
         if path.is_dir():
             raise StepError(
-                f"'{reference}' is a local directory; build it into a wheel and ship the .whl",
+                f"{quoted(reference)} is a local directory; build it into a wheel and ship the "
+                ".whl",
                 source=source, field=where,
             )
         if not path.is_file() or not path.name.endswith(LOCAL_ARCHIVE_SUFFIXES):
-            raise StepError(f"'{reference}' is not a wheel or sdist in the codeset",
+            raise StepError(f"{quoted(reference)} is not a wheel or sdist in the codeset",
                             source=source, field=where)
         self.local_files[path.name] = path
         self.spec.local_artifacts.append(LocalArtifact(path.name, file_sha256(path)))
