@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from bad_input_corpus import BAD_CODESETS, MAIN
+from bad_input_corpus import BAD_CODESETS, MAIN, SECRET, materialise
 from helpers import run_cli, write_codeset
 
 from mlflow_steps.envspec import BuildOptions, resolve_env
@@ -16,11 +16,12 @@ from mlflow_steps.errors import StepError
 @pytest.mark.parametrize("case", sorted(BAD_CODESETS))
 def test_bad_codeset_is_one_clear_line(tmp_path: Path, case: str) -> None:
     files, words = BAD_CODESETS[case]
-    codeset = write_codeset(tmp_path / "cs", files)
+    codeset = materialise(tmp_path / "cs", files)
     with pytest.raises(StepError) as caught:
         resolve_env(codeset, BuildOptions())
     message = str(caught.value)
     assert "\n" not in message
+    assert SECRET not in message, f"{case}: secret in {message!r}"
     for word in words:
         assert word in message, f"{case}: {word!r} not in {message!r}"
 
