@@ -343,12 +343,12 @@ YAML_ERRORS: dict[str, tuple[dict[str, Entry], tuple[str, ...]]] = {
     "alias token in MLproject": ({"MLproject": MAIN + f"token: *{SECRET}abc\n", **REQ},
                                  ("MLproject:4", "column 8", "undefined alias")),
     "tag token in MLproject": ({"MLproject": MAIN + f"token: !{SECRET}abc x\n", **REQ},
-                               ("MLproject:4", "column 8", "constructor for the tag")),
+                               ("MLproject:4", "column 8", "unknown tag")),
     "python tag in MLproject": ({"MLproject": MAIN + f"x: !!python/object:{SECRET} a\n", **REQ},
-                                ("MLproject:4", "constructor for the tag")),
+                                ("MLproject:4", "unknown tag")),
     "verbatim tag token in conda.yaml": (
         {"MLproject": MAIN, "conda.yaml": f"dependencies: [!<tag:{SECRET}> numpy]\n"},
-        ("conda.yaml:1", "constructor for the tag")),
+        ("conda.yaml:1", "unknown tag")),
     "alias token in conda.yaml": (
         {"MLproject": MAIN, "conda.yaml": f"channels:\n- *{SECRET}\ndependencies: [numpy]\n"},
         ("conda.yaml:2", "column 3", "undefined alias")),

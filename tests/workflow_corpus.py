@@ -168,3 +168,94 @@ BAD_WORKFLOWS: dict[str, Case] = {
     "key given twice": Case(_edit("    image: img:1\n", "    image: img:1\n    image: img:2\n"),
                             12, "steps[0].image", ("given twice",)),
 }
+
+# Nesting, YAML errors with secret tokens, and values YAML reads oddly (the loader is the one
+# the codeset files use). SECRET must never appear in a message.
+SECRET = "s3cr3t"
+DEEP = 100_000
+BAD_WORKFLOWS.update({
+    "steps nested 100k deep ([[[...]]])": Case("name: wf\nsteps: " + "[" * DEEP, 2, "",
+                                               ("nesting too deep",)),
+    "mapping nested 100k deep": Case("name: wf\nsteps:\n- " + "{a: " * DEEP, 3, "",
+                                     ("nesting too deep",)),
+    "block sequences 100k deep": Case("- " * DEEP + "x\n", 1, "", ("nesting too deep",)),
+    "recursive alias": Case("name: wf\nsteps: &s\n- name: a\n  image: x\n  inputs: *s\n", 5, "",
+                            ("recursive alias",)),
+    "alias token": Case(VALID.replace("image: img:1", f"image: *{SECRET}tok"), 11, "",
+                        ("malformed YAML", "column 12", "undefined alias")),
+    "tag token": Case(VALID.replace("image: img:1", f"image: !{SECRET}tok x"), 11, "",
+                      ("malformed YAML", "unknown tag")),
+    "anchor token defined twice": Case(
+        VALID.replace("image: img:1", f"image: &{SECRET} a\n    env: &{SECRET} []"), 12, "",
+        ("duplicate anchor",)),
+    "bad escape in a quoted secret": Case(
+        VALID.replace("default: hi", f'default: "\\x{SECRET}"'), 6, "", ("hexadecimal",)),
+    "control character": Case(VALID.replace("default: hi", f"default: {SECRET}\x1b"), 6, "",
+                              ("control character",)),
+    "tab indentation": Case(VALID.replace("    image: img:1", "\timage: img:1"), 11, "",
+                            ("a tab", "indent with spaces")),
+})
+
+
+# Files that are not plain small text files: (entry as in bad_input_corpus, words).
+def _sparse(size: int):
+    from bad_input_corpus import Sparse
+
+    return Sparse(size, VALID.encode())
+
+
+def bad_workflow_files():
+    """{case: (entry, words)}; entries are written with bad_input_corpus.materialise."""
+    from bad_input_corpus import Fifo, Link
+
+    return {
+        "workflow is a FIFO": (Fifo(), ("wf.yaml: a FIFO, not a regular file",)),
+        "workflow of 200 MB (sparse)": (_sparse(200 * 1024 * 1024),
+                                        ("file is 209.7 MB, over the 5 MiB limit for workflow",)),
+        "workflow of 6 MiB": (VALID + "#" * (6 * 1024 * 1024) + "\n", ("over the 5 MiB limit",)),
+        "workflow is a dangling symlink": (Link("gone.yaml"),
+                                           ("wf.yaml",)),
+        "workflow is a binary file": (b"\x89PNG\r\n\x1a\n\x00\x00", ("binary content",)),
+        "workflow is not UTF-8": (VALID.encode().replace(b"hi", b"h\xe9"), ("not UTF-8",)),
+    }
+
+
+# Extension files (FuseML records) read through the same reader and loader.
+RECORD = """id: mlflow
+product: mlflow
+services:
+  - id: tracking
+    endpoints:
+      - url: http://mlflow:5000
+"""
+
+
+def bad_extension_files():
+    """{case: (entry or {name: entry} for a directory, words)}."""
+    from bad_input_corpus import Fifo, Link, Sparse
+
+    return {
+        "extension file is a FIFO": (Fifo(), ("ext.yaml: a FIFO, not a regular file",)),
+        "extension file of 200 MB (sparse)": (
+            Sparse(200 * 1024 * 1024, RECORD.encode()),
+            ("file is 209.7 MB, over the 5 MiB limit for extension files",)),
+        "extension file nested 100k deep": ("[" * DEEP, ("ext.yaml:1", "nesting too deep")),
+        "extension JSON nested 100k deep": ('{"a": ' * DEEP, ("ext.yaml:1", "nesting too deep")),
+        "extension file with an alias token": (
+            RECORD.replace("http://mlflow:5000", f"*{SECRET}tok"),
+            ("ext.yaml:6", "undefined alias")),
+        "extension file with a tag token": (
+            RECORD.replace("http://mlflow:5000", f"!{SECRET}tok x"),
+            ("ext.yaml:6", "malformed YAML")),
+        "extension file with a recursive alias": (
+            "- &r {id: a, services: [*r]}\n", ("ext.yaml:1", "recursive alias")),
+        "extension file is binary": (b"\x00\x01\x02", ("binary content",)),
+        "extension directory with a FIFO": ({"a.yaml": RECORD, "b.yaml": Fifo()},
+                                            ("b.yaml: a FIFO",)),
+        "extension directory with a looping symlink": (
+            {"a.yaml": RECORD, "b.yaml": Link("b.yaml")}, ("b.yaml: symlink loops",)),
+        "extension directory with a dangling symlink": (
+            {"a.json": Link("missing.json")}, ("a.json: symlink to 'missing.json' does not",)),
+        "extension directory with a subdirectory named .yaml": (
+            {"a.yaml": RECORD, "sub.yaml/x": "x"}, ("sub.yaml: a directory, not a regular",)),
+    }

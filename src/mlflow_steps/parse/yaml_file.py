@@ -73,6 +73,10 @@ class _Loader(yaml.SafeLoader):
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise _Problem("nesting too deep", event.start_mark, _TOO_DEEP)
+        tag = getattr(event, "tag", None)
+        if tag not in (None, "!") and tag not in self.yaml_constructors:
+            raise _Problem("malformed YAML", event.start_mark,
+                           ": unknown tag (only YAML's own !!str, !!int, ... are read)")
         anchor = event.anchor
         if anchor is not None:
             self._open_anchors.add(anchor)
