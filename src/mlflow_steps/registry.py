@@ -250,11 +250,13 @@ def _kill_group(process: subprocess.Popen) -> None:
 class _TransportError(Exception):
     """No HTTP answer: ``reason`` says why (``timed_out``: the budget ran out; ``tls``)."""
 
-    def __init__(self, reason: str, *, timed_out: bool = False, tls: bool = False) -> None:
+    def __init__(self, reason: str, *, timed_out: bool = False, tls: bool = False,
+                 peer_speaks_tls: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.timed_out = timed_out
         self.tls = tls
+        self.peer_speaks_tls = peer_speaks_tls  # it sent a certificate or a TLS alert
 
 
 class RegistryClient:
@@ -322,6 +324,7 @@ class RegistryClient:
         """One logical request: TLS fallback and authorisation share the deadline."""
         headers = {"Accept": ", ".join(MANIFEST_TYPES)}
         tls_failure: str | None = None
+        tls_only = False
         authorised = False
         while True:
             url = f"{self.base_url}{path}"
@@ -332,14 +335,14 @@ class RegistryClient:
             except _TransportError as exc:
                 if exc.tls and self.allow_plain_http and self.scheme == "https":
                     self.scheme = "http"  # like Docker: insecure registries may lack TLS
-                    tls_failure = exc.reason
+                    tls_failure, tls_only = exc.reason, exc.peer_speaks_tls
                     continue
                 raise self._transport_failure(exc, what, url, tls_failure) from None
-            if tls_failure and response.status_code == 400:  # a TLS-only server's answer
+            if tls_only and response.status_code == 400:  # a TLS server's answer to HTTP
                 self.scheme = "https"
                 raise StepError(f"{what} {url.replace('http://', 'https://', 1)}: TLS "
-                                f"failure ({tls_failure}), and over plain HTTP it answers "
-                                "HTTP 400; give its CA with --registry-ca",
+                                f"failure ({tls_failure}); over plain HTTP it answers "
+                                "HTTP 400, so it needs TLS: give its CA with --registry-ca",
                                 source=self._source)
             tls_failure = None
             if response.status_code == 401 and not authorised:
@@ -362,12 +365,9 @@ class RegistryClient:
                        "sets the budget)")
         else:
             problem = exc.reason
-        if tls_failure:  # plain HTTP was the fallback: both ways failed
-            return StepError(f"{what} {url.replace('http://', 'https://', 1)}: TLS failure "
-                             f"({tls_failure}), and over plain HTTP it {problem}",
-                             source=self._source)
         subject = f"{what} {url}" if url else what
-        return StepError(f"{subject} {problem}", source=self._source)
+        after = f" (after HTTPS failed: {tls_failure})" if tls_failure else ""
+        return StepError(f"{subject} {problem}{after}", source=self._source)
 
     def _send(self, method: str, url: str, deadline: Deadline,
               **kwargs: object) -> requests.Response:
@@ -385,7 +385,8 @@ class RegistryClient:
         except requests.RequestException as exc:
             attempts = max(1, deadline.failed_attempts - failed_before)
             if _is_tls(exc):
-                raise _TransportError(_reason(exc), tls=True) from None
+                raise _TransportError(_reason(exc), tls=True,
+                                      peer_speaks_tls=_peer_speaks_tls(exc)) from None
             if _is_timeout(exc) or deadline.expired:
                 raise _TransportError(_reason(exc), timed_out=True) from None
             if isinstance(exc, requests.ConnectionError):
@@ -516,6 +517,14 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 def _is_tls(exc: BaseException) -> bool:
     return isinstance(exc, requests.exceptions.SSLError) or any(
         isinstance(cause, ssl.SSLError) for cause in _causes(exc))
+
+
+def _peer_speaks_tls(exc: BaseException) -> bool:
+    """Whether the TLS failure came from a TLS server (its certificate or alert), not from
+    a server answering in something else (plain HTTP, garbage, a close)."""
+    return any(isinstance(cause, ssl.SSLCertVerificationError) or re.match(
+        r"(SSLV3|TLSV1\d*)_ALERT", str(getattr(cause, "reason", "") or ""))
+        for cause in _causes(exc) if isinstance(cause, ssl.SSLError))
 
 
 def _is_timeout(exc: BaseException) -> bool:
