@@ -195,10 +195,29 @@ def test_hanging_credential_helper_is_bounded(tmp_path: Path) -> None:
         load_credentials(HOST, env)
     assert time.monotonic() - started < 15
     assert str(caught.value).endswith(f"credsStore: docker-credential-slow get did not finish "
-                                      f"within 2 s ({BUDGET_VARIABLE})")
+                                      f"within 2 s ({BUDGET_VARIABLE} sets the budget)")
     stat = Path(f"/proc/{pid_file.read_text().strip()}/stat")
     deadline = time.monotonic() + 5
     while stat.exists() and re.search(r"\) [^Z] ", stat.read_text()) and \
             time.monotonic() < deadline:
         time.sleep(0.1)
     assert not stat.exists() or re.search(r"\) Z ", stat.read_text()), "helper's child lives"
+
+
+def test_helper_and_registry_share_one_budget(tmp_path: Path) -> None:
+    """A helper that hangs during a manifest check gets what is left of the check's budget."""
+    from faulty_proxy import ScriptedServer
+
+    from mlflow_steps.registry import RegistryClient
+
+    registry = ScriptedServer(lambda srv, handler: srv.answer(
+        handler, 401, headers={"WWW-Authenticate": 'Basic realm="x"'}))
+    env = environment(tmp_path, {"credsStore": "slow"}, slow="sleep 60")
+    started = time.monotonic()
+    try:
+        with pytest.raises(StepError, match=r"^/.*/config\.json: credsStore: "
+                           r"docker-credential-slow get did not finish within 2\.\d+ s"):
+            RegistryClient(registry.address, environ=env, budget=3).manifest_digest("a", "b")
+    finally:
+        registry.stop()
+    assert time.monotonic() - started < 15

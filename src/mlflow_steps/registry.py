@@ -75,18 +75,21 @@ class Credentials:
                                     else "") if value]
 
 
-def load_credentials(host: str, environ: dict[str, str]) -> Credentials | None:
+def load_credentials(host: str, environ: dict[str, str], *,
+                     timeout: float | None = None) -> Credentials | None:
     """Credentials for ``host`` from config.json, in the docker CLI's order: the helper
     ``credHelpers[host]`` names, else the ``credsStore`` helper, else the ``auths`` entry.
     A helper, once configured for the host, is the only source (as for the docker CLI):
-    its "credentials not found" means anonymous, not a fall back to ``auths``."""
+    its "credentials not found" means anonymous, not a fall back to ``auths``. A helper
+    may run ``timeout`` seconds (default: the network budget)."""
     path = docker_config_dir(environ) / "config.json"
     config = _read_config(path)
     if config is None:
         return None
     helper = _configured_helper(config, host, path)
     if helper:
-        return _helper_credentials(*helper, host, path, environ)
+        seconds = network_budget(environ) if timeout is None else timeout
+        return _helper_credentials(*helper, host, path, environ, seconds)
     return _auths_credentials(config, host, path)
 
 
@@ -190,7 +193,7 @@ def _decode_auth(value: str, path: Path, field: str) -> tuple[str, str]:
 
 
 def _helper_credentials(name: str, field: str, host: str, path: Path,
-                        environ: dict[str, str]) -> Credentials | None:
+                        environ: dict[str, str], seconds: float) -> Credentials | None:
     """The docker-credential-helpers protocol: ``get``, server URL on stdin, JSON out."""
     program = f"docker-credential-{name}"
     env = {**os.environ, **environ}
@@ -198,7 +201,6 @@ def _helper_credentials(name: str, field: str, host: str, path: Path,
     where = {"source": str(path), "field": field}
     if executable is None:
         raise StepError(f"credential helper {program} is not on PATH", **where)
-    budget = network_budget(environ)
     server = HUB_INDEX if host in _HUB_HOSTS else host
     try:
         process = subprocess.Popen([executable, "get"], stdin=subprocess.PIPE,
@@ -207,11 +209,11 @@ def _helper_credentials(name: str, field: str, host: str, path: Path,
     except OSError as exc:
         raise StepError(f"cannot run {program} ({exc.strerror})", **where) from None
     try:
-        out, err = process.communicate(server.encode(), timeout=budget)
+        out, err = process.communicate(server.encode(), timeout=max(seconds, 0.01))
     except subprocess.TimeoutExpired:
         _kill_group(process)
-        raise StepError(f"{program} get did not finish within {budget:g} s "
-                        f"({BUDGET_VARIABLE})", **where) from None
+        raise StepError(f"{program} get did not finish within {seconds:.3g} s "
+                        f"({BUDGET_VARIABLE} sets the budget)", **where) from None
     stdout, stderr = (out.decode(errors="replace").strip(),
                       err.decode(errors="replace").strip())
     if process.returncode != 0:
@@ -400,7 +402,7 @@ class RegistryClient:
         challenge = response.headers.get("WWW-Authenticate", "").strip()
         scheme, _, params_text = challenge.partition(" ")
         params = dict(_CHALLENGE_PARAM.findall(params_text))
-        credentials = load_credentials(self.host, self.environ)
+        credentials = load_credentials(self.host, self.environ, timeout=deadline.remaining())
         if credentials:
             self._secrets.update(credentials.secrets())
         if scheme.lower() == "basic":
