@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 
@@ -158,3 +159,31 @@ def test_registry_down_fails_loudly() -> None:
     with pytest.raises(StepError, match="unreachable after 3 attempts"):
         RegistryClient(f"127.0.0.1:{free_port()}", retries=2, backoff=0.01).manifest_digest(
             "a", "b")
+
+
+def test_expired_token_is_renewed_once_per_request() -> None:
+    """A long build outlives the token of the first check: the next check fetches a new one."""
+    from faulty_proxy import ScriptedServer
+
+    issued: list[str] = []
+    tokens = ScriptedServer(lambda srv, handler: (issued.append(f"tok-{len(issued) + 1}"),
+                                                  srv.answer(handler, 200, json.dumps(
+                                                      {"token": issued[-1]})))[-1])
+    challenge = f'Bearer realm="{tokens.url}/token",service="svc"'
+
+    def registry_script(srv, handler) -> None:
+        if issued and handler.headers.get("Authorization") == f"Bearer {issued[-1]}":
+            srv.answer(handler, 200, headers={"Docker-Content-Digest": "sha256:" + "a" * 64})
+        else:
+            srv.answer(handler, 401, headers={"WWW-Authenticate": challenge})
+
+    registry = ScriptedServer(registry_script)
+    try:
+        client = RegistryClient(registry.address, budget=10)
+        assert client.manifest_digest("probe/x", "v1") == "sha256:" + "a" * 64
+        issued.append("tok-revoked")  # the registry now only takes a newer token
+        assert client.manifest_digest("probe/x", "v1") == "sha256:" + "a" * 64
+        assert issued == ["tok-1", "tok-revoked", "tok-3"]
+    finally:
+        registry.stop()
+        tokens.stop()
