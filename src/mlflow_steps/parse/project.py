@@ -140,8 +140,8 @@ def _check_shape(data: dict[str, Any]) -> None:
     if not isinstance(entry_points, dict):
         raise StepError(f"expected a mapping of entry point names to {{command, parameters}}, "
                         f"got {describe(entry_points)}", source=MLPROJECT, field="entry_points")
-    for name, spec in entry_points.items():
-        where = f"entry_points.{_key(name, what='entry point', field='entry_points')}"
+    for entry, spec in entry_points.items():
+        where = f"entry_points.{_key(entry, what='entry point', field='entry_points')}"
         if not isinstance(spec, dict):
             raise StepError(f"expected a mapping with a 'command' string, got {describe(spec)}",
                             source=MLPROJECT, field=where)
