@@ -14,8 +14,13 @@ from typing import Any
 
 import yaml
 
-from mlflow_steps.codeset_files import MAX_FILE_BYTES, quoted, read_bounded_text, read_env_text
-from mlflow_steps.codeset_files import relative_name as relative_name
+from mlflow_steps.codeset_files import (
+    MAX_FILE_BYTES,
+    quoted,
+    read_bounded_text,
+    read_env_text,
+    relative_name,
+)
 from mlflow_steps.errors import StepError
 
 MAX_DEPTH = 64  # collections inside collections; real files stay under 10
@@ -196,7 +201,7 @@ def load_yaml_text(text: str, source: str) -> Any:
 
 
 def compose_documents(text: str, source: str) -> list[yaml.Node]:
-    """Every YAML document of ``text`` as a node graph (null documents dropped)."""
+    """Every YAML document of ``text`` as a node graph."""
     return [doc for doc in _run(text, source, _compose_all) if doc is not None]
 
 
