@@ -68,6 +68,10 @@ def test_direct_url_and_local_wheel(tmp_path: Path) -> None:
     ("-r ../outside.txt\n", {}, "outside the codeset"),
     ("-r /etc/passwd\n", {}, "absolute path"),
     ("--index-url https://user:secret@mirror.example/simple\n", {}, "embeds credentials"),
+    ("--index-url https://mirror.example/simple?access_token=secret\n", {}, "embeds credentials"),
+    ("pkg @ https://f.example/p.whl?X-Amz-Signature=secret\n", {}, "embeds credentials"),
+    ("pkg @ git+https://oauth2:secret@gitlab.example/r.git\n", {}, "oauth2:***@"),
+    ("-r a.txt\n", {"a.txt": "-r b.txt\n", "b.txt": "-r a.txt\n"}, "a.txt -> b.txt -> a.txt"),
     ("-r a.txt\n", {"a.txt": "-r requirements.txt\n"}, "include cycle"),
     ("numpy=>1\n", {}, "not a valid requirement"),
     ("--use-feature=x\n", {}, "unsupported pip option"),
@@ -91,3 +95,14 @@ def test_symlink_leaving_the_codeset_is_rejected(tmp_path: Path) -> None:
 
 def test_logical_lines_reports_first_line_of_a_continuation() -> None:
     assert logical_lines("a \\\n b\n\n# c\nd # e\n") == [("line 1", "a b"), ("line 5", "d")]
+
+
+@pytest.mark.parametrize(("link", "message"), [
+    ("self.txt", "'self.txt' loops"), ("missing.txt", "symlink to 'missing.txt' does not resolve")])
+def test_include_symlink_that_loops_or_dangles_is_named(tmp_path: Path, link: str,
+                                                        message: str) -> None:
+    codeset = tmp_path / "cs"
+    codeset.mkdir()
+    (codeset / "self.txt").symlink_to(link)
+    with pytest.raises(StepError, match=message):
+        parse(codeset, "numpy\n-r self.txt\n")
