@@ -124,3 +124,14 @@ def test_env_verbose_masks_endpoint_credentials(tmp_path: Path) -> None:
     result = run_cli("env", "--extensions", str(tmp_path / "ext.yaml"), "-v")
     assert result.returncode == 0, result.stderr
     assert secret not in result.stderr and MASK in result.stderr
+
+
+def test_credential_names_are_read_by_their_parts() -> None:
+    from mlflow_steps.redaction import is_secret_name
+
+    for name in ("PGPASSWORD", "MLFLOW_TRACKING_TOKEN", "AWS_ACCESS_KEY_ID", "apiKey",
+                 "X-Amz-Signature", "sig", "client_secret", "db.password", "authorization"):
+        assert is_secret_name(name), name
+    for name in ("design", "author", "keyword", "monkey", "MLFLOW_TRACKING_URI", "signal"):
+        assert not is_secret_name(name), name
+    assert redact("https://h/x?design=1&token=abcd") == f"https://h/x?design=1&token={MASK}"

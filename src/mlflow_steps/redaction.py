@@ -10,6 +10,7 @@ internal failure the whole text is replaced by the mask.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote, unquote
@@ -17,22 +18,27 @@ from urllib.parse import quote, unquote
 MASK = "***"
 _MIN_SECRET = 4  # shorter values would mask ordinary words; they are not credentials
 
-_CREDENTIAL_WORD = r"(?:token|secret|passw(?:or)?d|pwd|credential|signature|sig|api[-_]?key|" \
-                   r"access[-_]?key|private[-_]?key|auth)"
+# A name is a credential's when one of its parts (split at ``_ - .`` and camelCase) ends
+# in one of these, is one of the short words, or two parts make one (api key, access key).
+_SECRET_SUFFIXES = ("token", "secret", "password", "passwd", "pwd", "credential",
+                    "credentials", "signature", "apikey", "authorization")
+_SECRET_PARTS = frozenset({"sig", "auth", "key", "pat"})
+_SECRET_PAIRS = frozenset({("api", "key"), ("access", "key"), ("private", "key")})
+_NAME = r"[A-Za-z0-9_.-]+"
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#'\"<>]*)@")
-_QUERY_CREDENTIAL = re.compile(
-    rf"(?P<key>[?&;][\w.-]*{_CREDENTIAL_WORD}[\w.-]*=)(?P<value>[^&#\s'\"<>]*)", re.IGNORECASE)
+_QUERY_PAIR = re.compile(rf"(?P<key>[?&;](?P<name>{_NAME})=)(?P<value>[^&#\s'\"<>]*)")
 _AUTH_HEADER = re.compile(r"(?P<key>authorization\s*[:=]\s*(?:(?:basic|bearer|token)\s+)?)"
                           r"(?P<value>[^\s'\",]+)", re.IGNORECASE)
-_NAMED_CREDENTIAL = re.compile(
-    rf"(?P<key>\b[\w.-]*{_CREDENTIAL_WORD}[\w.-]*(?:=|[\"']\s*:\s*)[\"']?)(?P<value>[^\s'\",;&]+)",
-    re.IGNORECASE)
-_SECRET_NAME = re.compile(rf"{_CREDENTIAL_WORD}|_KEY$|^KEY$", re.IGNORECASE)
+_NAMED_PAIR = re.compile(
+    rf"(?P<key>(?<![\w.-])(?P<name>{_NAME})(?:=|[\"']\s*:\s*)[\"']?)(?P<value>[^\s'\",;&]+)")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 def is_secret_name(name: str) -> bool:
-    """Whether a variable or field name says its value is a credential."""
-    return bool(_SECRET_NAME.search(name))
+    """Whether a variable, field or parameter name says its value is a credential."""
+    parts = [part.lower() for part in re.split(r"[_.\-]+", _CAMEL.sub("_", name)) if part]
+    return (any(part.endswith(_SECRET_SUFFIXES) or part in _SECRET_PARTS for part in parts)
+            or any(pair in _SECRET_PAIRS for pair in itertools.pairwise(parts)))
 
 
 def secret_values(environ: Mapping[str, str]) -> list[str]:
@@ -52,6 +58,10 @@ def _mask_value(match: re.Match[str]) -> str:
     return match["key"] + (MASK if match["value"] else "")
 
 
+def _mask_named_value(match: re.Match[str]) -> str:
+    return _mask_value(match) if is_secret_name(match["name"]) else match[0]
+
+
 def _forms(secret: str) -> set[str]:
     return {form for form in (secret, quote(secret, safe=""), quote(secret), unquote(secret))
             if len(form) >= _MIN_SECRET}
@@ -63,9 +73,9 @@ def _redact(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted(known, key=len, reverse=True):
         text = text.replace(secret, MASK)
     text = _URL_USERINFO.sub(_mask_userinfo, text)
-    text = _QUERY_CREDENTIAL.sub(_mask_value, text)
+    text = _QUERY_PAIR.sub(_mask_named_value, text)
     text = _AUTH_HEADER.sub(_mask_value, text)
-    return _NAMED_CREDENTIAL.sub(_mask_value, text)
+    return _NAMED_PAIR.sub(_mask_named_value, text)
 
 
 def redact(text: object, secrets: Iterable[str] = ()) -> str:
