@@ -45,6 +45,23 @@ def tracking(url: str, token: str | None = None):
         mlflow.set_registry_uri(None)
 
 
+_CREATE_STORE = """
+import sys
+from mlflow_steps.server.config import ServerConfig
+from mlflow_steps.server.serve import initialize_store
+initialize_store(ServerConfig(backend_store_uri=sys.argv[1], artifacts_destination=sys.argv[2]))
+"""
+
+
+def create_store(store_uri: str, artifacts_destination: str) -> None:
+    """Create the store and artifact directory as `serve` does before it starts uvicorn (in a
+    process of its own: MLflow keeps the first store it opens, and its tracking URI, global)."""
+    result = subprocess.run([sys.executable, "-c", _CREATE_STORE, store_uri,
+                             artifacts_destination], capture_output=True, text=True,
+                            env=clean_env(), check=False, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
 def log_run_with_artifact(client: MlflowClient, experiment_id: str, tmp: Path,
                           name: str) -> str:
     """A finished run with a param, a metric and one artifact file; its id."""

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from devstack import free_port
 from helpers import run_cli
+from server_testing import create_store
 
 from mlflow_steps.errors import StepError
-from mlflow_steps.server.config import ServerConfig, format_duration, parse_duration, redact_uri
+from mlflow_steps.server.config import ServerConfig, format_duration, parse_duration
 
 PASSWORD = "pa55-w0rd-xyz"
 
@@ -34,6 +36,26 @@ def test_malformed_durations_are_rejected(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ("1000000000d", "too long a duration (at most 999999999d)"),
+    ("99999999999999999999999d", "too long a duration"),
+    ("1" * 400 + "d", "too long a duration"),           # float('1...1') is inf
+    ("1" * 400 + "s", "too long a duration"),
+    ("\u0661d", "is not a duration"),                   # ARABIC-INDIC DIGIT ONE
+    ("\U0001d7cfh", "is not a duration"),               # MATHEMATICAL BOLD DIGIT ONE
+    ("nan d", "is not a duration"), ("nand", "is not a duration"), ("infd", "is not a duration"),
+    ("1e3s", "is not a duration"), ("-0d", "is not a duration"), ("+1d", "is not a duration"),
+])
+def test_out_of_range_durations_are_value_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
+        parse_duration(text)
+    assert len(str(caught.value)) < 150  # a huge value is not echoed back whole
+
+
+def test_longest_duration() -> None:
+    assert parse_duration("999999999d") == timedelta(days=999999999)
+
+
 def test_duration_round_trip() -> None:
     assert format_duration(parse_duration("2d3h4m5s")) == "2d3h4m5s"
 
@@ -41,11 +63,14 @@ def test_duration_round_trip() -> None:
 @pytest.mark.parametrize(("uri", "expected"), [
     (f"postgresql://mlflow:{PASSWORD}@db:5432/mlflow", "postgresql://mlflow:***@db:5432/mlflow"),
     (f"mysql+pymysql://u:{PASSWORD}@h/d?x=1", "mysql+pymysql://u:***@h/d?x=1"),
-    ("postgresql://mlflow@db/mlflow", "postgresql://mlflow@db/mlflow"),
+    # a user without a password could be a token: the redaction module masks it too
+    ("postgresql://mlflow@db/mlflow", "postgresql://***@db/mlflow"),
     ("sqlite:////data/a.sqlite", "sqlite:////data/a.sqlite"),
+    # SQLAlchemy reads 'pa/ss' as the password; a URL pattern alone would stop at the '/'
+    ("postgresql://u:pa/ss@db/mlflow", "postgresql://u:***@db/mlflow"),
 ])
-def test_redact_uri(uri: str, expected: str) -> None:
-    assert redact_uri(uri) == expected
+def test_config_redacts_its_store_uri(uri: str, expected: str) -> None:
+    assert ServerConfig(backend_store_uri=uri).redact(uri) == expected
 
 
 def test_redact_removes_password_and_token_anywhere() -> None:
@@ -94,7 +119,8 @@ def _one_error_line(result, *needles: str) -> str:
 def _env(tmp_path: Path, **values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update({"MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path}/store/db.sqlite",
-                "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"), **values})
+                "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
+                "MLFLOW_HOST": "127.0.0.1", **values})
     return env
 
 
@@ -173,3 +199,34 @@ def test_store_that_is_not_a_database(tmp_path: Path, command: str) -> None:
                     "MLFLOW_BACKEND_STORE_URI", f"cannot read sqlite:///{database}",
                     "file is not a database")
     assert database.read_text() == "not a database\n"
+
+
+@pytest.mark.parametrize("command", ["check", "gc"])
+@pytest.mark.parametrize("ttl", ["1000000000d", "1" * 400 + "h", "-1d", "nan", "inf", "1e9d",
+                                 "\u0661d"])
+def test_unusable_ttl_is_one_line_naming_the_flag(tmp_path: Path, command: str, ttl: str) -> None:
+    for args, env in (((), _env(tmp_path, MLFLOW_TRACKING_GC_TTL=ttl)),
+                      (("--gc-ttl", ttl), _env(tmp_path))):
+        result = run_cli("server", command, *args, env=env)
+        _one_error_line(result, "MLFLOW_TRACKING_GC_TTL / --gc-ttl: ")
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(("every", "needle"), [
+    ("99999999d", "must be at most 365d"), ("366d", "must be at most 365d"),
+    ("1000000000d", "too long a duration"), ("-1s", "is not a duration"),
+    ("nan", "is not a duration")])
+def test_unusable_every_is_one_line(tmp_path: Path, every: str, needle: str) -> None:
+    _one_error_line(run_cli("server", "gc", "--every", every, env=_env(tmp_path)),
+                    "--every: ", needle)
+    assert not (tmp_path / "store").exists()
+
+
+def test_ttl_longer_than_the_epoch_purges_nothing(tmp_path: Path) -> None:
+    """The longest TTL a timedelta holds reaches before 1970: a pass that purges nothing."""
+    env = _env(tmp_path, MLFLOW_TRACKING_GC_TTL="999999999d")
+    create_store(env["MLFLOW_BACKEND_STORE_URI"], env["MLFLOW_ARTIFACTS_DESTINATION"])
+    for args in (("--dry-run",), ()):
+        result = run_cli("server", "gc", *args, env=env)
+        assert result.returncode == 0, result.stderr
+        assert " 0 item(s) deleted more than 999999999d ago" in result.stdout

@@ -52,7 +52,8 @@ def test_sqlite_store_from_older_mlflow(old_python: Path, tmp_path: Path) -> Non
     uri = f"sqlite:///{database}"
     runs = write_old_store(old_python, uri)
     assert revision(uri) == OLD_REVISION
-    env = clean_env(MLFLOW_BACKEND_STORE_URI=uri,
+    # `check` judges what `serve` would do: on loopback no token is needed
+    env = clean_env(MLFLOW_BACKEND_STORE_URI=uri, MLFLOW_HOST="127.0.0.1",
                     MLFLOW_ARTIFACTS_DESTINATION=str(tmp_path / "artifacts"))
 
     stale = run_cli("server", "check", env=env)

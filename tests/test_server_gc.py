@@ -18,7 +18,13 @@ from devservices import TrackingServer
 from devstack import start, wait_until
 from helpers import run_cli
 from mlflow.exceptions import MlflowException
-from server_testing import clean_env, log_run_with_artifact, stored_artifacts, tracking
+from server_testing import (
+    clean_env,
+    create_store,
+    log_run_with_artifact,
+    stored_artifacts,
+    tracking,
+)
 
 TTL = "1d"
 DAY_MS = 86_400_000
@@ -160,8 +166,9 @@ def test_gc_purges_only_what_is_older_than_the_ttl(store: Store, tmp_path: Path)
 
 def test_gc_every_runs_until_sigterm(stack_root, tmp_path: Path) -> None:
     root = stack_root / "gc-every"
-    env = clean_env(MLFLOW_BACKEND_STORE_URI=f"sqlite:///{root / 'mlflow.db'}",
-                    MLFLOW_ARTIFACTS_DESTINATION=str(root / "artifacts"))
+    store, artifacts = f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts")
+    create_store(store, artifacts)
+    env = clean_env(MLFLOW_BACKEND_STORE_URI=store, MLFLOW_ARTIFACTS_DESTINATION=artifacts)
     log = tmp_path / "gc.log"
     service = start([sys.executable, "-m", "mlflow_steps", "server", "gc", "--every", "1s"],
                     log, env=env)

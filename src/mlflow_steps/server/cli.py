@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import click
 from mlflow_steps.errors import StepError
 from mlflow_steps.server import check as checks
 from mlflow_steps.server import config as cfg
+
+MAX_EVERY = timedelta(days=365)
 
 
 def _echo(line: str) -> None:
@@ -46,6 +49,40 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def serve_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Where and how `serve` listens, and whether it may serve without a token (`serve`
+    and `check`, which judges the same configuration)."""
+    for decorator in reversed((
+        _option("--host", cfg.HOST, default="0.0.0.0", show_default=True,
+                help="Listen address. Without a token, only a loopback address (127.0.0.1, "
+                     "::1, localhost) serves unless --no-auth is given."),
+        _option("--port", cfg.PORT, default=5000, show_default=True,
+                type=click.IntRange(1, 65535), help="Listen port."),
+        _option("--workers", cfg.WORKERS, default=4, show_default=True,
+                type=click.IntRange(1, 64), help="uvicorn worker processes."),
+        _option("--no-auth", cfg.NO_AUTH, is_flag=True, default=False,
+                help="Serve an open API without a token on a non-loopback address (only "
+                     "behind something else that authenticates)."),
+    )):
+        func = decorator(func)
+    return func
+
+
+def _check_every(every: str | None) -> timedelta | None:
+    if every is None:
+        return None
+    try:
+        interval = cfg.parse_duration(every)
+    except ValueError as exc:
+        raise StepError(str(exc), source="--every") from None
+    if not interval.total_seconds():
+        raise StepError("must be longer than 0s", source="--every")
+    if interval > MAX_EVERY:
+        raise StepError(f"must be at most {MAX_EVERY.days}d (a CronJob suits rarer passes)",
+                        source="--every")
+    return interval
+
+
 @click.group("server")
 def server() -> None:
     """Run and maintain an MLflow tracking server (SQL store, proxied artifacts)."""
@@ -53,25 +90,28 @@ def server() -> None:
 
 @server.command("check")
 @config_options
+@serve_options
 def check_command(**values: Any) -> None:
-    """Verify the configuration; print each problem on its own line."""
+    """Verify the configuration `serve` would run with; print each problem on its own line,
+    and the Host headers MLflow will accept."""
     config = cfg.ServerConfig(**values)
     with config.reported("check"):
         found = checks.problems(config)
+        _echo(f"server check: {cfg.allowed_hosts().describe()}")
     for problem in found:
         click.echo(f"mlflow-steps: check: {problem}", err=True)
     if found:
         sys.exit(StepError.exit_code)
+    database = config.sqlite_path()
+    if database and not database.exists():
+        _echo(f"server check: note: {config.redact(config.store_uri())} does not exist yet; "
+              "`serve` creates it (`gc` and `db-upgrade` refuse it until then)")
     _echo(f"server check: ok ({config.describe()})")
 
 
 @server.command("serve")
 @config_options
-@_option("--host", "MLFLOW_HOST", default="0.0.0.0", show_default=True, help="Listen address.")
-@_option("--port", "MLFLOW_PORT", default=5000, show_default=True,
-         type=click.IntRange(1, 65535), help="Listen port.")
-@_option("--workers", "MLFLOW_WORKERS", default=4, show_default=True,
-         type=click.IntRange(1, 64), help="uvicorn worker processes.")
+@serve_options
 def serve_command(**values: Any) -> None:
     """Serve the tracking server, model registry and proxied artifacts (token-gated if set)."""
     from mlflow_steps.server.serve import serve
@@ -91,16 +131,9 @@ def gc_command(dry_run: bool, every: str | None, **values: Any) -> None:
     from mlflow_steps.server.gc import collect, collect_every
 
     config = cfg.ServerConfig(**values)
-    interval = None
-    if every is not None:
-        try:
-            interval = cfg.parse_duration(every)
-        except ValueError as exc:
-            raise StepError(str(exc), source="--every") from None
-        if not interval.total_seconds():
-            raise StepError("must be longer than 0s", source="--every")
+    interval = _check_every(every)
     with config.reported("gc"):
-        checks.require(config, (checks.check_ttl, checks.check_store))
+        checks.require(config, checks.GC_CHECKS)
         if interval is None:
             collect(config, dry_run=dry_run, log=_echo)
             return
@@ -115,7 +148,7 @@ def gc_command(dry_run: bool, every: str | None, **values: Any) -> None:
 @config_options
 @click.option("--dry-run", is_flag=True, help="Show the pending migrations; change nothing.")
 @click.option("--no-backup", is_flag=True, help="Skip the backup (you have your own).")
-@_option("--backup-dir", "MLFLOW_SERVER_BACKUP_DIR", default=cfg.DEFAULT_BACKUP_DIR,
+@_option("--backup-dir", cfg.BACKUP_DIR, default=cfg.DEFAULT_BACKUP_DIR,
          show_default=True, type=click.Path(path_type=Path, file_okay=False),
          help="Where the backup goes.")
 def db_upgrade_command(dry_run: bool, no_backup: bool, backup_dir: Path,

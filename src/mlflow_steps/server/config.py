@@ -1,12 +1,14 @@
 """Server configuration: the values the CLI read (env vars, flags win), parsed on demand.
 
 Parsing raises :class:`StepError` naming the env var and flag, with any password and the
-token redacted, so ``check`` can report every bad value and the commands the first one.
+token redacted (by :mod:`mlflow_steps.redaction`), so ``check`` can report every bad value
+and the commands the first one.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from mlflow_steps.errors import StepError
+from mlflow_steps.redaction import redact
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -26,24 +29,55 @@ ARTIFACTS_DESTINATION = "MLFLOW_ARTIFACTS_DESTINATION"
 GC_TTL = "MLFLOW_TRACKING_GC_TTL"
 TOKEN = "MLFLOW_TRACKING_TOKEN"
 REQUIRE_TOKEN = "MLFLOW_SERVER_REQUIRE_TOKEN"
+NO_AUTH = "MLFLOW_SERVER_NO_AUTH"
+HOST = "MLFLOW_HOST"
+PORT = "MLFLOW_PORT"
+WORKERS = "MLFLOW_WORKERS"
+BACKUP_DIR = "MLFLOW_SERVER_BACKUP_DIR"
+# Read by MLflow's security middleware in the server, not by our options.
+ALLOWED_HOSTS = "MLFLOW_SERVER_ALLOWED_HOSTS"
+DISABLE_SECURITY_MIDDLEWARE = "MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE"
 
 DEFAULT_BACKEND_STORE_URI = "sqlite:///data/mlflow/standalone/store/mydb.sqlite"
 DEFAULT_ARTIFACTS_DESTINATION = "data/mlflow/standalone/artifacts"
 DEFAULT_GC_TTL = "30d0h0m0s"
 DEFAULT_BACKUP_DIR = "data/mlflow/standalone/backups"
 SQL_DIALECTS = ("sqlite", "postgresql", "mysql", "mssql")
+LOOPBACK_NAMES = ("localhost",)
+
+# Token policy: a token is a random secret that travels in every request header.
+TOKEN_MIN_LENGTH = 24
+TOKEN_MAX_LENGTH = 4096
+TOKEN_MIN_DISTINCT = 6
+# Placeholders people ship in manifests and READMEs (deploy/kubernetes/secret.yaml has
+# CHANGE-ME), compared lower-case with everything but letters and digits removed.
+TOKEN_PLACEHOLDERS = ("changeme", "replaceme", "placeholder", "yourtoken", "tokenhere",
+                      "mytoken", "secrettoken", "example", "xxxxxx")
+GENERATE_TOKEN = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 _DURATION = re.compile(r"(?:(?P<days>\d+(?:\.\d+)?)d)?(?:(?P<hours>\d+(?:\.\d+)?)h)?"
-                       r"(?:(?P<minutes>\d+(?:\.\d+)?)m)?(?:(?P<seconds>\d+(?:\.\d+)?)s)?")
-_USERINFO_PASSWORD = re.compile(r"(://[^/:@]*):[^/]*@")
+                       r"(?:(?P<minutes>\d+(?:\.\d+)?)m)?(?:(?P<seconds>\d+(?:\.\d+)?)s)?",
+                       re.ASCII)
+_SHOWN = 40  # characters of a bad value quoted back in an error line
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} characters)"
 
 
 def parse_duration(text: str) -> timedelta:
-    """MLflow's duration ``#d#h#m#s`` (e.g. ``30d0h0m0s``, ``12h``, ``1.5d``); ValueError if not."""
+    """MLflow's duration ``#d#h#m#s`` (e.g. ``30d0h0m0s``, ``12h``, ``1.5d``); ValueError if not.
+
+    Only ASCII digits, never negative, NaN or infinite; at most what ``timedelta`` holds.
+    """
     match = _DURATION.fullmatch(text.strip())
     if not text.strip() or match is None:
-        raise ValueError(f"'{text}' is not a duration like 30d0h0m0s (#d#h#m#s)")
-    return timedelta(**{unit: float(v) for unit, v in match.groupdict().items() if v})
+        raise ValueError(f"'{_shown(text)}' is not a duration like 30d0h0m0s (#d#h#m#s)")
+    try:
+        return timedelta(**{unit: float(v) for unit, v in match.groupdict().items() if v})
+    except OverflowError:
+        raise ValueError(f"'{_shown(text)}' is too long a duration (at most "
+                         f"{timedelta.max.days}d)") from None
 
 
 def format_duration(value: timedelta) -> str:
@@ -55,16 +89,75 @@ def format_duration(value: timedelta) -> str:
     return f"{days}d{hours}h{minutes}m{seconds}s"
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` with the password of its user-info replaced by ``***``."""
-    return _USERINFO_PASSWORD.sub(r"\1:***@", uri)
+def _store_password(uri: str) -> str | None:
+    """The password in a store URI, as SQLAlchemy reads it (else as a URL would have it)."""
+    from sqlalchemy.engine import make_url
 
-
-def _uri_password(uri: str) -> str | None:
     try:
-        return urlparse(uri).password
+        return make_url(uri).password
+    except Exception:  # not a SQLAlchemy URL: the error line quoting it still must not leak
+        try:
+            return urlparse(uri).password
+        except ValueError:
+            return None
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` is not a usable secret (never quoting it), or None."""
+    if not (token.isascii() and token.isprintable() and " " not in token):
+        return "must be printable ASCII without spaces (it travels in an HTTP header)"
+    if len(token) > TOKEN_MAX_LENGTH:
+        return (f"is {len(token)} characters, over {TOKEN_MAX_LENGTH} (it travels in every "
+                "request header)")
+    normalized = re.sub(r"[^a-z0-9]", "", token.lower())
+    if any(word in normalized for word in TOKEN_PLACEHOLDERS):
+        return f"is a placeholder, not a secret: {GENERATE_TOKEN}"
+    if len(token) < TOKEN_MIN_LENGTH:
+        return (f"is {len(token)} characters, too short to be a secret (at least "
+                f"{TOKEN_MIN_LENGTH}): {GENERATE_TOKEN}")
+    if len(set(token)) < TOKEN_MIN_DISTINCT:
+        return f"has only {len(set(token))} distinct characters, not a random secret: " \
+            f"{GENERATE_TOKEN}"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host.strip().lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
     except ValueError:
-        return None
+        return False
+
+
+@dataclass(frozen=True)
+class AllowedHosts:
+    """The Host headers MLflow's security middleware lets through, and why."""
+
+    patterns: tuple[str, ...] | None  # None: every Host
+    source: str
+
+    def describe(self) -> str:
+        listed = "any" if self.patterns is None else ", ".join(self.patterns)
+        return f"allowed Host headers ({self.source}): {listed}"
+
+
+def allowed_hosts() -> AllowedHosts:
+    """What MLflow's middleware will do, from the same environment and with its own code."""
+    from mlflow.environment_variables import MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE
+    from mlflow.server.security_utils import (
+        get_allowed_hosts_from_env,
+        get_default_allowed_hosts,
+    )
+
+    if MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE.get() == "true":
+        return AllowedHosts(None, f"{DISABLE_SECURITY_MIDDLEWARE} is true: no Host check")
+    configured = get_allowed_hosts_from_env()
+    patterns = tuple(configured or get_default_allowed_hosts())
+    source = ALLOWED_HOSTS if configured else f"MLflow's default; set {ALLOWED_HOSTS} to " \
+        "add the names clients use"
+    return AllowedHosts(None if "*" in patterns else patterns, source)
 
 
 def _installed_driver(url: URL) -> URL:
@@ -84,17 +177,19 @@ class ServerConfig:
     gc_ttl: str = DEFAULT_GC_TTL
     token: str | None = None
     require_token: bool = False
+    no_auth: bool = False
     host: str = "0.0.0.0"
     port: int = 5000
     workers: int = 4
 
+    def secrets(self) -> list[str]:
+        """The secret values in this configuration: the store password and the token."""
+        return [secret for secret in (_store_password(self.backend_store_uri), self.token)
+                if secret]
+
     def redact(self, text: str) -> str:
-        """``text`` without the store password or the token."""
-        text = text.replace(self.backend_store_uri, redact_uri(self.backend_store_uri))
-        for secret in (_uri_password(self.backend_store_uri), self.token):
-            if secret:
-                text = text.replace(secret, "***").replace(unquote(secret), "***")
-        return text
+        """``text`` without the store password or the token (:func:`redaction.redact`)."""
+        return redact(text, self.secrets())
 
     def error(self, env: str, flag: str, message: str) -> StepError:
         """A one-line error naming the input, secrets redacted."""
@@ -158,6 +253,10 @@ class ServerConfig:
             return Path(self.artifacts_destination).absolute()
         return None
 
+    def listens_on_loopback(self) -> bool:
+        """Whether ``serve`` would accept connections from this machine only."""
+        return is_loopback(self.host)
+
     def ttl(self) -> timedelta:
         """The gc TTL."""
         try:
@@ -167,6 +266,6 @@ class ServerConfig:
 
     def describe(self) -> str:
         """One safe line for logs."""
-        auth = "token" if self.token else "none"
+        auth = "token" if self.token else "none (--no-auth)" if self.no_auth else "none"
         return (f"store={self.redact(self.store_uri())} "
                 f"artifacts={self.artifacts_uri()} auth={auth}")

@@ -19,7 +19,8 @@ from pathlib import Path
 from mlflow_steps.codeset_files import file_sha256
 from mlflow_steps.errors import StepError
 from mlflow_steps.server import store
-from mlflow_steps.server.config import BACKEND_STORE_URI, ServerConfig
+from mlflow_steps.server.check import check_store_exists, writable_dir_problem
+from mlflow_steps.server.config import BACKEND_STORE_URI, BACKUP_DIR, ServerConfig
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,12 @@ def upgrade(config: ServerConfig, *, backup_dir: Path | None, dry_run: bool,
     """Back up (unless ``backup_dir`` is None), then upgrade; ``dry_run`` only reports."""
     from mlflow.store.db.utils import _upgrade_db
 
-    database = config.sqlite_path()
-    if database and not database.exists():
-        raise config.error(BACKEND_STORE_URI, "--backend-store-uri",
-                           f"{database} does not exist")
+    check_store_exists(config)
+    if backup_dir is not None and not dry_run:
+        problem = writable_dir_problem(backup_dir)
+        if problem:
+            raise StepError(f"{problem} (or pass --no-backup if you have your own)",
+                            source=f"{BACKUP_DIR} / --backup-dir")
     with store.engine(config) as db_engine:
         upgrade_plan = plan_upgrade(store.current_revision(db_engine), store.head_revision())
         target = config.redact(config.store_uri())

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from mlflow_steps.server.config import ServerConfig
+from mlflow_steps.server.config import ARTIFACTS_DESTINATION, ServerConfig
 
 if TYPE_CHECKING:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -56,7 +56,7 @@ def plan(tracking_store: SqlAlchemyStore, ttl: timedelta, now_ms: int) -> list[P
     """Runs, logged models, then experiments, deleted at or before ``now_ms - ttl``."""
     from mlflow.entities import ViewType
 
-    ttl_ms = int(ttl.total_seconds() * 1000)
+    ttl_ms = min(int(ttl.total_seconds() * 1000), now_ms)  # nothing was deleted before 1970
     experiments = _all_pages(lambda token: tracking_store.search_experiments(
         view_type=ViewType.DELETED_ONLY, filter_string=f"last_update_time <= {now_ms - ttl_ms}",
         page_token=token))
@@ -95,22 +95,33 @@ def _all_pages(fetch: Callable[[str | None], Any]) -> list[Any]:
             return items
 
 
-def _delete_artifacts(purge: Purge, destination: str) -> None:
-    """Delete ``purge``'s artifacts; experiment roots only when the server manages them."""
+def _delete_artifacts(purge: Purge, config: ServerConfig) -> None:
+    """Delete ``purge``'s artifacts; experiment roots only when the server manages them.
+
+    Whatever the artifact store answers (missing credentials, no such bucket, permission
+    denied) stops gc with one redacted line, before the rows go.
+    """
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     if purge.kind == "experiment" and urlparse(purge.artifact_uri).scheme != PROXIED_SCHEME:
         return
-    location = resolve_artifact_uri(purge.artifact_uri, destination)
-    if location:
+    location = resolve_artifact_uri(purge.artifact_uri, config.artifacts_uri())
+    if not location:
+        return
+    try:
         get_artifact_repository(location).delete_artifacts()
+    except Exception as exc:  # any artifact store's client: boto3, GCS, Azure, OS errors
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise config.error(ARTIFACTS_DESTINATION, "--artifacts-destination",
+                           f"cannot delete the artifacts of {purge.kind} {purge.id} at "
+                           f"{location}: {type(exc).__name__}: {reason}") from None
 
 
-def execute(tracking_store: SqlAlchemyStore, purges: list[Purge], destination: str,
+def execute(tracking_store: SqlAlchemyStore, purges: list[Purge], config: ServerConfig,
             log: Callable[[str], None]) -> None:
     """Delete artifacts, then rows, run by run; experiments last."""
     for purge in purges:
-        _delete_artifacts(purge, destination)
+        _delete_artifacts(purge, config)
         if purge.kind == "run":
             tracking_store._hard_delete_run(purge.id)
         elif purge.kind == "model":
@@ -129,7 +140,7 @@ def collect(config: ServerConfig, *, dry_run: bool, log: Callable[[str], None]) 
         for purge in purges:
             log(f"would purge {purge.describe()}")
     else:
-        execute(tracking_store, purges, config.artifacts_uri(), log)
+        execute(tracking_store, purges, config, log)
     verb = "would purge" if dry_run else "purged"
     log(f"gc: {verb} {len(purges)} item(s) deleted more than {config.gc_ttl} ago")
     return len(purges)

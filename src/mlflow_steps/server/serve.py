@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
-from mlflow_steps.server.check import require
-from mlflow_steps.server.config import TOKEN, ServerConfig
+from mlflow_steps.server.check import SERVE_CHECKS, require
+from mlflow_steps.server.config import TOKEN, ServerConfig, allowed_hosts
 
 APP = "mlflow_steps.server.app:create_app"
 ARTIFACT_ROOT = "mlflow-artifacts:/"
@@ -65,9 +65,10 @@ def initialize_store(config: ServerConfig) -> None:
 
 def serve(config: ServerConfig, environ: dict[str, str]) -> None:
     """Check, initialise the store, then exec uvicorn (does not return)."""
-    require(config)
+    require(config, SERVE_CHECKS)
     initialize_store(config)
     print(f"mlflow-steps server: serving on {config.host}:{config.port} "
           f"({config.describe()})", file=sys.stderr, flush=True)
+    print(f"mlflow-steps server: {allowed_hosts().describe()}", file=sys.stderr, flush=True)
     argv = uvicorn_argv(config)
     os.execve(argv[0], argv, server_environment(config, environ))
