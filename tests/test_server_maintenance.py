@@ -146,3 +146,21 @@ def test_check_notes_that_serve_will_create_the_store(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"note: sqlite:///{database} does not exist yet; `serve` creates it" in result.stdout
     assert os.listdir(tmp_path) == []
+
+
+# Variables under which MLflow turns its telemetry off by itself (pytest sets the first).
+CI_VARIABLES = ("PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CI", "GITLAB_CI", "JENKINS_URL",
+                "BUILDKITE", "TF_BUILD", "TRAVIS", "CIRCLECI")
+
+
+@pytest.mark.parametrize("args", [("gc", "--dry-run"), ("db-upgrade",), ("check",)],
+                         ids=" ".join)
+def test_maintenance_leaves_nothing_in_home(tmp_path: Path, args) -> None:
+    """In the image HOME is the /data volume: MLflow's telemetry id must not land there."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {key: value for key, value in clean_env(HOME=str(home)).items()
+           if key not in CI_VARIABLES and key != "XDG_CONFIG_HOME"}
+    env["MLFLOW_BACKEND_STORE_URI"] = f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}"
+    run_in(tmp_path, args, env)
+    assert tree(home) == []

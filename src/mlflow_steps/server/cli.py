@@ -25,6 +25,12 @@ def _echo(line: str) -> None:
     sys.stdout.flush()
 
 
+def _maintenance() -> None:
+    """One-off admin commands leave no trace: MLflow's telemetry would write an installation
+    id under $HOME (/data, the volume, in the image) and call out, unless asked to."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
 def _option(flag: str, envvar: str, **kwargs: Any) -> Callable[[Any], Any]:
     return click.option(flag, envvar=envvar, show_envvar=True, **kwargs)
 
@@ -94,6 +100,7 @@ def server() -> None:
 def check_command(**values: Any) -> None:
     """Verify the configuration `serve` would run with; print each problem on its own line,
     and the Host headers MLflow will accept."""
+    _maintenance()
     config = cfg.ServerConfig(**values)
     with config.reported("check"):
         found = checks.problems(config)
@@ -128,6 +135,7 @@ def serve_command(**values: Any) -> None:
               help="Keep running: one pass now, then one per DURATION (#d#h#m#s).")
 def gc_command(dry_run: bool, every: str | None, **values: Any) -> None:
     """Purge runs and experiments deleted longer ago than the TTL (rows and artifacts)."""
+    _maintenance()
     from mlflow_steps.server.gc import collect, collect_every
 
     config = cfg.ServerConfig(**values)
@@ -154,6 +162,7 @@ def gc_command(dry_run: bool, every: str | None, **values: Any) -> None:
 def db_upgrade_command(dry_run: bool, no_backup: bool, backup_dir: Path,
                        **values: Any) -> None:
     """Upgrade the store's schema to this MLflow's, after a verified backup."""
+    _maintenance()
     from mlflow_steps.server.db_upgrade import upgrade
 
     config = cfg.ServerConfig(**values)
