@@ -20,11 +20,24 @@ import requests
 
 from mlflow_steps.backends.docker import CLI_ENV
 from mlflow_steps.errors import StepError
+from mlflow_steps.redaction import Redactor, secret_values
 
 FORWARDED_PREFIXES = ("MLFLOW_", "AWS_")
 NOT_FORWARDED = ("MLFLOW_STEPS_",)
 APP_LABEL = "org.mlflow-steps.app"
 LOG_TAIL = 15
+ENGINE_TIMEOUT_SECONDS = 300
+
+# What the docker CLI prints around the engine's error: usage hints, pull progress.
+_NOISE = re.compile(
+    r"^(see '.*--help'\.?|run '.*--help' for more information\.?|usage:.*|"
+    r"unable to find image .* locally|[\w./:-]+: pulling from .*|[0-9a-f]{12}: .*|"
+    r"digest: .*|status: .*|pulling fs layer|waiting|downloading.*|extracting.*)$",
+    re.IGNORECASE)
+_ERROR_WORDS = re.compile(
+    r"error|denied|cannot|can't|failed|invalid|no such|not found|unknown|refused|"
+    r"unauthori[sz]ed|forbidden|conflict|timeout|timed out|permission", re.IGNORECASE)
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b.*")
 
 
 @dataclass(frozen=True)
@@ -58,22 +71,44 @@ def forwarded_variables(environ: dict[str, str]) -> list[str]:
                   and value)
 
 
+def engine_error(output: str) -> str:
+    """The engine's actual error in the docker CLI's output: the first meaningful line
+    (not a usage hint, not pull progress) that says what went wrong."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    meaningful = [line for line in lines if not _NOISE.match(line)] or ["no output"]
+    line = next((line for line in meaningful if _ERROR_WORDS.search(line)), meaningful[0])
+    return line.removeprefix("docker: ")
+
+
+def server_error(logs: str) -> str:
+    """What made the model server stop: its last exception line, else its last lines."""
+    lines = [line.strip() for line in logs.splitlines() if line.strip()]
+    errors = [line for line in lines if _EXCEPTION.match(line)]
+    return errors[-1] if errors else " | ".join(lines[-LOG_TAIL:]) or "no output"
+
+
 class Engine:
     """The docker CLI against DOCKER_HOST (values passed by name stay out of argv)."""
 
     def __init__(self, environ: dict[str, str]) -> None:
         self.environ = environ
+        self.redact = Redactor(secret_values(environ))
         self.cli = environ.get(CLI_ENV) or shutil.which("docker", path=environ.get("PATH"))
         if not self.cli:
             raise StepError("no docker client found (set MLFLOW_STEPS_DOCKER_CLI)",
                             field="engine")
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([self.cli, *args], env=self.environ, capture_output=True,
-                                text=True, timeout=300, check=False)
+        try:
+            result = subprocess.run([self.cli, *args], env=self.environ, capture_output=True,
+                                    text=True, timeout=ENGINE_TIMEOUT_SECONDS, check=False)
+        except subprocess.TimeoutExpired:
+            raise StepError(f"docker {args[0]} did not finish within "
+                            f"{ENGINE_TIMEOUT_SECONDS}s: is the engine at DOCKER_HOST "
+                            "responsive?", field="engine") from None
         if check and result.returncode != 0:
-            lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
-            raise StepError(f"docker {args[0]} failed: {lines[-1]}", field="engine")
+            error = engine_error(result.stderr or result.stdout)
+            raise StepError(f"docker {args[0]} failed: {self.redact(error)}", field="engine")
         return result
 
 
@@ -108,11 +143,11 @@ def serve_model(inputs: ServeInputs, environ: dict[str, str] | None = None) -> s
     while not _answers(f"http://127.0.0.1:{port}/ping"):
         running = engine("inspect", "--format", "{{.State.Running}}", name, check=False)
         if running.stdout.strip() != "true" or time.monotonic() > deadline:
-            logs = engine("logs", "--tail", str(LOG_TAIL), name, check=False)
-            tail = " | ".join((logs.stdout + logs.stderr).strip().splitlines()[-LOG_TAIL:])
+            logs = engine("logs", "--tail", str(LOG_TAIL * 4), name, check=False)
+            error = server_error(logs.stdout + "\n" + logs.stderr)
             engine("rm", "--force", name, check=False)
             why = "exited" if running.stdout.strip() != "true" else (
                 f"did not answer within {inputs.timeout:.0f}s")
-            raise StepError(f"model server {why}: {tail}", field="model")
+            raise StepError(f"model server {why}: {engine.redact(error)}", field="model")
         time.sleep(1)
     return f"http://{inputs.advertise_host}:{port}/invocations"
