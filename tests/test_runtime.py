@@ -172,6 +172,49 @@ def test_model_saved_as_plain_run_artifacts(mlflow_server, tmp_path: Path) -> No
     assert outputs["model-uri"] == f"runs:/{run.info.run_id}/model"
 
 
+LOG_OUTSIDE_A_RUN = (
+    "import mlflow, mlflow.sklearn\n"
+    "from sklearn.datasets import load_iris\n"
+    "from sklearn.linear_model import LogisticRegression\n"
+    "x, y = load_iris(return_X_y=True)\n"
+    "model = LogisticRegression(max_iter=300).fit(x, y)\n"
+    "mlflow.sklearn.log_model(model, name={name!r})\n")
+
+
+def test_model_logged_outside_the_run(mlflow_server, tmp_path: Path) -> None:
+    """MLflow 3: `log_model` with no active run links the LoggedModel to no run (no source
+    run id, not a run output). The step still finds the one its process created (tagged via
+    MLFLOW_RUN_CONTEXT), not another run's, and says how to link it."""
+    client = mlflow.MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("scripted")
+    experiment_id = (experiment.experiment_id if experiment
+                     else client.create_experiment("scripted"))
+    other = client.create_logged_model(experiment_id, name="model")  # someone else's
+    result = run_cli("run", str(scripted(tmp_path, LOG_OUTSIDE_A_RUN.format(name="model"))),
+                     env=step_env(tmp_path, mlflow_server.url))
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = results(tmp_path)
+    model_id = outputs["model-uri"].removeprefix("models:/")
+    assert model_id != other.model_id
+    logged = client.get_logged_model(model_id)
+    assert logged.source_run_id in (None, "")  # MLflow did not link it
+    assert logged.tags["mlflow_steps.run_id"] == outputs["run-id"]
+    assert outputs["model-url"] == logged.artifact_location
+    assert (f"logged model {model_id} ('model') is not linked to run {outputs['run-id']}"
+            in result.stderr and "with mlflow.start_run():" in result.stderr)
+    mlflow.set_tracking_uri(mlflow_server.url)
+    predicts(outputs["model-uri"])
+
+
+def test_model_under_another_name_is_named(mlflow_server, tmp_path: Path) -> None:
+    result = run_cli("run", str(scripted(tmp_path, LOG_OUTSIDE_A_RUN.format(name="clf"))),
+                     env=step_env(tmp_path, mlflow_server.url))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "logged no model named 'model', but 'clf': set mlflow_artifact_path to the "
+        "model's name")
+
+
 def test_shell_metacharacters_stay_a_value(mlflow_server, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     job = ("import argparse, mlflow\np = argparse.ArgumentParser()\n"
@@ -208,10 +251,12 @@ def test_failing_project_marks_run_failed_and_writes_nothing(mlflow_server,
     ({"FUSEML_MAX_ITER": "many"}, "max_iter='many' is not a valid int"),
     ({"FUSEML_MLFLOW_MODEL_ALIAS": "prod"}, "mlflow_model_alias: needs mlflow_register_model"),
     ({"MLFLOW_TRACKING_URI": "http://someone:hunter2-pass@127.0.0.1:9"},
-     "tracking server http://127.0.0.1:9 did not answer"),
+     "tracking server http://someone:***@127.0.0.1:9 did not answer within 2 s"),
+    ({"MLFLOW_RUN_CONTEXT": "[1]"}, "MLFLOW_RUN_CONTEXT: is not a JSON object of tags"),
 ])
 def test_bad_inputs_fail_cleanly(tmp_path: Path, extra: dict[str, str], message: str) -> None:
-    env = step_env(tmp_path, "http://127.0.0.1:9", **extra)
+    extra = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", **extra}
+    env = step_env(tmp_path, None, MLFLOW_STEPS_NETWORK_TIMEOUT="2", **extra)
     result = run_cli("run", str(example(tmp_path)), env=env)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

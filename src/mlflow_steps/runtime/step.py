@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.parse.project import load_project
 from mlflow_steps.runtime.args import resolve_parameters, select_entry_point, split_args
 from mlflow_steps.runtime.experiment import resolve_experiment
-from mlflow_steps.runtime.model import LoggedModelRef, Registration, find_model, register
-from mlflow_steps.runtime.tracking import check_reachable, redact, tracking_uri
+from mlflow_steps.runtime.model import (
+    RUN_TAG,
+    LoggedModelRef,
+    Registration,
+    find_model,
+    register,
+)
+from mlflow_steps.runtime.tracking import bounded_http, check_reachable, redactor, tracking_uri
+
+RELAY_GRACE_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -43,60 +55,98 @@ def log(message: str) -> None:
     print(f"mlflow-steps: {message}", file=sys.stderr, flush=True)
 
 
-def _execute(command: str, codeset: Path, env: dict[str, str]) -> int:
+def _relay(stream: IO[bytes], mask: Callable[[str], str]) -> None:
+    """The project's output, line by line, credentials masked, onto our stderr."""
+    for raw in iter(stream.readline, b""):
+        sys.stderr.write(mask(raw.decode(errors="replace").rstrip("\n")) + "\n")
+        sys.stderr.flush()
+
+
+def _execute(command: str, codeset: Path, env: dict[str, str],
+             mask: Callable[[str], str]) -> int:
     """Run the entry point command (MLflow's `bash -c` form) with live output.
 
-    Its stdout goes to our stderr, so the step's stdout holds only the result. SIGTERM and
-    SIGINT to the step are passed on to the command's process group.
+    Its stdout and stderr go, masked (MLflow prints the tracking URI, user-info and all),
+    to our stderr, so the step's stdout holds only the result. SIGTERM and SIGINT to the
+    step are passed on to the command's process group.
     """
     process = subprocess.Popen(["bash", "-c", command], cwd=codeset, env=env,
-                               stdout=sys.stderr, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    relay = threading.Thread(target=_relay, args=(process.stdout, mask), daemon=True)
+    relay.start()
 
     def forward(signum: int, _frame: object) -> None:
         os.killpg(process.pid, signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return process.wait()
+        code = process.wait()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    relay.join(RELAY_GRACE_SECONDS)  # a left-behind child may hold the pipe open
+    return code
+
+
+def context_tags(environ: dict[str, str]) -> dict:
+    """The user's MLFLOW_RUN_CONTEXT tags (MLflow puts them on what a process creates)."""
+    from mlflow_steps.mlflow_compat import RUN_CONTEXT_VARIABLE
+
+    raw = environ.get(RUN_CONTEXT_VARIABLE, "").strip()
+    try:
+        tags = json.loads(raw) if raw else {}
+    except ValueError:
+        tags = None
+    if not isinstance(tags, dict):
+        raise StepError("is not a JSON object of tags", source=RUN_CONTEXT_VARIABLE)
+    return tags
 
 
 def run_runtime(codeset: Path, inputs: RuntimeInputs,
                 environ: dict[str, str] | None = None) -> RuntimeOutcome:
     """Run ``codeset``'s entry point against the tracking server; the model it logged."""
-    import mlflow
-    from mlflow.entities import RunStatus
-    from mlflow.projects import _project_spec
-    from mlflow.projects.utils import get_entry_point_command, get_or_create_run, get_run_env_vars
-
     environ = dict(os.environ if environ is None else environ)
     if not codeset.is_dir():
         raise StepError("codeset directory not found", source=str(codeset))
     project = load_project(codeset)
-    spec = _project_spec.load_project(str(codeset))  # MLflow's own checks, before any call
     entry = select_entry_point(project, inputs.mlflow_entrypoint)
     parameters = resolve_parameters(entry, split_args(inputs.mlflow_entrypoint_args), environ)
-
+    context_tags(environ)
     uri = tracking_uri(environ, codeset)
+    with bounded_http(environ) as http:
+        return _run(codeset, inputs, environ, project, entry.name, parameters, uri, http)
+
+
+def _run(codeset: Path, inputs: RuntimeInputs, environ: dict[str, str], project,
+         entry_point: str, parameters: dict[str, str], uri: str,
+         http: dict[str, str]) -> RuntimeOutcome:
+    import mlflow
+    from mlflow.entities import RunStatus
+
+    from mlflow_steps import mlflow_compat
+
+    spec = mlflow_compat.load_project_spec(str(codeset))  # MLflow's own checks, before any call
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
-    check_reachable(client, uri)
+    check_reachable(client, uri, environ)
     experiment_id = resolve_experiment(client, inputs.mlflow_experiment, codeset, project.name)
     if inputs.verbose:
-        log(f"tracking {redact(uri)}, experiment {experiment_id}, entry point {entry.name}, "
-            f"parameters {parameters}")
+        log(f"tracking {redactor(environ)(uri)}, experiment {experiment_id}, entry point "
+            f"{entry_point}, parameters {parameters}")
 
-    run = get_or_create_run(None, str(codeset), experiment_id, str(codeset), None, entry.name,
-                            parameters)
+    run = mlflow_compat.create_project_run(str(codeset), experiment_id, str(codeset),
+                                           entry_point, parameters)
     run_id = run.info.run_id
     with tempfile.TemporaryDirectory(prefix="mlflow-steps-run-") as storage:
-        command = " ".join(get_entry_point_command(spec, entry.name, parameters, storage))
+        command = mlflow_compat.entry_point_command(spec, entry_point, parameters, storage)
         log(f"run {run_id}: {command}")
-        child_env = {**environ, "MLFLOW_TRACKING_URI": uri,
-                     **get_run_env_vars(run_id, experiment_id)}
-        exit_code = _execute(command, codeset, child_env)
+        child_env = {**environ, **http, "MLFLOW_TRACKING_URI": uri,
+                     **mlflow_compat.project_run_environment(run_id, experiment_id),
+                     # RUN_TAG marks a model the project logs outside the run as its own
+                     mlflow_compat.RUN_CONTEXT_VARIABLE: json.dumps(
+                         {**context_tags(environ), RUN_TAG: run_id})}
+        exit_code = _execute(command, codeset, child_env, redactor(environ))
     # A non-zero exit fails the run even when the project's own MLflow client closed it as
     # FINISHED on its way out (MLflow's atexit hook does that on sys.exit).
     if exit_code != 0:
@@ -104,11 +154,12 @@ def run_runtime(codeset: Path, inputs: RuntimeInputs,
     elif not RunStatus.is_terminated(RunStatus.from_string(client.get_run(run_id).info.status)):
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     if exit_code != 0:
-        raise StepError(f"entry point '{entry.name}' exited with code {exit_code}; run "
+        raise StepError(f"entry point '{entry_point}' exited with code {exit_code}; run "
                         f"{run_id} is marked FAILED",
                         exit_code=exit_code if exit_code > 0 else 128 - exit_code)
 
-    model = find_model(client, client.get_run(run_id), inputs.mlflow_artifact_path)
+    model = find_model(client, client.get_run(run_id), inputs.mlflow_artifact_path,
+                       warn=lambda message: log(f"warning: {message}"))
     registered = (register(client, model, inputs.registration)
                   if inputs.registration else None)
     return RuntimeOutcome(run_id, model, registered)
