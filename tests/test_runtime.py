@@ -231,6 +231,19 @@ def test_shell_metacharacters_stay_a_value(mlflow_server, tmp_path: Path) -> Non
     assert run.data.params["received"] == f"x; touch {marker}"
 
 
+def test_credentials_masked_in_everything_printed(mlflow_server, tmp_path: Path) -> None:
+    """Parameters in the command line, the verbose line and the project's own output."""
+    job = ("import argparse, sys\np = argparse.ArgumentParser()\n"
+           "p.add_argument('--message'); p.add_argument('--code', type=int)\n"
+           "a = p.parse_args()\nprint('got', a.message)\n"
+           "print('token', sys.argv[0], flush=True)\n")
+    env = step_env(tmp_path, mlflow_server.url, FUSEML_VERBOSE="true", MY_API_TOKEN=SECRET,
+                   FUSEML_MLFLOW_ENTRYPOINT_ARGS=f"message='https://bot:{SECRET}@data.example/x'")
+    result = run_cli("run", str(scripted(tmp_path, job)), env=env)
+    assert "got https://bot:***@data.example/x" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
 def test_failing_project_marks_run_failed_and_writes_nothing(mlflow_server,
                                                              tmp_path: Path) -> None:
     job = "import sys, mlflow\nmlflow.log_param('started', 1)\nsys.exit(3)\n"

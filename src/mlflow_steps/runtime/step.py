@@ -131,22 +131,23 @@ def _run(codeset: Path, inputs: RuntimeInputs, environ: dict[str, str], project,
     client = mlflow.MlflowClient(uri)
     check_reachable(client, uri, environ)
     experiment_id = resolve_experiment(client, inputs.mlflow_experiment, codeset, project.name)
+    mask = redactor(environ)
     if inputs.verbose:
-        log(f"tracking {redactor(environ)(uri)}, experiment {experiment_id}, entry point "
-            f"{entry_point}, parameters {parameters}")
+        log(mask(f"tracking {uri}, experiment {experiment_id}, entry point {entry_point}, "
+                 f"parameters {parameters}"))
 
     run = mlflow_compat.create_project_run(str(codeset), experiment_id, str(codeset),
                                            entry_point, parameters)
     run_id = run.info.run_id
     with tempfile.TemporaryDirectory(prefix="mlflow-steps-run-") as storage:
         command = mlflow_compat.entry_point_command(spec, entry_point, parameters, storage)
-        log(f"run {run_id}: {command}")
+        log(mask(f"run {run_id}: {command}"))
         child_env = {**environ, **http, "MLFLOW_TRACKING_URI": uri,
                      **mlflow_compat.project_run_environment(run_id, experiment_id),
                      # RUN_TAG marks a model the project logs outside the run as its own
                      mlflow_compat.RUN_CONTEXT_VARIABLE: json.dumps(
                          {**context_tags(environ), RUN_TAG: run_id})}
-        exit_code = _execute(command, codeset, child_env, redactor(environ))
+        exit_code = _execute(command, codeset, child_env, mask)
     # A non-zero exit fails the run even when the project's own MLflow client closed it as
     # FINISHED on its way out (MLflow's atexit hook does that on sys.exit).
     if exit_code != 0:
