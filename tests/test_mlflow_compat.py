@@ -219,6 +219,17 @@ def test_schema_revisions_and_upgrade(tmp_path: Path) -> None:
 
 # --- the tracking server --------------------------------------------------------------------
 
+@pytest.mark.skipif(Version(mlflow.__version__) not in SpecifierSet(compat.SERVER_SUPPORTED),
+                    reason="below the server extra's MLflow range")
+def test_allowed_hosts(monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_SERVER_ALLOWED_HOSTS", raising=False)
+    assert compat.allowed_hosts_from_env() is None
+    defaults = compat.default_allowed_hosts()
+    assert "localhost" in defaults and "127.0.0.1" in defaults
+    monkeypatch.setenv("MLFLOW_SERVER_ALLOWED_HOSTS", "mlflow.example, mlflow.example:*")
+    assert compat.allowed_hosts_from_env() == ["mlflow.example", "mlflow.example:*"]
+
+
 def healthy(url: str) -> bool:
     try:
         return requests.get(f"{url}/health", timeout=2).status_code == 200

@@ -186,6 +186,22 @@ def initialize_backend_stores(backend_store_uri: str, registry_store_uri: str,
     initialize(backend_store_uri, registry_store_uri, default_artifact_root)
 
 
+def allowed_hosts_from_env() -> list[str] | None:
+    """The Host patterns MLflow's security middleware takes from MLFLOW_SERVER_ALLOWED_HOSTS;
+    None when that is not set."""
+    from mlflow.server.security_utils import get_allowed_hosts_from_env
+
+    return get_allowed_hosts_from_env()
+
+
+def default_allowed_hosts() -> list[str]:
+    """The Host patterns MLflow's security middleware allows by default (loopback, private
+    networks)."""
+    from mlflow.server.security_utils import get_default_allowed_hosts
+
+    return list(get_default_allowed_hosts())
+
+
 def server_asgi_app() -> Any:
     """MLflow's tracking server as an ASGI app (its FastAPI app wrapping the Flask one)."""
     from mlflow.server.fastapi_app import app
