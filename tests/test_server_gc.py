@@ -179,3 +179,44 @@ def test_gc_every_runs_until_sigterm(stack_root, tmp_path: Path) -> None:
     finally:
         service.stop()
     assert log.read_text().rstrip().endswith("gc: stopped")
+
+
+def test_gc_deletes_no_directory_but_the_experiments_own(store: Store, tmp_path: Path) -> None:
+    """Clients choose experiments' artifact locations: one pointed at another experiment's
+    directory, at the whole destination or out of it is purged without taking that along."""
+    sentinel = Path(store.destination).parent / "outside" if not store.s3 else None
+    if sentinel:
+        sentinel.mkdir(parents=True, exist_ok=True)
+        (sentinel / "keep.txt").write_text("not gc's\n")
+    with tracking(store.server.url) as client:
+        victim = client.create_experiment("gc-victim")
+        victim_run = log_run_with_artifact(client, victim, tmp_path, "victim")
+        locations = [f"mlflow-artifacts:/{victim}", "mlflow-artifacts:/", "mlflow-artifacts:",
+                     f"mlflow-artifacts:/x/../{victim}", "mlflow-artifacts:/../outside",
+                     "mlflow-artifacts:/%2e%2e/outside"]
+        impostors = {client.create_experiment(f"gc-impostor-{i}"): location
+                     for i, location in enumerate(locations)}
+        for experiment_id in impostors:
+            client.delete_experiment(experiment_id)
+    for experiment_id, location in impostors.items():
+        store.update("experiments", "experiment_id", experiment_id, "artifact_location",
+                     location)
+        store.age("experiments", "experiment_id", experiment_id, "last_update_time",
+                  DAY_MS + MINUTE_MS)
+
+    dry = run_cli("server", "gc", "--dry-run", env=store.env())
+    purge = run_cli("server", "gc", env=store.env())
+    assert dry.returncode == 0 and purge.returncode == 0, dry.stderr + purge.stderr
+    for output, verb in ((dry.stdout, "would purge"), (purge.stdout, "purged")):
+        for experiment_id in impostors:
+            (line,) = [line for line in output.splitlines()
+                       if line.startswith(f"{verb} experiment {experiment_id} ")]
+            assert "(artifacts kept: " in line, line
+    assert _artifact(victim, victim_run, "victim") in stored_artifacts(store.destination,
+                                                                        store.s3)
+    if sentinel:
+        assert (sentinel / "keep.txt").read_text() == "not gc's\n"
+    with tracking(store.server.url) as client:
+        assert client.get_run(victim_run).info.lifecycle_stage == "active"
+        assert {e.experiment_id for e in client.search_experiments(view_type=3)}.isdisjoint(
+            impostors)

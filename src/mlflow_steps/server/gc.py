@@ -4,6 +4,12 @@ Runs and MLflow 3 logged models deleted at or before ``now - ttl`` go, rows and 
 with everything in an experiment deleted at or before then (its name becomes free again).
 Proxied artifacts (``mlflow-artifacts:/...``) are resolved against the artifact destination.
 The store hooks are the ones `mlflow gc` uses.
+
+Locations come from the store, and clients choose experiments' artifact locations: gc only
+deletes a proxied location strictly inside the destination (no ``..``, never the root), and
+an experiment's root only when it is the one the server gave it (``mlflow-artifacts:/<id>``),
+so an experiment pointed at another's directory (or at ``mlflow-artifacts:/``) does not take
+that directory along. The rows go either way; the line says which artifacts were kept.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
-from mlflow_steps.server.config import ARTIFACTS_DESTINATION, ServerConfig
+from mlflow_steps.server.config import ARTIFACTS_DESTINATION, ServerConfig, one_line
 
 if TYPE_CHECKING:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -34,7 +40,7 @@ class Purge:
     artifact_uri: str
 
     def describe(self) -> str:
-        return f"{self.kind} {self.id} ({self.name}) artifacts {self.artifact_uri}"
+        return one_line(f"{self.kind} {self.id} ({self.name}) artifacts {self.artifact_uri}")
 
 
 def resolve_artifact_uri(uri: str, destination: str) -> str | None:
@@ -43,6 +49,26 @@ def resolve_artifact_uri(uri: str, destination: str) -> str | None:
     if parsed.scheme == PROXIED_SCHEME:
         return f"{destination.rstrip('/')}/{parsed.path.lstrip('/')}"
     return uri or None
+
+
+def deletable_location(purge: Purge, destination: str) -> tuple[str | None, str | None]:
+    """(where gc deletes ``purge``'s artifacts or None, why it keeps them or None)."""
+    parsed = urlparse(purge.artifact_uri)
+    if parsed.scheme != PROXIED_SCHEME:
+        # experiment roots elsewhere are not the server's; runs' and models' are their own
+        return (None, None) if purge.kind == "experiment" else (purge.artifact_uri or None, None)
+    segments = [part for part in unquote(parsed.path).split("/") if part]
+    if not segments:
+        return None, "the location is the whole artifact destination"
+    if any(part in (".", "..") for part in segments) or ".." in parsed.path:
+        return None, "the location leaves the artifact destination"
+    if purge.kind == "experiment" and segments != [purge.id]:
+        return None, f"not the location the server gave it ({PROXIED_SCHEME}:/{purge.id})"
+    return resolve_artifact_uri(purge.artifact_uri, destination), None
+
+
+def _line(purge: Purge, kept: str | None) -> str:
+    return purge.describe() + (one_line(f" (artifacts kept: {kept})") if kept else "")
 
 
 def open_store(config: ServerConfig) -> SqlAlchemyStore:
@@ -103,9 +129,7 @@ def _delete_artifacts(purge: Purge, config: ServerConfig) -> None:
     """
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    if purge.kind == "experiment" and urlparse(purge.artifact_uri).scheme != PROXIED_SCHEME:
-        return
-    location = resolve_artifact_uri(purge.artifact_uri, config.artifacts_uri())
+    location, _ = deletable_location(purge, config.artifacts_uri())
     if not location:
         return
     try:
@@ -128,7 +152,7 @@ def execute(tracking_store: SqlAlchemyStore, purges: list[Purge], config: Server
             tracking_store._hard_delete_logged_model(purge.id)
         else:
             tracking_store._hard_delete_experiment(purge.id)
-        log(f"purged {purge.describe()}")
+        log(f"purged {_line(purge, deletable_location(purge, config.artifacts_uri())[1])}")
 
 
 def collect(config: ServerConfig, *, dry_run: bool, log: Callable[[str], None]) -> int:
@@ -138,7 +162,7 @@ def collect(config: ServerConfig, *, dry_run: bool, log: Callable[[str], None]) 
     purges = plan(tracking_store, ttl, int(time.time() * 1000))
     if dry_run:
         for purge in purges:
-            log(f"would purge {purge.describe()}")
+            log(f"would purge {_line(purge, deletable_location(purge, config.artifacts_uri())[1])}")
     else:
         execute(tracking_store, purges, config, log)
     verb = "would purge" if dry_run else "purged"
