@@ -17,6 +17,7 @@ from mlflow_steps.errors import StepError
 from mlflow_steps.server import check as checks
 from mlflow_steps.server import config as cfg
 
+MIN_EVERY = timedelta(seconds=1)
 MAX_EVERY = timedelta(days=365)
 
 
@@ -81,17 +82,37 @@ def _check_every(every: str | None) -> timedelta | None:
         interval = cfg.parse_duration(every)
     except ValueError as exc:
         raise StepError(str(exc), source="--every") from None
-    if not interval.total_seconds():
-        raise StepError("must be longer than 0s", source="--every")
+    if interval < MIN_EVERY:
+        raise StepError(f"must be at least {MIN_EVERY.seconds}s", source="--every")
     if interval > MAX_EVERY:
         raise StepError(f"must be at most {MAX_EVERY.days}d (a CronJob suits rarer passes)",
                         source="--every")
     return interval
 
 
-@click.group("server")
-def server() -> None:
+class _OneLineGroup(click.Group):
+    """Every error of a server command is one line: values quoted in it (a host, a duration,
+    a path from an env var) have their line breaks escaped, click's own errors included."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StepError as exc:
+            raise StepError(cfg.one_line(exc.detail), source=exc.source and
+                            cfg.one_line(exc.source), field=exc.field and cfg.one_line(exc.field),
+                            exit_code=exc.exit_code) from None
+        except click.ClickException as exc:  # bad option values, unknown commands
+            raise StepError(cfg.one_line(exc.format_message()),
+                            exit_code=exc.exit_code) from None
+
+
+@click.group("server", cls=_OneLineGroup, invoke_without_command=True)
+@click.pass_context
+def server(ctx: click.Context) -> None:
     """Run and maintain an MLflow tracking server (SQL store, proxied artifacts)."""
+    if ctx.invoked_subcommand is None:
+        raise StepError(f"needs a command: {', '.join(sorted(server.commands))} (see "
+                        "`mlflow-steps server --help`)", source="server")
 
 
 @server.command("check")
@@ -106,7 +127,7 @@ def check_command(**values: Any) -> None:
         found = checks.problems(config)
         _echo(f"server check: {cfg.allowed_hosts().describe()}")
     for problem in found:
-        click.echo(f"mlflow-steps: check: {problem}", err=True)
+        click.echo(f"mlflow-steps: check: {cfg.one_line(str(problem))}", err=True)
     if found:
         sys.exit(StepError.exit_code)
     database = config.sqlite_path()

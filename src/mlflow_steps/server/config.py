@@ -65,6 +65,15 @@ def _shown(text: str) -> str:
     return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} characters)"
 
 
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (``\\n``): values
+    quoted in an error or log line must not break it in two."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode()
+                   for char in text)
+
+
 def parse_duration(text: str) -> timedelta:
     """MLflow's duration ``#d#h#m#s`` (e.g. ``30d0h0m0s``, ``12h``, ``1.5d``); ValueError if not.
 
@@ -193,7 +202,7 @@ class ServerConfig:
 
     def error(self, env: str, flag: str, message: str) -> StepError:
         """A one-line error naming the input, secrets redacted."""
-        return StepError(self.redact(message), source=f"{env} / {flag}")
+        return StepError(one_line(self.redact(message)), source=f"{env} / {flag}")
 
     @contextmanager
     def reported(self, command: str) -> Iterator[None]:
@@ -206,7 +215,7 @@ class ServerConfig:
         except (MlflowException, SQLAlchemyError) as exc:
             text = str(getattr(exc, "message", None) or getattr(exc, "orig", None) or exc)
             line = (text.strip().splitlines() or [type(exc).__name__])[0]
-            raise StepError(self.redact(line), source=command) from None
+            raise StepError(one_line(self.redact(line)), source=command) from None
 
     def store_url(self) -> URL:
         """The store as a SQLAlchemy URL (relative sqlite paths made absolute)."""

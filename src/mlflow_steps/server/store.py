@@ -28,8 +28,17 @@ def engine(config: ServerConfig) -> Iterator[Engine]:
     from sqlalchemy.pool import NullPool
 
     url = config.store_url()
-    db_engine = sqlalchemy.create_engine(
-        url, poolclass=NullPool, connect_args=_CONNECT_ARGS.get(url.get_backend_name(), {}))
+    try:
+        db_engine = sqlalchemy.create_engine(
+            url, poolclass=NullPool, connect_args=_CONNECT_ARGS.get(url.get_backend_name(), {}))
+    except ImportError as exc:
+        raise config.error(BACKEND_STORE_URI, "--backend-store-uri",
+                           f"the driver of {url.drivername} needs the Python module "
+                           f"'{exc.name}', which is not installed: pip install it, or name an "
+                           "installed driver (postgresql+psycopg2://...)") from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:  # an unknown dialect or driver
+        raise config.error(BACKEND_STORE_URI, "--backend-store-uri",
+                           f"cannot use {url}: {_reason(exc)}") from None
     try:
         try:
             connection = db_engine.connect()
