@@ -704,15 +704,22 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_channel(channel: LocalChannel, *, lifetime: float = 900) -> Iterator[str]:
+def serve_channel(channel: LocalChannel, *, lifetime: float = 900,
+                  token: str | None = None) -> Iterator[str]:
     """Serve ``channel.root`` on 127.0.0.1; yields the base URL (the HTTP channel alias).
 
-    ``<url>/conda-forge`` is the channel. The server stops on exit, or by itself after
-    ``lifetime`` seconds.
+    ``<url>/conda-forge`` is the channel. With ``token``, only under ``/t/<token>/``, as
+    anaconda.org serves private channels (the yielded URL includes it). The server stops on
+    exit, or by itself after ``lifetime`` seconds.
     """
+    root = channel.root
+    if token:
+        root = Path(tempfile.mkdtemp(prefix="channel-token-"))
+        (root / "t").mkdir()
+        (root / "t" / token).symlink_to(channel.root, target_is_directory=True)
 
     def handler(*args: Any, **kwargs: Any) -> _QuietHandler:
-        return _QuietHandler(*args, directory=str(channel.root), **kwargs)
+        return _QuietHandler(*args, directory=str(root), **kwargs)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
@@ -723,8 +730,10 @@ def serve_channel(channel: LocalChannel, *, lifetime: float = 900) -> Iterator[s
     deadline.daemon = True
     deadline.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}" + (f"/t/{token}/" if token else "")
     finally:
+        if token:
+            shutil.rmtree(root, ignore_errors=True)
         deadline.cancel()
         server.shutdown()
         server.server_close()

@@ -164,3 +164,12 @@ def old_python() -> Path:
     from server_testing import older_mlflow_python
 
     return older_mlflow_python()
+
+
+@pytest.fixture(scope="session")
+def conda_channel():
+    """A real local conda channel (python 3.11, pip, six, packaging, markupsafe), served as
+    conda-forge through its ``alias_url``."""
+    from conda_channel import build_channel
+
+    return build_channel()

@@ -10,7 +10,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 import urllib.error
@@ -24,7 +23,6 @@ from conda_channel import (
     CHANNEL_NAME,
     PLACEHOLDER,
     LocalChannel,
-    build_channel,
     create_environment,
     run_rattler,
     serve_channel,
@@ -36,13 +34,6 @@ SPECS = ["python=3.11", "pip", "six", "markupsafe"]
 # The prefix's python must not see this machine's pip configuration or environment.
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PIP_CONFIG_FILE": os.devnull,
              "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-
-
-@pytest.fixture(scope="session")
-def conda_channel() -> LocalChannel:
-    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
-        pytest.skip("the channel's python is made from Debian's debs: needs apt-get and dpkg-deb")
-    return build_channel()
 
 
 @pytest.fixture(scope="module")

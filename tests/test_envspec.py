@@ -39,11 +39,12 @@ def test_mlflow_written_conda_env_is_built_the_pip_way(codeset) -> None:
     assert spec.added_requirements == ("boto3",)  # mlflow present: not added again
 
 
-def test_real_conda_packages_use_miniconda(codeset) -> None:
-    _, spec = resolve_env(codeset({"conda.yaml": REAL_CONDA}),
-                          BuildOptions(miniconda_version="23.5.2-0"))
-    assert spec.strategy == "conda"
-    assert spec.base_image == "continuumio/miniconda3:23.5.2-0"
+def test_real_conda_packages_need_no_conda_in_the_base(codeset) -> None:
+    _, spec = resolve_env(codeset({"conda.yaml": REAL_CONDA}), BuildOptions())
+    assert spec.strategy == "conda" and spec.base_image == "python:3.11-slim"
+    _, asked = resolve_env(codeset({"conda.yaml": REAL_CONDA}, "asked"),
+                           BuildOptions(miniconda_version="23.5.2-0"))
+    assert asked.base_image == "continuumio/miniconda3:23.5.2-0"
     assert spec.conda_channels == ("conda-forge", "defaults")
     assert sorted(spec.conda_dependencies) == ["numpy 1.26.*", "pip", "python 3.10.*"]
     assert spec.added_requirements == ("mlflow-skinny<4", "boto3")

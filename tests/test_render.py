@@ -65,8 +65,9 @@ def test_layout_is_cache_friendly_and_non_root(codeset, files) -> None:
         assert keywords.count("FROM") == 2 and " AS resolve\n" in dockerfile
         assert "uv pip compile" in dockerfile and "pip install --no-cache-dir" not in dockerfile
         assert "uv venv --quiet --python python3 /opt/env" in runtime
-    else:
-        assert keywords.count("FROM") == 1 and "conda clean --all --yes" in dockerfile
+    else:  # conda packages come installed in the context: no conda in any image
+        assert keywords.count("FROM") == 1 and "COPY conda-env/ /opt/env/" in dockerfile
+        assert "conda create" not in dockerfile and "conda env" not in dockerfile
 
 
 def test_pip_environment_is_layered_by_package(codeset) -> None:
@@ -117,19 +118,20 @@ def test_context_files(codeset, tmp_path: Path) -> None:
     assert os.access(out / "tools" / "uv", os.X_OK)
 
 
-def test_conda_and_lock_env_files(codeset, tmp_path: Path) -> None:
+def test_conda_and_lock_env_files(codeset) -> None:
+    from mlflow_steps.render import _env_files
+
     conda = spec_for(codeset, {"conda.yaml": "channels: [conda-forge]\n"
                                              "dependencies: [python=3.11, numpy]\n"})
-    out = write_context(conda, tmp_path / "conda-ctx")
-    assert (out / "env/environment.yml").read_text() == (
+    assert _env_files(conda)["environment.yml"] == (
         "channels:\n- conda-forge\ndependencies:\n- numpy\n- python 3.11.*\n- pip\n")
     lock = resolve_env(codeset({"conda-lock.yml": LOCK}, "lock"), BuildOptions())[1]
-    out = write_context(lock, tmp_path / "lock-ctx")
-    explicit = (out / "env/conda-explicit.txt").read_text().splitlines()
+    files = _env_files(lock)
+    explicit = files["conda-explicit.txt"].splitlines()
     assert explicit[0] == "@EXPLICIT" and len(explicit) == 3
     assert all(re.search(r"\.conda#[0-9a-f]{32}$", line) for line in explicit[1:])
-    assert "--hash=sha256:8abb2f1d" in (out / "env/requirements.lock.txt").read_text()
-    assert "--require-hashes" in (out / "Dockerfile").read_text()
+    assert "--hash=sha256:8abb2f1d" in files["requirements.lock.txt"]
+    assert "--require-hashes" in render_dockerfile(lock)
 
 
 def test_secret_mounts_prefix_pip_runs(codeset) -> None:

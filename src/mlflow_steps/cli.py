@@ -15,7 +15,7 @@ import click
 
 from mlflow_steps import __version__
 from mlflow_steps.backends import BUILDER_CHOICES
-from mlflow_steps.envspec import DEFAULT_MINICONDA_VERSION, STRATEGIES, BuildOptions
+from mlflow_steps.envspec import STRATEGIES, BuildOptions
 from mlflow_steps.errors import StepError
 from mlflow_steps.fuseml import DEFAULT_REPOSITORY
 from mlflow_steps.hashing import env_tag, template_version
@@ -62,9 +62,10 @@ def build_inputs(func: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed((
         step_input("env_strategy", "auto", type=click.Choice(STRATEGIES),
                    help="auto: pip for conda envs that only hold python/pip, else conda."),
-        step_input("base_image", help="Base image (default: python:X.Y-slim or miniconda)."),
-        step_input("miniconda_version", DEFAULT_MINICONDA_VERSION,
-                   help="Tag of continuumio/miniconda3 for conda environments."),
+        step_input("base_image", help="Base image (default: python:X.Y-slim)."),
+        step_input("miniconda_version",
+                   help="Base conda environments on continuumio/miniconda3:TAG (not needed: "
+                        "conda packages are installed without conda)."),
     )):
         func = decorator(func)
     return func
@@ -76,7 +77,8 @@ codeset_argument = click.argument(
 )
 
 
-def _options(env_strategy: str, base_image: str | None, miniconda_version: str) -> BuildOptions:
+def _options(env_strategy: str, base_image: str | None,
+             miniconda_version: str | None) -> BuildOptions:
     return BuildOptions(env_strategy=env_strategy, base_image=base_image,
                         miniconda_version=miniconda_version)
 
@@ -129,6 +131,13 @@ forward_pip_config_input = step_input(
          "URLs, without credentials, are part of the environment tag.")
 
 
+conda_channel_alias_input = step_input(
+    "conda_channel_alias",
+    help="Where conda channel names resolve (a mirror; may carry credentials, which never "
+         "reach a layer, a log or the tag) [default: CONDA_CHANNEL_ALIAS, the condarc's "
+         "channel_alias, else https://conda.anaconda.org/].")
+
+
 @cli.command("hash")
 @codeset_argument
 @build_inputs
@@ -148,16 +157,20 @@ def hash_command(codeset: Path, explain: bool, forward_pip_config: bool, **input
 @codeset_argument
 @build_inputs
 @forward_pip_config_input
+@conda_channel_alias_input
 @click.option("-o", "--output-dir", type=click.Path(path_type=Path), required=True,
               help="New or empty directory for the build context.")
 def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
-                   **inputs: Any) -> None:
-    """Write the build context (Dockerfile, env files, tooling) for CODESET."""
+                   conda_channel_alias: str | None, **inputs: Any) -> None:
+    """Write the build context (Dockerfile, env files, tooling; conda packages installed)
+    for CODESET."""
     from mlflow_steps.builder import resolve_spec
+    from mlflow_steps.conda_stage import CondaChannels
     from mlflow_steps.render import write_context
 
     spec, _ = resolve_spec(codeset, _options(**inputs), dict(os.environ), forward_pip_config)
-    write_context(spec, output_dir)
+    write_context(spec, output_dir,
+                  conda=CondaChannels.collect(os.environ, conda_channel_alias))
     click.echo(f"{output_dir}/Dockerfile ({spec.strategy}, tag {env_tag(spec)})")
 
 
@@ -179,6 +192,7 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
 @step_input("registry_ca", type=click.Path(path_type=Path, dir_okay=False, exists=True),
             help="CA bundle for a TLS registry with a private CA.")
 @forward_pip_config_input
+@conda_channel_alias_input
 @click.option("--stage", type=click.Choice(("all", "prepare", "verify")), default="all",
               show_default=True,
               help="all: build here; prepare/verify: the builder plan's steps around an "
@@ -197,7 +211,7 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
 @click.option("--digest-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Write the image digest here (default: results/$TASK_RESULT_DIGEST).")
 def build_command(codeset: Path, output_file: Path | None, digest_file: Path | None,
-                  env_strategy: str, base_image: str | None, miniconda_version: str,
+                  env_strategy: str, base_image: str | None, miniconda_version: str | None,
                   insecure_registries: str, stage: str, executor: str, plan_dir: Path,
                   skip_result: Path | None, args_result: Path | None, **inputs: Any) -> None:
     """Build and push CODESET's environment image unless the registry already has it."""

@@ -20,7 +20,6 @@ from mlflow_steps.parse.requirements import RequirementsParser, parse_requiremen
 from mlflow_steps.redaction import has_credentials, redact
 
 DEFAULT_PYTHON = "3.11"
-DEFAULT_MINICONDA_VERSION = "24.7.1-0"
 MIN_PIP_PYTHON = Version("3.10")
 STRATEGIES = ("auto", "pip", "conda")
 MLFLOW_NAMES = {"mlflow", "mlflow-skinny"}
@@ -35,7 +34,7 @@ class BuildOptions:
     env_strategy: str = "auto"
     base_image: str | None = None
     base_image_digest: str | None = None
-    miniconda_version: str = DEFAULT_MINICONDA_VERSION
+    miniconda_version: str | None = None
     index_url: str | None = None
     extra_index_urls: tuple[str, ...] = ()
 
@@ -134,9 +133,15 @@ def _pip_base(python: str, options: BuildOptions, docker_image: str | None) -> s
 
 
 def _conda_base(options: BuildOptions, docker_image: str | None) -> str:
-    return _given_base(options, docker_image) or check_reference(
-        f"continuumio/miniconda3:{options.miniconda_version}", source="input",
-        field="miniconda_version")
+    """The given base; else miniconda when its version is asked for; else the pip base (the
+    conda packages bring their own python: the base needs no conda and no python)."""
+    given = _given_base(options, docker_image)
+    if given:
+        return given
+    if options.miniconda_version:
+        return check_reference(f"continuumio/miniconda3:{options.miniconda_version}",
+                               source="input", field="miniconda_version")
+    return f"python:{DEFAULT_PYTHON}-slim"
 
 
 def resolve_env(codeset: Path, options: BuildOptions) -> tuple[Project, EnvSpec]:

@@ -22,6 +22,8 @@ from mlflow_steps.hashing import PACKAGE_DIR, env_tag, tooling_files
 if TYPE_CHECKING:
     import jinja2
 
+    from mlflow_steps.conda_stage import CondaChannels
+
 BUILD_DIR = "/opt/mlflow-steps-build"
 ENV_PREFIX = "/opt/env"
 # Where RUN steps find the build-time uv settings (a secret mount; absent without any).
@@ -46,6 +48,7 @@ TOOLING_REQUIREMENTS = (
 OWN_LAYERS = (("numpy",), ("scipy",), ("pandas",), ("scikit-learn",), ("pyarrow",),
               ("torch",), ("botocore", "boto3", "s3transfer"), ("mlflow", "mlflow-skinny"))
 INSTALL_LAYER = "install-layer.sh.j2"
+CONDA_STRATEGIES = ("conda", "conda-lock")
 TEMPLATES = {"pip": "pip.Dockerfile.j2", "conda": "conda.Dockerfile.j2",
              "conda-lock": "conda-lock.Dockerfile.j2"}
 
@@ -187,9 +190,11 @@ def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDeli
 
 
 def write_context(spec: EnvSpec, out_dir: Path,
-                  delivery: PipConfigDelivery = PipConfigDelivery()) -> Path:
-    """Write Dockerfile, env/, tooling/ (the tooling wheel) and tools/ (uv) into ``out_dir``
-    (new or empty), atomically."""
+                  delivery: PipConfigDelivery = PipConfigDelivery(),
+                  conda: CondaChannels | None = None) -> Path:
+    """Write Dockerfile, env/, tooling/ (the tooling wheel), tools/ (uv) and, for conda
+    strategies, conda-env/ (the installed conda packages) into ``out_dir`` (new or empty),
+    atomically."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise StepError("output directory exists and is not empty", source=str(out_dir))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +217,11 @@ def write_context(spec: EnvSpec, out_dir: Path,
         script.write_text(_environment().get_template(INSTALL_LAYER).render(
             env_prefix=ENV_PREFIX))
         script.chmod(0o755)
+        if spec.strategy in CONDA_STRATEGIES:
+            from mlflow_steps.conda_stage import CondaChannels, stage_environment
+
+            stage_environment(spec, staging / "conda-env", ENV_PREFIX,
+                              conda or CondaChannels.collect(os.environ), os.environ)
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)

@@ -1,0 +1,166 @@
+"""Conda environments with real conda packages, solved and installed with rattler (no conda)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import EXAMPLE, run_cli
+from image_checks import check_runtime_image
+
+from mlflow_steps.conda_stage import CondaChannels, cache_dir
+from mlflow_steps.envspec import BuildOptions, resolve_env
+from mlflow_steps.errors import StepError
+from mlflow_steps.hashing import env_tag
+from mlflow_steps.render import write_context
+
+MLPROJECT = "conda_env: conda.yaml\nentry_points:\n  main:\n    command: python train.py\n"
+CONDA_PACKAGES = ["python=3.11", "pip", "six>=1.17", "markupsafe"]
+TOKEN = "chan-tok-" + os.urandom(6).hex()
+
+
+def conda_yaml(*pip: str, packages: list[str] = CONDA_PACKAGES) -> str:
+    dependencies: list = [*packages, {"pip": list(pip)}] if pip else list(packages)
+    return yaml.safe_dump({"channels": ["conda-forge"], "dependencies": dependencies})
+
+
+def lock_yaml(records: list[dict]) -> str:
+    """A conda-lock v1 lockfile of ``records`` (as conda-lock writes it)."""
+    packages = [{"name": r["name"], "version": r["version"], "manager": "conda",
+                 "platform": "linux-64", "dependencies": {}, "url": r["url"],
+                 "hash": {"md5": r["md5"], "sha256": r["sha256"]}, "category": "main",
+                 "optional": False} for r in records]
+    return yaml.safe_dump({"version": 1, "metadata": {
+        "content_hash": {"linux-64": "0" * 64}, "channels": [{"url": "conda-forge",
+                                                             "used_env_vars": []}],
+        "platforms": ["linux-64"], "sources": ["environment.yml"]}, "package": packages})
+
+
+def staged(codeset_files: dict[str, str], tmp_path: Path, channel) -> tuple[Path, str]:
+    codeset = tmp_path / "cs"
+    codeset.mkdir()
+    for name, text in {"MLproject": MLPROJECT, **codeset_files}.items():
+        (codeset / name).write_text(text)
+    _, spec = resolve_env(codeset, BuildOptions())
+    out = write_context(spec, tmp_path / "ctx", conda=CondaChannels(channel.alias_url))
+    return out, env_tag(spec)
+
+
+def test_conda_yaml_is_installed_as_the_image_prefix(conda_channel, tmp_path: Path) -> None:
+    out, _ = staged({"conda.yaml": conda_yaml("requests")}, tmp_path, conda_channel)
+    env = out / "conda-env"
+    names = {json.loads(p.read_text())["name"] for p in (env / "conda-meta").glob("*.json")}
+    assert names == {"python", "python_abi", "pip", "six", "markupsafe"}
+    assert (env / "bin/pip").read_text().startswith("#!/opt/env/bin/python")
+    assert (env / "lib/python3.11/site-packages/six.py").is_file()
+    builder_paths = [str(tmp_path).encode(), f"{cache_dir(os.environ)}/".encode()]
+    for path in env.rglob("*"):  # no builder path anywhere: only /opt/env
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            assert not [p for p in builder_paths if p in data], path
+    six = json.loads(next((env / "conda-meta").glob("six-*.json")).read_text())
+    assert six["url"] == f"{conda_channel.url}/noarch/{six['fn']}"
+    dockerfile = (out / "Dockerfile").read_text()
+    assert "COPY conda-env/ /opt/env/" in dockerfile and "conda create" not in dockerfile
+    assert "FROM python:3.11-slim" in dockerfile
+    assert "requests" in (out / "env/requirements.txt").read_text()
+
+
+def test_conda_lock_installs_exactly_the_locked_packages(conda_channel, tmp_path: Path) -> None:
+    from conda_channel import solve
+
+    records = solve(conda_channel, ["python=3.11", "six==1.16.0"])
+    out, tag = staged({"conda-lock.yml": lock_yaml(records)}, tmp_path, conda_channel)
+    metas = [json.loads(p.read_text()) for p in (out / "conda-env/conda-meta").glob("*.json")]
+    assert {(m["name"], m["version"]) for m in metas} >= {("six", "1.16.0")}
+    assert {m["sha256"] for m in metas} == {r["sha256"] for r in records}
+    # The tag is the locked packages with their hashes: another hash, another tag.
+    changed = [dict(r, sha256="0" * 64) if r["name"] == "six" else r for r in records]
+    codeset = tmp_path / "cs"
+    (codeset / "conda-lock.yml").write_text(lock_yaml(changed))
+    _, spec = resolve_env(codeset, BuildOptions())
+    assert env_tag(spec) != tag
+    with pytest.raises(StepError, match=r"six-1\.16\.0-.*: downloaded file does not match its "
+                                        r"sha256"):
+        write_context(spec, tmp_path / "ctx2", conda=CondaChannels(conda_channel.alias_url))
+    assert not (tmp_path / "ctx2").exists()
+
+
+@pytest.mark.parametrize("packages, words", [
+    (["python=3.11", "six>=99"], ("conda solve failed", "six")),
+    (["python=3.11", "not-a-package-here"], ("conda solve failed", "not-a-package-here")),
+])
+def test_unsatisfiable_or_missing_is_one_line(conda_channel, tmp_path: Path, packages,
+                                              words) -> None:
+    codeset = tmp_path / "cs"
+    codeset.mkdir()
+    (codeset / "MLproject").write_text(MLPROJECT)
+    (codeset / "conda.yaml").write_text(conda_yaml(packages=packages))
+    result = run_cli("render", str(codeset), "-o", str(tmp_path / "out"),
+                     env={**os.environ, "CONDA_CHANNEL_ALIAS": conda_channel.alias_url})
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_channel_alias_credentials_stay_on_the_builder(conda_channel, tmp_path: Path) -> None:
+    """A token in the alias (anaconda.org style) reaches the channel, not the output."""
+    from conda_channel import serve_channel
+
+    with serve_channel(conda_channel, token=TOKEN) as alias:
+        assert f"/t/{TOKEN}/" in alias
+        codeset = tmp_path / "cs"
+        codeset.mkdir()
+        (codeset / "MLproject").write_text(MLPROJECT)
+        (codeset / "conda.yaml").write_text(conda_yaml())
+        result = run_cli("render", str(codeset), "-o", str(tmp_path / "out"),
+                         "--conda-channel-alias", alias)
+    assert result.returncode == 0, result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+    hashed = run_cli("hash", str(codeset), env={**os.environ, "CONDA_CHANNEL_ALIAS": alias})
+    plain = run_cli("hash", str(codeset))
+    assert hashed.stdout == plain.stdout  # the channel configuration is not in the tag
+
+
+def test_conda_image_builds_trains_and_skips(docker_engine, registry, base_image,
+                                              conda_channel, mlflow_server,
+                                              tmp_path: Path) -> None:
+    from test_runtime_image import run_step
+
+    codeset = Path(shutil.copytree(EXAMPLE, tmp_path / "codeset"))
+    example = yaml.safe_load((codeset / "conda.yaml").read_text())
+    pip = next(d["pip"] for d in example["dependencies"] if isinstance(d, dict))
+    (codeset / "conda.yaml").write_text(conda_yaml(*pip))
+    env = {**docker_engine.env(), "FUSEML_REGISTRY": registry.address,
+           "FUSEML_BASE_IMAGE": base_image, "FUSEML_BUILDER": "docker",
+           "CONDA_CHANNEL_ALIAS": conda_channel.alias_url}
+    first = run_cli("build", str(codeset), env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    reference = first.stdout.strip()
+    labels = check_runtime_image(docker_engine, reference)
+    assert labels["io.mlflow-steps.strategy"] == "conda"
+    probe = docker_engine.cli(
+        "run", "--rm", reference, "python", "-c",
+        "import sys, six, markupsafe, sklearn; print(sys.prefix, sys.version.split()[0], "
+        "six.__version__, markupsafe.__file__)", check=False)
+    assert probe.returncode == 0, probe.stderr
+    prefix, version, six_version, markupsafe = probe.stdout.split()
+    assert (prefix, version, six_version) == ("/opt/env", "3.11.2", "1.17.0")
+    assert markupsafe.startswith("/opt/env/lib/python3.11/site-packages/markupsafe/")
+    run = run_step(docker_engine, reference, codeset, tmp_path / "results",
+                   f"MLFLOW_TRACKING_URI={mlflow_server.url}",
+                   "FUSEML_MLFLOW_ENTRYPOINT_ARGS=C=0.5 max_iter=100")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "/models/m-" in (tmp_path / "results" / "model-url").read_text()
+    again = run_cli("build", str(codeset), env={**env, "CONDA_CHANNEL_ALIAS": "file:///absent/"})
+    assert again.returncode == 0 and "build skipped" in again.stderr
+    assert again.stdout.strip() == reference
