@@ -164,3 +164,30 @@ def test_conda_image_builds_trains_and_skips(docker_engine, registry, base_image
     again = run_cli("build", str(codeset), env={**env, "CONDA_CHANNEL_ALIAS": "file:///absent/"})
     assert again.returncode == 0 and "build skipped" in again.stderr
     assert again.stdout.strip() == reference
+
+
+def test_conda_lock_image_has_exactly_the_locked_packages(docker_engine, registry, base_image,
+                                                          conda_channel, tmp_path: Path) -> None:
+    from conda_channel import solve
+
+    records = solve(conda_channel, ["python=3.11", "pip", "six==1.16.0", "markupsafe"])
+    codeset = tmp_path / "cs"
+    codeset.mkdir()
+    (codeset / "MLproject").write_text(MLPROJECT.replace("conda.yaml", "conda-lock.yml"))
+    (codeset / "conda-lock.yml").write_text(lock_yaml(records))
+    env = {**docker_engine.env(), "FUSEML_REGISTRY": registry.address,
+           "FUSEML_BASE_IMAGE": base_image, "FUSEML_BUILDER": "docker"}
+    first = run_cli("build", str(codeset), env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    reference = first.stdout.strip()
+    probe = docker_engine.cli(
+        "run", "--rm", reference, "sh", "-c",
+        "python -c 'import six, markupsafe, mlflow; print(six.__version__)' && "
+        "ls /opt/env/conda-meta && /opt/mlflow-steps/bin/mlflow-steps --version", check=False)
+    assert probe.returncode == 0, probe.stderr
+    lines = probe.stdout.split()
+    assert lines[0] == "1.16.0"
+    assert sorted(name for name in lines if name.endswith(".json")) == sorted(
+        r["file_name"].removesuffix(".tar.bz2") + ".json" for r in records)
+    again = run_cli("build", str(codeset), env=env)
+    assert again.returncode == 0 and "build skipped" in again.stderr
