@@ -167,7 +167,7 @@ def server_environment(*, backend_store_uri: str, registry_store_uri: str,
     """The variables MLflow's server app reads its settings from (as `mlflow server` sets)."""
     try:
         from mlflow.server import constants
-    except ImportError:  # before 3.5 the names lived in mlflow.server itself
+    except ImportError:  # before 3.8 the names lived in mlflow.server itself
         import mlflow.server as constants
 
     return {constants.BACKEND_STORE_URI_ENV_VAR: backend_store_uri,
