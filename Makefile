@@ -15,9 +15,12 @@ demo: setup
 	$(BIN)/mlflow-steps render $(EXAMPLE) -o $(OUT)/context
 	$(BIN)/python scripts/demo.py
 
+OLDEST_MLFLOW_TESTS := tests/test_mlflow_compat.py tests/test_runtime.py tests/test_runtime_network.py
+
 test: setup
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/pytest -q
+	.venv-mlflow-oldest/bin/pytest -q -p no:cacheprovider -m "not server_mlflow" $(OLDEST_MLFLOW_TESTS)
 
 lint: setup
 	$(BIN)/ruff check src tests bench scripts

@@ -26,3 +26,17 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -c "import mlflow_steps, mlflow, conda_lock, pytest" 
     rm -f .venv/.installed-* && touch "$stamp"
 fi
+
+# The oldest MLflow the runtime step supports (mlflow_compat.SUPPORTED): its contract and
+# runtime tests run there too (`make test`), the newest comes with .venv.
+OLDEST=.venv-mlflow-oldest
+OLDEST_PINS=("mlflow==3.0.1" "sqlalchemy<2.1")
+oldest_stamp=$OLDEST/.installed-$(cat pyproject.toml <(printf '%s\n' "${OLDEST_PINS[@]}") | sha256sum | cut -c1-16)
+if [ ! -f "$oldest_stamp" ]; then
+    rm -rf "$OLDEST"
+    .venv/bin/uv venv -q --python "$(.venv/bin/python -c 'import sys; print(sys.executable)')" "$OLDEST"
+    .venv/bin/uv pip install -q --python "$OLDEST/bin/python" -e . "${OLDEST_PINS[@]}" \
+        pytest hypothesis "moto[server]" boto3
+    "$OLDEST/bin/python" -c "import mlflow; assert mlflow.__version__ == '3.0.1'"
+    touch "$oldest_stamp"
+fi

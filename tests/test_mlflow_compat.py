@@ -219,8 +219,7 @@ def test_schema_revisions_and_upgrade(tmp_path: Path) -> None:
 
 # --- the tracking server --------------------------------------------------------------------
 
-@pytest.mark.skipif(Version(mlflow.__version__) not in SpecifierSet(compat.SERVER_SUPPORTED),
-                    reason="below the server extra's MLflow range")
+@pytest.mark.server_mlflow
 def test_allowed_hosts(monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_SERVER_ALLOWED_HOSTS", raising=False)
     assert compat.allowed_hosts_from_env() is None
@@ -237,9 +236,7 @@ def healthy(url: str) -> bool:
         return False
 
 
-@pytest.mark.skipif(Version(mlflow.__version__) not in SpecifierSet(compat.SERVER_SUPPORTED),
-                    reason="below the server extra's MLflow range")
-
+@pytest.mark.server_mlflow
 def test_server_settings_app_and_store_initialisation(tmp_path: Path) -> None:
     """The settings reach MLflow's app: it serves the store and proxies artifacts."""
     pytest.importorskip("uvicorn")
