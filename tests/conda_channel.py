@@ -71,6 +71,7 @@ imports rattler.
 
 from __future__ import annotations
 
+import base64
 import bz2
 import contextlib
 import hashlib
@@ -699,18 +700,31 @@ def _prune(cache: Path, keep: Path, age: float = 3600) -> None:
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     timeout = 30  # per connection: a stuck client cannot hold a thread for long
 
+    basic_auth: str | None = None  # "user:password" the client must send
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def send_head(self) -> Any:
+        if self.basic_auth and self.headers.get("Authorization") != "Basic " + \
+                base64.b64encode(self.basic_auth.encode()).decode():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="channel"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        return super().send_head()
 
 
 @contextlib.contextmanager
 def serve_channel(channel: LocalChannel, *, lifetime: float = 900,
-                  token: str | None = None) -> Iterator[str]:
+                  token: str | None = None, basic_auth: str | None = None) -> Iterator[str]:
     """Serve ``channel.root`` on 127.0.0.1; yields the base URL (the HTTP channel alias).
 
     ``<url>/conda-forge`` is the channel. With ``token``, only under ``/t/<token>/``, as
     anaconda.org serves private channels (the yielded URL includes it). The server stops on
-    exit, or by itself after ``lifetime`` seconds.
+    exit, or by itself after ``lifetime`` seconds. With ``basic_auth`` ("user:password"),
+    every request must carry it (the yielded URL does not).
     """
     root = channel.root
     if token:
@@ -718,8 +732,13 @@ def serve_channel(channel: LocalChannel, *, lifetime: float = 900,
         (root / "t").mkdir()
         (root / "t" / token).symlink_to(channel.root, target_is_directory=True)
 
+    class Handler(_QuietHandler):
+        pass
+
+    Handler.basic_auth = basic_auth
+
     def handler(*args: Any, **kwargs: Any) -> _QuietHandler:
-        return _QuietHandler(*args, directory=str(root), **kwargs)
+        return Handler(*args, directory=str(root), **kwargs)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True

@@ -109,16 +109,28 @@ def test_unsatisfiable_or_missing_is_one_line(conda_channel, tmp_path: Path, pac
     assert not (tmp_path / "out").exists()
 
 
-def test_channel_alias_credentials_stay_on_the_builder(conda_channel, tmp_path: Path) -> None:
-    """A token in the alias (anaconda.org style) reaches the channel, not the output."""
+@pytest.mark.parametrize("style", ["token path", "basic auth"])
+def test_channel_alias_credentials_stay_on_the_builder(conda_channel, tmp_path: Path,
+                                                       style: str) -> None:
+    """A token in the alias (anaconda.org style) or user:password@ (a private mirror)
+    reaches the channel, not the output."""
     from conda_channel import serve_channel
 
-    with serve_channel(conda_channel, token=TOKEN) as alias:
-        assert f"/t/{TOKEN}/" in alias
-        codeset = tmp_path / "cs"
-        codeset.mkdir()
-        (codeset / "MLproject").write_text(MLPROJECT)
-        (codeset / "conda.yaml").write_text(conda_yaml())
+    codeset = tmp_path / "cs"
+    codeset.mkdir()
+    (codeset / "MLproject").write_text(MLPROJECT)
+    (codeset / "conda.yaml").write_text(conda_yaml())
+    server = serve_channel(conda_channel, token=TOKEN) if style == "token path" else \
+        serve_channel(conda_channel, basic_auth=f"alice:{TOKEN}")
+    with server as alias:
+        if style == "basic auth":
+            alias = alias.replace("http://", f"http://alice:{TOKEN}@")
+            wrong = alias.replace(TOKEN, "wrong-password")
+            refused = run_cli("render", str(codeset), "-o", str(tmp_path / "x"),
+                              "--conda-channel-alias", wrong)
+            assert refused.returncode == 2 and "conda solve failed" in refused.stderr
+            assert "wrong-password" not in refused.stderr and len(refused.stderr.splitlines()) == 1
+        assert TOKEN in alias
         result = run_cli("render", str(codeset), "-o", str(tmp_path / "out"),
                          "--conda-channel-alias", alias)
     assert result.returncode == 0, result.stderr
