@@ -203,3 +203,23 @@ def test_conda_lock_image_has_exactly_the_locked_packages(docker_engine, registr
         r["file_name"].removesuffix(".tar.bz2") + ".json" for r in records)
     again = run_cli("build", str(codeset), env=env)
     assert again.returncode == 0 and "build skipped" in again.stderr
+
+
+def test_channel_alias_precedence_and_bad_values(tmp_path: Path) -> None:
+    condarc = tmp_path / "condarc"
+    condarc.write_text("channel_alias: https://rc.example/\n")
+    base = {"HOME": str(tmp_path / "home"), "CONDARC": str(condarc)}
+    assert CondaChannels.collect(base).alias == "https://rc.example/"
+    assert CondaChannels.collect({**base, "CONDA_CHANNEL_ALIAS": "https://env.example"}).alias \
+        == "https://env.example/"
+    assert CondaChannels.collect(base, "file:///srv/mirror").alias == "file:///srv/mirror/"
+    condarc.write_text("# channel_alias: commented out\n")
+    assert CondaChannels.collect(base) == CondaChannels()
+    for text, words in [("channel_alias: [1]\n", "expected a URL string"),
+                        ("- a\n", "expected a YAML mapping"),
+                        ("channel_alias: ftp://u:pw-123456@x/\n", r"not an http\(s\) or file"),
+                        ("channel_alias: http://u:pw-123456@x:99999/\n", r"not an http\(s\)")]:
+        condarc.write_text(text)
+        with pytest.raises(StepError, match=words) as caught:
+            CondaChannels.collect(base)
+        assert "pw-123456" not in str(caught.value)

@@ -337,4 +337,9 @@ def test_builder_is_the_three_step_plan(tmp_path: Path, executor: str) -> None:
             step["volumeMounts"]
     secrets = list(yaml.safe_load_all((out / "builder-secrets.yaml").read_text()))
     assert secrets[0]["type"] == "kubernetes.io/dockerconfigjson"
+    # pip and conda channel configuration (credentials included) reach prepare from a Secret.
+    assert set(secrets[1]["stringData"]) == {"pip.conf", "condarc"}
+    prepare_env = {e["name"]: e["value"] for e in prepare["env"]}
+    assert prepare_env["CONDARC"] == "/run/mlflow-steps/pip/condarc"
+    assert prepare_env["PIP_CONFIG_FILE"] == "/run/mlflow-steps/pip/pip.conf"
     assert "&id" not in (out / "task-builder.yaml").read_text()

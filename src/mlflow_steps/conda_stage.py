@@ -51,11 +51,9 @@ class CondaChannels:
             return cls._checked(environ[ALIAS_VARIABLE], ALIAS_VARIABLE)
         for path in _condarc_files(environ):
             if path.is_file():
-                from mlflow_steps.parse.yaml_file import load_yaml_mapping
-
-                value = load_yaml_mapping(path, str(path)).get("channel_alias")
+                value = _condarc_alias(path)
                 if value:
-                    return cls._checked(str(value), f"{path}: channel_alias")
+                    return cls._checked(value, f"{path}: channel_alias")
         return cls()
 
     @classmethod
@@ -76,6 +74,21 @@ def _condarc_files(environ: Mapping[str, str]) -> list[Path]:
     home = Path(environ.get("HOME", str(Path.home())))
     files = [Path(environ["CONDARC"])] if environ.get("CONDARC") else []
     return [*files, home / ".condarc", home / ".conda" / ".condarc"]
+
+
+def _condarc_alias(path: Path) -> str | None:
+    """``channel_alias`` of a condarc file (bounded read; empty or comments only: none)."""
+    from mlflow_steps.codeset_files import MAX_FILE_BYTES, read_bounded_text
+    from mlflow_steps.parse.yaml_file import load_yaml_text
+
+    data = load_yaml_text(read_bounded_text(path, source=str(path), limit=MAX_FILE_BYTES,
+                                            what="condarc files"), str(path))
+    if data is not None and not isinstance(data, dict):
+        raise StepError("expected a YAML mapping at the top level", source=str(path))
+    value = (data or {}).get("channel_alias")
+    if value is not None and not isinstance(value, str):
+        raise StepError("expected a URL string", source=str(path), field="channel_alias")
+    return value
 
 
 def cache_dir(environ: Mapping[str, str]) -> Path:

@@ -194,14 +194,17 @@ class TektonExport:
                  "data": {"url": PLACEHOLDER}} for name in selectors]
 
     def builder_secrets(self) -> list[dict[str, Any]]:
-        """Templates of the builder's two optional Secrets: registry auth and pip config."""
+        """Templates of the builder's two optional Secrets: registry auth and the build's
+        package configuration (pip.conf; condarc with a conda channel_alias, credentials
+        included)."""
         return [
             {"apiVersion": "v1", "kind": "Secret", "metadata": self._meta(self.registry_secret),
              "type": "kubernetes.io/dockerconfigjson",
              "stringData": {".dockerconfigjson": '{"auths": {}}'}},
             {"apiVersion": "v1", "kind": "Secret",
              "metadata": self._meta(self.pip_config_secret), "type": "Opaque",
-             "stringData": {"pip.conf": "[global]\n"}},
+             "stringData": {"pip.conf": "[global]\n",
+                            "condarc": "# channel_alias: https://user:password@mirror.example/\n"}},
         ]
 
     @property
@@ -346,8 +349,9 @@ class TektonExport:
                 step["image"] = container["image"]
                 step_env, mounts = list(our_env), list(our_mounts)
                 if plan_step.name == PREPARE:
-                    step_env.append({"name": "PIP_CONFIG_FILE",
-                                     "value": f"{PIP_CONFIG_MOUNT}/pip.conf"})
+                    step_env += [{"name": "PIP_CONFIG_FILE",
+                                  "value": f"{PIP_CONFIG_MOUNT}/pip.conf"},
+                                 {"name": "CONDARC", "value": f"{PIP_CONFIG_MOUNT}/condarc"}]
                     mounts.append({"name": "pip-config", "mountPath": PIP_CONFIG_MOUNT,
                                    "readOnly": True})
                 step["env"] = step_env
