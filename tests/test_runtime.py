@@ -276,3 +276,26 @@ def test_bad_inputs_fail_cleanly(tmp_path: Path, extra: dict[str, str], message:
     assert message in lines[-1] and lines[-1].startswith("mlflow-steps: error: ")
     assert "Traceback" not in result.stderr and "hunter2-pass" not in result.stderr
     assert results(tmp_path) == {}
+
+
+def test_run_and_model_trace_back_to_the_image(mlflow_server, tmp_path: Path) -> None:
+    """The image's env tag and the workflow's image reference/digest end up on the run and
+    on the model it logged, with the tooling version."""
+    from mlflow_steps import __version__
+
+    trace = {"MLFLOW_STEPS_ENV_TAG": "0123456789abcdef0123456789abcdef",
+             "MLFLOW_STEPS_IMAGE": "reg.example:5000/mlflow/trainer:0123456789abcdef",
+             "MLFLOW_STEPS_IMAGE_DIGEST": "sha256:" + "ab" * 32}
+    result = run_cli("run", str(example(tmp_path)),
+                     env=step_env(tmp_path, mlflow_server.url, **trace))
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = results(tmp_path)
+    client = mlflow.MlflowClient(mlflow_server.url)
+    expected = {"mlflow_steps.env_tag": trace["MLFLOW_STEPS_ENV_TAG"],
+                "mlflow_steps.image": trace["MLFLOW_STEPS_IMAGE"],
+                "mlflow_steps.image_digest": trace["MLFLOW_STEPS_IMAGE_DIGEST"],
+                "mlflow_steps.tooling_version": __version__}
+    run_tags = client.get_run(outputs["run-id"]).data.tags
+    assert {key: run_tags.get(key) for key in expected} == expected
+    model = client.get_logged_model(outputs["model-uri"].removeprefix("models:/"))
+    assert {key: model.tags.get(key) for key in expected} == expected

@@ -103,6 +103,21 @@ def context_tags(environ: dict[str, str]) -> dict:
     return tags
 
 
+# What the image and the workflow tell the step about the environment it runs in.
+IMAGE_TAG_VARIABLES = {"MLFLOW_STEPS_ENV_TAG": "mlflow_steps.env_tag",
+                       "MLFLOW_STEPS_IMAGE": "mlflow_steps.image",
+                       "MLFLOW_STEPS_IMAGE_DIGEST": "mlflow_steps.image_digest"}
+
+
+def image_tags(environ: dict[str, str]) -> dict[str, str]:
+    """Tags tracing a run and its models back to the image: env tag, image, digest, tooling."""
+    from mlflow_steps import __version__
+
+    tags = {tag: environ[name].strip() for name, tag in IMAGE_TAG_VARIABLES.items()
+            if environ.get(name, "").strip()}
+    return {**tags, "mlflow_steps.tooling_version": __version__}
+
+
 def run_runtime(codeset: Path, inputs: RuntimeInputs,
                 environ: dict[str, str] | None = None) -> RuntimeOutcome:
     """Run ``codeset``'s entry point against the tracking server; the model it logged."""
@@ -139,6 +154,9 @@ def _run(codeset: Path, inputs: RuntimeInputs, environ: dict[str, str], project,
     run = mlflow_compat.create_project_run(str(codeset), experiment_id, str(codeset),
                                            entry_point, parameters)
     run_id = run.info.run_id
+    traced = image_tags(environ)
+    for key, value in traced.items():
+        client.set_tag(run_id, key, value)
     with tempfile.TemporaryDirectory(prefix="mlflow-steps-run-") as storage:
         command = mlflow_compat.entry_point_command(spec, entry_point, parameters, storage)
         log(mask(f"run {run_id}: {command}"))
@@ -146,7 +164,7 @@ def _run(codeset: Path, inputs: RuntimeInputs, environ: dict[str, str], project,
                      **mlflow_compat.project_run_environment(run_id, experiment_id),
                      # RUN_TAG marks a model the project logs outside the run as its own
                      mlflow_compat.RUN_CONTEXT_VARIABLE: json.dumps(
-                         {**context_tags(environ), RUN_TAG: run_id})}
+                         {**context_tags(environ), **traced, RUN_TAG: run_id})}
         exit_code = _execute(command, codeset, child_env, mask)
     # A non-zero exit fails the run even when the project's own MLflow client closed it as
     # FINISHED on its way out (MLflow's atexit hook does that on sys.exit).
