@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from mlflow_steps import mlflow_compat
 from mlflow_steps.server.auth import TokenGate
 from mlflow_steps.server.config import TOKEN
 
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 
 def create_app() -> ASGIApp:
     """MLflow's app, gated by ``MLFLOW_TRACKING_TOKEN`` when it is set."""
-    from mlflow.server.fastapi_app import app
-
+    app = mlflow_compat.server_asgi_app()
     token = os.environ.get(TOKEN)
     return TokenGate(app, token) if token else app

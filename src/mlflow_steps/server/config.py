@@ -155,15 +155,13 @@ class AllowedHosts:
 def allowed_hosts() -> AllowedHosts:
     """What MLflow's middleware will do, from the same environment and with its own code."""
     from mlflow.environment_variables import MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE
-    from mlflow.server.security_utils import (
-        get_allowed_hosts_from_env,
-        get_default_allowed_hosts,
-    )
+
+    from mlflow_steps import mlflow_compat
 
     if MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE.get() == "true":
         return AllowedHosts(None, f"{DISABLE_SECURITY_MIDDLEWARE} is true: no Host check")
-    configured = get_allowed_hosts_from_env()
-    patterns = tuple(configured or get_default_allowed_hosts())
+    configured = mlflow_compat.allowed_hosts_from_env()
+    patterns = tuple(configured or mlflow_compat.default_allowed_hosts())
     source = ALLOWED_HOSTS if configured else f"MLflow's default; set {ALLOWED_HOSTS} to " \
         "add the names clients use"
     return AllowedHosts(None if "*" in patterns else patterns, source)

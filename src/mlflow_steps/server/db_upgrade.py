@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_steps import mlflow_compat
 from mlflow_steps.codeset_files import file_sha256
 from mlflow_steps.errors import StepError
 from mlflow_steps.server import store
@@ -42,11 +43,9 @@ def plan_upgrade(current: str | None, head: str) -> UpgradePlan:
     """The migrations between ``current`` (exclusive) and ``head``."""
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
-    from mlflow.store.db.utils import _get_alembic_config
-
     if current is None or current == head:
         return UpgradePlan(current, head, ())
-    script = ScriptDirectory.from_config(_get_alembic_config(""))
+    script = ScriptDirectory.from_config(mlflow_compat.alembic_config(""))
     try:
         revisions = list(script.iterate_revisions(head, current))
     except CommandError:
@@ -107,8 +106,6 @@ def backup(config: ServerConfig, directory: Path, revision: str) -> Path:
 def upgrade(config: ServerConfig, *, backup_dir: Path | None, dry_run: bool,
             log: Callable[[str], None]) -> UpgradePlan:
     """Back up (unless ``backup_dir`` is None), then upgrade; ``dry_run`` only reports."""
-    from mlflow.store.db.utils import _upgrade_db
-
     check_store_exists(config)
     if backup_dir is not None and not dry_run:
         problem = writable_dir_problem(backup_dir)
@@ -133,7 +130,7 @@ def upgrade(config: ServerConfig, *, backup_dir: Path | None, dry_run: bool,
             return upgrade_plan
         if backup_dir is not None:
             log(f"db-upgrade: backup {backup(config, backup_dir, upgrade_plan.current)}")
-        _upgrade_db(db_engine)
+        mlflow_compat.upgrade_schema(db_engine)
         reached = store.current_revision(db_engine)
     if reached != upgrade_plan.head:
         raise StepError(f"upgrade stopped at {reached}, expected {upgrade_plan.head}",

@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from mlflow_steps import mlflow_compat
 from mlflow_steps.server.config import ARTIFACTS_DESTINATION, ServerConfig, one_line
 
 if TYPE_CHECKING:
@@ -73,9 +74,7 @@ def _line(purge: Purge, kept: str | None) -> str:
 
 def open_store(config: ServerConfig) -> SqlAlchemyStore:
     """MLflow's SQL tracking store on the configured database."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    return SqlAlchemyStore(config.store_uri(), "mlflow-artifacts:/")
+    return mlflow_compat.sql_tracking_store(config.store_uri(), "mlflow-artifacts:/")
 
 
 def plan(tracking_store: SqlAlchemyStore, ttl: timedelta, now_ms: int) -> list[Purge]:
@@ -86,7 +85,7 @@ def plan(tracking_store: SqlAlchemyStore, ttl: timedelta, now_ms: int) -> list[P
     experiments = _all_pages(lambda token: tracking_store.search_experiments(
         view_type=ViewType.DELETED_ONLY, filter_string=f"last_update_time <= {now_ms - ttl_ms}",
         page_token=token))
-    run_ids = set(tracking_store._get_deleted_runs(older_than=ttl_ms))
+    run_ids = set(mlflow_compat.deleted_run_ids(tracking_store, ttl_ms))
     if experiments:  # every run of a purged experiment goes with it, deleted or not
         run_ids.update(run.info.run_id for run in _all_pages(lambda token: tracking_store
                        .search_runs([e.experiment_id for e in experiments], "",
@@ -102,10 +101,8 @@ def plan(tracking_store: SqlAlchemyStore, ttl: timedelta, now_ms: int) -> list[P
 def _logged_models(tracking_store: SqlAlchemyStore, ttl_ms: int,
                    purged_experiments: set[str]) -> list[Purge]:
     """Deleted logged models (MLflow 3) outside purged experiments, which take theirs along."""
-    if not hasattr(tracking_store, "_get_deleted_logged_models"):
-        return []
-    models = (tracking_store.get_logged_model(model_id, allow_deleted=True)
-              for model_id in tracking_store._get_deleted_logged_models(older_than=ttl_ms))
+    models = (mlflow_compat.deleted_logged_model(tracking_store, model_id)
+              for model_id in mlflow_compat.deleted_logged_model_ids(tracking_store, ttl_ms))
     return sorted((Purge("model", m.model_id, m.name, m.artifact_location) for m in models
                    if m.experiment_id not in purged_experiments), key=lambda p: p.id)
 
@@ -127,13 +124,11 @@ def _delete_artifacts(purge: Purge, config: ServerConfig) -> None:
     Whatever the artifact store answers (missing credentials, no such bucket, permission
     denied) stops gc with one redacted line, before the rows go.
     """
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
     location, _ = deletable_location(purge, config.artifacts_uri())
     if not location:
         return
     try:
-        get_artifact_repository(location).delete_artifacts()
+        mlflow_compat.artifact_repository(location).delete_artifacts()
     except Exception as exc:  # any artifact store's client: boto3, GCS, Azure, OS errors
         reason = (str(exc).strip().splitlines() or [""])[0]
         raise config.error(ARTIFACTS_DESTINATION, "--artifacts-destination",
@@ -147,11 +142,11 @@ def execute(tracking_store: SqlAlchemyStore, purges: list[Purge], config: Server
     for purge in purges:
         _delete_artifacts(purge, config)
         if purge.kind == "run":
-            tracking_store._hard_delete_run(purge.id)
+            mlflow_compat.hard_delete_run(tracking_store, purge.id)
         elif purge.kind == "model":
-            tracking_store._hard_delete_logged_model(purge.id)
+            mlflow_compat.hard_delete_logged_model(tracking_store, purge.id)
         else:
-            tracking_store._hard_delete_experiment(purge.id)
+            mlflow_compat.hard_delete_experiment(tracking_store, purge.id)
         log(f"purged {_line(purge, deletable_location(purge, config.artifacts_uri())[1])}")
 
 

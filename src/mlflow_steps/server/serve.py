@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+from mlflow_steps import mlflow_compat
 from mlflow_steps.server.check import SERVE_CHECKS, require
 from mlflow_steps.server.config import TOKEN, ServerConfig, allowed_hosts
 
@@ -20,24 +21,12 @@ GRACEFUL_SHUTDOWN_SECONDS = 20
 
 def server_environment(config: ServerConfig, environ: dict[str, str]) -> dict[str, str]:
     """The environment MLflow's server app reads its settings from."""
-    from mlflow.server.constants import (
-        ARTIFACT_ROOT_ENV_VAR,
-        ARTIFACTS_DESTINATION_ENV_VAR,
-        BACKEND_STORE_URI_ENV_VAR,
-        REGISTRY_STORE_URI_ENV_VAR,
-        SERVE_ARTIFACTS_ENV_VAR,
-    )
-
     env = {key: value for key, value in environ.items() if key != TOKEN}
-    env.update({
-        BACKEND_STORE_URI_ENV_VAR: config.store_uri(),
-        REGISTRY_STORE_URI_ENV_VAR: config.store_uri(),
-        ARTIFACT_ROOT_ENV_VAR: ARTIFACT_ROOT,
-        SERVE_ARTIFACTS_ENV_VAR: "true",
-        ARTIFACTS_DESTINATION_ENV_VAR: config.artifacts_uri(),
-        "_MLFLOW_SGI_NAME": "uvicorn",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    })
+    env.update(mlflow_compat.server_environment(
+        backend_store_uri=config.store_uri(), registry_store_uri=config.store_uri(),
+        default_artifact_root=ARTIFACT_ROOT, serve_artifacts=True,
+        artifacts_destination=config.artifacts_uri(), sgi_name="uvicorn"))
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     if config.token:
         env[TOKEN] = config.token
     return env
@@ -52,15 +41,14 @@ def uvicorn_argv(config: ServerConfig) -> list[str]:
 
 def initialize_store(config: ServerConfig) -> None:
     """Create the tracking and model-registry tables (and sqlite/artifact dirs) if missing."""
-    from mlflow.server.handlers import initialize_backend_stores
-
     path = config.local_artifacts_path()
     if path:
         path.mkdir(parents=True, exist_ok=True)
     database = config.sqlite_path()
     if database:
         database.parent.mkdir(parents=True, exist_ok=True)
-    initialize_backend_stores(config.store_uri(), config.store_uri(), ARTIFACT_ROOT)
+    mlflow_compat.initialize_backend_stores(config.store_uri(), config.store_uri(),
+                                            ARTIFACT_ROOT)
 
 
 def serve(config: ServerConfig, environ: dict[str, str]) -> None:

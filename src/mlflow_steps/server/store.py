@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from mlflow_steps import mlflow_compat
 from mlflow_steps.server.config import BACKEND_STORE_URI, ServerConfig
 
 if TYPE_CHECKING:
@@ -62,16 +63,12 @@ def engine(config: ServerConfig) -> Iterator[Engine]:
 
 def current_revision(db_engine: Engine) -> str | None:
     """The store's alembic revision, or None when it has no MLflow schema yet."""
-    from mlflow.store.db.utils import _get_schema_version
-
-    return _get_schema_version(db_engine)
+    return mlflow_compat.schema_revision(db_engine)
 
 
 def head_revision() -> str:
     """The schema revision the installed MLflow needs."""
-    from mlflow.store.db.utils import _get_latest_schema_revision
-
-    return _get_latest_schema_revision()
+    return mlflow_compat.head_schema_revision()
 
 
 def table_names(db_engine: Engine) -> list[str]:
