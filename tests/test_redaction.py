@@ -135,3 +135,11 @@ def test_credential_names_are_read_by_their_parts() -> None:
     for name in ("design", "author", "keyword", "monkey", "MLFLOW_TRACKING_URI", "signal"):
         assert not is_secret_name(name), name
     assert redact("https://h/x?design=1&token=abcd") == f"https://h/x?design=1&token={MASK}"
+
+
+def test_environment_secrets_skip_directories_and_switches() -> None:
+    from mlflow_steps.redaction import secret_values
+
+    environ = {"PWD": "/work/project", "OLDPWD": "/home/me", "DB_PWD": "s3cret-pw",
+               "MLFLOW_SERVER_REQUIRE_TOKEN": "true", "MLFLOW_TRACKING_TOKEN": "tok-123456"}
+    assert sorted(secret_values(environ)) == ["s3cret-pw", "tok-123456"]

@@ -17,6 +17,8 @@ from urllib.parse import quote, unquote
 
 MASK = "***"
 _MIN_SECRET = 4  # shorter values would mask ordinary words; they are not credentials
+_NOT_SECRET_VARIABLES = frozenset({"PWD", "OLDPWD"})  # the shell's directories
+_SWITCH_VALUES = frozenset({"true", "false", "yes", "no", "on", "off", "none", "null"})
 
 # A name is a credential's when one of its parts (split at ``_ - .`` and camelCase) ends
 # in one of these, is one of the short words, or two parts make one (api key, access key).
@@ -42,9 +44,11 @@ def is_secret_name(name: str) -> bool:
 
 
 def secret_values(environ: Mapping[str, str]) -> list[str]:
-    """Values of credential-named variables (long enough to be credentials)."""
+    """Values of credential-named variables (long enough to be credentials; not switches
+    such as ``true``, not the shell's working directories)."""
     return [value for name, value in environ.items()
-            if is_secret_name(name) and len(value) >= _MIN_SECRET]
+            if name not in _NOT_SECRET_VARIABLES and is_secret_name(name)
+            and len(value) >= _MIN_SECRET and value.lower() not in _SWITCH_VALUES]
 
 
 def _mask_userinfo(match: re.Match[str]) -> str:
