@@ -270,7 +270,7 @@ def test_server_settings_app_and_store_initialisation(tmp_path: Path) -> None:
             assert server.poll() is None, "the app exited"
             assert time.monotonic() < deadline, "the app did not start"
             time.sleep(0.5)
-        client = mlflow.MlflowClient(url)
+        client = mlflow.MlflowClient(url, url)
         experiment_id = client.create_experiment("served")
         run_id = client.create_run(experiment_id).info.run_id
         (tmp_path / "a.txt").write_text("artifact")

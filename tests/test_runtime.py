@@ -72,7 +72,7 @@ def test_run_logs_model_and_outputs_its_url(mlflow_server, tmp_path: Path) -> No
     assert SECRET not in result.stdout + result.stderr
     assert "accuracy=" in result.stderr + result.stdout  # the project's own output, live
 
-    client = mlflow.MlflowClient(mlflow_server.url)
+    client = mlflow.MlflowClient(mlflow_server.url, mlflow_server.url)
     run = client.get_run(outputs["run-id"])
     assert run.info.status == "FINISHED"
     assert run.data.params == {"C": "0.5", "max_iter": "150"}
@@ -90,7 +90,7 @@ def test_registration_alias_tags_description(mlflow_server, tmp_path: Path) -> N
     result = run_cli("run", str(example(tmp_path)), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert results(tmp_path)["model-uri"] == "models:/iris-logreg@champion"
-    client = mlflow.MlflowClient(mlflow_server.url)
+    client = mlflow.MlflowClient(mlflow_server.url, mlflow_server.url)
     version = client.get_model_version_by_alias("iris-logreg", "champion")
     assert version.tags == {"team": "ml", "stage": "first try"}
     assert version.description == "logistic regression on iris"
@@ -104,7 +104,7 @@ def test_fuseml_experiment_name_and_deleted_experiment(mlflow_server, tmp_path: 
     (codeset / ".fuseml").mkdir()
     (codeset / ".fuseml" / "_org").write_text("acme")
     (codeset / ".fuseml" / "_project").write_text("iris")
-    client = mlflow.MlflowClient(mlflow_server.url)
+    client = mlflow.MlflowClient(mlflow_server.url, mlflow_server.url)
     client.delete_experiment(client.create_experiment("acme.iris"))
     result = run_cli("run", str(codeset), env=step_env(tmp_path, mlflow_server.url))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -167,7 +167,7 @@ def test_model_saved_as_plain_run_artifacts(mlflow_server, tmp_path: Path) -> No
     result = run_cli("run", str(scripted(tmp_path, job)), env=step_env(tmp_path, mlflow_server.url))
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = results(tmp_path)
-    run = mlflow.MlflowClient(mlflow_server.url).get_run(outputs["run-id"])
+    run = mlflow.MlflowClient(mlflow_server.url, mlflow_server.url).get_run(outputs["run-id"])
     assert outputs["model-url"] == f"{run.info.artifact_uri}/model"
     assert outputs["model-uri"] == f"runs:/{run.info.run_id}/model"
 
@@ -185,7 +185,7 @@ def test_model_logged_outside_the_run(mlflow_server, tmp_path: Path) -> None:
     """MLflow 3: `log_model` with no active run links the LoggedModel to no run (no source
     run id, not a run output). The step still finds the one its process created (tagged via
     MLFLOW_RUN_CONTEXT), not another run's, and says how to link it."""
-    client = mlflow.MlflowClient(mlflow_server.url)
+    client = mlflow.MlflowClient(mlflow_server.url, mlflow_server.url)
     experiment = client.get_experiment_by_name("scripted")
     experiment_id = (experiment.experiment_id if experiment
                      else client.create_experiment("scripted"))
@@ -225,9 +225,9 @@ def test_shell_metacharacters_stay_a_value(mlflow_server, tmp_path: Path) -> Non
     result = run_cli("run", str(scripted(tmp_path, job)), env=env)
     assert not marker.exists()
     assert "logged no model named 'model'" in result.stderr  # the job logs no model
-    run = mlflow.MlflowClient(mlflow_server.url).search_runs(
-        [mlflow.MlflowClient(mlflow_server.url).get_experiment_by_name("scripted")
-         .experiment_id], max_results=1)[0]
+    client = mlflow.MlflowClient(mlflow_server.url, mlflow_server.url)
+    run = client.search_runs([client.get_experiment_by_name("scripted").experiment_id],
+                             max_results=1)[0]
     assert run.data.params["received"] == f"x; touch {marker}"
 
 
@@ -252,7 +252,8 @@ def test_failing_project_marks_run_failed_and_writes_nothing(mlflow_server,
     assert "exited with code 3" in result.stderr and "Traceback" not in result.stderr
     assert results(tmp_path) == {}
     run_id = result.stderr.split("is marked FAILED")[0].rsplit("run ", 1)[1].strip("; ")
-    assert mlflow.MlflowClient(mlflow_server.url).get_run(run_id).info.status == "FAILED"
+    client = mlflow.MlflowClient(mlflow_server.url, mlflow_server.url)
+    assert client.get_run(run_id).info.status == "FAILED"
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -290,7 +291,7 @@ def test_run_and_model_trace_back_to_the_image(mlflow_server, tmp_path: Path) ->
                      env=step_env(tmp_path, mlflow_server.url, **trace))
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = results(tmp_path)
-    client = mlflow.MlflowClient(mlflow_server.url)
+    client = mlflow.MlflowClient(mlflow_server.url, mlflow_server.url)
     expected = {"mlflow_steps.env_tag": trace["MLFLOW_STEPS_ENV_TAG"],
                 "mlflow_steps.image": trace["MLFLOW_STEPS_IMAGE"],
                 "mlflow_steps.image_digest": trace["MLFLOW_STEPS_IMAGE_DIGEST"],
@@ -299,3 +300,19 @@ def test_run_and_model_trace_back_to_the_image(mlflow_server, tmp_path: Path) ->
     assert {key: run_tags.get(key) for key in expected} == expected
     model = client.get_logged_model(outputs["model-uri"].removeprefix("models:/"))
     assert {key: model.tags.get(key) for key in expected} == expected
+    # ... and `trace` reads them back from the model (or the run)
+    env = step_env(tmp_path, mlflow_server.url)
+    for uri in (outputs["model-uri"], f"runs:/{outputs['run-id']}/model"):
+        traced = run_cli("trace", uri, "--no-lock", env=env)
+        assert traced.returncode == 0, traced.stderr
+        fields = {line[:10].strip(): line[11:] for line in traced.stdout.splitlines()}
+        assert fields["run"] == outputs["run-id"]
+        assert fields["env tag"] == trace["MLFLOW_STEPS_ENV_TAG"]
+        assert fields["digest"] == trace["MLFLOW_STEPS_IMAGE_DIGEST"]
+    untraced = client.create_logged_model(model.experiment_id, name="elsewhere")
+    for uri, words in ((f"models:/{untraced.model_id}", "carries no mlflow-steps trace"),
+                       ("s3://bucket/model", "not a model URI"),
+                       ("models:/m-0123456789abcdef0123456789abcdef", "models:/m-")):
+        refused = run_cli("trace", uri, env=env)
+        assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert words in refused.stderr

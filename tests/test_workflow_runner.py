@@ -134,7 +134,7 @@ def test_run_passes_inputs_codeset_extensions_and_outputs(run_workflow) -> None:
     assert first["env"]["FUSEML_VALUE"] == socket and first["env"]["TASK_RESULT"] == "image"
     assert first["env"]["FUSEML_ENV_WORKFLOW_NAME"] == "wf-test"
     assert first["env"]["STORE_URL"] == "http://127.0.0.1:9"
-    assert first["env"]["KEY_COPY"] == "key=***"
+    assert first["env"]["KEY_COPY"] == "***"  # a credential-named variable: masked whole
     assert first["env"]["AWS_SECRET_ACCESS_KEY"] == "***"
     assert (first["cwd"], first["org"], first["project"]) == ("/src", "local", "sklearn-logreg")
     assert {"MLproject", "conda.yaml", "train.py", ".fuseml"} <= set(first["files"])
