@@ -14,6 +14,9 @@ RUNTIME_PROBE = (
     "site=$(python -c 'import sklearn, os; print(os.path.dirname(sklearn.__file__))') && "
     "ls $site/__pycache__/__init__.cpython-*.pyc >/dev/null && test ! -e $site/tests && "
     "/opt/mlflow-steps/bin/mlflow-steps --version && "
+    # what was installed, recorded: the lock names scikit-learn and MLflow with versions
+    "grep -q '^scikit-learn==' /opt/mlflow-steps-build/lock.txt && "
+    "grep -q '^mlflow-skinny==' /opt/mlflow-steps-build/lock.txt && "
     "test ! -e /etc/pip.conf && test ! -e /run/secrets/pip-ca.pem && "
     "test ! -d /root/.cache/pip && test ! -e /mlflow-steps-build && test ! -e /kaniko"
 )
@@ -35,6 +38,11 @@ def check_runtime_image(engine, reference: str) -> dict[str, str]:
     config = json.loads(engine.cli("image", "inspect", reference).stdout)[0]["Config"]
     labels = config["Labels"] or {}
     assert labels["io.mlflow-steps.env-tag"] == reference.rsplit(":", 1)[1]
+    assert labels["io.mlflow-steps.spec-digest"].startswith(
+        "sha256:" + labels["io.mlflow-steps.env-tag"])
+    assert labels["io.mlflow-steps.lock"] == "/opt/mlflow-steps-build/lock.txt"
+    assert labels["io.mlflow-steps.tooling-version"] and \
+        labels["org.opencontainers.image.base.name"]
     assert labels["io.mlflow-steps.strategy"] in ("pip", "conda", "conda-lock")
     assert config["User"] == "1000" and config["WorkingDir"] == "/srv/mlflow"
     return labels

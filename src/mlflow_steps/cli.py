@@ -244,6 +244,62 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
     click.echo(outcome.pull_reference)
 
 
+@cli.command("inspect")
+@click.argument("image")
+@click.option("--codeset", type=click.Path(path_type=Path, file_okay=False),
+              help="Also say whether this codeset hashes to the image's environment "
+                   "[default: the current directory when it has an MLproject].")
+@click.option("--insecure-registries", default="",
+              help="Comma-separated registries reached over HTTP.")
+@click.option("--registry-ca", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="CA bundle for a TLS registry with a private CA.")
+def inspect_command(image: str, codeset: Path | None, insecure_registries: str,
+                    registry_ca: Path | None) -> None:
+    """What runtime IMAGE holds (env tag, spec, strategy, base, lock), from the registry
+    alone: no pull, no engine."""
+    from mlflow_steps.imageref import ImageRef, check_reference
+    from mlflow_steps.inspect_image import codeset_matches, read_image
+    from mlflow_steps.registry import RegistryClient
+
+    check_reference(image, source="inspect", field="IMAGE")
+    client = RegistryClient(
+        ImageRef.parse(image).registry,
+        insecure_registries=tuple(h.strip() for h in insecure_registries.split(",") if h),
+        verify=str(registry_ca) if registry_ca else True)
+    record = read_image(image, client)
+    click.echo(record.describe())
+    if codeset is None and Path("MLproject").is_file():
+        codeset = Path(".")
+    if codeset is not None:
+        click.echo(codeset_matches(record, codeset, dict(os.environ)))
+
+
+@cli.command("trace")
+@click.argument("model_uri")
+@click.option("--lock/--no-lock", default=True, show_default=True,
+              help="Also read the image's recorded lock from the registry.")
+@click.option("--insecure-registries", default="",
+              help="Comma-separated registries reached over HTTP.")
+def trace_command(model_uri: str, lock: bool, insecure_registries: str) -> None:
+    """From MODEL_URI back to its run, the image that trained it (digest), its env tag and
+    the environment's lock. The tracking server comes from MLFLOW_TRACKING_URI."""
+    import mlflow
+
+    from mlflow_steps.runtime.trace import trace_model
+
+    trace = trace_model(model_uri, mlflow.MlflowClient())
+    click.echo(trace.describe())
+    if lock and trace.image:
+        from mlflow_steps.imageref import ImageRef
+        from mlflow_steps.inspect_image import read_image
+        from mlflow_steps.registry import RegistryClient
+
+        client = RegistryClient(
+            ImageRef.parse(trace.image).registry,
+            insecure_registries=tuple(h.strip() for h in insecure_registries.split(",") if h))
+        click.echo("\n".join(read_image(trace.image, client).describe().splitlines()[2:]))
+
+
 def _registration(name: str | None, alias: str | None, tags: str | None,
                   description: str | None) -> Registration | None:
     from mlflow_steps.runtime.model import Registration, parse_tags

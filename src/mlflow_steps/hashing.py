@@ -42,7 +42,12 @@ def canonical_json(data: object) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def env_tag(spec: EnvSpec) -> str:
-    """sha256 of the canonical spec, truncated to a registry-friendly tag."""
+def spec_digest(spec: EnvSpec) -> str:
+    """sha256 of the canonical spec (recorded in the image's labels)."""
     payload = canonical_json(spec.canonical(template_version()))
-    return hashlib.sha256(payload.encode()).hexdigest()[:TAG_LENGTH]
+    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+
+
+def env_tag(spec: EnvSpec) -> str:
+    """The spec digest, truncated to a registry-friendly tag."""
+    return spec_digest(spec).removeprefix("sha256:")[:TAG_LENGTH]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -309,6 +310,66 @@ class RegistryClient:
                                 source=self._source)
             return digest
         raise self._failure(response, f"manifest HEAD {url}", deadline)
+
+    def manifest(self, repository: str, reference: str) -> tuple[str, dict]:
+        """The image manifest of repository:reference (for an index: its linux/amd64 one)
+        and its digest."""
+        try:
+            digest, manifest = self._get_manifest(repository, reference)
+            if "manifests" in manifest:  # an index: the platform we build for
+                chosen = next((m for m in manifest["manifests"] if m.get("platform", {}).get(
+                    "os") == "linux" and m["platform"].get("architecture") == "amd64"), None)
+                if chosen is None:
+                    raise StepError(f"{repository}:{reference} has no linux/amd64 image",
+                                    source=self._source)
+                digest, manifest = self._get_manifest(repository, chosen["digest"])
+            return digest, manifest
+        except StepError as exc:
+            raise self._redacted(exc) from None
+
+    def blob(self, repository: str, digest: str, limit: int) -> bytes:
+        """The blob ``digest`` (at most ``limit`` bytes), checked against its digest."""
+        try:
+            return self._blob(repository, digest, limit)
+        except StepError as exc:
+            raise self._redacted(exc) from None
+
+    def _get_manifest(self, repository: str, reference: str) -> tuple[str, dict]:
+        deadline = Deadline(self.budget)
+        path = f"/v2/{repository}/manifests/{reference}"
+        response = self._request("manifest GET", "GET", path,
+                                 scope=f"repository:{repository}:pull", deadline=deadline)
+        url = f"{self.base_url}{path}"
+        if response.status_code == 404:
+            raise StepError(f"{repository}:{reference} not found ({url})", source=self._source)
+        if response.status_code != 200:
+            raise self._failure(response, f"manifest GET {url}", deadline)
+        digest = "sha256:" + hashlib.sha256(response.content).hexdigest()
+        try:
+            manifest = json.loads(response.content)
+            if not isinstance(manifest, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            raise StepError(f"manifest GET {url} answered something that is not a manifest",
+                            source=self._source) from None
+        return digest, manifest
+
+    def _blob(self, repository: str, digest: str, limit: int) -> bytes:
+        if not _DIGEST.fullmatch(digest) or not digest.startswith("sha256:"):
+            raise StepError(f"{digest[:80]!r} is not a sha256 digest", source=self._source)
+        deadline = Deadline(self.budget)
+        path = f"/v2/{repository}/blobs/{digest}"
+        response = self._request("blob GET", "GET", path,
+                                 scope=f"repository:{repository}:pull", deadline=deadline)
+        url = f"{self.base_url}{path}"
+        if response.status_code != 200:
+            raise self._failure(response, f"blob GET {url}", deadline)
+        if len(response.content) > limit:
+            raise StepError(f"blob {digest} is over {limit} bytes", source=self._source)
+        if "sha256:" + hashlib.sha256(response.content).hexdigest() != digest:
+            raise StepError(f"blob GET {url} answered bytes that do not match the digest",
+                            source=self._source)
+        return response.content
 
     @property
     def _source(self) -> str:

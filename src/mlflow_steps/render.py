@@ -17,7 +17,7 @@ import yaml
 from mlflow_steps import __version__
 from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.errors import StepError
-from mlflow_steps.hashing import PACKAGE_DIR, env_tag, tooling_files
+from mlflow_steps.hashing import PACKAGE_DIR, env_tag, spec_digest, tooling_files
 
 if TYPE_CHECKING:
     import jinja2
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 BUILD_DIR = "/opt/mlflow-steps-build"
 ENV_PREFIX = "/opt/env"
+LOCK_PATH = f"{BUILD_DIR}/lock.txt"  # what was installed (name==version), written at build
 # Where RUN steps find the build-time uv settings (a secret mount; absent without any).
 UV_CONFIG_TARGET = "/run/secrets/uv.env"
 TOOLING_PREFIX = "/opt/mlflow-steps"
@@ -170,6 +171,8 @@ def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDeli
     return template.render(
         tooling_version=__version__,
         tag=env_tag(spec),
+        spec_digest=spec_digest(spec),
+        lock_path=LOCK_PATH,
         strategy=spec.strategy,
         source=spec.source,
         base_image=spec.base_image,

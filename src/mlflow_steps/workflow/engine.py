@@ -11,6 +11,7 @@ import docker.errors
 from docker.types import Mount
 
 from mlflow_steps.errors import StepError
+from mlflow_steps.imageref import ImageRef
 
 ENGINE_SOCKET_LABEL = "org.mlflow-steps.engine-socket"
 PIP_CONFIG_LABEL = "org.mlflow-steps.pip-config"
@@ -39,6 +40,7 @@ class ImageInfo:
 
     labels: dict[str, str]
     user: str = ""  # the image's USER ("" = root)
+    digest: str = ""  # the registry digest it was pulled by ("" = built here, never pushed)
 
 
 class DockerEngine:
@@ -69,7 +71,11 @@ class DockerEngine:
             except docker.errors.APIError as exc:
                 raise StepError(f"cannot pull image: {exc.explanation or exc}",
                                 source=reference) from None
-        return ImageInfo(dict(image.labels or {}), image.attrs["Config"].get("User") or "")
+        wanted = ImageRef.parse(reference)
+        digests = [ref.tag for ref in map(ImageRef.parse, image.attrs.get("RepoDigests") or [])
+                   if (ref.registry, ref.repository) == (wanted.registry, wanted.repository)]
+        return ImageInfo(dict(image.labels or {}), image.attrs["Config"].get("User") or "",
+                         digests[0] if digests else "")
 
     def run(self, spec: ContainerSpec, on_line: Callable[[str], None]) -> int:
         """Run to completion, streaming output lines; return the exit code."""

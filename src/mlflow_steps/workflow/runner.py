@@ -226,6 +226,7 @@ class Runner:
         if step.codeset:
             mounts.append((run_dir / "workspace", step.codeset.path))
         info = self.engine.prepare(image)
+        env.update({"MLFLOW_STEPS_IMAGE": image, "MLFLOW_STEPS_IMAGE_DIGEST": info.digest})
         pip_dir = pip_config_dir(run_dir, step)
         if (options.forward_pip_config and info.labels.get(PIP_CONFIG_LABEL) == "true"
                 and write_pip_config(pip_dir, info.user)):

@@ -295,11 +295,11 @@ class TektonExport:
         return task
 
     def task(self, step: Step) -> dict[str, Any]:
-        container: dict[str, Any] = {
-            "name": self.tasks[step.name],
-            "image": step.image.literal or "$(params.IMAGE)",
-            "env": [{"name": name, **value} for name, value in self._env(step).items()],
-        }
+        image = step.image.literal or "$(params.IMAGE)"
+        env = [{"name": name, **value} for name, value in self._env(step).items()]
+        # The image a run's models trace back to (the runtime tags runs with it).
+        env.append({"name": "MLFLOW_STEPS_IMAGE", "value": image})
+        container: dict[str, Any] = {"name": self.tasks[step.name], "image": image, "env": env}
         envfrom = self._env_from(step)
         if envfrom:
             container["envFrom"] = envfrom

@@ -1,0 +1,83 @@
+"""`mlflow-steps trace MODEL_URI`: from a model back to its run, image and environment."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow_steps.errors import StepError
+from mlflow_steps.imageref import ImageRef
+from mlflow_steps.runtime.step import IMAGE_TAG_VARIABLES
+
+TRACE_TAGS = (*IMAGE_TAG_VARIABLES.values(), "mlflow_steps.tooling_version")
+_RUNS_URI = re.compile(r"runs:/(?P<run>[0-9a-zA-Z]+)(?:/.*)?")
+_MODEL_ID = re.compile(r"models:/(?P<id>m-[0-9a-f]+)")
+_MODEL_VERSION = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>.+))")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Where a model came from: its run and the image that trained it."""
+
+    model_uri: str
+    run_id: str
+    tags: dict[str, str]
+
+    @property
+    def image(self) -> str | None:
+        """The image, pinned to its digest when the run recorded one."""
+        image = self.tags.get("mlflow_steps.image")
+        digest = self.tags.get("mlflow_steps.image_digest")
+        if image and digest:
+            ref = ImageRef.parse(image)
+            return str(ImageRef(ref.registry, ref.repository, digest))
+        return image
+
+    def describe(self) -> str:
+        lines = [f"model      {self.model_uri}", f"run        {self.run_id or '(none)'}"]
+        titles = {"mlflow_steps.env_tag": "env tag", "mlflow_steps.image": "image",
+                  "mlflow_steps.image_digest": "digest", "mlflow_steps.tooling_version": "tooling"}
+        lines += [f"{title:<10} {self.tags[key]}" for key, title in titles.items()
+                  if self.tags.get(key)]
+        return "\n".join(lines)
+
+
+def trace_model(model_uri: str, client: Any) -> Trace:
+    """The run and image tags of ``model_uri`` (models:/<id>, models:/<name>/<version>,
+    models:/<name>@<alias>, runs:/<run>/<path>)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _trace(model_uri.strip(), client)
+    except MlflowException as exc:
+        first = (str(getattr(exc, "message", exc)).strip().splitlines() or ["not found"])[0]
+        raise StepError(first, source=model_uri) from None
+
+
+def _trace(model_uri: str, client: Any) -> Trace:
+    run_id, model_tags = "", {}
+    if match := _RUNS_URI.fullmatch(model_uri):
+        run_id = match["run"]
+    elif match := _MODEL_ID.fullmatch(model_uri):
+        model = client.get_logged_model(match["id"])
+        run_id, model_tags = model.source_run_id or "", dict(model.tags)
+    elif match := _MODEL_VERSION.fullmatch(model_uri):
+        version = (client.get_model_version(match["name"], match["version"]) if match["version"]
+                   else client.get_model_version_by_alias(match["name"], match["alias"]))
+        run_id = version.run_id or ""
+        model_id = getattr(version, "model_id", None)
+        if model_id:
+            model_tags = dict(client.get_logged_model(model_id).tags)
+    else:
+        raise StepError("not a model URI: use models:/<model id>, models:/<name>/<version>, "
+                        "models:/<name>@<alias> or runs:/<run id>/<path>", source=model_uri)
+    run_id = run_id or model_tags.get("mlflow_steps.run_id", "")
+    tags = {key: value for key, value in model_tags.items() if key in TRACE_TAGS}
+    if run_id:
+        run_tags = client.get_run(run_id).data.tags
+        tags = {**{key: run_tags[key] for key in TRACE_TAGS if key in run_tags}, **tags}
+    if not tags:
+        raise StepError("carries no mlflow-steps trace (it was not trained by the runtime "
+                        "step of mlflow-steps)", source=model_uri)
+    return Trace(model_uri, run_id, tags)
