@@ -110,9 +110,17 @@ def s3_client_env(monkeypatch, s3_server):
         monkeypatch.setenv(key, value)
 
 
+@pytest.fixture
+def own_registry(tmp_path):
+    """A registry for one test: whatever ran before, its first run must build."""
+    registry = Registry(tmp_path / "registry").start()
+    yield registry
+    registry.stop()
+
+
 def test_train_workflow_builds_then_skips_and_logs_a_loadable_model(
-        workflow, tracking, s3_client_env, capsys) -> None:
-    first, outputs, record, first_seconds = workflow("mlflow-train")
+        workflow, tracking, s3_client_env, own_registry, capsys) -> None:
+    first, outputs, record, first_seconds = workflow("mlflow-train", registry=own_registry)
     assert "[builder] done in " in first.stderr
     assert "[trainer] done in " in first.stderr
     builder, trainer = record["steps"]
@@ -126,7 +134,8 @@ def test_train_workflow_builds_then_skips_and_logs_a_loadable_model(
     [experiment] = [e for e in mlflow.search_experiments() if e.name != "Default"]
     assert experiment.name == "local.sklearn-logreg"
 
-    again, outputs_again, record_again, second_seconds = workflow("mlflow-train")
+    again, outputs_again, record_again, second_seconds = workflow("mlflow-train",
+                                                                 registry=own_registry)
     assert "[builder] skipped build, done in " in again.stderr
     assert record_again["steps"][0]["build_skipped"]
     assert outputs_again["model-url"] != model_url  # a new run, a new model
