@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -178,15 +179,32 @@ def test_conda_image_builds_trains_and_skips(docker_engine, registry, base_image
     assert again.stdout.strip() == reference
 
 
+LOCKED_JOB = """\
+import os, tempfile, mlflow, markupsafe, six
+with mlflow.start_run():  # a model without numpy (not in this lock): an MLmodel of its own
+    mlflow.log_param("six", six.__version__)
+    model = mlflow.initialize_logged_model(name="model")
+    with tempfile.TemporaryDirectory() as directory:
+        with open(os.path.join(directory, "MLmodel"), "w") as handle:
+            handle.write("artifact_path: model\\nflavors: {}\\n")
+        mlflow.MlflowClient().log_model_artifacts(model.model_id, directory)
+    mlflow.finalize_logged_model(model.model_id, "READY")
+"""
+
+
 def test_conda_lock_image_has_exactly_the_locked_packages(docker_engine, registry, base_image,
-                                                          conda_channel, tmp_path: Path) -> None:
+                                                          conda_channel, mlflow_server,
+                                                          tmp_path: Path) -> None:
+    import mlflow
     from conda_channel import solve
+    from test_runtime_image import run_step
 
     records = solve(conda_channel, ["python=3.11", "pip", "six==1.16.0", "markupsafe"])
     codeset = tmp_path / "cs"
     codeset.mkdir()
     (codeset / "MLproject").write_text(MLPROJECT.replace("conda.yaml", "conda-lock.yml"))
     (codeset / "conda-lock.yml").write_text(lock_yaml(records))
+    (codeset / "train.py").write_text(LOCKED_JOB)
     env = {**docker_engine.env(), "FUSEML_REGISTRY": registry.address,
            "FUSEML_BASE_IMAGE": base_image, "FUSEML_BUILDER": "docker"}
     first = run_cli("build", str(codeset), env=env)
@@ -201,6 +219,15 @@ def test_conda_lock_image_has_exactly_the_locked_packages(docker_engine, registr
     assert lines[0] == "1.16.0"
     assert sorted(name for name in lines if name.endswith(".json")) == sorted(
         r["file_name"].removesuffix(".tar.bz2") + ".json" for r in records)
+    # The runtime step runs the entry point in the locked environment and finds its model.
+    run = run_step(docker_engine, reference, codeset, tmp_path / "results",
+                   f"MLFLOW_TRACKING_URI={mlflow_server.url}",
+                   "FUSEML_MLFLOW_EXPERIMENT=conda-lock")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "/models/m-" in (tmp_path / "results" / "model-url").read_text()
+    run_id = re.search(r"mlflow-steps: run ([0-9a-f]{32}): ", run.stderr)[1]
+    client = mlflow.MlflowClient(mlflow_server.url, mlflow_server.url)
+    assert client.get_run(run_id).data.params["six"] == "1.16.0"
     again = run_cli("build", str(codeset), env=env)
     assert again.returncode == 0 and "build skipped" in again.stderr
 
