@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python bench/hash_bench.py
 	$(BIN)/python bench/builder_bench.py
 	$(BIN)/python bench/executor_bench.py
+	$(BIN)/python bench/conda_bench.py
 	$(BIN)/python bench/runtime_bench.py
 	$(BIN)/python bench/server_bench.py
 
