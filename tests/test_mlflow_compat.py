@@ -156,7 +156,7 @@ def test_tracking_request_timeout() -> None:
 
 @pytest.fixture
 def store(tmp_path: Path):
-    pytest.importorskip("sqlalchemy")
+    import sqlalchemy  # noqa: F401 - declared by the server extra
     artifacts = tmp_path / "artifacts"
     return compat.sql_tracking_store(f"sqlite:///{tmp_path / 'store.db'}", artifacts.as_uri())
 
@@ -199,7 +199,7 @@ def test_artifact_repository(tmp_path: Path) -> None:
 
 def test_schema_revisions_and_upgrade(tmp_path: Path) -> None:
     """(Upgrading a store written by an older MLflow: tests/test_server_db_upgrade.py.)"""
-    sqlalchemy = pytest.importorskip("sqlalchemy")
+    import sqlalchemy
     from alembic.script import ScriptDirectory
 
     database = tmp_path / "fresh.db"
@@ -239,11 +239,11 @@ def healthy(url: str) -> bool:
 @pytest.mark.server_mlflow
 def test_server_settings_app_and_store_initialisation(tmp_path: Path) -> None:
     """The settings reach MLflow's app: it serves the store and proxies artifacts."""
-    pytest.importorskip("uvicorn")
+    import uvicorn  # noqa: F401 - declared by the server extra
     store_uri = f"sqlite:///{tmp_path / 'server.db'}"
     destination = tmp_path / "destination"
     compat.initialize_backend_stores(store_uri, store_uri, "mlflow-artifacts:/")
-    sqlalchemy = pytest.importorskip("sqlalchemy")
+    import sqlalchemy
     engine = sqlalchemy.create_engine(store_uri)
     try:
         assert compat.schema_revision(engine) == compat.head_schema_revision()

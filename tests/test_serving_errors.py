@@ -18,9 +18,8 @@ from helpers import run_cli
 
 from mlflow_steps.serving import engine_error, server_error
 
-DOCKER = shutil.which("docker")
+DOCKER = shutil.which("docker")  # setup installs docker.io
 SECRET = "tok-" + "e9f1c2d3a4b5"
-needs_docker_cli = pytest.mark.skipif(DOCKER is None, reason="no docker CLI")
 
 
 class RefusingEngine:
@@ -79,7 +78,6 @@ def serve(tmp_path: Path, docker_host: str, **extra: str):
                    "example/model:1", env=env, timeout=120)
 
 
-@needs_docker_cli
 def test_refused_pull_reports_the_engines_error(tmp_path: Path) -> None:
     engine = RefusingEngine(
         f'Head "https://registry.example/v2/example/model/manifests/1": unauthorized: '
@@ -98,7 +96,6 @@ def test_refused_pull_reports_the_engines_error(tmp_path: Path) -> None:
     assert any("/images/create" in r for r in engine.requests)
 
 
-@needs_docker_cli
 def test_absent_engine(tmp_path: Path) -> None:
     result = serve(tmp_path, f"unix://{tmp_path}/none.sock")
     assert result.returncode == 2, result.stderr
