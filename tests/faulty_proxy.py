@@ -20,8 +20,27 @@ from pathlib import Path
 
 import requests
 
-HOP_HEADERS = {"connection", "transfer-encoding", "keep-alive", "content-length"}
+# Not relayed: hop-by-hop headers, and the encoding requests has already undone.
+HOP_HEADERS = {"connection", "transfer-encoding", "keep-alive", "content-length",
+               "content-encoding"}
 HOLD_SECONDS = 60  # the longest any fake keeps a client waiting (stop() releases it sooner)
+
+
+def forward(handler: BaseHTTPRequestHandler, target: str, body: bytes = b"",
+            timeout: float = 10) -> None:
+    """Relay ``handler``'s request (with ``body``) to ``target`` and the answer back."""
+    headers = {k: v for k, v in handler.headers.items()
+               if k.lower() not in ("host", *HOP_HEADERS)}
+    upstream = requests.request(handler.command, target + handler.path, data=body or None,
+                                headers=headers, timeout=timeout)
+    handler.send_response(upstream.status_code)
+    for key, value in upstream.headers.items():
+        if key.lower() not in HOP_HEADERS:
+            handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(upstream.content)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(upstream.content)
 
 
 class FaultyProxy:
@@ -50,17 +69,7 @@ class FaultyProxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                upstream = requests.request(self.command, proxy.target + self.path,
-                                            headers=headers, timeout=10)
-                self.send_response(upstream.status_code)
-                for key, value in upstream.headers.items():
-                    if key.lower() not in HOP_HEADERS:
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(upstream.content)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(upstream.content)
+                forward(self, proxy.target)
 
             do_GET = do_HEAD = _serve
 

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
+from faulty_proxy import SilentServer, forward
 from helpers import run_cli
 from test_runtime import example, results, step_env
 
@@ -27,37 +27,6 @@ from mlflow_steps.runtime.tracking import (
 )
 
 PASSWORD = "pw-" + "5ecret-value"
-HOP_HEADERS = {"connection", "transfer-encoding", "keep-alive", "content-length",
-               "content-encoding"}
-
-
-class Silent:
-    """Accepts TCP connections and never answers (a hung server, a black-holing proxy)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.held: list[socket.socket] = []
-        self.stopped = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self.stopped.is_set():
-            try:
-                self.held.append(self.sock.accept()[0])
-            except OSError:
-                continue
-
-    def stop(self) -> None:
-        self.stopped.set()
-        for conn in self.held:
-            conn.close()
-        self.sock.close()
-
-
 Behaviour = Callable[[BaseHTTPRequestHandler, int], bool]
 
 
@@ -81,19 +50,8 @@ class Scripted:
                     server.seen += 1
                     number = server.seen
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if behave(self, number):
-                    return
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", *HOP_HEADERS)}
-                upstream = requests.request(self.command, target + self.path, data=body,
-                                            headers=headers, timeout=60)
-                self.send_response(upstream.status_code)
-                for key, value in upstream.headers.items():
-                    if key.lower() not in HOP_HEADERS:
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(upstream.content)))
-                self.end_headers()
-                self.wfile.write(upstream.content)
+                if not behave(self, number):
+                    forward(self, target, body, timeout=60)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
 
@@ -146,12 +104,12 @@ def assert_one_line_failure(result, message: str) -> None:
 
 def test_silent_server_fails_within_the_budget(tmp_path: Path) -> None:
     """It accepts and never answers: ~88 s before the budget, now the budget (3 s)."""
-    server = Silent()
+    server = SilentServer()
     try:
-        result, seconds = run_against(tmp_path, server.url)
+        result, seconds = run_against(tmp_path, f"http://{server.address}")
     finally:
         server.stop()
-    assert_one_line_failure(result, f"tracking server http://user:***@{server.url[7:]} did "
+    assert_one_line_failure(result, f"tracking server http://user:***@{server.address} did "
                             "not answer within 3 s (MLFLOW_STEPS_NETWORK_TIMEOUT sets the budget)")
     assert seconds < 20, seconds  # 3 s budget + interpreter and MLflow start-up
     assert results(tmp_path) == {}
