@@ -288,17 +288,11 @@ class RegistryClient:
 
     def manifest_digest(self, repository: str, tag: str) -> str | None:
         """Digest of repository:tag, None when the registry says it does not exist."""
-        try:
+        with self._redacting():
             return self._manifest_digest(repository, tag)
-        except StepError as exc:
-            raise self._redacted(exc) from None
 
     def _manifest_digest(self, repository: str, tag: str) -> str | None:
-        deadline = Deadline(self.budget)
-        path = f"/v2/{repository}/manifests/{tag}"
-        response = self._request("manifest HEAD", "HEAD", path,
-                                 scope=f"repository:{repository}:pull", deadline=deadline)
-        url = f"{self.base_url}{path}"
+        response, url, deadline = self._pull("HEAD", "manifests", repository, tag)
         if response.status_code == 404:
             return None
         if response.status_code == 200:
@@ -314,7 +308,7 @@ class RegistryClient:
     def manifest(self, repository: str, reference: str) -> tuple[str, dict]:
         """The image manifest of repository:reference (for an index: its linux/amd64 one)
         and its digest."""
-        try:
+        with self._redacting():
             digest, manifest = self._get_manifest(repository, reference)
             if "manifests" in manifest:  # an index: the platform we build for
                 chosen = next((m for m in manifest["manifests"] if m.get("platform", {}).get(
@@ -324,22 +318,32 @@ class RegistryClient:
                                     source=self._source)
                 digest, manifest = self._get_manifest(repository, chosen["digest"])
             return digest, manifest
-        except StepError as exc:
-            raise self._redacted(exc) from None
 
     def blob(self, repository: str, digest: str, limit: int) -> bytes:
         """The blob ``digest`` (at most ``limit`` bytes), checked against its digest."""
-        try:
+        with self._redacting():
             return self._blob(repository, digest, limit)
+
+    def _pull(self, method: str, kind: str, repository: str,
+              reference: str) -> tuple[requests.Response, str, Deadline]:
+        """One pull-scoped request for /v2/<repository>/<kind>/<reference> (kind: manifests
+        or blobs) under its own deadline: the answer, the URL and the deadline."""
+        deadline = Deadline(self.budget)
+        path = f"/v2/{repository}/{kind}/{reference}"
+        response = self._request(f"{kind.removesuffix('s')} {method}", method, path,
+                                 scope=f"repository:{repository}:pull", deadline=deadline)
+        return response, f"{self.base_url}{path}", deadline
+
+    @contextlib.contextmanager
+    def _redacting(self) -> Iterator[None]:
+        """Errors raised inside, without any credential this client has seen."""
+        try:
+            yield
         except StepError as exc:
             raise self._redacted(exc) from None
 
     def _get_manifest(self, repository: str, reference: str) -> tuple[str, dict]:
-        deadline = Deadline(self.budget)
-        path = f"/v2/{repository}/manifests/{reference}"
-        response = self._request("manifest GET", "GET", path,
-                                 scope=f"repository:{repository}:pull", deadline=deadline)
-        url = f"{self.base_url}{path}"
+        response, url, deadline = self._pull("GET", "manifests", repository, reference)
         if response.status_code == 404:
             raise StepError(f"{repository}:{reference} not found ({url})", source=self._source)
         if response.status_code != 200:
@@ -357,11 +361,7 @@ class RegistryClient:
     def _blob(self, repository: str, digest: str, limit: int) -> bytes:
         if not _DIGEST.fullmatch(digest) or not digest.startswith("sha256:"):
             raise StepError(f"{digest[:80]!r} is not a sha256 digest", source=self._source)
-        deadline = Deadline(self.budget)
-        path = f"/v2/{repository}/blobs/{digest}"
-        response = self._request("blob GET", "GET", path,
-                                 scope=f"repository:{repository}:pull", deadline=deadline)
-        url = f"{self.base_url}{path}"
+        response, url, deadline = self._pull("GET", "blobs", repository, digest)
         if response.status_code != 200:
             raise self._failure(response, f"blob GET {url}", deadline)
         if len(response.content) > limit:
