@@ -156,7 +156,12 @@ def read_env_text(codeset: Path, path: Path) -> str:
 
 def file_sha256(path: Path) -> str:
     """sha256 of a file's bytes, streamed."""
-    digest = hashlib.sha256()
+    return file_digest(path, "sha256")
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file's bytes with ``algorithm`` (a hashlib name), streamed."""
+    digest = hashlib.new(algorithm)
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)

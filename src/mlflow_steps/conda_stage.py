@@ -8,7 +8,6 @@ configuration (alias, credentials) stays on the builder: never in a layer, a log
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from mlflow_steps.codeset_files import file_digest
 from mlflow_steps.envspec import EnvSpec, strip_credentials
 from mlflow_steps.errors import StepError
 from mlflow_steps.redaction import redact
@@ -148,11 +148,7 @@ def _check_digest(path: Path, record: Mapping[str, Any], source: str) -> bool:
     for algorithm in ("sha256", "md5"):
         expected = record.get(algorithm)
         if expected:
-            digest = hashlib.new(algorithm)
-            with path.open("rb") as handle:
-                for chunk in iter(lambda: handle.read(_CHUNK), b""):
-                    digest.update(chunk)
-            return digest.hexdigest() == expected.lower()
+            return file_digest(path, algorithm) == expected.lower()
     raise StepError(f"package {record.get('name')} has no sha256 or md5 to check",
                     source=source)
 
