@@ -19,6 +19,7 @@ Usage: python bench/builder_bench.py [--rounds N]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import shutil
 import statistics
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,6 +115,22 @@ def layer_digests(registry: Registry, reference: str) -> set[str]:
     return {layer["digest"] for layer in manifest["layers"]}
 
 
+@contextlib.contextmanager
+def fresh_stack() -> Iterator[tuple[Path, DockerEngine, Registry, str, set[str]]]:
+    """A new engine and registry in a temporary root, the local base pushed: (root, engine,
+    registry, base reference, the base's layer digests); all stopped and removed after."""
+    with tempfile.TemporaryDirectory(prefix="mls-bench-", dir="/tmp") as tmp:
+        root = Path(tmp)
+        engine = DockerEngine(root / "docker").start()
+        registry = Registry(root / "registry").start()
+        try:
+            base = push_base_image(engine, registry)
+            yield root, engine, registry, base, layer_digests(registry, base)
+        finally:
+            registry.stop()
+            engine.stop()
+
+
 class Contender:
     """Builds and pushes one way; ``extra`` adds a requirement line (the warm rebuild)."""
 
@@ -165,27 +183,16 @@ def main() -> None:
     cold: dict[str, list[float]] = {name: [] for name in names}
     warm: dict[str, list[float]] = {name: [] for name in names}
     size: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="mls-bench-", dir="/tmp") as tmp:
-        root = Path(tmp)
-        engine = DockerEngine(root / "docker").start()
-        registry = Registry(root / "registry").start()
-        try:
-            base = push_base_image(engine, registry)
-            base_layers = layer_digests(registry, base)
-            contenders = {name: Contender(name, engine, registry, base, root)
-                          for name in names}
-            for round_ in range(args.rounds):
-                order = names[round_ % len(names):] + names[:round_ % len(names)]
-                for name in order:
-                    engine.cli("builder", "prune", "-af")
-                    cold[name].append(contenders[name].build_push(round_))
-                    size[name] = pushed_bytes(registry, contenders[name].reference,
-                                              base_layers)
-                    warm[name].append(contenders[name].build_push(round_, extra="six"))
-            skip = skip_times(engine, registry, base, root)
-        finally:
-            registry.stop()
-            engine.stop()
+    with fresh_stack() as (root, engine, registry, base, base_layers):
+        contenders = {name: Contender(name, engine, registry, base, root) for name in names}
+        for round_ in range(args.rounds):
+            order = names[round_ % len(names):] + names[:round_ % len(names)]
+            for name in order:
+                engine.cli("builder", "prune", "-af")
+                cold[name].append(contenders[name].build_push(round_))
+                size[name] = pushed_bytes(registry, contenders[name].reference, base_layers)
+                warm[name].append(contenders[name].build_push(round_, extra="six"))
+        skip = skip_times(engine, registry, base, root)
     careful = statistics.median(cold["careful"])
     careful_warm = statistics.median(warm["careful"])
     mb = 1e6

@@ -18,7 +18,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,9 +26,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests"), str(REPO / "bench")]
 
-from builder_bench import layer_digests, pushed_bytes, run, spread  # noqa: E402
+from builder_bench import fresh_stack, pushed_bytes, run, spread  # noqa: E402
 from conda_channel import build_channel  # noqa: E402
-from devstack import DockerEngine, Registry, push_base_image  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "sklearn-logreg"
 CONDA_PACKAGES = ["six", "markupsafe"]
@@ -60,29 +58,19 @@ def main() -> None:
     kinds = ["conda", "pip"]
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
     size: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="mls-bench-", dir="/tmp") as tmp:
-        root = Path(tmp)
-        engine = DockerEngine(root / "docker").start()
-        registry = Registry(root / "registry").start()
-        try:
-            base = push_base_image(engine, registry)
-            base_layers = layer_digests(registry, base)
-            for round_ in range(args.rounds):
-                for kind in kinds if round_ % 2 == 0 else reversed(kinds):
-                    engine.cli("builder", "prune", "-af")
-                    env = {**engine.env(), "FUSEML_REGISTRY": registry.address,
-                           "FUSEML_BASE_IMAGE": base, "FUSEML_BUILDER": "docker",
-                           "FUSEML_REPOSITORY": f"bench/{kind}-{round_}",
-                           "CONDA_CHANNEL_ALIAS": channel.alias_url}
-                    start = time.perf_counter()
-                    reference = run([sys.executable, "-m", "mlflow_steps", "build",
-                                     str(codeset(root, kind, round_)), "--force"], env).strip()
-                    times[kind].append(time.perf_counter() - start)
-                    size[kind] = pushed_bytes(registry, reference.replace(
-                        reference.split("/", 1)[0], registry.address, 1), base_layers)
-        finally:
-            registry.stop()
-            engine.stop()
+    with fresh_stack() as (root, engine, registry, base, base_layers):
+        for round_ in range(args.rounds):
+            for kind in kinds if round_ % 2 == 0 else reversed(kinds):
+                engine.cli("builder", "prune", "-af")
+                env = {**engine.env(), "FUSEML_REGISTRY": registry.address,
+                       "FUSEML_BASE_IMAGE": base, "FUSEML_BUILDER": "docker",
+                       "FUSEML_REPOSITORY": f"bench/{kind}-{round_}",
+                       "CONDA_CHANNEL_ALIAS": channel.alias_url}
+                start = time.perf_counter()
+                reference = run([sys.executable, "-m", "mlflow_steps", "build",
+                                 str(codeset(root, kind, round_)), "--force"], env).strip()
+                times[kind].append(time.perf_counter() - start)
+                size[kind] = pushed_bytes(registry, reference, base_layers)
     print(f"{'':<7}{'cold build+push':>26}{'pushed':>12}")
     for kind in kinds:
         print(f"{kind:<7}{spread(times[kind]):>26}{size[kind] / 1e6:>9.1f} MB")
