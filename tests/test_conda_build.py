@@ -47,7 +47,7 @@ def staged(codeset_files: dict[str, str], tmp_path: Path, channel) -> tuple[Path
     for name, text in {"MLproject": MLPROJECT, **codeset_files}.items():
         (codeset / name).write_text(text)
     _, spec = resolve_env(codeset, BuildOptions())
-    out = write_context(spec, tmp_path / "ctx", conda=CondaChannels(channel.alias_url))
+    out = write_context(spec, tmp_path / "ctx", conda_channel_alias=channel.alias_url)
     return out, env_tag(spec)
 
 
@@ -87,7 +87,7 @@ def test_conda_lock_installs_exactly_the_locked_packages(conda_channel, tmp_path
     assert env_tag(spec) != tag
     with pytest.raises(StepError, match=r"six-1\.16\.0-.*: downloaded file does not match its "
                                         r"sha256"):
-        write_context(spec, tmp_path / "ctx2", conda=CondaChannels(conda_channel.alias_url))
+        write_context(spec, tmp_path / "ctx2", conda_channel_alias=conda_channel.alias_url)
     assert not (tmp_path / "ctx2").exists()
 
 
@@ -250,3 +250,15 @@ def test_channel_alias_precedence_and_bad_values(tmp_path: Path) -> None:
         with pytest.raises(StepError, match=words) as caught:
             CondaChannels.collect(base)
         assert "pw-123456" not in str(caught.value)
+
+
+def test_pip_environments_never_read_the_conda_configuration(tmp_path: Path) -> None:
+    """Only conda strategies resolve channels: a broken condarc does not stop a pip build."""
+    (tmp_path / "condarc").write_text("- not a mapping\n")
+    codeset = tmp_path / "cs"
+    codeset.mkdir()
+    (codeset / "MLproject").write_text(MLPROJECT.replace("conda_env: conda.yaml\n", ""))
+    (codeset / "requirements.txt").write_text("six\n")
+    result = run_cli("render", str(codeset), "-o", str(tmp_path / "out"),
+                     env={**os.environ, "CONDARC": str(tmp_path / "condarc")})
+    assert result.returncode == 0, result.stderr

@@ -8,7 +8,6 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mlflow_steps.backends import select_backend
 from mlflow_steps.backends.base import (
@@ -28,9 +27,6 @@ from mlflow_steps.imageref import ImageRef
 from mlflow_steps.pipconfig import BuildPipConfig, collect_pip_config
 from mlflow_steps.registry import RegistryClient, docker_config_dir
 from mlflow_steps.render import PipConfigDelivery, write_context
-
-if TYPE_CHECKING:
-    from mlflow_steps.conda_stage import CondaChannels
 
 
 @dataclass(frozen=True)
@@ -184,13 +180,6 @@ def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
     )
 
 
-def conda_channels(inputs: BuilderInputs, environ: dict[str, str]) -> CondaChannels:
-    """Where the builder resolves conda channel names (never part of the tag)."""
-    from mlflow_steps.conda_stage import CondaChannels
-
-    return CondaChannels.collect(environ, inputs.conda_channel_alias)
-
-
 def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
            environ: dict[str, str]) -> None:
     pip = target.pip
@@ -198,7 +187,7 @@ def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
         workspace = Path(tmp)
         delivery = PipConfigDelivery() if pip.empty else secret_delivery(pip.ca_bundle is not None)
         context = write_context(target.spec, workspace / "context", delivery,
-                                conda_channels(inputs, environ))
+                                inputs.conda_channel_alias, environ)
         secrets = {} if pip.empty else write_pip_secrets(workspace / "secrets", pip)
         backend.build_and_push(build_request(target, inputs, context,
                                              docker_config_dir(environ), secrets))

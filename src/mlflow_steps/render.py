@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,8 +22,6 @@ from mlflow_steps.hashing import PACKAGE_DIR, env_tag, spec_digest, tooling_file
 
 if TYPE_CHECKING:
     import jinja2
-
-    from mlflow_steps.conda_stage import CondaChannels
 
 BUILD_DIR = "/opt/mlflow-steps-build"
 ENV_PREFIX = "/opt/env"
@@ -194,10 +193,12 @@ def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDeli
 
 def write_context(spec: EnvSpec, out_dir: Path,
                   delivery: PipConfigDelivery = PipConfigDelivery(),
-                  conda: CondaChannels | None = None) -> Path:
+                  conda_channel_alias: str | None = None,
+                  environ: Mapping[str, str] | None = None) -> Path:
     """Write Dockerfile, env/, tooling/ (the tooling wheel), tools/ (uv) and, for conda
-    strategies, conda-env/ (the installed conda packages) into ``out_dir`` (new or empty),
-    atomically."""
+    strategies, conda-env/ (the installed conda packages, channels resolved through
+    ``conda_channel_alias`` or ``environ``'s conda configuration) into ``out_dir`` (new or
+    empty), atomically."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise StepError("output directory exists and is not empty", source=str(out_dir))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -223,8 +224,9 @@ def write_context(spec: EnvSpec, out_dir: Path,
         if spec.strategy in CONDA_STRATEGIES:
             from mlflow_steps.conda_stage import CondaChannels, stage_environment
 
+            environ = os.environ if environ is None else environ
             stage_environment(spec, staging / "conda-env", ENV_PREFIX,
-                              conda or CondaChannels.collect(os.environ), os.environ)
+                              CondaChannels.collect(environ, conda_channel_alias), environ)
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)

@@ -13,7 +13,6 @@ from mlflow_steps.builder import (
     BuilderInputs,
     BuildOutcome,
     build_request,
-    conda_channels,
     existing_digest,
     log,
     pushed_digest,
@@ -57,7 +56,7 @@ def prepare(codeset: Path, inputs: BuilderInputs, executor_name: str, plan_dir: 
         pip = target.pip
         delivery = PipConfigDelivery() if pip.empty else secret_delivery(pip.ca_bundle is not None)
         context = write_context(target.spec, plan_dir / "context", delivery,
-                                conda_channels(inputs, environ))
+                                inputs.conda_channel_alias, environ)
         secrets = {} if pip.empty else write_pip_secrets(plan_dir / "secrets", pip)
         request = build_request(target, inputs, context, docker_config_dir(environ), secrets)
         args = _executor_args(executor_name, request, plan_dir, ca_file)
