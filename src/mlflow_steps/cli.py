@@ -107,6 +107,11 @@ class StepsGroup(click.Group):
         return getattr(importlib.import_module(module), attribute)
 
 
+def _hosts(text: str) -> tuple[str, ...]:
+    """A comma-separated host list (insecure_registries), blanks dropped."""
+    return tuple(host.strip() for host in text.split(",") if host.strip())
+
+
 def _finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     if value is not None and not math.isfinite(value):
         raise click.BadParameter(f"{value} is not a number of seconds", param=param)
@@ -165,12 +170,10 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
     """Write the build context (Dockerfile, env files, tooling; conda packages installed)
     for CODESET."""
     from mlflow_steps.builder import resolve_spec
-    from mlflow_steps.conda_stage import CondaChannels
     from mlflow_steps.render import write_context
 
     spec, _ = resolve_spec(codeset, _options(**inputs), dict(os.environ), forward_pip_config)
-    write_context(spec, output_dir,
-                  conda=CondaChannels.collect(os.environ, conda_channel_alias))
+    write_context(spec, output_dir, conda_channel_alias=conda_channel_alias)
     click.echo(f"{output_dir}/Dockerfile ({spec.strategy}, tag {env_tag(spec)})")
 
 
@@ -221,7 +224,7 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
     environ = dict(os.environ)
     builder_inputs = BuilderInputs(
         options=_options(env_strategy, base_image, miniconda_version),
-        insecure_registries=tuple(h.strip() for h in insecure_registries.split(",") if h.strip()),
+        insecure_registries=_hosts(insecure_registries),
         **inputs,
     )
     if stage == "prepare":
@@ -264,7 +267,7 @@ def inspect_command(image: str, codeset: Path | None, insecure_registries: str,
     check_reference(image, source="inspect", field="IMAGE")
     client = RegistryClient(
         ImageRef.parse(image).registry,
-        insecure_registries=tuple(h.strip() for h in insecure_registries.split(",") if h),
+        insecure_registries=_hosts(insecure_registries),
         verify=str(registry_ca) if registry_ca else True)
     record = read_image(image, client)
     click.echo(record.describe())
@@ -296,7 +299,7 @@ def trace_command(model_uri: str, lock: bool, insecure_registries: str) -> None:
 
         client = RegistryClient(
             ImageRef.parse(trace.image).registry,
-            insecure_registries=tuple(h.strip() for h in insecure_registries.split(",") if h))
+            insecure_registries=_hosts(insecure_registries))
         click.echo("\n".join(read_image(trace.image, client).describe().splitlines()[2:]))
 
 
