@@ -98,6 +98,8 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from mlflow_steps.codeset_files import file_sha256
+
 CACHE = (Path(os.environ.get("MLFLOW_STEPS_CACHE", Path.home() / ".cache" / "mlflow-steps"))
          / "conda-channel")
 CHANNEL_NAME = "conda-forge"
@@ -324,14 +326,6 @@ class _Payload:
     placeholders: set[str] = field(default_factory=set)  # relative paths of text files
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _walk(root: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -356,7 +350,7 @@ def _write_package(payload: _Payload, index: dict, out_dir: Path, *,
         if path.is_symlink():
             entries.append({"_path": rel, "path_type": "softlink"})
             continue
-        entry = {"_path": rel, "path_type": "hardlink", "sha256": _sha256(path),
+        entry = {"_path": rel, "path_type": "hardlink", "sha256": file_sha256(path),
                  "size_in_bytes": path.stat().st_size}
         if rel in payload.placeholders:
             entry.update(prefix_placeholder=PLACEHOLDER, file_mode="text")
@@ -454,7 +448,7 @@ def build_python(work: Path, out_dir: Path, debs: list[tuple[str, str]],
     _apt_get(["download", *PYTHON_DEBS], cwd=deb_dir)
     extracted = work / "debroot"
     for name, sha in debs:
-        if _sha256(deb_dir / name) != sha:
+        if file_sha256(deb_dir / name) != sha:
             raise RuntimeError(f"{name}: sha256 differs from apt's index")
         subprocess.run(["dpkg-deb", "-x", str(deb_dir / name), str(extracted)], check=True,
                        timeout=120)
@@ -617,7 +611,7 @@ def wheel_to_conda(wheel: Path, work: Path, out_dir: Path) -> Path:
             script, target = (part.strip() for part in line.split("=", 1))
             entry_points.append(f"{script} = {target}")
 
-    sha = _sha256(wheel)[:7]
+    sha = file_sha256(wheel)[:7]
     depends = _conda_requirements(metadata)
     conda_name = str(canonicalize_name(name))
     license_ = metadata.get("License-Expression") or metadata.get("License")
