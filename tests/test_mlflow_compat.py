@@ -237,6 +237,26 @@ def healthy(url: str) -> bool:
 
 
 @pytest.mark.server_mlflow
+def test_store_initialisation_leaves_the_client_uris_alone(tmp_path: Path, monkeypatch) -> None:
+    """MLflow's initialiser re-points the process's tracking and registry URIs; the adapter
+    puts them back, and a second store in one process is really initialised (not cached)."""
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    mlflow.set_registry_uri(None)
+    mlflow.set_tracking_uri(None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    for name in ("first", "second"):
+        store_uri = f"sqlite:///{tmp_path / name}.db"
+        compat.initialize_backend_stores(store_uri, store_uri, "mlflow-artifacts:/")
+        assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == "http://127.0.0.1:9"
+        assert "MLFLOW_REGISTRY_URI" not in os.environ
+        import sqlalchemy
+        engine = sqlalchemy.create_engine(store_uri)
+        try:
+            assert compat.schema_revision(engine) == compat.head_schema_revision()
+        finally:
+            engine.dispose()
+
+
 def test_server_settings_app_and_store_initialisation(tmp_path: Path) -> None:
     """The settings reach MLflow's app: it serves the store and proxies artifacts."""
     import uvicorn  # noqa: F401 - declared by the server extra

@@ -13,6 +13,7 @@ FastAPI app, and SQLAlchemy 2.1 support in its SQL store).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -180,10 +181,31 @@ def server_environment(*, backend_store_uri: str, registry_store_uri: str,
 
 def initialize_backend_stores(backend_store_uri: str, registry_store_uri: str,
                               default_artifact_root: str) -> None:
-    """Create the tracking and registry tables when missing (what `mlflow server` does)."""
-    from mlflow.server.handlers import initialize_backend_stores as initialize
+    """Create the tracking and registry tables when missing (what `mlflow server` does).
 
-    initialize(backend_store_uri, registry_store_uri, default_artifact_root)
+    MLflow's initialiser also caches both stores in its handlers and points this process's
+    tracking and registry URIs (and their variables) at the store; all of that is put back
+    afterwards, so the caller's client keeps talking to the server it chose."""
+    from mlflow.server import handlers
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = {module: module.__dict__[name] for module, name in (
+        (tracking_utils, "_tracking_uri"), (registry_utils, "_registry_uri"))}
+    saved_env = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    handlers._tracking_store = handlers._model_registry_store = None
+    try:
+        handlers.initialize_backend_stores(backend_store_uri, registry_store_uri,
+                                           default_artifact_root)
+    finally:
+        handlers._tracking_store = handlers._model_registry_store = None
+        tracking_utils._tracking_uri = saved[tracking_utils]
+        registry_utils._registry_uri = saved[registry_utils]
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def allowed_hosts_from_env() -> list[str] | None:
