@@ -59,6 +59,25 @@ def tls_registry(stack_root):
     reg.stop()
 
 
+@pytest.fixture(scope="module")
+def token_registry(stack_root):
+    """A registry with bearer auth from our token server (user bob, refresh token
+    refresh-123), one per test module, so each module sees only its own token requests."""
+    import tempfile
+
+    from devstack import Registry
+    from token_server import ISSUER, SERVICE, TokenServer
+
+    directory = Path(tempfile.mkdtemp(prefix="token-", dir=stack_root))
+    tokens = TokenServer(directory, {"bob": "bob-pass"}, {"refresh-123"}).start()
+    reg = Registry(directory / "registry", token_auth={
+        "realm": tokens.realm, "service": SERVICE, "issuer": ISSUER,
+        "rootcertbundle": str(tokens.bundle)}).start()
+    yield reg, tokens
+    reg.stop()
+    tokens.stop()
+
+
 @pytest.fixture(scope="session")
 def base_image(docker_engine, registry):
     """The debootstrapped python base, pushed as REGISTRY/library/python:3.11-slim."""

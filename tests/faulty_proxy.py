@@ -89,8 +89,9 @@ Script = Callable[["ScriptedServer", BaseHTTPRequestHandler], None]
 
 
 class ScriptedServer:
-    """Every request is answered by ``script(server, handler)``; ``requests`` records
-    (method, path, headers). ``answer`` writes a response; ``hold`` never answers."""
+    """Every request is answered by ``script(server, handler)`` (its body in
+    ``handler.body``); ``requests`` records (method, path, headers). ``answer`` writes a
+    response; ``hold`` never answers."""
 
     def __init__(self, script: Script) -> None:
         self.script = script
@@ -106,12 +107,11 @@ class ScriptedServer:
 
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
+                self.body = self.rfile.read(length) if length else b""
                 server.requests.append((self.command, self.path, dict(self.headers)))
                 server.script(server, self)
 
-            do_GET = do_HEAD = do_POST = _serve
+            do_GET = do_HEAD = do_POST = do_PUT = _serve
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -66,6 +66,13 @@ def push_tiny_image(base_url: str, repository: str, tag: str, *, auth=None, veri
     return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
 
+def basic(user: str, password: str) -> str:
+    """The ``auth`` value of a docker config.json entry."""
+    import base64
+
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 def docker_config(directory: Path, auths: dict[str, dict[str, str]], **extra) -> Path:
     """Write a Docker config.json and return its directory (the DOCKER_CONFIG value)."""
     import json

@@ -36,7 +36,7 @@ def test_kaniko_args_defaults(tmp_path: Path) -> None:
 def test_kaniko_args_secrets_insecure_cache_reproducible_and_ca(tmp_path: Path) -> None:
     request = request_for(
         tmp_path, insecure_registries=("reg.example:5000",), compressed_caching=True,
-        cache_repo="reg.example:5000/cache", verbose=True, reproducible=True,
+        cache_repo="reg.example:5000/cache", verbose=True, source_date_epoch=315600000,
         secrets={"pip-config": tmp_path / "pip.conf", "pip-ca": tmp_path / "ca.pem"},
         base_image=ImageRef.parse("127.0.0.1:5000/library/python:3.11-slim"))
     args = kaniko_args(request, tmp_path / "digest", tmp_path / "ca.crt")[4:]
@@ -58,13 +58,14 @@ def test_kaniko_args_name_a_shared_insecure_registry_once(tmp_path: Path) -> Non
 
 def test_buildah_args(tmp_path: Path) -> None:
     config = docker_config(tmp_path / "docker", {"reg.example:5000": {"auth": "dTpw"}})
-    request = request_for(tmp_path, docker_config=config, reproducible=True,
+    request = request_for(tmp_path, docker_config=config, source_date_epoch=315600000,
                           secrets={"pip-config": tmp_path / "pip.conf"})
     build, push = buildah_args(request, tmp_path / "digest", tmp_path / "certs")
     auth = ["--authfile", f"{config}/config.json", "--cert-dir", f"{tmp_path}/certs"]
     assert build == ["bud", "--layers=false", "--format", "oci", "-f", f"{tmp_path}/ctx/Dockerfile",
                      "-t", "reg.example:5000/mlflow/trainer:abc", "--isolation", "chroot",
-                     "--timestamp", "0", "--secret", f"id=pip-config,src={tmp_path}/pip.conf",
+                     "--timestamp", "315600000",
+                     "--secret", f"id=pip-config,src={tmp_path}/pip.conf",
                      *auth, f"{tmp_path}/ctx"]
     assert push == ["push", *auth, "--digestfile", f"{tmp_path}/digest",
                     "reg.example:5000/mlflow/trainer:abc",

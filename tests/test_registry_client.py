@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from pathlib import Path
 
 import pytest
 from faulty_proxy import FaultyProxy
-from helpers import docker_config, push_tiny_image
-from token_server import ISSUER, SERVICE, TokenServer
+from helpers import basic, docker_config, push_tiny_image
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.imageref import ImageRef, is_insecure
 from mlflow_steps.registry import RegistryClient, load_credentials
-
-
-def basic(user: str, password: str) -> str:
-    return base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -98,19 +92,6 @@ def test_tls_basic_auth(tls_registry, tmp_path: Path) -> None:
         RegistryClient(tls_registry.address, environ=good,
                        insecure_registries=(tls_registry.address,)).manifest_digest(
             "probe/tls", "v1")
-
-
-@pytest.fixture(scope="module")
-def token_registry(stack_root):
-    from devstack import Registry
-
-    tokens = TokenServer(stack_root, {"bob": "bob-pass"}, {"refresh-123"}).start()
-    reg = Registry(stack_root / "token-registry", token_auth={
-        "realm": tokens.realm, "service": SERVICE, "issuer": ISSUER,
-        "rootcertbundle": str(tokens.bundle)}).start()
-    yield reg, tokens
-    reg.stop()
-    tokens.stop()
 
 
 def test_bearer_token_flow(token_registry, tmp_path: Path) -> None:

@@ -10,16 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import basic
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.registry import HUB_INDEX, Credentials, load_credentials
 from mlflow_steps.retry import BUDGET_VARIABLE
 
 HOST = "reg.example:5000"
-
-
-def basic(user: str, password: str) -> str:
-    return base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def write_helper(bin_dir: Path, name: str, body: str) -> Path:

@@ -62,11 +62,12 @@ class TokenServer:
     def stop(self) -> None:
         self.httpd.shutdown()
 
-    def issue(self, subject: str, scope: str) -> str:
+    def issue(self, subject: str, scope: str | list[str]) -> str:
         access = []
-        if scope:
-            kind, name, actions = scope.split(":")
-            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        for one in [scope] if isinstance(scope, str) else scope:
+            if one:
+                kind, name, actions = one.split(":")
+                access.append({"type": kind, "name": name, "actions": actions.split(",")})
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256",
                   "x5c": [base64.b64encode(self.cert.public_bytes(
@@ -90,14 +91,16 @@ def _handler(server: TokenServer):
                 self.send_response(401)
                 self.end_headers()
                 return
-            body = json.dumps({"token": server.issue(subject, params.get("scope", ""))})
+            body = json.dumps({"token": server.issue(subject, params.get("scopes", []))})
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             self.wfile.write(body.encode())
 
         def do_GET(self) -> None:
-            params = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+            query = parse_qs(urlsplit(self.path).query)
+            params = {k: v[0] for k, v in query.items()}
+            params["scopes"] = query.get("scope", [])
             subject = None
             header = self.headers.get("Authorization", "")
             if header.startswith("Basic "):
@@ -108,7 +111,9 @@ def _handler(server: TokenServer):
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
-            params = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+            form = parse_qs(self.rfile.read(length).decode())
+            params = {k: v[0] for k, v in form.items()}
+            params["scopes"] = form.get("scope", [])
             ok = (params.get("grant_type") == "refresh_token"
                   and params.get("refresh_token") in server.refresh_tokens)
             self._answer({k: v for k, v in params.items() if k != "refresh_token"},

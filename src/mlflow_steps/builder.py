@@ -22,7 +22,7 @@ from mlflow_steps.backends.base import (
 from mlflow_steps.envspec import BuildOptions, EnvSpec, resolve_env
 from mlflow_steps.errors import StepError
 from mlflow_steps.fuseml import DEFAULT_REPOSITORY, FUSEML_PULL_REGISTRY, FUSEML_REGISTRY
-from mlflow_steps.hashing import env_tag, template_version
+from mlflow_steps.hashing import env_tag, source_date_epoch, template_version
 from mlflow_steps.imageref import ImageRef
 from mlflow_steps.pipconfig import BuildPipConfig, collect_pip_config
 from mlflow_steps.registry import RegistryClient, docker_config_dir
@@ -41,7 +41,7 @@ class BuilderInputs:
     verbose: bool = False
     compressed_caching: bool = False
     cache_repo: str | None = None
-    reproducible: bool = False
+    reproducible: bool = True
     insecure_registries: tuple[str, ...] = ()
     conda_channel_alias: str | None = None
     registry_ca: Path | None = None
@@ -176,7 +176,8 @@ def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
         base_image=ImageRef.parse(target.spec.base_image), docker_config=docker_config,
         secrets=secrets, insecure_registries=inputs.insecure_registries,
         registry_ca=inputs.registry_ca, compressed_caching=inputs.compressed_caching,
-        cache_repo=inputs.cache_repo, reproducible=inputs.reproducible, verbose=inputs.verbose,
+        cache_repo=inputs.cache_repo, verbose=inputs.verbose,
+        source_date_epoch=source_date_epoch(target.spec) if inputs.reproducible else None,
     )
 
 

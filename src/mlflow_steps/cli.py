@@ -189,8 +189,10 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
 @step_input("verbose", False, type=bool, help="Log the hashed spec and build details.")
 @step_input("compressed_caching", False, type=bool, help="Kaniko --compressed-caching.")
 @step_input("cache_repo", help="Kaniko layer cache repository (enables --cache).")
-@step_input("reproducible", False, type=bool,
-            help="Strip timestamps (Kaniko --reproducible, Buildah --timestamp 0).")
+@step_input("reproducible", True, type=bool,
+            help="Same environment, same digest: every time in the image is clamped to an "
+                 "epoch derived from the spec (Docker: layers rewritten and pushed by us; "
+                 "Buildah --timestamp; Kaniko --reproducible).")
 @step_input("insecure_registries", "", help="Comma-separated registries reached over HTTP.")
 @step_input("registry_ca", type=click.Path(path_type=Path, dir_okay=False, exists=True),
             help="CA bundle for a TLS registry with a private CA.")

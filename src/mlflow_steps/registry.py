@@ -24,6 +24,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urljoin
 
 import requests
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
@@ -54,6 +55,7 @@ _HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # what may follow "Bearer " in a header
 _DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _NOT_FOUND = "credentials not found"  # docker-credential-helpers' "not found" answer
+UPLOAD_FLOOR_BYTES_PER_SECOND = 1 << 20  # an upload's budget grows by 1 s per MiB
 
 
 def docker_config_dir(environ: dict[str, str]) -> Path:
@@ -324,6 +326,62 @@ class RegistryClient:
         with self._redacting():
             return self._blob(repository, digest, limit)
 
+    def has_blob(self, repository: str, digest: str) -> bool:
+        """Whether ``repository`` already holds the blob ``digest``."""
+        with self._redacting():
+            deadline = Deadline(self.budget)
+            path = f"/v2/{repository}/blobs/{digest}"
+            response = self._request("blob HEAD", "HEAD", path, deadline=deadline,
+                                     scope=_push_scope(repository))
+            if response.status_code in (200, 404):
+                return response.status_code == 200
+            raise self._failure(response, f"blob HEAD {self.base_url}{path}", deadline)
+
+    def push_blob(self, repository: str, digest: str, path: Path | None,
+                  mount_from: str | None = None) -> str:
+        """Put the blob into ``repository``: a cross-repository mount from ``mount_from`` when
+        the registry allows it, else a monolithic upload of the file at ``path``. Returns how
+        ("mounted", "uploaded", or "not mounted" when there was no file to upload)."""
+        with self._redacting():
+            size = path.stat().st_size if path else 0
+            deadline = Deadline(self.budget + size / UPLOAD_FLOOR_BYTES_PER_SECOND)
+            start = f"/v2/{repository}/blobs/uploads/"
+            scope = _push_scope(repository)
+            if mount_from and mount_from != repository:
+                start += f"?mount={digest}&from={mount_from}"
+                scope += f" repository:{mount_from}:pull"
+            response = self._request("blob upload POST", "POST", start, scope=scope,
+                                     deadline=deadline)
+            if response.status_code == 201:
+                return "mounted"
+            location = response.headers.get("Location", "")
+            if response.status_code != 202 or not location:
+                raise self._failure(response, f"blob upload POST {self.base_url}{start}",
+                                    deadline)
+            if path is None:
+                return "not mounted"
+            url = urljoin(f"{self.base_url}/", location)
+            url += ("&" if "?" in url else "?") + f"digest={digest}"
+            response = self._request("blob upload PUT", "PUT", url, scope=scope,
+                                     deadline=deadline, data=path.read_bytes(), headers={
+                                         "Content-Type": "application/octet-stream"})
+            if response.status_code not in (201, 204):
+                raise self._failure(response, f"blob upload PUT {url.split('?')[0]}", deadline)
+            return "uploaded"
+
+    def put_manifest(self, repository: str, reference: str, body: bytes,
+                     media_type: str) -> str:
+        """Store the manifest ``body`` as repository:reference; its digest."""
+        with self._redacting():
+            deadline = Deadline(self.budget)
+            path = f"/v2/{repository}/manifests/{reference}"
+            response = self._request("manifest PUT", "PUT", path, deadline=deadline,
+                                     scope=_push_scope(repository), data=body,
+                                     headers={"Content-Type": media_type})
+            if response.status_code not in (200, 201):
+                raise self._failure(response, f"manifest PUT {self.base_url}{path}", deadline)
+            return "sha256:" + hashlib.sha256(body).hexdigest()
+
     def _pull(self, method: str, kind: str, repository: str,
               reference: str) -> tuple[requests.Response, str, Deadline]:
         """One pull-scoped request for /v2/<repository>/<kind>/<reference> (kind: manifests
@@ -383,18 +441,20 @@ class RegistryClient:
                          field=clean(exc.field), exit_code=exc.exit_code)
 
     def _request(self, what: str, method: str, path: str, *, scope: str,
-                 deadline: Deadline) -> requests.Response:
-        """One logical request: TLS fallback and authorisation share the deadline."""
-        headers = {"Accept": ", ".join(MANIFEST_TYPES)}
+                 deadline: Deadline, headers: dict[str, str] | None = None,
+                 data: bytes | None = None) -> requests.Response:
+        """One logical request: TLS fallback and authorisation share the deadline. ``path``
+        is under the registry's base URL, or a URL the registry gave (an upload location)."""
+        headers = {"Accept": ", ".join(MANIFEST_TYPES), **(headers or {})}
         tls_failure: str | None = None
         tls_only = False
         authorised = False
         while True:
-            url = f"{self.base_url}{path}"
+            url = path if "://" in path else f"{self.base_url}{path}"
             if self._authorization:
                 headers["Authorization"] = self._authorization
             try:
-                response = self._send(method, url, deadline, headers=headers)
+                response = self._send(method, url, deadline, headers=headers, data=data)
             except _TransportError as exc:
                 if exc.tls and self.allow_plain_http and self.scheme == "https":
                     self.scheme = "http"  # like Docker: insecure registries may lack TLS
@@ -488,11 +548,11 @@ class RegistryClient:
             what = f"token endpoint POST {realm}"
             kwargs: dict[str, object] = {"data": {
                 "grant_type": "refresh_token", "refresh_token": credentials.identity_token,
-                "service": service, "scope": scope, "client_id": "mlflow-steps"}}
+                "service": service, "scope": scope.split()[0], "client_id": "mlflow-steps"}}
             method = "POST"
         else:
             what = f"token endpoint GET {realm}"
-            kwargs = {"params": {"service": service, "scope": scope}}
+            kwargs = {"params": {"service": service, "scope": scope.split()}}
             if credentials and credentials.username:
                 kwargs["auth"] = (credentials.username, credentials.password)
             method = "GET"
@@ -539,6 +599,10 @@ class RegistryClient:
         text = f"{what} answered HTTP {status}" + (f" {reason}" if reason else "")
         text += (f" ({detail})" if detail else "") + (f"; {hint}" if hint else "")
         return StepError(text, source=self._source)
+
+
+def _push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
 
 
 def _registry_message(response: requests.Response) -> str:

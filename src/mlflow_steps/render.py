@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import calendar
 import hashlib
 import os
 import shutil
@@ -18,7 +19,13 @@ import yaml
 from mlflow_steps import __version__
 from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.errors import StepError
-from mlflow_steps.hashing import PACKAGE_DIR, env_tag, spec_digest, tooling_files
+from mlflow_steps.hashing import (
+    PACKAGE_DIR,
+    env_tag,
+    source_date_epoch,
+    spec_digest,
+    tooling_files,
+)
 
 if TYPE_CHECKING:
     import jinja2
@@ -154,6 +161,8 @@ def write_tooling_wheel(directory: Path) -> Path:
             entry.external_attr = 0o644 << 16
             entry.compress_type = zipfile.ZIP_DEFLATED
             wheel.writestr(entry, data)
+    stamp = calendar.timegm((*WHEEL_DATE, 0, 0, 0))
+    os.utime(path, (stamp, stamp))  # uv records a local wheel's mtime in the environment
     return path
 
 
@@ -171,6 +180,7 @@ def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDeli
         tooling_version=__version__,
         tag=env_tag(spec),
         spec_digest=spec_digest(spec),
+        source_date_epoch=source_date_epoch(spec),
         lock_path=LOCK_PATH,
         strategy=spec.strategy,
         source=spec.source,

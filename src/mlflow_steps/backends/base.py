@@ -47,8 +47,12 @@ class BuildRequest:
     compressed_caching: bool = False
     cache: bool = False
     cache_repo: str | None = None
-    reproducible: bool = False
+    source_date_epoch: int | None = None  # set: reproducible, every time clamped to it
     verbose: bool = False
+
+    @property
+    def reproducible(self) -> bool:
+        return self.source_date_epoch is not None
 
     def insecure(self, ref: ImageRef) -> bool:
         return is_insecure(ref.registry, self.insecure_registries)

@@ -32,8 +32,8 @@ def buildah_args(request: BuildRequest, digest_file: Path, cert_dir: Path | None
              "-f", str(request.context / "Dockerfile"), "-t", str(request.destination)]
     if isolation:
         build += ["--isolation", isolation]
-    if request.reproducible:
-        build += ["--timestamp", "0"]
+    if request.source_date_epoch is not None:
+        build += ["--timestamp", str(request.source_date_epoch)]
     for secret_id, path in sorted(request.secrets.items()):
         build += ["--secret", f"id={secret_id},src={path}"]
     push = ["push", *tls, "--digestfile", str(digest_file), str(request.destination),

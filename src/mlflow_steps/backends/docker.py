@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 from mlflow_steps.backends.base import Backend, BuildRequest
+from mlflow_steps.backends.docker_archive import BaseImage, normalised_parts
+from mlflow_steps.errors import StepError
+from mlflow_steps.image_push import Blob, push_image
+from mlflow_steps.registry import RegistryClient
+
+MAX_CONFIG_BYTES = 4 << 20
 
 CLI_ENV = "MLFLOW_STEPS_DOCKER_CLI"
 
@@ -65,4 +75,52 @@ class DockerBackend(Backend):
             argv += ["--secret", f"id={secret_id},src={path}"]
         argv.append(str(request.context))
         self.run_streaming(argv, env, "docker build")
-        self.push([self.cli, "push", str(request.destination)], env, "docker push")
+        if request.source_date_epoch is None:
+            self.push([self.cli, "push", str(request.destination)], env, "docker push")
+        else:
+            self.push_reproducibly(request, request.source_date_epoch, env)
+
+    def push_reproducibly(self, request: BuildRequest, epoch: int, env: dict[str, str]) -> None:
+        """Save the image, rewrite its own layers deterministically, push them ourselves."""
+        client = RegistryClient(
+            request.destination.registry, insecure_registries=request.insecure_registries,
+            verify=str(request.registry_ca) if request.registry_ca else True, environ=env)
+        base = self._base_image(request, client, env)
+        with tempfile.TemporaryDirectory(prefix="docker-save-") as tmp:
+            workdir = Path(tmp)
+            archive = workdir / "image.tar"
+            self.run_streaming([self.cli, "save", "-o", str(archive), str(request.destination)],
+                               env, "docker save")
+            config, blobs = normalised_parts(archive, base, epoch, workdir)
+            archive.unlink()
+            digest = push_image(client, request.destination.repository,
+                                request.destination.tag, config, blobs, workdir)
+        print(f"[{self.name}] pushed {request.destination} reproducibly ({digest})",
+              file=sys.stderr, flush=True)
+
+    def _base_image(self, request: BuildRequest, client: RegistryClient,
+                    env: dict[str, str]) -> BaseImage:
+        """The base's layers and time from the engine; its blobs when the destination's
+        registry has them (mounted across repositories, not re-uploaded)."""
+        result = subprocess.run(
+            [self.cli, "image", "inspect", "--format", "{{json .RootFS.Layers}} {{.Created}}",
+             str(request.base_image)], capture_output=True, text=True, env=env, timeout=60,
+            check=False)
+        if result.returncode != 0:
+            raise StepError(f"cannot inspect the base image {request.base_image}: "
+                            f"{result.stderr.strip()[-300:]}", source=self.name)
+        layers, created = result.stdout.strip().split(" ", 1)
+        diff_ids = tuple(json.loads(layers))
+        base = request.base_image
+        if base.registry != request.destination.registry:
+            return BaseImage(diff_ids, created)
+        try:
+            _, manifest = client.manifest(base.repository, base.tag)
+            config = json.loads(client.blob(base.repository, manifest["config"]["digest"],
+                                            MAX_CONFIG_BYTES))
+        except (StepError, KeyError, TypeError, ValueError):
+            return BaseImage(diff_ids, created)
+        if tuple(config.get("rootfs", {}).get("diff_ids", ())) != diff_ids:
+            return BaseImage(diff_ids, created)
+        return BaseImage(diff_ids, created, tuple(
+            Blob(layer, mount_from=base.repository) for layer in manifest["layers"]))

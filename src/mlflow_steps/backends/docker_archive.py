@@ -1,0 +1,108 @@
+"""Reproducible pushes for Docker engines: the built image is saved (`docker save`), the
+layers above the base are rewritten deterministically (``layers.rewrite``, clamped to the
+image's epoch), history and creation times after the base are set to the epoch, and the
+result is pushed with our registry client. Any engine version gives the same digest for the
+same files: what BuildKit's ``rewrite-timestamp`` does, where the engine lacks it."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow_steps.errors import StepError
+from mlflow_steps.image_push import Blob
+from mlflow_steps.layers import Layer, compress, rewrite
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """What is known of the base: its layers' diff_ids and creation time (from the engine),
+    and, when its registry is the destination's, the blobs to mount from there."""
+
+    diff_ids: tuple[str, ...]
+    created: str
+    blobs: tuple[Blob, ...] = ()
+
+
+def rfc3339(epoch: int) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str) -> datetime.datetime:
+    """An RFC 3339 time as docker writes it (nanoseconds, Z or an offset)."""
+    text = text.strip().replace("Z", "+00:00")
+    head, dot, rest = text.partition(".")
+    if dot:
+        digits = "".join(c for c in rest if c.isdigit())
+        text = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
+    return datetime.datetime.fromisoformat(text)
+
+
+def normalised_config(config: dict, base: BaseImage, diff_ids: list[str], epoch: int) -> dict:
+    """The image config with our diff_ids and every time after the base's set to the epoch."""
+    config = json.loads(json.dumps(config))
+    stamp = rfc3339(epoch)
+    base_created = _parse_time(base.created)
+    for entry in config.get("history", []):
+        if "created" in entry and _parse_time(entry["created"]) > base_created:
+            entry["created"] = stamp
+    config["created"] = stamp
+    for volatile in ("container", "container_config", "docker_version"):
+        config.pop(volatile, None)
+    config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+    return config
+
+
+def _read_json(archive: tarfile.TarFile, name: str) -> object:
+    member = archive.extractfile(name)
+    if member is None:
+        raise StepError(f"docker save wrote no {name}", source="docker")
+    return json.load(member)
+
+
+def _layer_job(archive_path: Path, layer_name: str, out: Path, epoch: int | None) -> Layer:
+    """One layer of the archive, rewritten (``epoch``) or compressed as it is (None)."""
+    with tarfile.open(archive_path, "r:") as archive:
+        data = archive.extractfile(layer_name)
+        if data is None:
+            raise StepError(f"docker save wrote no {layer_name}", source="docker")
+        if epoch is None:
+            return compress(data, out)
+        with tarfile.open(fileobj=data, mode="r:") as layer:
+            return rewrite(layer, layer.getmembers(), out, epoch)
+
+
+def normalised_parts(archive_path: Path, base: BaseImage, epoch: int,
+                     workdir: Path) -> tuple[dict, list[Blob]]:
+    """The config and layers to push for the image `docker save` wrote at ``archive_path``."""
+    with tarfile.open(archive_path, "r:") as archive:
+        manifest = _read_json(archive, "manifest.json")
+        if not isinstance(manifest, list) or len(manifest) != 1:
+            raise StepError("docker save wrote a manifest for other than one image",
+                            source="docker")
+        config = _read_json(archive, manifest[0]["Config"])
+    assert isinstance(config, dict)
+    layer_names: list[str] = manifest[0]["Layers"]
+    diff_ids = list(config["rootfs"]["diff_ids"])
+    shared = 0
+    while (shared < min(len(base.diff_ids), len(diff_ids))
+           and base.diff_ids[shared] == diff_ids[shared]):
+        shared += 1
+    mounted = len(base.blobs) if shared == len(base.blobs) == len(base.diff_ids) else 0
+    jobs = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for index, name in enumerate(layer_names[mounted:], start=mounted):
+            out = workdir / f"layer-{index}.tar.gz"
+            jobs.append(pool.submit(_layer_job, archive_path, name, out,
+                                    None if index < shared else epoch))
+        built = [job.result() for job in jobs]
+    blobs = list(base.blobs[:mounted]) + [
+        Blob(layer.descriptor(), path=layer.path) for layer in built]
+    new_diff_ids = diff_ids[:mounted] + [layer.diff_id for layer in built]
+    return normalised_config(config, base, new_diff_ids, epoch), blobs

@@ -1,0 +1,93 @@
+"""What differs between two pushed images, file by file: the report of
+`build --check-reproducible` (registry only, no engine)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+
+from mlflow_steps.registry import RegistryClient
+
+MAX_LAYER_BYTES = 2 << 30
+MAX_CONFIG_BYTES = 4 << 20
+SHOWN_PER_LAYER = 20
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a layer says about one path."""
+
+    kind: str
+    mode: int
+    owner: tuple[int, int]
+    mtime: int
+    content: str  # sha256 of a file's bytes, a link's target, or ""
+
+    def differences(self, other: Entry) -> list[str]:
+        names = ("kind", "mode", "owner", "mtime", "content")
+        return [name for name in names if getattr(self, name) != getattr(other, name)]
+
+
+def layer_entries(blob: bytes) -> dict[str, Entry]:
+    """Every path of a (gzipped) layer with what it holds."""
+    data = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
+    entries = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for member in tar:
+            content = member.linkname
+            if member.isreg():
+                handle = tar.extractfile(member)
+                content = hashlib.sha256(handle.read() if handle else b"").hexdigest()
+            entries[member.name] = Entry(str(member.type, "ascii", "replace"), member.mode,
+                                         (member.uid, member.gid), int(member.mtime), content)
+    return entries
+
+
+def _config_differences(first: dict, second: dict) -> list[str]:
+    keys = sorted(set(first) | set(second))
+    return [f"config: {key} differs" for key in keys
+            if key != "rootfs" and first.get(key) != second.get(key)]
+
+
+def diff_images(client: RegistryClient, repository: str, first: dict, second: dict) -> list[str]:
+    """One line per difference between two image manifests of ``repository`` (empty when
+    the images are the same bytes)."""
+    lines: list[str] = []
+    config_a, config_b = (json.loads(client.blob(repository, m["config"]["digest"],
+                                                 MAX_CONFIG_BYTES)) for m in (first, second))
+    lines += _config_differences(config_a, config_b)
+    layers_a, layers_b = first["layers"], second["layers"]
+    if len(layers_a) != len(layers_b):
+        lines.append(f"{len(layers_a)} layers against {len(layers_b)}")
+    for index, (a, b) in enumerate(zip(layers_a, layers_b, strict=False)):
+        if a["digest"] == b["digest"]:
+            continue
+        history = _history_for(config_a, index)
+        entries_a = layer_entries(client.blob(repository, a["digest"], MAX_LAYER_BYTES))
+        entries_b = layer_entries(client.blob(repository, b["digest"], MAX_LAYER_BYTES))
+        found = []
+        for path in sorted(set(entries_a) | set(entries_b)):
+            if path not in entries_a or path not in entries_b:
+                found.append(f"{path}: only in {'first' if path in entries_a else 'second'}")
+            elif entries_a[path] != entries_b[path]:
+                found.append(f"{path}: {', '.join(entries_a[path].differences(entries_b[path]))}")
+        if not found:
+            found = ["same files; the archives differ (order or headers)"]
+        lines.append(f"layer {index + 1} ({history}): {len(found)} difference(s)")
+        lines += [f"  {line}" for line in found[:SHOWN_PER_LAYER]]
+        if len(found) > SHOWN_PER_LAYER:
+            lines.append(f"  ... and {len(found) - SHOWN_PER_LAYER} more")
+    return lines
+
+
+def _history_for(config: dict, layer_index: int) -> str:
+    """The build step that made a layer (history entries that made no layer skipped)."""
+    made = [h for h in config.get("history", []) if not h.get("empty_layer")]
+    if layer_index < len(made):
+        text = " ".join(str(made[layer_index].get("created_by", "")).split())
+        return text[:80] + ("..." if len(text) > 80 else "")
+    return "unknown step"

@@ -1,0 +1,126 @@
+"""Deterministic image layers: the same files give the same tar and gzip bytes, every time.
+
+A layer is rewritten entry by entry: entries sorted by name (a hard link always after the file
+it names), modification times clamped to the image's epoch, access/change times dropped, then
+gzipped with a fixed header. What BuildKit's ``rewrite-timestamp`` does, for engines that lack it.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+GZIP_LEVEL = 6
+_CHUNK = 1 << 20
+_VOLATILE_PAX = ("atime", "ctime", "mtime")
+LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A compressed layer on disk: ``digest`` of the gzip bytes, ``diff_id`` of the tar."""
+
+    path: Path
+    digest: str
+    diff_id: str
+    size: int
+
+    def descriptor(self, media_type: str = LAYER_MEDIA_TYPE) -> dict[str, object]:
+        return {"mediaType": media_type, "digest": self.digest, "size": self.size}
+
+
+class _Hashing:
+    """A write-only file that hashes what goes through it."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self.sink = sink
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.sink.write(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+
+def _ordered(members: list[tarfile.TarInfo]
+             ) -> list[tuple[tarfile.TarInfo, tarfile.TarInfo | None]]:
+    """(entry to write, member whose data it carries) by name; of the names that share one
+    file (hard links) the first by name holds the data and the others link to it."""
+    members = sorted(members, key=lambda m: m.name)
+    by_name = {m.name: m for m in members}
+    first_name: dict[str, str] = {}  # the name holding the data in the input -> first name
+    for member in members:
+        if member.islnk() and member.linkname in by_name:
+            first_name.setdefault(member.linkname, min(member.linkname, member.name))
+    result: list[tuple[tarfile.TarInfo, tarfile.TarInfo | None]] = []
+    for member in members:
+        holder = member.linkname if member.islnk() else member.name
+        first = first_name.get(holder)
+        if first is None:
+            result.append((member, member if member.isreg() else None))
+        elif member.name == first:  # this name now carries the data
+            entry = copy.copy(by_name[holder])
+            entry.name = member.name
+            result.append((entry, by_name[holder]))
+        else:
+            entry = copy.copy(by_name[holder])
+            entry.name, entry.type, entry.linkname, entry.size = (
+                member.name, tarfile.LNKTYPE, first, 0)
+            result.append((entry, None))
+    return result
+
+
+def _normalised(member: tarfile.TarInfo, epoch: int | None) -> tarfile.TarInfo:
+    info = copy.copy(member)
+    if epoch is not None:
+        info.mtime = min(int(info.mtime), epoch)
+    info.pax_headers = {k: v for k, v in member.pax_headers.items() if k not in _VOLATILE_PAX}
+    return info
+
+
+class _LayerWriter:
+    """Writes a layer file: the tar bytes given to ``plain`` are gzipped deterministically,
+    both streams hashed; ``layer`` is the result once closed."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._raw = out.open("wb")
+        self._compressed = _Hashing(self._raw)
+        self._zipped = gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL,
+                                     fileobj=self._compressed, mtime=0)  # type: ignore[arg-type]
+        self.plain = _Hashing(self._zipped)  # type: ignore[arg-type]
+
+    def close(self) -> Layer:
+        self._zipped.close()
+        self._raw.close()
+        return Layer(self.out, "sha256:" + self._compressed.sha256.hexdigest(),
+                     "sha256:" + self.plain.sha256.hexdigest(), self._compressed.size)
+
+
+def rewrite(source: tarfile.TarFile, members: Iterable[tarfile.TarInfo], out: Path,
+            epoch: int | None) -> Layer:
+    """Write ``members`` of ``source`` as a deterministic gzipped layer at ``out``."""
+    writer = _LayerWriter(out)
+    with tarfile.open(fileobj=writer.plain, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
+                      bufsize=_CHUNK) as tar:
+        for entry, data in _ordered(list(members)):
+            tar.addfile(_normalised(entry, epoch), source.extractfile(data) if data else None)
+    return writer.close()
+
+
+def compress(tar: IO[bytes], out: Path) -> Layer:
+    """Gzip an existing layer tar as it is (same diff_id), deterministically."""
+    writer = _LayerWriter(out)
+    while chunk := tar.read(_CHUNK):
+        writer.plain.write(chunk)
+    return writer.close()
