@@ -100,9 +100,10 @@ def test_buildah_build_and_skip(docker_engine, registry, base_image, buildah_env
         "      - boto3\n", "      - boto3\n      - packaging\n"))
     env = {**buildah_env, "FUSEML_REGISTRY": registry.address, "FUSEML_BASE_IMAGE": base_image,
            "FUSEML_BUILDER": "buildah"}
-    first = build(codeset, env, "--output-file", str(tmp_path / "out"))
+    first = build(codeset, env, "--output-file", str(tmp_path / "out"), "--check-reproducible")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "[buildah] " in first.stderr
+    assert "reproducible: the second build gave the same digest" in first.stderr
     reference = (tmp_path / "out").read_text()
     assert reference.startswith(f"{registry.address}/mlflow/trainer:")
     inspect = subprocess.run(["skopeo", "inspect", "--tls-verify=false",
@@ -115,6 +116,31 @@ def test_buildah_build_and_skip(docker_engine, registry, base_image, buildah_env
                   str(tmp_path / "out2"))
     assert again.returncode == 0 and "build skipped" in again.stderr
     assert (tmp_path / "out2").read_text() == reference
+
+
+def test_docker_digest_is_the_same_on_a_fresh_engine(trainer_image, registry, base_image,
+                                                     stack_root, tmp_path: Path) -> None:
+    """Another engine, empty caches, another day for all it knows: the same image bytes."""
+    from devstack import DockerEngine
+
+    from mlflow_steps.registry import RegistryClient
+
+    client = RegistryClient(registry.address)
+    tag = trainer_image.rsplit(":", 1)[1]
+    expected = client.manifest_digest("mlflow/trainer", tag)
+    engine = DockerEngine(stack_root / "docker-fresh").start()
+    try:
+        engine.cli("pull", base_image)
+        env = {**engine.env(), "FUSEML_REGISTRY": registry.address,
+               "FUSEML_BASE_IMAGE": base_image, "FUSEML_BUILDER": "docker",
+               "FUSEML_REPOSITORY": "fresh/trainer"}
+        result = build(copy_example(tmp_path), env)
+    finally:
+        engine.stop()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith(f"fresh/trainer:{tag}")
+    assert client.manifest_digest("fresh/trainer", tag) == expected
+    assert ": mounted" in result.stderr  # the base layers: not uploaded again
 
 
 def test_failed_build_writes_nothing(docker_engine, registry, base_image, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from mlflow_steps.envspec import BuildOptions, EnvSpec, resolve_env
 from mlflow_steps.errors import StepError
 from mlflow_steps.fuseml import DEFAULT_REPOSITORY, FUSEML_PULL_REGISTRY, FUSEML_REGISTRY
 from mlflow_steps.hashing import env_tag, source_date_epoch, template_version
+from mlflow_steps.image_diff import diff_images
 from mlflow_steps.imageref import ImageRef
 from mlflow_steps.pipconfig import BuildPipConfig, collect_pip_config
 from mlflow_steps.registry import RegistryClient, docker_config_dir
@@ -42,6 +43,7 @@ class BuilderInputs:
     compressed_caching: bool = False
     cache_repo: str | None = None
     reproducible: bool = True
+    check_reproducible: bool = False
     insecure_registries: tuple[str, ...] = ()
     conda_channel_alias: str | None = None
     registry_ca: Path | None = None
@@ -157,7 +159,7 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
     """Build and push the codeset's environment image unless the registry has it."""
     environ = dict(os.environ if environ is None else environ)
     target = resolve_target(codeset, inputs, environ)
-    digest = existing_digest(target, inputs.force)
+    digest = existing_digest(target, inputs.force or inputs.check_reproducible)
     if digest:
         return BuildOutcome(target.pull_reference, digest, built=False, backend=None)
     backend = select_backend(inputs.builder, environ)
@@ -165,7 +167,31 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
         f"base {target.spec.base_image})")
     _build(backend, target, inputs, environ)
     digest = pushed_digest(target.client, target.destination, backend.name)
+    if inputs.check_reproducible:
+        check_reproducible(backend, target, inputs, environ, digest)
     return BuildOutcome(target.pull_reference, digest, built=True, backend=backend.name)
+
+
+def check_reproducible(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
+                       environ: dict[str, str], first_digest: str) -> None:
+    """Build again without the engine's layer cache; a different digest fails the step with
+    what differs, file by file (both images are read back from the registry)."""
+    repository = target.destination.repository
+    _, first = target.client.manifest(repository, first_digest)
+    log(f"checking reproducibility: building {target.destination} again without cache")
+    _build(backend, target, inputs, environ, no_cache=True)
+    second_digest = pushed_digest(target.client, target.destination, backend.name)
+    if second_digest == first_digest:
+        log(f"reproducible: the second build gave the same digest ({first_digest})")
+        return
+    _, second = target.client.manifest(repository, second_digest)
+    report = diff_images(target.client, repository, first, second)
+    for line in report:
+        log(f"  {line}")
+    hint = "" if inputs.reproducible else " (--no-reproducible was given)"
+    raise StepError(f"not reproducible{hint}: two builds gave {first_digest} and "
+                    f"{second_digest}; what differs is listed above", source="build",
+                    exit_code=1)
 
 
 def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
@@ -182,7 +208,7 @@ def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
 
 
 def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
-           environ: dict[str, str]) -> None:
+           environ: dict[str, str], no_cache: bool = False) -> None:
     pip = target.pip
     with tempfile.TemporaryDirectory(prefix="mlflow-steps-build-") as tmp:
         workspace = Path(tmp)
@@ -190,5 +216,5 @@ def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
         context = write_context(target.spec, workspace / "context", delivery,
                                 inputs.conda_channel_alias, environ)
         secrets = {} if pip.empty else write_pip_secrets(workspace / "secrets", pip)
-        backend.build_and_push(build_request(target, inputs, context,
-                                             docker_config_dir(environ), secrets))
+        request = build_request(target, inputs, context, docker_config_dir(environ), secrets)
+        backend.build_and_push(replace(request, no_cache=no_cache))

@@ -193,6 +193,9 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
             help="Same environment, same digest: every time in the image is clamped to an "
                  "epoch derived from the spec (Docker: layers rewritten and pushed by us; "
                  "Buildah --timestamp; Kaniko --reproducible).")
+@step_input("check_reproducible", False, type=bool,
+            help="Build twice (the second without the engine's layer cache) and fail with a "
+                 "file-level report when the digests differ.")
 @step_input("insecure_registries", "", help="Comma-separated registries reached over HTTP.")
 @step_input("registry_ca", type=click.Path(path_type=Path, dir_okay=False, exists=True),
             help="CA bundle for a TLS registry with a private CA.")
@@ -229,6 +232,9 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
         insecure_registries=_hosts(insecure_registries),
         **inputs,
     )
+    if stage != "all" and builder_inputs.check_reproducible:
+        raise StepError("builds twice here, so it needs --stage all (the builder plan "
+                        "builds once, in the executor)", field="check_reproducible")
     if stage == "prepare":
         plan = builder_stages.prepare(codeset, builder_inputs, executor, plan_dir, environ,
                                     skip_result, args_result)

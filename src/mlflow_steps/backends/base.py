@@ -46,6 +46,7 @@ class BuildRequest:
     registry_ca: Path | None = None
     compressed_caching: bool = False
     cache: bool = False
+    no_cache: bool = False  # not even the engine's local layer cache
     cache_repo: str | None = None
     source_date_epoch: int | None = None  # set: reproducible, every time clamped to it
     verbose: bool = False

@@ -70,6 +70,7 @@ class DockerBackend(Backend):
     def build_and_push(self, request: BuildRequest) -> None:
         env = {**self.environ, "DOCKER_BUILDKIT": "1", "DOCKER_CONFIG": str(request.docker_config)}
         argv = [self.cli, "build", "--progress", "plain", "--pull=false",
+                *(["--no-cache"] if request.no_cache else []),
                 "-f", str(request.context / "Dockerfile"), "-t", str(request.destination)]
         for secret_id, path in sorted(request.secrets.items()):
             argv += ["--secret", f"id={secret_id},src={path}"]
