@@ -26,7 +26,7 @@ SEED := $(or $(SEED),$(shell od -An -N2 -tu2 /dev/urandom | tr -d ' '))
 test: setup
 	$(BIN)/ruff check src tests bench scripts
 	@echo "test order: seed $(SEED) (the same order again: make test SEED=$(SEED))"
-	$(BIN)/pytest -q --randomly-seed=$(SEED)
+	$(BIN)/pytest -q -n 2 --dist loadgroup --randomly-seed=$(SEED)
 	.venv-mlflow-oldest/bin/pytest -q -p no:cacheprovider -m "not server_mlflow" $(OLDEST_MLFLOW_TESTS)
 
 lint: setup

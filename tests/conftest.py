@@ -7,6 +7,16 @@ from pathlib import Path
 import pytest
 from helpers import MINIMAL_MLPROJECT, write_codeset
 
+# Tests that drive a container engine share one xdist worker (and its one engine and
+# session images); the others spread over every worker.
+ENGINE_FIXTURES = frozenset({"docker_engine", "buildah_env"})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if ENGINE_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.xdist_group("engine"))
+
 
 @pytest.fixture
 def codeset(tmp_path: Path):

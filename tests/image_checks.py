@@ -17,6 +17,9 @@ RUNTIME_PROBE = (
     # what was installed, recorded: the lock names scikit-learn and MLflow with versions
     "grep -q '^scikit-learn==' /opt/mlflow-steps-build/lock.txt && "
     "grep -q '^mlflow-skinny==' /opt/mlflow-steps-build/lock.txt && "
+    # and described: a CycloneDX SBOM with components
+    "python -c 'import json, sys; assert json.load(open(sys.argv[1]))[sys.argv[2]]' "
+    "/opt/mlflow-steps-build/sbom.cdx.json components && "
     "test ! -e /etc/pip.conf && test ! -e /run/secrets/pip-ca.pem && "
     "test ! -d /root/.cache/pip && test ! -e /mlflow-steps-build && test ! -e /kaniko"
 )
@@ -41,6 +44,7 @@ def check_runtime_image(engine, reference: str) -> dict[str, str]:
     assert labels["io.mlflow-steps.spec-digest"].startswith(
         "sha256:" + labels["io.mlflow-steps.env-tag"])
     assert labels["io.mlflow-steps.lock"] == "/opt/mlflow-steps-build/lock.txt"
+    assert labels["io.mlflow-steps.sbom"] == "/opt/mlflow-steps-build/sbom.cdx.json"
     assert labels["io.mlflow-steps.tooling-version"] and \
         labels["org.opencontainers.image.base.name"]
     assert labels["io.mlflow-steps.strategy"] in ("pip", "conda", "conda-lock")

@@ -26,7 +26,11 @@ def test_inspect_reads_labels_and_lock_from_the_registry(trainer_image, registry
     assert fields["digest"].startswith("sha256:")
     locked = [line.strip() for line in lines if line.startswith("  ")]
     assert any(line.startswith("scikit-learn==") for line in locked)
-    assert fields["lock"].startswith(f"{len(locked)} packages")
+    assert fields["lock"].startswith(f"{len(locked)} packages with hashes")
+    assert any(line.startswith("mlflow-steps @ file://") for line in locked)
+    assert fields["sbom"].startswith("CycloneDX 1.6, ")
+    components = int(fields["sbom"].split(", ")[1].split()[0])
+    assert components >= len(locked) - 1  # every installed distribution (pip's own aside)
     assert fields["codeset"].endswith(f"hashes to {tag}: this image is its environment")
 
     changed = Path(shutil.copytree(EXAMPLE, tmp_path / "changed"))

@@ -26,6 +26,13 @@ class ImageRecord:
     digest: str
     labels: dict[str, str]
     lock: list[str]
+    sbom: dict | None = None
+
+    @property
+    def packages(self) -> list[str]:
+        """The lock's requirement lines (``name==version``), without hashes or comments."""
+        return [line.removesuffix("\\").strip() for line in self.lock
+                if line.strip() and not line[:1].isspace() and not line.startswith(("#", "-"))]
 
     @property
     def env_tag(self) -> str:
@@ -40,10 +47,24 @@ class ImageRecord:
         base = self.labels.get("org.opencontainers.image.base.name")
         if base:
             lines.append(f"base       {base}")
-        lines.append(f"lock       {len(self.lock)} packages"
+        packages = self.packages
+        hashed = " with hashes" if any("--hash=" in line for line in self.lock) else ""
+        lines.append(f"lock       {len(packages)} packages{hashed}"
                      + (f" ({self.labels.get(LABEL_PREFIX + 'lock')})" if self.lock else ""))
-        lines += [f"  {line}" for line in self.lock]
+        lines += [f"  {line}" for line in packages]
+        lines.append(f"sbom       {sbom_summary(self.sbom)}"
+                     + (f" ({self.labels.get(LABEL_PREFIX + 'sbom')})" if self.sbom else ""))
         return "\n".join(lines)
+
+
+def sbom_summary(sbom: dict | None) -> str:
+    """'CycloneDX 1.6, N components (M with a license)' or why there is none."""
+    if sbom is None:
+        return "none recorded"
+    components = sbom.get("components") or []
+    licensed = sum(1 for c in components if isinstance(c, dict) and c.get("licenses"))
+    return (f"{sbom.get('bomFormat', '?')} {sbom.get('specVersion', '?')}, "
+            f"{len(components)} components ({licensed} with a license)")
 
 
 def read_image(reference: str, client: RegistryClient) -> ImageRecord:
@@ -63,30 +84,36 @@ def read_image(reference: str, client: RegistryClient) -> ImageRecord:
     if f"{LABEL_PREFIX}env-tag" not in labels:
         raise StepError("not an mlflow-steps runtime image (no io.mlflow-steps.env-tag label)",
                         source=reference)
-    lock_path = labels.get(f"{LABEL_PREFIX}lock", "").lstrip("/")
-    lock: list[str] = []
-    for layer_digest, size in reversed(layers):
-        if not lock_path or size > MAX_LAYER_BYTES:
+    wanted = {key: labels.get(f"{LABEL_PREFIX}{key}", "").lstrip("/") for key in ("lock", "sbom")}
+    found: dict[str, str] = {}
+    for layer_digest, size in reversed(layers):  # the records are in a small top layer
+        if found or not any(wanted.values()) or size > MAX_LAYER_BYTES:
             continue
-        text = _member(client.blob(ref.repository, layer_digest, MAX_LAYER_BYTES), lock_path)
-        if text is not None:
-            lock = [line for line in text.splitlines() if line.strip()]
-            break
-    return ImageRecord(str(ref), digest, labels, lock)
+        found = _members(client.blob(ref.repository, layer_digest, MAX_LAYER_BYTES),
+                         {path: key for key, path in wanted.items() if path})
+    lock = [line for line in found.get("lock", "").splitlines() if line.strip()]
+    try:
+        sbom = json.loads(found["sbom"]) if "sbom" in found else None
+    except ValueError:
+        raise StepError(f"{wanted['sbom']} in the image is not JSON", source=reference) from None
+    return ImageRecord(str(ref), digest, labels, lock,
+                       sbom if isinstance(sbom, dict) else None)
 
 
-def _member(blob: bytes, path: str) -> str | None:
-    """``path`` from a (gzip) layer tar, or None when the layer does not have it."""
+def _members(blob: bytes, paths: dict[str, str]) -> dict[str, str]:
+    """The text of each of ``paths`` (path -> key) the (gzip) layer tar has, by key."""
     data = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
+    texts = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(data)) as layer:
             for member in layer:
-                if member.name.lstrip("./") == path and member.isfile():
-                    handle = layer.extractfile(member)
-                    return handle.read().decode("utf-8", "replace") if handle else None
+                key = paths.get(member.name.lstrip("./"))
+                handle = layer.extractfile(member) if key and member.isfile() else None
+                if key and handle:
+                    texts[key] = handle.read().decode("utf-8", "replace")
     except tarfile.TarError:
-        return None
-    return None
+        return {}
+    return texts
 
 
 def codeset_matches(record: ImageRecord, codeset: Path, environ: dict[str, str]) -> str:

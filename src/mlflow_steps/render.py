@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 BUILD_DIR = "/opt/mlflow-steps-build"
 ENV_PREFIX = "/opt/env"
 LOCK_PATH = f"{BUILD_DIR}/lock.txt"  # what was installed (name==version), written at build
+SBOM_PATH = f"{BUILD_DIR}/sbom.cdx.json"  # CycloneDX JSON of the environment
+SBOM_TOOL = "cyclonedx-bom==7.5.0"  # run from the build cache, never in a layer
 # Where RUN steps find the build-time uv settings (a secret mount; absent without any).
 UV_CONFIG_TARGET = "/run/secrets/uv.env"
 TOOLING_PREFIX = "/opt/mlflow-steps"
@@ -182,6 +184,8 @@ def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDeli
         spec_digest=spec_digest(spec),
         source_date_epoch=source_date_epoch(spec),
         lock_path=LOCK_PATH,
+        sbom_path=SBOM_PATH,
+        sbom_tool=SBOM_TOOL,
         strategy=spec.strategy,
         source=spec.source,
         base_image=spec.base_image,
