@@ -56,6 +56,7 @@ _TOKEN = re.compile(r"[\x21-\x7e]+")  # what may follow "Bearer " in a header
 _DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _NOT_FOUND = "credentials not found"  # docker-credential-helpers' "not found" answer
 UPLOAD_FLOOR_BYTES_PER_SECOND = 1 << 20  # an upload's budget grows by 1 s per MiB
+_PULLS = ("manifest HEAD", "manifest GET", "blob GET", "token endpoint")  # requests that pull
 
 
 def docker_config_dir(environ: dict[str, str]) -> Path:
@@ -590,7 +591,9 @@ class RegistryClient:
         reason = " ".join((response.reason or "").split())[:80]
         detail = _registry_message(response)
         hints = {401: "check the credentials in DOCKER_CONFIG/config.json or its helper",
-                 403: "the credentials lack pull rights"}
+                 403: f"the credentials lack {'pull' if what.startswith(_PULLS) else 'push'} "
+                      "rights",
+                 405: "the registry refuses pushes (read-only, or a pull-through mirror)"}
         hint = hints.get(status, "")
         wait = retry_after_seconds(response.headers.get("Retry-After"))
         if wait and wait > deadline.remaining():
