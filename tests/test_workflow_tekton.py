@@ -199,6 +199,13 @@ def test_trainer_env_reads_extensions_and_inputs(exported) -> None:
                                                "value": "$(params.mlflow_entrypoint)"}
     assert env["TASK_RESULT"]["value"] == "model-url"
     assert trainer["image"] == "$(params.IMAGE)" and trainer["workingDir"] == "/project"
+    # runs trace back to the image the builder pushed: its reference and its digest
+    assert env["MLFLOW_STEPS_IMAGE"]["value"] == "$(params.IMAGE)"
+    assert env["MLFLOW_STEPS_IMAGE_DIGEST"]["value"] == "$(params.IMAGE_DIGEST)"
+    task = next(t for t in exported["pipeline.yaml"][0]["spec"]["tasks"]
+                if t["name"] == "trainer")
+    assert {"name": "IMAGE_DIGEST", "value": "$(tasks.builder.results.IMAGE_DIGEST)"} in \
+        task["params"]
 
 
 STORE_WORKFLOW = """name: wf

@@ -272,11 +272,23 @@ class TektonExport:
             },
         }
 
+    def _image_builder(self, step: Step) -> str | None:
+        """The builder step whose output is ``step``'s image, if it is one."""
+        parts = step.image.parts
+        if len(parts) == 1 and isinstance(parts[0], StepOutputRef):
+            source = next((s for s in self.workflow.steps if s.name == parts[0].step), None)
+            if source is not None and self.is_builder(source):
+                return source.name
+        return None
+
     def _task_params(self, step: Step) -> list[tuple[str, Template]]:
         """(task param, template) for every value the pipeline hands the task."""
         params = [(param.name, param.value) for param in step.params]
         if step.image.literal is None:
             params.append(("IMAGE", step.image))
+        builder = self._image_builder(step)
+        if builder:  # the digest the builder pushed: runs trace back to the exact image
+            params.append(("IMAGE_DIGEST", Template((StepOutputRef(builder, "IMAGE_DIGEST"),))))
         params += [(f"env-{var.name}", var.value) for var in step.env
                    if var.value.literal is None]
         return params
@@ -299,6 +311,8 @@ class TektonExport:
         env = [{"name": name, **value} for name, value in self._env(step).items()]
         # The image a run's models trace back to (the runtime tags runs with it).
         env.append({"name": "MLFLOW_STEPS_IMAGE", "value": image})
+        if self._image_builder(step):
+            env.append({"name": "MLFLOW_STEPS_IMAGE_DIGEST", "value": "$(params.IMAGE_DIGEST)"})
         container: dict[str, Any] = {"name": self.tasks[step.name], "image": image, "env": env}
         envfrom = self._env_from(step)
         if envfrom:
