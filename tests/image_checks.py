@@ -45,6 +45,7 @@ def check_runtime_image(engine, reference: str) -> dict[str, str]:
         "sha256:" + labels["io.mlflow-steps.env-tag"])
     assert labels["io.mlflow-steps.lock"] == "/opt/mlflow-steps-build/lock.txt"
     assert labels["io.mlflow-steps.sbom"] == "/opt/mlflow-steps-build/sbom.cdx.json"
+    assert labels["org.opencontainers.image.base.digest"].startswith("sha256:")
     assert labels["io.mlflow-steps.tooling-version"] and \
         labels["org.opencontainers.image.base.name"]
     assert labels["io.mlflow-steps.strategy"] in ("pip", "conda", "conda-lock")

@@ -59,13 +59,15 @@ def test_kaniko_args_name_a_shared_insecure_registry_once(tmp_path: Path) -> Non
 def test_buildah_args(tmp_path: Path) -> None:
     config = docker_config(tmp_path / "docker", {"reg.example:5000": {"auth": "dTpw"}})
     request = request_for(tmp_path, docker_config=config, source_date_epoch=315600000,
-                          secrets={"pip-config": tmp_path / "pip.conf"})
+                          secrets={"pip-config": tmp_path / "pip.conf"},
+                          labels={"org.opencontainers.image.base.digest": "sha256:" + "a" * 64})
     build, push = buildah_args(request, tmp_path / "digest", tmp_path / "certs")
     auth = ["--authfile", f"{config}/config.json", "--cert-dir", f"{tmp_path}/certs"]
     assert build == ["bud", "--layers=false", "--format", "oci", "-f", f"{tmp_path}/ctx/Dockerfile",
                      "-t", "reg.example:5000/mlflow/trainer:abc", "--isolation", "chroot",
                      "--timestamp", "315600000",
                      "--secret", f"id=pip-config,src={tmp_path}/pip.conf",
+                     "--label", "org.opencontainers.image.base.digest=sha256:" + "a" * 64,
                      *auth, f"{tmp_path}/ctx"]
     assert push == ["push", *auth, "--digestfile", f"{tmp_path}/digest",
                     "reg.example:5000/mlflow/trainer:abc",

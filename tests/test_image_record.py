@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def test_inspect_reads_labels_and_lock_from_the_registry(trainer_image, registry
     assert fields["env tag"] == tag and fields["strategy"] == "pip"
     assert fields["spec"].startswith(f"sha256:{tag}")
     assert fields["digest"].startswith("sha256:")
+    assert re.fullmatch(r".*/library/python:3\.11-slim \(sha256:[0-9a-f]{64}\)", fields["base"])
     locked = [line.strip() for line in lines if line.startswith("  ")]
     assert any(line.startswith("scikit-learn==") for line in locked)
     assert fields["lock"].startswith(f"{len(locked)} packages with hashes")

@@ -194,10 +194,30 @@ def check_reproducible(backend: Backend, target: BuildTarget, inputs: BuilderInp
                     exit_code=1)
 
 
+def base_labels(base_image: str, inputs: BuilderInputs, environ: dict[str, str]
+                ) -> dict[str, str]:
+    """org.opencontainers.image.base.digest: the digest the base's registry serves now
+    (none, with a log line, when that registry cannot say)."""
+    base = ImageRef.parse(base_image)
+    if base.tag.startswith("sha256:"):
+        return {"org.opencontainers.image.base.digest": base.tag}
+    client = RegistryClient(
+        base.registry, insecure_registries=inputs.insecure_registries,
+        verify=str(inputs.registry_ca) if inputs.registry_ca else True, environ=environ)
+    try:
+        digest = client.manifest_digest(base.repository, base.tag)
+    except StepError as exc:
+        digest = None
+        log(f"the base image's digest is not recorded: {exc}")
+    return {"org.opencontainers.image.base.digest": digest} if digest else {}
+
+
 def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
-                  docker_config: Path, secrets: dict[str, Path]) -> BuildRequest:
+                  docker_config: Path, secrets: dict[str, Path],
+                  environ: dict[str, str]) -> BuildRequest:
     """The engine-neutral build request for ``target``."""
     return BuildRequest(
+        labels=base_labels(target.spec.base_image, inputs, environ),
         context=context, destination=target.destination,
         base_image=ImageRef.parse(target.spec.base_image), docker_config=docker_config,
         secrets=secrets, insecure_registries=inputs.insecure_registries,
@@ -216,5 +236,6 @@ def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
         context = write_context(target.spec, workspace / "context", delivery,
                                 inputs.conda_channel_alias, environ)
         secrets = {} if pip.empty else write_pip_secrets(workspace / "secrets", pip)
-        request = build_request(target, inputs, context, docker_config_dir(environ), secrets)
+        request = build_request(target, inputs, context, docker_config_dir(environ), secrets,
+                                environ)
         backend.build_and_push(replace(request, no_cache=no_cache))

@@ -46,7 +46,8 @@ class ImageRecord:
                   names.items() if LABEL_PREFIX + key in self.labels]
         base = self.labels.get("org.opencontainers.image.base.name")
         if base:
-            lines.append(f"base       {base}")
+            digest = self.labels.get("org.opencontainers.image.base.digest")
+            lines.append(f"base       {base}" + (f" ({digest})" if digest else ""))
         packages = self.packages
         hashed = " with hashes" if any("--hash=" in line for line in self.lock) else ""
         lines.append(f"lock       {len(packages)} packages{hashed}"

@@ -49,6 +49,7 @@ class BuildRequest:
     no_cache: bool = False  # not even the engine's local layer cache
     cache_repo: str | None = None
     source_date_epoch: int | None = None  # set: reproducible, every time clamped to it
+    labels: dict[str, str] = field(default_factory=dict)  # added to the Dockerfile's
     verbose: bool = False
 
     @property

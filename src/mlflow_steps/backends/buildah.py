@@ -36,6 +36,8 @@ def buildah_args(request: BuildRequest, digest_file: Path, cert_dir: Path | None
         build += ["--timestamp", str(request.source_date_epoch)]
     for secret_id, path in sorted(request.secrets.items()):
         build += ["--secret", f"id={secret_id},src={path}"]
+    for key, value in sorted(request.labels.items()):
+        build += ["--label", f"{key}={value}"]
     push = ["push", *tls, "--digestfile", str(digest_file), str(request.destination),
             f"docker://{request.destination}"]
     return [*build, *tls, str(request.context)], push

@@ -74,6 +74,8 @@ class DockerBackend(Backend):
                 "-f", str(request.context / "Dockerfile"), "-t", str(request.destination)]
         for secret_id, path in sorted(request.secrets.items()):
             argv += ["--secret", f"id={secret_id},src={path}"]
+        for key, value in sorted(request.labels.items()):
+            argv += ["--label", f"{key}={value}"]
         argv.append(str(request.context))
         self.run_streaming(argv, env, "docker build")
         if request.source_date_epoch is None:

@@ -23,6 +23,7 @@ def kaniko_args(request: BuildRequest, digest_file: Path, ca_file: Path | None) 
     ]
     argv += [f"--secret=id={secret_id},src={path}"
              for secret_id, path in sorted(request.secrets.items())]
+    argv += [f"--label={key}={value}" for key, value in sorted(request.labels.items())]
     if request.cache or request.cache_repo:
         argv.append("--cache=true")
     if request.cache_repo:

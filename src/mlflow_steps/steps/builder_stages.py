@@ -58,7 +58,8 @@ def prepare(codeset: Path, inputs: BuilderInputs, executor_name: str, plan_dir: 
         context = write_context(target.spec, plan_dir / "context", delivery,
                                 inputs.conda_channel_alias, environ)
         secrets = {} if pip.empty else write_pip_secrets(plan_dir / "secrets", pip)
-        request = build_request(target, inputs, context, docker_config_dir(environ), secrets)
+        request = build_request(target, inputs, context, docker_config_dir(environ), secrets,
+                                environ)
         args = _executor_args(executor_name, request, plan_dir, ca_file)
         log(f"plan: build {target.destination} with {executor_name} "
             f"({target.spec.strategy}, base {target.spec.base_image})")
