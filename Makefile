@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python bench/builder_bench.py
 	$(BIN)/python bench/executor_bench.py
 	$(BIN)/python bench/conda_bench.py
+	$(BIN)/python bench/reproducible_bench.py
 	$(BIN)/python bench/runtime_bench.py
 	$(BIN)/python bench/server_bench.py
 

@@ -66,6 +66,31 @@ def push_tiny_image(base_url: str, repository: str, tag: str, *, auth=None, veri
     return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
 
+def tiny_wheel(directory: Path, name: str = "tiny_conda_probe", version: str = "1.0") -> Path:
+    """A pure wheel made here (module ``name`` with VALUE = 42), installable without an
+    index."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {f"{name}.py": "VALUE = 42\n",
+             f"{name}-{version}.dist-info/METADATA":
+                 f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{name}-{version}.dist-info/WHEEL":
+                 "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    record.append(f"{name}-{version}.dist-info/RECORD,,")
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+        archive.writestr(f"{name}-{version}.dist-info/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
 def basic(user: str, password: str) -> str:
     """The ``auth`` value of a docker config.json entry."""
     import base64

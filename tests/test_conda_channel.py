@@ -6,15 +6,12 @@ with the channel alias, an HTTP mirror or a rattler config file pointing at the 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import subprocess
 import tarfile
 import urllib.error
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +26,7 @@ from conda_channel import (
     solve,
     write_channel_config,
 )
+from helpers import tiny_wheel
 
 SPECS = ["python=3.11", "pip", "six", "markupsafe"]
 # The prefix's python must not see this machine's pip configuration or environment.
@@ -151,27 +149,6 @@ def test_environment_solved_as_conda_forge_and_installed(conda_channel, environm
     assert f"from {site}/pip" in run(prefix, "pip", "--version").stdout
     assert (prefix / "bin/pydoc3.11").read_text().startswith(f"#!{prefix}/bin/python3.11\n")
     assert "pydoc" in run(prefix, "pydoc3.11", "-k", "pydoc_data").stdout
-
-
-def tiny_wheel(directory: Path) -> Path:
-    """A pure wheel made here, so pip installs without an index."""
-    name, version = "tiny_conda_probe", "1.0"
-    files = {f"{name}.py": "VALUE = 42\n",
-             f"{name}-{version}.dist-info/METADATA":
-                 f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-             f"{name}-{version}.dist-info/WHEEL":
-                 "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
-        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
-    record.append(f"{name}-{version}.dist-info/RECORD,,")
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        for path, text in files.items():
-            archive.writestr(path, text)
-        archive.writestr(f"{name}-{version}.dist-info/RECORD", "\n".join(record) + "\n")
-    return wheel
 
 
 def test_pip_installs_into_the_environments_site_packages(environment, tmp_path):

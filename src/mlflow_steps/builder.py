@@ -82,6 +82,10 @@ def resolve_spec(codeset: Path, options: BuildOptions, environ: dict[str, str],
     pip = collect_pip_config(environ) if forward_pip_config else BuildPipConfig()
     index, extras = pip.public_urls()
     _, spec = resolve_env(codeset, replace(options, index_url=index, extra_index_urls=extras))
+    if options.resolve:
+        from mlflow_steps.pinning import pinned_spec
+
+        spec = pinned_spec(spec, pip, environ)
     return spec, pip
 
 

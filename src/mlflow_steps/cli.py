@@ -66,6 +66,10 @@ def build_inputs(func: Callable[..., Any]) -> Callable[..., Any]:
         step_input("miniconda_version",
                    help="Base conda environments on continuumio/miniconda3:TAG (not needed: "
                         "conda packages are installed without conda)."),
+        step_input("resolve", False, type=bool,
+                   help="Lock mode: resolve the requirements first and hash the pins, so a "
+                        "new upstream release gives a new image (default: hash what the "
+                        "codeset declares)."),
     )):
         func = decorator(func)
     return func
@@ -77,10 +81,10 @@ codeset_argument = click.argument(
 )
 
 
-def _options(env_strategy: str, base_image: str | None,
-             miniconda_version: str | None) -> BuildOptions:
+def _options(env_strategy: str, base_image: str | None, miniconda_version: str | None,
+             resolve: bool) -> BuildOptions:
     return BuildOptions(env_strategy=env_strategy, base_image=base_image,
-                        miniconda_version=miniconda_version)
+                        miniconda_version=miniconda_version, resolve=resolve)
 
 
 # Commands from subpackages that trainer images do not carry, loaded only when present.
@@ -220,15 +224,16 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
               help="Write the image digest here (default: results/$TASK_RESULT_DIGEST).")
 def build_command(codeset: Path, output_file: Path | None, digest_file: Path | None,
                   env_strategy: str, base_image: str | None, miniconda_version: str | None,
-                  insecure_registries: str, stage: str, executor: str, plan_dir: Path,
-                  skip_result: Path | None, args_result: Path | None, **inputs: Any) -> None:
+                  resolve: bool, insecure_registries: str, stage: str, executor: str,
+                  plan_dir: Path, skip_result: Path | None, args_result: Path | None,
+                  **inputs: Any) -> None:
     """Build and push CODESET's environment image unless the registry already has it."""
     from mlflow_steps.builder import BuilderInputs, run_builder
     from mlflow_steps.steps import builder_stages
 
     environ = dict(os.environ)
     builder_inputs = BuilderInputs(
-        options=_options(env_strategy, base_image, miniconda_version),
+        options=_options(env_strategy, base_image, miniconda_version, resolve),
         insecure_registries=_hosts(insecure_registries),
         **inputs,
     )

@@ -37,6 +37,7 @@ class BuildOptions:
     miniconda_version: str | None = None
     index_url: str | None = None
     extra_index_urls: tuple[str, ...] = ()
+    resolve: bool = False  # lock mode: hash the resolved pins (pinning.py)
 
     def __post_init__(self) -> None:
         if self.env_strategy not in STRATEGIES:

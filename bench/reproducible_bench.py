@@ -1,0 +1,76 @@
+"""The cost of reproducible mode, per backend: cold build+push of the example with
+`--reproducible` (the default) and with `--no-reproducible`, side by side in one run.
+
+One fresh Docker engine and registry (builder_bench.fresh_stack), the local base pushed;
+Buildah with its own vfs storage. Every build is cold: the Docker build cache is emptied
+before each one (Buildah builds with --layers=false, so it has none). Rounds interleave the
+two modes with a rotating order; medians (min-max) and the ratio are printed, and whether
+the reproducible builds of a backend all gave one digest.
+Usage: python bench/reproducible_bench.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from builder_bench import EXAMPLE, fresh_stack, run, spread
+
+from mlflow_steps.registry import RegistryClient
+
+MODES = ("--reproducible", "--no-reproducible")
+
+
+def buildah_env(root: Path) -> dict[str, str]:
+    storage = root / "containers"
+    storage.mkdir(exist_ok=True)
+    conf = storage / "storage.conf"
+    conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{storage}/graph"\n'
+                    f'runroot = "{storage}/run"\n')
+    return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "STORAGE_DRIVER": "vfs"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    times: dict[tuple[str, str], list[float]] = {}
+    digests: dict[str, set[str]] = {"docker": set(), "buildah": set()}
+    with fresh_stack() as (root, engine, registry, base, _):
+        client = RegistryClient(registry.address)
+        environments = {"docker": engine.env(), "buildah": buildah_env(root)}
+        for round_ in range(args.rounds):
+            modes = MODES[round_ % 2:] + MODES[:round_ % 2]
+            for backend, backend_env in environments.items():
+                for mode in modes:
+                    if backend == "docker":
+                        engine.cli("builder", "prune", "-af")
+                    repository = f"bench/{backend}{mode.replace('--', '-')}-{round_}"
+                    codeset = Path(shutil.copytree(EXAMPLE, root / repository.replace("/", "-")))
+                    env = {**backend_env, "FUSEML_REGISTRY": registry.address,
+                           "FUSEML_BASE_IMAGE": base, "FUSEML_BUILDER": backend,
+                           "FUSEML_REPOSITORY": repository}
+                    start = time.perf_counter()
+                    reference = run([sys.executable, "-m", "mlflow_steps", "build",
+                                     str(codeset), mode], env).strip()
+                    times.setdefault((backend, mode), []).append(time.perf_counter() - start)
+                    if mode == "--reproducible":
+                        digests[backend].add(str(client.manifest_digest(
+                            repository, reference.rsplit(":", 1)[1])))
+    print(f"{'':<9}{'reproducible':>26}{'not reproducible':>26}{'ratio':>8}  digests")
+    for backend in environments:
+        on, off = times[(backend, MODES[0])], times[(backend, MODES[1])]
+        ratio = statistics.median(on) / statistics.median(off)
+        same = "one" if len(digests[backend]) == 1 else f"{len(digests[backend])} different"
+        print(f"{backend:<9}{spread(on):>26}{spread(off):>26}{ratio:>7.2f}x  {same}")
+
+
+if __name__ == "__main__":
+    main()
