@@ -66,6 +66,7 @@ def test_prepare_then_executor_then_verify(tmp_path: Path, registry) -> None:
     assert f"--context=dir://{plan}/context" in args
     assert f"--secret=id=pip-config,src={plan}/secrets/pip.conf" in args
     assert args.count(f"--insecure-registry={registry.address}") == 1
+    assert "--reproducible" not in args  # Kaniko's costs 1.6x: asked for only
     pip_conf = (plan / "secrets" / "pip.conf").read_text()
     assert TOKEN in pip_conf and "cert = /run/secrets/pip-ca.pem" in pip_conf
     dockerfile = (plan / "context" / "Dockerfile").read_text()
@@ -109,8 +110,16 @@ def test_buildah_plan_writes_argument_files(tmp_path: Path, registry) -> None:
     assert ["--secret", f"id=pip-config,src={plan}/secrets/pip.conf"] == \
         build[build.index("--secret", build.index("--secret") + 1):][:2]
     assert push[:2] == ["--storage-driver=vfs", "push"] and "--digestfile" in push
+    assert build[build.index("--timestamp") + 1].isdigit()  # reproducible by default
     assert f'location = "{registry.address}"' in (plan / "registries.conf").read_text()
     assert json.loads((results / "args").read_text()) == []
+
+
+def test_kaniko_plan_is_reproducible_when_asked(tmp_path: Path, registry) -> None:
+    prepared, _, results, _ = prepare(tmp_path, registry, FUSEML_REPRODUCIBLE="true",
+                                      FUSEML_REPOSITORY="plan/kaniko-reproducible")
+    assert prepared.returncode == 0, prepared.stderr
+    assert "--reproducible" in json.loads((results / "args").read_text())
 
 
 def test_prepare_refuses_a_used_plan_dir_and_verify_needs_a_plan(tmp_path: Path,

@@ -42,7 +42,7 @@ class BuilderInputs:
     verbose: bool = False
     compressed_caching: bool = False
     cache_repo: str | None = None
-    reproducible: bool = True
+    reproducible: bool | None = None  # None: yes, except with Kaniko (its cost: README)
     check_reproducible: bool = False
     insecure_registries: tuple[str, ...] = ()
     conda_channel_alias: str | None = None
@@ -192,7 +192,7 @@ def check_reproducible(backend: Backend, target: BuildTarget, inputs: BuilderInp
     report = diff_images(target.client, repository, first, second)
     for line in report:
         log(f"  {line}")
-    hint = "" if inputs.reproducible else " (--no-reproducible was given)"
+    hint = " (--no-reproducible was given)" if inputs.reproducible is False else ""
     raise StepError(f"not reproducible{hint}: two builds gave {first_digest} and "
                     f"{second_digest}; what differs is listed above", source="build",
                     exit_code=1)
@@ -227,7 +227,8 @@ def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
         secrets=secrets, insecure_registries=inputs.insecure_registries,
         registry_ca=inputs.registry_ca, compressed_caching=inputs.compressed_caching,
         cache_repo=inputs.cache_repo, verbose=inputs.verbose,
-        source_date_epoch=source_date_epoch(target.spec) if inputs.reproducible else None,
+        source_date_epoch=None if inputs.reproducible is False else source_date_epoch(
+            target.spec),
     )
 
 

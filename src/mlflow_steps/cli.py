@@ -193,10 +193,11 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
 @step_input("verbose", False, type=bool, help="Log the hashed spec and build details.")
 @step_input("compressed_caching", False, type=bool, help="Kaniko --compressed-caching.")
 @step_input("cache_repo", help="Kaniko layer cache repository (enables --cache).")
-@step_input("reproducible", True, type=bool,
+@step_input("reproducible", None, type=bool,
             help="Same environment, same digest: every time in the image is clamped to an "
                  "epoch derived from the spec (Docker: layers rewritten and pushed by us; "
-                 "Buildah --timestamp; Kaniko --reproducible).")
+                 "Buildah --timestamp; Kaniko --reproducible). Default: on, except for the "
+                 "Kaniko plan (where it costs 1.6x).")
 @step_input("check_reproducible", False, type=bool,
             help="Build twice (the second without the engine's layer cache) and fail with a "
                  "file-level report when the digests differ.")

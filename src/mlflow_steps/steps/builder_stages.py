@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from mlflow_steps.backends.base import BuildRequest, secret_delivery
@@ -60,6 +61,9 @@ def prepare(codeset: Path, inputs: BuilderInputs, executor_name: str, plan_dir: 
         secrets = {} if pip.empty else write_pip_secrets(plan_dir / "secrets", pip)
         request = build_request(target, inputs, context, docker_config_dir(environ), secrets,
                                 environ)
+        if executor_name == "kaniko" and inputs.reproducible is None:
+            # Kaniko's --reproducible re-tars every layer (1.64x the build+push): asked for only
+            request = replace(request, source_date_epoch=None)
         args = _executor_args(executor_name, request, plan_dir, ca_file)
         log(f"plan: build {target.destination} with {executor_name} "
             f"({target.spec.strategy}, base {target.spec.base_image})")
