@@ -26,7 +26,16 @@ SEED := $(or $(SEED),$(shell od -An -N2 -tu2 /dev/urandom | tr -d ' '))
 test: setup
 	$(BIN)/ruff check src tests bench scripts
 	@echo "test order: seed $(SEED) (the same order again: make test SEED=$(SEED))"
-	$(BIN)/pytest -q -n 2 --dist loadgroup --randomly-seed=$(SEED)
+	@# Engine tests and the rest run side by side (two processes, own temp dirs); the rest's
+	@# report follows the engine tests' one.
+	@status=0; \
+	$(BIN)/pytest -q -p no:cacheprovider -m "not engine" --randomly-seed=$(SEED) \
+		--basetemp=/tmp/mlflow-steps-tests-rest > .test-rest.log 2>&1 & rest=$$!; \
+	$(BIN)/pytest -q -p no:cacheprovider -m engine --randomly-seed=$(SEED) \
+		--basetemp=/tmp/mlflow-steps-tests-engine || status=$$?; \
+	wait $$rest || status=$$?; \
+	echo "--- tests without an engine:"; cat .test-rest.log; rm -f .test-rest.log; \
+	exit $$status
 	.venv-mlflow-oldest/bin/pytest -q -p no:cacheprovider -m "not server_mlflow" $(OLDEST_MLFLOW_TESTS)
 
 lint: setup

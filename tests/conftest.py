@@ -7,15 +7,16 @@ from pathlib import Path
 import pytest
 from helpers import MINIMAL_MLPROJECT, write_codeset
 
-# Tests that drive a container engine share one xdist worker (and its one engine and
-# session images); the others spread over every worker.
+# Tests that drive a container engine (Docker or Buildah) are marked `engine`: `make test`
+# runs them in one pytest process and the rest in another, side by side.
 ENGINE_FIXTURES = frozenset({"docker_engine", "buildah_env"})
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects on the mark
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if ENGINE_FIXTURES & set(item.fixturenames):
-            item.add_marker(pytest.mark.xdist_group("engine"))
+            item.add_marker(pytest.mark.engine)
 
 
 @pytest.fixture
