@@ -224,6 +224,26 @@ def test_kaniko_builds_the_plan_and_trains(workflow, docker_engine, stack_root,
         registry.stop()
 
 
+@pytest.mark.skipif(not KANIKO_IMAGE, reason="opt-in: MLFLOW_STEPS_KANIKO_IMAGE names a "
+                    "Kaniko executor image the test engine can pull")
+def test_kaniko_reproducible_plans_give_one_digest(workflow, stack_root) -> None:
+    """Kaniko with --reproducible, twice, into two empty registries: one digest."""
+    from mlflow_steps.registry import RegistryClient
+
+    digests = []
+    for name in ("kaniko-repro-a", "kaniko-repro-b"):
+        registry = Registry(stack_root / name).start()
+        try:
+            _, outputs, _, _ = workflow("mlflow-build", "--builder", "kaniko",
+                                        "--executor-image", KANIKO_IMAGE, "--input",
+                                        "reproducible=true", registry=registry)
+            repository, tag = outputs["mlflow-runtime"].split("/", 1)[1].rsplit(":", 1)
+            digests.append(RegistryClient(registry.address).manifest_digest(repository, tag))
+        finally:
+            registry.stop()
+    assert digests[0] == digests[1], digests
+
+
 def test_a_failing_executor_leaves_no_step_result(workflow, docker_engine, plan_registry,
                                                   tmp_path: Path) -> None:
     """Buildah fails on a requirement that does not exist: the run fails at the builder,

@@ -178,8 +178,8 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
 
 def check_reproducible(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
                        environ: dict[str, str], first_digest: str) -> None:
-    """Build again without the engine's layer cache; a different digest fails the step with
-    what differs, file by file (both images are read back from the registry)."""
+    """Build again without any engine cache (Buildah: a fresh store); a different digest fails
+    the step with what differs, file by file (both images read back from the registry)."""
     repository = target.destination.repository
     _, first = target.client.manifest(repository, first_digest)
     log(f"checking reproducibility: building {target.destination} again without cache")

@@ -46,7 +46,7 @@ class BuildRequest:
     registry_ca: Path | None = None
     compressed_caching: bool = False
     cache: bool = False
-    no_cache: bool = False  # not even the engine's local layer cache
+    no_cache: bool = False  # no engine cache: Docker --no-cache, Buildah a store of its own
     cache_repo: str | None = None
     source_date_epoch: int | None = None  # set: reproducible, every time clamped to it
     labels: dict[str, str] = field(default_factory=dict)  # added to the Dockerfile's

@@ -64,5 +64,8 @@ class BuildahBackend(Backend):
                 shutil.copyfile(request.registry_ca, cert_dir / "ca.crt")
             isolation = None if "BUILDAH_ISOLATION" in self.environ else "chroot"
             build, push = buildah_args(request, Path(tmp) / "digest", cert_dir, isolation)
-            self.run_streaming(["buildah", *build], env, "buildah bud")
-            self.push(["buildah", *push], env, "buildah push")
+            # No cache at all: a store of its own, the base pulled afresh.
+            store = (["--root", f"{tmp}/store", "--runroot", f"{tmp}/run"]
+                     if request.no_cache else [])
+            self.run_streaming(["buildah", *store, *build], env, "buildah bud")
+            self.push(["buildah", *store, *push], env, "buildah push")
