@@ -144,6 +144,26 @@ def test_docker_digest_is_the_same_on_a_fresh_engine(trainer_image, registry, ba
     assert ": mounted" in result.stderr  # the base layers: not uploaded again
 
 
+def test_check_reproducible_reports_what_differs(docker_engine, registry, base_image,
+                                                 tmp_path: Path) -> None:
+    """The engine's own push (--no-reproducible) keeps build times: the check fails and says
+    which files differ and how, from the registry."""
+    env = {**docker_engine.env(), "MLFLOW_STEPS_RESULTS_DIR": str(tmp_path / "results"),
+           "TASK_RESULT": "image", "FUSEML_REGISTRY": registry.address,
+           "FUSEML_BASE_IMAGE": base_image, "FUSEML_BUILDER": "docker",
+           "FUSEML_REPOSITORY": "check/not-reproducible"}
+    result = build(copy_example(tmp_path), env, "--no-reproducible", "--check-reproducible")
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"mlflow-steps: error: build: not reproducible \(--no-reproducible was "
+                        r"given\): two builds gave sha256:\w+ and sha256:\w+; what differs is "
+                        r"listed above", last), last
+    assert re.search(r"mlflow-steps:   layer \d+ \(RUN .*\): \d+ difference\(s\)",
+                     result.stderr)
+    assert re.search(r"mlflow-steps:     \S+: (kind, )?(mode, )?(owner, )?mtime", result.stderr)
+    assert not (tmp_path / "results").exists()
+
+
 def test_failed_build_writes_nothing(docker_engine, registry, base_image, tmp_path: Path) -> None:
     codeset = copy_example(tmp_path)
     (codeset / "conda.yaml").write_text((codeset / "conda.yaml").read_text().replace(

@@ -236,7 +236,6 @@ def healthy(url: str) -> bool:
         return False
 
 
-@pytest.mark.server_mlflow
 def test_store_initialisation_leaves_the_client_uris_alone(tmp_path: Path, monkeypatch) -> None:
     """MLflow's initialiser re-points the process's tracking and registry URIs; the adapter
     puts them back, and a second store in one process is really initialised (not cached)."""
@@ -257,6 +256,7 @@ def test_store_initialisation_leaves_the_client_uris_alone(tmp_path: Path, monke
             engine.dispose()
 
 
+@pytest.mark.server_mlflow
 def test_server_settings_app_and_store_initialisation(tmp_path: Path) -> None:
     """The settings reach MLflow's app: it serves the store and proxies artifacts."""
     import uvicorn  # noqa: F401 - declared by the server extra
