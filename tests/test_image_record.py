@@ -80,4 +80,18 @@ def test_a_trained_model_traces_back_to_its_image_and_lock(docker_engine, traine
               if not line.startswith("  ")}
     assert fields["env tag"] == tag and fields["digest"] == digest
     assert fields["image"] == trainer_image
-    assert any(line.strip().startswith("scikit-learn==") for line in traced.stdout.splitlines())
+    locked = [line.strip() for line in traced.stdout.splitlines() if "==" in line]
+    assert any(line.startswith("scikit-learn==") for line in locked)
+    # what MLflow recorded the model needs is what the image's lock says was installed
+    import mlflow
+
+    model_dir = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{model_id}", dst_path=str(tmp_path / "model"),
+        tracking_uri=mlflow_server.url))
+    required = [line.strip() for line in (model_dir / "requirements.txt").read_text()
+                .splitlines() if "==" in line]
+    assert any(line.startswith("scikit-learn==") for line in required)
+    lock_versions = dict(line.split("==", 1) for line in locked)
+    for line in required:
+        name, version = line.split("==", 1)
+        assert lock_versions.get(name, version) == version, (line, lock_versions.get(name))

@@ -173,6 +173,10 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
     digest = pushed_digest(target.client, target.destination, backend.name)
     if inputs.check_reproducible:
         check_reproducible(backend, target, inputs, environ, digest)
+    elif inputs.reproducible is not False:
+        log(f"built reproducibly (every time clamped to epoch {source_date_epoch(target.spec)}"
+            "); a dependency compiled from source may still vary: --check-reproducible "
+            "verifies")
     return BuildOutcome(target.pull_reference, digest, built=True, backend=backend.name)
 
 
