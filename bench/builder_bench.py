@@ -61,7 +61,9 @@ WORKDIR /project
 """
 FLOOR = """\
 import sys, urllib.request
-urllib.request.urlopen(urllib.request.Request(sys.argv[1], method="HEAD"), timeout=10)
+urllib.request.urlopen(urllib.request.Request(sys.argv[1], method="HEAD", headers={"Accept": (
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.oci.image.manifest.v1+json")}), timeout=10)
 """
 
 

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from builder_bench import EXAMPLE, fresh_stack, run, spread
 
+from mlflow_steps.image_diff import diff_images
 from mlflow_steps.registry import RegistryClient
 
 MODES = ("--reproducible", "--no-reproducible")
@@ -37,12 +38,22 @@ def buildah_env(root: Path) -> dict[str, str]:
     return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "STORAGE_DRIVER": "vfs"}
 
 
+def what_differs(client: RegistryClient, found: dict[str, str]) -> list[str]:
+    """The file-level report between the first two digests (mounted into one repository)."""
+    (first, first_repo), (second, second_repo) = list(found.items())[:2]
+    _, second_manifest = client.manifest(second_repo, second)
+    for blob in [*second_manifest["layers"], second_manifest["config"]]:
+        client.push_blob(first_repo, blob["digest"], None, mount_from=second_repo)
+    _, first_manifest = client.manifest(first_repo, first)
+    return diff_images(client, first_repo, first_manifest, second_manifest)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     times: dict[tuple[str, str], list[float]] = {}
-    digests: dict[str, set[str]] = {"docker": set(), "buildah": set()}
+    digests: dict[str, dict[str, str]] = {"docker": {}, "buildah": {}}  # digest -> repo
     with fresh_stack() as (root, engine, registry, base, _):
         client = RegistryClient(registry.address)
         environments = {"docker": engine.env(), "buildah": buildah_env(root)}
@@ -62,14 +73,19 @@ def main() -> None:
                                      str(codeset), mode], env).strip()
                     times.setdefault((backend, mode), []).append(time.perf_counter() - start)
                     if mode == "--reproducible":
-                        digests[backend].add(str(client.manifest_digest(
-                            repository, reference.rsplit(":", 1)[1])))
+                        digest = client.manifest_digest(repository, reference.rsplit(":", 1)[1])
+                        digests[backend].setdefault(str(digest), repository)
+        differing = {backend: what_differs(client, found)
+                     for backend, found in digests.items() if len(found) > 1}
     print(f"{'':<9}{'reproducible':>26}{'not reproducible':>26}{'ratio':>8}  digests")
     for backend in environments:
         on, off = times[(backend, MODES[0])], times[(backend, MODES[1])]
         ratio = statistics.median(on) / statistics.median(off)
         same = "one" if len(digests[backend]) == 1 else f"{len(digests[backend])} different"
         print(f"{backend:<9}{spread(on):>26}{spread(off):>26}{ratio:>7.2f}x  {same}")
+    for backend, found in differing.items():
+        print(f"{backend}: what differs between its reproducible builds:")
+        print("\n".join(f"  {line}" for line in found))
 
 
 if __name__ == "__main__":

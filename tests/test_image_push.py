@@ -48,6 +48,12 @@ def test_push_read_back_skip_and_mount(registry, tmp_path: Path, capfd) -> None:
     digest = push_image(client, "push/first", "v1", config, layers, tmp_path)
     served, manifest = client.manifest("push/first", "v1")
     assert served == digest
+    # Docker schema 2, what `docker push` writes: a client that only knows it finds it
+    assert manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    import requests
+    head = requests.head(f"{registry.url}/v2/push/first/manifests/v1", timeout=10, headers={
+        "Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    assert head.headers["Docker-Content-Digest"] == digest
     assert [d["digest"] for d in manifest["layers"]] == [b.digest for b in layers]
     for blob in layers:
         assert client.blob("push/first", blob.digest, 1 << 20) == blob.path.read_bytes()

@@ -12,14 +12,16 @@ from pathlib import Path
 
 from mlflow_steps.registry import RegistryClient
 
-MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+# Docker's schema 2 types, what `docker push` writes: every client and registry takes them
+# (a registry may hide an OCI manifest from a client that does not ask for OCI).
+MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
+LAYER_MEDIA_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 MAX_COPIED_BLOB = 4 << 30
-_OCI_LAYER_TYPES = {
-    "application/vnd.docker.image.rootfs.diff.tar.gzip":
-        "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+_DOCKER_LAYER_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar+gzip": LAYER_MEDIA_TYPE,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip":
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 }
 
 
@@ -43,12 +45,12 @@ def canonical(document: dict) -> bytes:
 
 
 def manifest_for(config: bytes, layers: list[Blob]) -> dict[str, object]:
-    """An OCI image manifest for ``config`` and ``layers`` (Docker layer types mapped)."""
+    """A Docker schema 2 manifest for ``config`` and ``layers`` (OCI layer types mapped)."""
     descriptors = []
     for layer in layers:
         descriptor = dict(layer.descriptor)
         media_type = str(descriptor.get("mediaType"))
-        descriptor["mediaType"] = _OCI_LAYER_TYPES.get(media_type, media_type)
+        descriptor["mediaType"] = _DOCKER_LAYER_TYPES.get(media_type, media_type)
         descriptors.append({k: descriptor[k] for k in ("mediaType", "digest", "size")})
     return {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
             "config": {"mediaType": CONFIG_MEDIA_TYPE,

@@ -19,7 +19,7 @@ from typing import IO
 GZIP_LEVEL = 6
 _CHUNK = 1 << 20
 _VOLATILE_PAX = ("atime", "ctime", "mtime")
-LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+LAYER_MEDIA_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 
 @dataclass(frozen=True)
