@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from mlflow_steps.cache import cache_root
 from mlflow_steps.codeset_files import file_digest
 from mlflow_steps.envspec import EnvSpec, strip_credentials
 from mlflow_steps.errors import StepError
@@ -93,10 +94,7 @@ def _condarc_alias(path: Path) -> str | None:
 
 def cache_dir(environ: Mapping[str, str]) -> Path:
     """Downloaded archives and rattler's caches, kept between builds."""
-    root = environ.get("MLFLOW_STEPS_CACHE") or os.path.join(
-        environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME", "/tmp"), ".cache"),
-        "mlflow-steps")
-    path = Path(root) / "conda"
+    path = cache_root(environ) / "conda"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:

@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 
 from mlflow_steps.backends.base import Backend, BuildRequest
-from mlflow_steps.backends.docker_archive import BaseImage, normalised_parts
+from mlflow_steps.backends.docker_archive import BaseImage, RewrittenLayers, normalised_parts
+from mlflow_steps.cache import cache_root
 from mlflow_steps.errors import StepError
 from mlflow_steps.image_push import Blob, push_image
 from mlflow_steps.registry import RegistryClient
@@ -94,7 +95,11 @@ class DockerBackend(Backend):
             archive = workdir / "image.tar"
             self.run_streaming([self.cli, "save", "-o", str(archive), str(request.destination)],
                                env, "docker save")
-            config, blobs = normalised_parts(archive, base, epoch, workdir)
+            known = RewrittenLayers(cache_root(self.environ) / "layers")
+            repository = request.destination.repository
+            config, blobs = normalised_parts(
+                archive, base, epoch, workdir, known,
+                lambda digest: client.has_blob(repository, digest))
             archive.unlink()
             digest = push_image(client, request.destination.repository,
                                 request.destination.tag, config, blobs, workdir)

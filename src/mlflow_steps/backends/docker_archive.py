@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import tarfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +36,21 @@ def rfc3339(epoch: int) -> str:
         "%Y-%m-%dT%H:%M:%SZ")
 
 
+_TIME = re.compile(r"(?P<head>[^.Z+]+(?:[+-]\d\d:\d\d)?)(?:\.(?P<fraction>\d+))?"
+                   r"(?P<zone>Z|[+-]\d\d:\d\d)?")
+
+
 def _parse_time(text: str) -> datetime.datetime:
-    """An RFC 3339 time as docker writes it (nanoseconds, Z or an offset)."""
-    text = text.strip().replace("Z", "+00:00")
-    head, dot, rest = text.partition(".")
-    if dot:
-        digits = "".join(c for c in rest if c.isdigit())
-        text = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
-    return datetime.datetime.fromisoformat(text)
+    """An RFC 3339 time as docker writes it (nanoseconds, Z or an offset; naive is UTC)."""
+    match = _TIME.fullmatch(text.strip())
+    if not match:
+        raise StepError(f"docker save wrote a time that is not RFC 3339 ({text[:40]!r})",
+                        source="docker")
+    fraction = (match["fraction"] or "0")[:6].ljust(6, "0")
+    zone = match["zone"] or "Z"
+    parsed = datetime.datetime.fromisoformat(
+        f"{match['head']}.{fraction}{'+00:00' if zone == 'Z' else zone}")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
 
 
 def normalised_config(config: dict, base: BaseImage, diff_ids: list[str], epoch: int) -> dict:
@@ -78,9 +87,38 @@ def _layer_job(archive_path: Path, layer_name: str, out: Path, epoch: int | None
             return rewrite(layer, layer.getmembers(), out, epoch)
 
 
-def normalised_parts(archive_path: Path, base: BaseImage, epoch: int,
-                     workdir: Path) -> tuple[dict, list[Blob]]:
-    """The config and layers to push for the image `docker save` wrote at ``archive_path``."""
+class RewrittenLayers:
+    """What our layers became, by the engine's diff_id and the epoch: a rebuild that changed
+    one layer rewrites that one, not every layer the registry already holds."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, diff_id: str, epoch: int) -> Path:
+        return self.directory / f"{diff_id.removeprefix('sha256:')}-{epoch}.json"
+
+    def get(self, diff_id: str, epoch: int) -> dict[str, object] | None:
+        try:
+            entry = json.loads(self._path(diff_id, epoch).read_text())
+        except (OSError, ValueError):
+            return None
+        keys = ("digest", "diff_id", "size", "mediaType")
+        return entry if isinstance(entry, dict) and all(k in entry for k in keys) else None
+
+    def put(self, diff_id: str, epoch: int, layer: Layer) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._path(diff_id, epoch).write_text(json.dumps(
+                {**layer.descriptor(), "diff_id": layer.diff_id}))
+        except OSError:
+            pass  # a cache: without it the next build rewrites again
+
+
+def normalised_parts(archive_path: Path, base: BaseImage, epoch: int, workdir: Path,
+                     known: RewrittenLayers, in_registry: Callable[[str], bool]
+                     ) -> tuple[dict, list[Blob]]:
+    """The config and layers to push for the image `docker save` wrote at ``archive_path``
+    (a layer rewritten before whose result ``in_registry`` is neither read nor rewritten)."""
     with tarfile.open(archive_path, "r:") as archive:
         manifest = _read_json(archive, "manifest.json")
         if not isinstance(manifest, list) or len(manifest) != 1:
@@ -95,14 +133,25 @@ def normalised_parts(archive_path: Path, base: BaseImage, epoch: int,
            and base.diff_ids[shared] == diff_ids[shared]):
         shared += 1
     mounted = len(base.blobs) if shared == len(base.blobs) == len(base.diff_ids) else 0
-    jobs = []
+    results: dict[int, tuple[Blob, str]] = {}
+    jobs = {}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for index, name in enumerate(layer_names[mounted:], start=mounted):
+            ours = index >= shared
+            cached = known.get(diff_ids[index], epoch) if ours else None
+            if cached and in_registry(str(cached["digest"])):
+                descriptor = {k: cached[k] for k in ("mediaType", "digest", "size")}
+                results[index] = (Blob(descriptor), str(cached["diff_id"]))
+                continue
             out = workdir / f"layer-{index}.tar.gz"
-            jobs.append(pool.submit(_layer_job, archive_path, name, out,
-                                    None if index < shared else epoch))
-        built = [job.result() for job in jobs]
-    blobs = list(base.blobs[:mounted]) + [
-        Blob(layer.descriptor(), path=layer.path) for layer in built]
-    new_diff_ids = diff_ids[:mounted] + [layer.diff_id for layer in built]
+            jobs[index] = pool.submit(_layer_job, archive_path, name, out,
+                                      epoch if ours else None)
+        for index, job in jobs.items():
+            layer = job.result()
+            if index >= shared:
+                known.put(diff_ids[index], epoch, layer)
+            results[index] = (Blob(layer.descriptor(), path=layer.path), layer.diff_id)
+    ordered = [results[index] for index in sorted(results)]
+    blobs = list(base.blobs[:mounted]) + [blob for blob, _ in ordered]
+    new_diff_ids = diff_ids[:mounted] + [diff_id for _, diff_id in ordered]
     return normalised_config(config, base, new_diff_ids, epoch), blobs
