@@ -85,11 +85,12 @@ def test_a_trained_model_traces_back_to_its_image_and_lock(docker_engine, traine
     # what MLflow recorded the model needs is what the image's lock says was installed
     import mlflow
 
-    model_dir = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{model_id}", dst_path=str(tmp_path / "model"),
+    location = mlflow.MlflowClient(mlflow_server.url).get_logged_model(
+        model_id).artifact_location  # not models:/, which goes through the process's registry
+    requirements = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{location}/requirements.txt", dst_path=str(tmp_path / "model"),
         tracking_uri=mlflow_server.url))
-    required = [line.strip() for line in (model_dir / "requirements.txt").read_text()
-                .splitlines() if "==" in line]
+    required = [line.strip() for line in requirements.read_text().splitlines() if "==" in line]
     assert any(line.startswith("scikit-learn==") for line in required)
     lock_versions = dict(line.split("==", 1) for line in locked)
     for line in required:
