@@ -12,7 +12,6 @@ Usage: python bench/reproducible_bench.py [--rounds N]
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -22,20 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from builder_bench import EXAMPLE, fresh_stack, run, spread
+from devstack import buildah_env
 
 from mlflow_steps.image_diff import diff_images
 from mlflow_steps.registry import RegistryClient
 
 MODES = ("--reproducible", "--no-reproducible")
-
-
-def buildah_env(root: Path) -> dict[str, str]:
-    storage = root / "containers"
-    storage.mkdir(exist_ok=True)
-    conf = storage / "storage.conf"
-    conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{storage}/graph"\n'
-                    f'runroot = "{storage}/run"\n')
-    return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "STORAGE_DRIVER": "vfs"}
 
 
 def what_differs(client: RegistryClient, found: dict[str, str]) -> list[str]:

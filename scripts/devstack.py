@@ -238,6 +238,16 @@ def ensure_rootfs_tar() -> Path:
     return ROOTFS_TAR
 
 
+def buildah_env(root: Path) -> dict[str, str]:
+    """Environment for Debian's buildah with private vfs storage under ``root``."""
+    storage = root / "containers"
+    storage.mkdir(exist_ok=True)
+    conf = storage / "storage.conf"
+    conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{storage}/graph"\n'
+                    f'runroot = "{storage}/run"\n')
+    return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "STORAGE_DRIVER": "vfs"}
+
+
 def push_base_image(engine: DockerEngine, registry: Registry) -> str:
     """Import the cached rootfs as REGISTRY/library/python:3.11-slim and push it."""
     reference = f"{registry.address}/{BASE_NAME}"

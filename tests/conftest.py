@@ -129,14 +129,9 @@ def trainer_image(docker_engine, registry, base_image) -> str:
 @pytest.fixture(scope="session")
 def buildah_env(stack_root):
     """Environment for buildah with private vfs storage."""
-    import os
+    from devstack import buildah_env as storage_env
 
-    storage = stack_root / "containers"
-    storage.mkdir(exist_ok=True)
-    conf = storage / "storage.conf"
-    conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{storage}/graph"\n'
-                    f'runroot = "{storage}/run"\n')
-    return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "STORAGE_DRIVER": "vfs"}
+    return storage_env(stack_root)
 
 
 @pytest.fixture(scope="session")
