@@ -40,10 +40,9 @@ def pinned_spec(spec: EnvSpec, pip: BuildPipConfig, environ: dict[str, str]) -> 
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(requirements_text(spec))
         ca = str(pip.ca_bundle) if pip.ca_bundle else None
-        settings = dict(line.split("=", 1) for line in pip.uv_env(ca).splitlines())
+        settings = pip.uv_settings(ca)
         env = {key: value for key, value in environ.items() if not key.startswith("UV_")}
-        env.update({key: value.strip("'") for key, value in settings.items()},
-                   UV_NO_PROGRESS="1", UV_PYTHON_DOWNLOADS="never")
+        env.update(settings, UV_NO_PROGRESS="1", UV_PYTHON_DOWNLOADS="never")
         # --refresh: the index's answer now, not a cached page (its point is seeing releases)
         argv = [str(uv_binary()), "pip", "compile", "--quiet", "--no-header", "--no-annotate",
                 "--refresh",

@@ -74,13 +74,18 @@ class BuildPipConfig:
             lines.append(f"cert = {ca_target}")
         return "\n".join(lines) + "\n"
 
-    def uv_env(self, ca_target: str | None) -> str:
-        """The same settings for uv, as a shell env file (a secret too)."""
+    def uv_settings(self, ca_target: str | None) -> dict[str, str]:
+        """The same settings for uv, as environment variables (secrets too)."""
         values = {"UV_INDEX_URL": self.index_url or "",
                   "UV_EXTRA_INDEX_URL": " ".join(self.extra_index_urls),
                   "UV_INSECURE_HOST": " ".join(self.trusted_hosts),
                   "SSL_CERT_FILE": ca_target if self.ca_bundle and ca_target else ""}
-        return "".join(f"{key}={shlex.quote(value)}\n" for key, value in values.items() if value)
+        return {key: value for key, value in values.items() if value}
+
+    def uv_env(self, ca_target: str | None) -> str:
+        """``uv_settings`` as a shell env file (a secret too)."""
+        return "".join(f"{key}={shlex.quote(value)}\n"
+                       for key, value in self.uv_settings(ca_target).items())
 
     def describe(self) -> str:
         """One safe line for logs: hosts and CA path, never credentials."""
