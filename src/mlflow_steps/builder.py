@@ -19,6 +19,7 @@ from mlflow_steps.backends.base import (
     BuildRequest,
     secret_delivery,
 )
+from mlflow_steps.direct import NotApplicable
 from mlflow_steps.envspec import BuildOptions, EnvSpec, resolve_env
 from mlflow_steps.errors import StepError
 from mlflow_steps.fuseml import DEFAULT_REPOSITORY, FUSEML_PULL_REGISTRY, FUSEML_REGISTRY
@@ -169,7 +170,12 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
     backend = select_backend(inputs.builder, environ)
     log(f"building {target.destination} with {backend.name} ({target.spec.strategy}, "
         f"base {target.spec.base_image})")
-    _build(backend, target, inputs, environ)
+    try:
+        _build(backend, target, inputs, environ)
+    except NotApplicable as exc:
+        backend = select_backend("auto", environ, engines_only=True)
+        log(f"the direct builder does not apply: {exc}; building with {backend.name}")
+        _build(backend, target, inputs, environ)
     digest = pushed_digest(target.client, target.destination, backend.name)
     if inputs.check_reproducible:
         check_reproducible(backend, target, inputs, environ, digest)
@@ -233,6 +239,7 @@ def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
         cache_repo=inputs.cache_repo, verbose=inputs.verbose,
         source_date_epoch=None if inputs.reproducible is False else source_date_epoch(
             target.spec),
+        spec=target.spec, pip=target.pip,
     )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import gzip
 import hashlib
+import io
+import json
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -124,3 +126,77 @@ def compress(tar: IO[bytes], out: Path) -> Layer:
     while chunk := tar.read(_CHUNK):
         writer.plain.write(chunk)
     return writer.close()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of a layer made from scratch: a directory, a file (bytes, or a file here to
+    read) or a symbolic link, at ``name`` (no leading /)."""
+
+    name: str
+    kind: str  # "dir" | "file" | "symlink"
+    data: bytes | Path = b""
+    target: str = ""
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+
+
+def _tarinfo(entry: Entry, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(entry.name)
+    info.mtime, info.mode, info.uid, info.gid = mtime, entry.mode, entry.uid, entry.gid
+    info.uname = info.gname = ""
+    if entry.kind == "dir":
+        info.type = tarfile.DIRTYPE
+    elif entry.kind == "symlink":
+        info.type, info.linkname = tarfile.SYMTYPE, entry.target
+    else:
+        info.size = entry.data.stat().st_size if isinstance(entry.data, Path) else len(
+            entry.data)
+    return info
+
+
+def write_tar(entries: Iterable[Entry], out: Path, mtime: int) -> str:
+    """Write ``entries`` (sorted by name, all times ``mtime``, owners as given) as a plain
+    tar at ``out``; its diff_id."""
+    with out.open("wb") as raw:
+        hashing = _Hashing(raw)
+        with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
+                          bufsize=_CHUNK) as tar:
+            for entry in sorted(entries, key=lambda e: e.name):
+                info = _tarinfo(entry, mtime)
+                if entry.kind != "file":
+                    tar.addfile(info)
+                elif isinstance(entry.data, Path):
+                    with entry.data.open("rb") as data:
+                        tar.addfile(info, data)
+                else:
+                    tar.addfile(info, io.BytesIO(entry.data))
+    return "sha256:" + hashing.sha256.hexdigest()
+
+
+class LayerCache:
+    """What a layer became, by the diff_id of the tar it was made from and the epoch: a
+    rebuild that changed one layer compresses that one, not every layer the registry holds."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, diff_id: str, epoch: int) -> Path:
+        return self.directory / f"{diff_id.removeprefix('sha256:')}-{epoch}.json"
+
+    def get(self, diff_id: str, epoch: int) -> dict[str, object] | None:
+        try:
+            entry = json.loads(self._path(diff_id, epoch).read_text())
+        except (OSError, ValueError):
+            return None
+        keys = ("digest", "diff_id", "size", "mediaType")
+        return entry if isinstance(entry, dict) and all(k in entry for k in keys) else None
+
+    def put(self, diff_id: str, epoch: int, layer: Layer) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._path(diff_id, epoch).write_text(json.dumps(
+                {**layer.descriptor(), "diff_id": layer.diff_id}))
+        except OSError:
+            pass  # a cache: without it the next build rewrites again

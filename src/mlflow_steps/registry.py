@@ -327,6 +327,39 @@ class RegistryClient:
         with self._redacting():
             return self._blob(repository, digest, limit)
 
+    def blob_to_file(self, repository: str, digest: str, out: Path, limit: int) -> None:
+        """Stream the blob ``digest`` (at most ``limit`` bytes) into ``out``, checked against
+        its digest; nothing is left at ``out`` when it fails."""
+        with self._redacting():
+            self._check_digest(digest)
+            deadline = Deadline(self.budget + limit / UPLOAD_FLOOR_BYTES_PER_SECOND)
+            path = f"/v2/{repository}/blobs/{digest}"
+            response = self._request("blob GET", "GET", path, deadline=deadline,
+                                     scope=f"repository:{repository}:pull", stream=True)
+            url = f"{self.base_url}{path}"
+            if response.status_code != 200:
+                raise self._failure(response, f"blob GET {url}", deadline)
+            partial = out.with_name(out.name + ".partial")
+            sha256, size = hashlib.sha256(), 0
+            try:
+                with response, partial.open("wb") as sink:
+                    for chunk in response.iter_content(1 << 20):
+                        size += len(chunk)
+                        if size > limit:
+                            raise StepError(f"blob {digest} is over {limit} bytes",
+                                            source=self._source)
+                        sha256.update(chunk)
+                        sink.write(chunk)
+                if "sha256:" + sha256.hexdigest() != digest:
+                    raise StepError(f"blob GET {url} answered bytes that do not match the "
+                                    "digest", source=self._source)
+                partial.replace(out)
+            except requests.RequestException as exc:
+                raise StepError(f"blob GET {url} failed ({_reason(exc)})",
+                                source=self._source) from None
+            finally:
+                partial.unlink(missing_ok=True)
+
     def has_blob(self, repository: str, digest: str) -> bool:
         """Whether ``repository`` already holds the blob ``digest``."""
         with self._redacting():
@@ -417,9 +450,12 @@ class RegistryClient:
                             source=self._source) from None
         return digest, manifest
 
-    def _blob(self, repository: str, digest: str, limit: int) -> bytes:
+    def _check_digest(self, digest: str) -> None:
         if not _DIGEST.fullmatch(digest) or not digest.startswith("sha256:"):
             raise StepError(f"{digest[:80]!r} is not a sha256 digest", source=self._source)
+
+    def _blob(self, repository: str, digest: str, limit: int) -> bytes:
+        self._check_digest(digest)
         response, url, deadline = self._pull("GET", "blobs", repository, digest)
         if response.status_code != 200:
             raise self._failure(response, f"blob GET {url}", deadline)
@@ -443,7 +479,7 @@ class RegistryClient:
 
     def _request(self, what: str, method: str, path: str, *, scope: str,
                  deadline: Deadline, headers: dict[str, str] | None = None,
-                 data: bytes | None = None) -> requests.Response:
+                 data: bytes | None = None, stream: bool = False) -> requests.Response:
         """One logical request: TLS fallback and authorisation share the deadline. ``path``
         is under the registry's base URL, or a URL the registry gave (an upload location)."""
         headers = {"Accept": ", ".join(MANIFEST_TYPES), **(headers or {})}
@@ -455,7 +491,8 @@ class RegistryClient:
             if self._authorization:
                 headers["Authorization"] = self._authorization
             try:
-                response = self._send(method, url, deadline, headers=headers, data=data)
+                response = self._send(method, url, deadline, headers=headers, data=data,
+                                      stream=stream)
             except _TransportError as exc:
                 if exc.tls and self.allow_plain_http and self.scheme == "https":
                     self.scheme = "http"  # like Docker: insecure registries may lack TLS

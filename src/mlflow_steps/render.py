@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import calendar
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -57,6 +58,12 @@ TOOLING_REQUIREMENTS = (
 OWN_LAYERS = (("numpy",), ("scipy",), ("pandas",), ("scikit-learn",), ("pyarrow",),
               ("torch",), ("botocore", "boto3", "s3transfer"), ("mlflow", "mlflow-skinny"))
 INSTALL_LAYER = "install-layer.sh.j2"
+# Set from the first step of every runtime image on.
+BUILD_ENV = {"PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+             "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+             "GIT_PYTHON_REFRESH": "quiet"}
+RUNTIME_USER = str(RUNTIME_UID)
+IMAGE_COMMAND = (f"{TOOLING_PREFIX}/bin/mlflow-steps", "run", CODESET_PATH)
 CONDA_STRATEGIES = ("conda", "conda-lock")
 TEMPLATES = {"pip": "pip.Dockerfile.j2", "conda": "conda.Dockerfile.j2",
              "conda-lock": "conda-lock.Dockerfile.j2"}
@@ -175,6 +182,25 @@ def uv_binary() -> Path:
     return Path(uv.find_uv_bin())
 
 
+def runtime_env(spec: EnvSpec) -> dict[str, str]:
+    """What the image's last ENV sets (``$PATH`` is the base's)."""
+    return {"PATH": f"{ENV_PREFIX}/bin:$PATH", "MLFLOW_STEPS_ENV": ENV_PREFIX,
+            "MLFLOW_STEPS_ENV_TAG": env_tag(spec)}
+
+
+def image_labels(spec: EnvSpec) -> dict[str, str]:
+    """The labels every runtime image carries, whichever builder made it."""
+    return {"org.opencontainers.image.title": "mlflow-steps runtime",
+            "org.opencontainers.image.version": env_tag(spec),
+            "org.opencontainers.image.base.name": spec.base_image,
+            "io.mlflow-steps.env-tag": env_tag(spec),
+            "io.mlflow-steps.spec-digest": spec_digest(spec),
+            "io.mlflow-steps.strategy": spec.strategy,
+            "io.mlflow-steps.tooling-version": __version__,
+            "io.mlflow-steps.lock": LOCK_PATH,
+            "io.mlflow-steps.sbom": SBOM_PATH}
+
+
 def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDelivery()) -> str:
     """The Dockerfile text for ``spec``."""
     template = _environment().get_template(TEMPLATES[spec.strategy])
@@ -202,6 +228,10 @@ def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDeli
         layers=OWN_LAYERS,
         has_build_requirements=bool(spec.build_requirements),
         has_locked_pip=bool(spec.locked_pip),
+        build_env=BUILD_ENV,
+        runtime_env=runtime_env(spec),
+        labels=image_labels(spec),
+        command=json.dumps(list(IMAGE_COMMAND)),
     )
 
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 # name → "module:class", in `auto` order
 BACKENDS = {
+    "direct": "mlflow_steps.direct.builder:DirectBackend",
     "docker": "mlflow_steps.backends.docker:DockerBackend",
     "buildah": "mlflow_steps.backends.buildah:BuildahBackend",
 }
@@ -23,8 +24,11 @@ def _backend(name: str, environ: dict[str, str]) -> Backend:
     return getattr(importlib.import_module(module), attribute)(environ)
 
 
-def select_backend(name: str, environ: dict[str, str]) -> Backend:
-    """The named backend, or for ``auto`` the first available: docker, then buildah.
+def select_backend(name: str, environ: dict[str, str], *, engines_only: bool = False
+                   ) -> Backend:
+    """The named backend, or for ``auto`` the first available: direct (no engine; when it
+    does not apply the builder falls back), docker, then buildah (``engines_only``: the
+    first engine).
 
     Kaniko is not a backend: it owns its container, so it runs as the `build` step of
     the builder plan (:mod:`mlflow_steps.steps.builder_plan`).
@@ -37,6 +41,8 @@ def select_backend(name: str, environ: dict[str, str]) -> Backend:
         return backend
     reasons = []
     for candidate in BACKENDS:
+        if engines_only and candidate == "direct":
+            continue
         backend = _backend(candidate, environ)
         problem = backend.unavailable_reason()
         if not problem:

@@ -10,8 +10,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.errors import StepError
 from mlflow_steps.imageref import ImageRef, is_insecure
+from mlflow_steps.pipconfig import BuildPipConfig
 from mlflow_steps.render import UV_CONFIG_TARGET, PipConfigDelivery
 
 PIP_CONFIG_SECRET = "pip-config"
@@ -51,6 +53,9 @@ class BuildRequest:
     source_date_epoch: int | None = None  # set: reproducible, every time clamped to it
     labels: dict[str, str] = field(default_factory=dict)  # added to the Dockerfile's
     verbose: bool = False
+    # What the engine-free builder installs itself (engines read the rendered context)
+    spec: EnvSpec | None = field(default=None, compare=False)
+    pip: BuildPipConfig | None = field(default=None, compare=False)
 
     @property
     def reproducible(self) -> bool:

@@ -11,10 +11,11 @@ import tempfile
 from pathlib import Path
 
 from mlflow_steps.backends.base import Backend, BuildRequest
-from mlflow_steps.backends.docker_archive import BaseImage, RewrittenLayers, normalised_parts
+from mlflow_steps.backends.docker_archive import BaseImage, normalised_parts
 from mlflow_steps.cache import cache_root
 from mlflow_steps.errors import StepError
 from mlflow_steps.image_push import Blob, push_image
+from mlflow_steps.layers import LayerCache
 from mlflow_steps.registry import RegistryClient
 
 MAX_CONFIG_BYTES = 4 << 20
@@ -95,7 +96,7 @@ class DockerBackend(Backend):
             archive = workdir / "image.tar"
             self.run_streaming([self.cli, "save", "-o", str(archive), str(request.destination)],
                                env, "docker save")
-            known = RewrittenLayers(cache_root(self.environ) / "layers")
+            known = LayerCache(cache_root(self.environ) / "layers")
             repository = request.destination.repository
             config, blobs = normalised_parts(
                 archive, base, epoch, workdir, known,

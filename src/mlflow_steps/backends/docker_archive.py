@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.image_push import Blob
-from mlflow_steps.layers import Layer, compress, rewrite
+from mlflow_steps.layers import Layer, LayerCache, compress, rewrite
 
 
 @dataclass(frozen=True)
@@ -87,35 +87,8 @@ def _layer_job(archive_path: Path, layer_name: str, out: Path, epoch: int | None
             return rewrite(layer, layer.getmembers(), out, epoch)
 
 
-class RewrittenLayers:
-    """What our layers became, by the engine's diff_id and the epoch: a rebuild that changed
-    one layer rewrites that one, not every layer the registry already holds."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def _path(self, diff_id: str, epoch: int) -> Path:
-        return self.directory / f"{diff_id.removeprefix('sha256:')}-{epoch}.json"
-
-    def get(self, diff_id: str, epoch: int) -> dict[str, object] | None:
-        try:
-            entry = json.loads(self._path(diff_id, epoch).read_text())
-        except (OSError, ValueError):
-            return None
-        keys = ("digest", "diff_id", "size", "mediaType")
-        return entry if isinstance(entry, dict) and all(k in entry for k in keys) else None
-
-    def put(self, diff_id: str, epoch: int, layer: Layer) -> None:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._path(diff_id, epoch).write_text(json.dumps(
-                {**layer.descriptor(), "diff_id": layer.diff_id}))
-        except OSError:
-            pass  # a cache: without it the next build rewrites again
-
-
 def normalised_parts(archive_path: Path, base: BaseImage, epoch: int, workdir: Path,
-                     known: RewrittenLayers, in_registry: Callable[[str], bool]
+                     known: LayerCache, in_registry: Callable[[str], bool]
                      ) -> tuple[dict, list[Blob]]:
     """The config and layers to push for the image `docker save` wrote at ``archive_path``
     (a layer rewritten before whose result ``in_registry`` is neither read nor rewritten)."""

@@ -1,0 +1,249 @@
+"""Install the environment into a staging tree as it will be in the image (/opt/env), for the
+base's platform, with uv and no build of any source distribution; then make the tree
+position-independent of the staging path (interpreter, scripts, bytecode, recorded URLs) and
+check it needs nothing the base lacks. Any doubt raises NotApplicable."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow_steps.direct import NotApplicable
+from mlflow_steps.direct.base import BaseFacts
+from mlflow_steps.direct.elf import missing_libraries
+from mlflow_steps.envspec import EnvSpec
+from mlflow_steps.errors import StepError
+from mlflow_steps.pipconfig import BuildPipConfig
+from mlflow_steps.redaction import redact, secret_values
+from mlflow_steps.render import BUILD_DIR, ENV_PREFIX, SBOM_TOOL, TOOLING_WHEEL, uv_binary
+from mlflow_steps.retry import network_budget
+
+INSTALL_BUDGETS = 20  # an install downloads many files: this many network budgets
+_PLATFORMS = {"amd64": "x86_64", "arm64": "aarch64"}
+# What `uv venv --relocatable` writes atop an entry point script: the image's scripts name
+# the environment's interpreter instead, as the Dockerfile path's do.
+_TRAMPOLINE = re.compile(
+    rb"\A#!/bin/sh\n'''exec' \"\$\(dirname -- \"\$\(realpath -- \"\$0\"\)\"\)\"/'python' "
+    rb"\"\$0\" \"\$@\"\n' '''\n")
+_VOLATILE = (".lock",)  # uv's own lock file in the venv
+
+
+@dataclass(frozen=True)
+class StagedEnv:
+    """The staged environment: ``root`` holds opt/env and opt/mlflow-steps-build."""
+
+    root: Path
+    prefix: Path
+    site_packages: Path
+    tooling_in_env: bool
+
+
+def platform_tag(base: BaseFacts) -> str:
+    """uv's --python-platform for the base (glibc only; others do not apply)."""
+    if base.libc != "glibc" or not base.glibc_version:
+        raise NotApplicable(f"the base's C library is {base.libc}, not a known glibc")
+    machine = _PLATFORMS.get(base.architecture)
+    if machine is None:
+        raise NotApplicable(f"the base's architecture {base.architecture} is not amd64/arm64")
+    return f"{machine}-manylinux_{base.glibc_version.replace('.', '_')}"
+
+
+class Stager:
+    """Runs uv (and the staging interpreter) with the build's pip settings."""
+
+    def __init__(self, spec: EnvSpec, base: BaseFacts, pip: BuildPipConfig,
+                 environ: dict[str, str], epoch: int) -> None:
+        self.spec = spec
+        self.base = base
+        self.minor = str(spec.python or "")
+        self.platform = platform_tag(base)
+        self.interpreter = base.interpreters.get(self.minor)
+        if self.interpreter is None:
+            raise NotApplicable(f"the base has no python{self.minor} on its PATH")
+        settings = pip.uv_settings(str(pip.ca_bundle) if pip.ca_bundle else None)
+        self.secrets = [*secret_values(environ), *settings.values()]
+        self.env = {k: v for k, v in environ.items() if not k.startswith("UV_")}
+        self.env.update(settings, UV_NO_PROGRESS="1", UV_PYTHON_DOWNLOADS="never",
+                        UV_LINK_MODE="copy", SOURCE_DATE_EPOCH=str(epoch), PYTHONHASHSEED="0")
+        self.timeout = network_budget(environ) * INSTALL_BUDGETS
+        self.uv = str(uv_binary())
+
+    def run(self, argv: list[str], what: str, *, fallback: bool = False) -> str:
+        """Run argv; its stdout. A failure is NotApplicable (``fallback``) or a StepError."""
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, env=self.env,
+                                    timeout=self.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise StepError(f"{what} took over {self.timeout:g} s", source="direct") from None
+        if result.returncode != 0:
+            lines = [x.strip() for x in result.stderr.splitlines() if x.strip()]
+            problem = redact(" ".join(lines[-4:]), self.secrets)[-500:]
+            if fallback:
+                raise NotApplicable(f"{what}: {problem}")
+            raise StepError(f"{what} failed: {problem}", source="direct")
+        return result.stdout
+
+    def host_python(self) -> str:
+        """A CPython of the environment's minor version here, to stage and compile with."""
+        try:
+            found = self.run([self.uv, "python", "find", "--no-project", self.minor],
+                             "finding python", fallback=True).strip()
+        except NotApplicable:
+            raise NotApplicable(f"no python{self.minor} here to stage the environment with"
+                                ) from None
+        probe = self.run([found, "-c", "import sys; print(sys.implementation.name)"],
+                         "probing python", fallback=True).strip()
+        if probe != "cpython":
+            raise NotApplicable(f"{found} is {probe}, not CPython")
+        return found
+
+    def pip(self, prefix: Path, *args: str, what: str, fallback: bool = True) -> str:
+        return self.run([self.uv, "pip", *args, "--python", str(prefix / "bin" / "python")],
+                        what, fallback=fallback)
+
+    def targeted(self) -> list[str]:
+        return ["--python-platform", self.platform, "--python-version",
+                self.base.python_versions.get(self.minor, self.minor)]
+
+
+def _requirements(context: Path, name: str, work: Path) -> Path:
+    """The context's env file with its image paths pointed at the context."""
+    out = work / name
+    out.write_text((context / "env" / name).read_text().replace(
+        f"{BUILD_DIR}/env", str(context / "env")))
+    return out
+
+
+def stage(spec: EnvSpec, context: Path, base: BaseFacts, pip: BuildPipConfig,
+          environ: dict[str, str], epoch: int, work: Path, no_cache: bool = False) -> StagedEnv:
+    """Install ``spec`` (rendered into ``context``) into ``work``/root as /opt/env
+    (``no_cache``: with a package cache of its own, every file downloaded again)."""
+    if spec.strategy != "pip":
+        raise NotApplicable(f"a {spec.strategy} environment has conda packages")
+    stager = Stager(spec, base, pip, environ, epoch)
+    if no_cache:
+        stager.env["UV_CACHE_DIR"] = str(work / "uv-cache")
+    python = stager.host_python()
+    root = work / "root"
+    prefix = root / ENV_PREFIX.lstrip("/")
+    stager.run([stager.uv, "venv", "--quiet", "--relocatable", "--python", python, str(prefix)],
+               "creating the environment")
+    flags = ["--quiet", "--no-build", *stager.targeted()]
+    if spec.build_requirements:
+        stager.pip(prefix, "install", *flags, "-r",
+                   str(_requirements(context, "build-requirements.txt", work)),
+                   what="installing the build requirements without building any")
+    stager.pip(prefix, "install", *flags, "-r", str(_requirements(context, "requirements.txt",
+                                                                   work)),
+               what="installing the requirements without building any")
+    stager.pip(prefix, "install", "--quiet", "--no-deps", *stager.targeted(),
+               str(context / "tooling" / TOOLING_WHEEL), what="installing the step tooling")
+    try:
+        stager.pip(prefix, "check", "--quiet", *stager.targeted(), what="checking the tooling's "
+                   "requirements in the environment")
+    except NotApplicable as exc:
+        raise NotApplicable(f"the environment does not satisfy the step tooling ({exc})"
+                            ) from None
+    site = next(prefix.glob("lib/python*/site-packages"))
+    _drop_install_times(site)
+    _strip_tests(site)
+    record = root / BUILD_DIR.lstrip("/")
+    _record(stager, prefix, context, record)
+    _compile(python, prefix, stager)
+    _point_at_base(prefix, stager)
+    staged = StagedEnv(root, prefix, site, tooling_in_env=True)
+    for problem in (_leaked_paths(root, (str(work), str(context))),
+                    _missing(staged, base)):
+        if problem:
+            raise NotApplicable(problem)
+    return staged
+
+
+def _drop_install_times(site: Path) -> None:
+    """uv records when it installed a local wheel (uv_cache.json, a time): dropped with its
+    RECORD line, as the Dockerfile path does."""
+    for marker in site.glob("*.dist-info/uv_cache.json"):
+        record = marker.parent / "RECORD"
+        lines = record.read_text().splitlines(keepends=True)
+        record.write_text("".join(x for x in lines if not x.startswith(
+            f"{marker.parent.name}/uv_cache.json,")))
+        marker.unlink()
+
+
+def _strip_tests(site: Path) -> None:
+    for tests in sorted(site.rglob("tests"), key=lambda p: len(p.parts)):
+        if tests.is_dir() and not tests.is_symlink() and tests.exists():
+            shutil.rmtree(tests)
+
+
+def _record(stager: Stager, prefix: Path, context: Path, record: Path) -> None:
+    """lock.txt (with hashes), sbom.cdx.json and the env files, as the Dockerfile path
+    records them; paths of the context become the image's."""
+    record.mkdir(parents=True)
+    shutil.copytree(context / "env", record / "env")
+    frozen = record.parent / "installed.txt"
+    frozen.write_text(stager.pip(prefix, "freeze", "--quiet", what="listing the environment",
+                                 fallback=False))
+    lock = stager.run([stager.uv, "pip", "compile", "--quiet", "--no-header", "--no-annotate",
+                       "--no-deps", "--generate-hashes", *stager.targeted(), str(frozen)],
+                      "hashing the installed packages", fallback=False)
+    frozen.unlink()
+    (record / "lock.txt").write_text(lock.replace(str(context), BUILD_DIR))
+    sbom = record / "sbom.cdx.json"
+    stager.run([stager.uv, "tool", "run", "--quiet", "--from", SBOM_TOOL, "cyclonedx-py",
+                "environment", "--output-reproducible", "--of", "JSON", "-o", str(sbom),
+                str(prefix / "bin" / "python")], "writing the SBOM", fallback=False)
+    sbom.write_text(sbom.read_text().replace(str(context), BUILD_DIR))
+    for direct_url in prefix.glob("lib/python*/site-packages/*.dist-info/direct_url.json"):
+        direct_url.write_text(direct_url.read_text().replace(str(context), BUILD_DIR))
+
+
+def _compile(python: str, prefix: Path, stager: Stager) -> None:
+    """Bytecode as the image's interpreter would write it, recording /opt/env paths."""
+    stager.run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
+                "unchecked-hash", "-s", str(prefix), "-p", ENV_PREFIX, str(prefix / "lib")],
+               "compiling bytecode", fallback=False)
+
+
+def _point_at_base(prefix: Path, stager: Stager) -> None:
+    """bin/python is the base's interpreter; scripts name /opt/env/bin/python."""
+    interpreter = str(stager.interpreter)
+    (prefix / "bin" / "python").unlink()
+    (prefix / "bin" / "python").symlink_to(interpreter)
+    version = stager.base.python_versions.get(stager.minor, stager.minor)
+    (prefix / "pyvenv.cfg").write_text(
+        f"home = {os.path.dirname(interpreter)}\nimplementation = CPython\n"
+        f"version_info = {version}\ninclude-system-site-packages = false\n")
+    for name in _VOLATILE:
+        (prefix / name).unlink(missing_ok=True)
+    for script in (prefix / "bin").iterdir():
+        if script.is_file() and not script.is_symlink():
+            data = script.read_bytes()
+            rewritten = _TRAMPOLINE.sub(f"#!{ENV_PREFIX}/bin/python\n".encode(), data, count=1)
+            if rewritten != data:
+                script.write_bytes(rewritten)
+
+
+def _leaked_paths(root: Path, paths: tuple[str, ...]) -> str | None:
+    """A file that still names a staging path (it would not work in the image)."""
+    needles = [p.encode() for p in paths]
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            if any(needle in data for needle in needles):
+                return f"{path.relative_to(root)} names the staging path"
+        elif path.is_symlink() and any(os.readlink(path).startswith(p) for p in paths):
+            return f"{path.relative_to(root)} links into the staging path"
+    return None
+
+
+def _missing(staged: StagedEnv, base: BaseFacts) -> str | None:
+    missing = missing_libraries(staged.prefix, base.libraries)
+    if not missing:
+        return None
+    shown = "; ".join(f"{lib} (needed by {user})" for lib, user in sorted(missing.items())[:3])
+    return f"shared libraries neither the environment nor the base provides: {shown}"
