@@ -8,7 +8,8 @@ import json
 import tarfile
 from pathlib import Path
 
-from mlflow_steps.backends.docker_archive import BaseImage, RewrittenLayers, normalised_parts
+from mlflow_steps.backends.docker_archive import BaseImage, normalised_parts
+from mlflow_steps.layers import LayerCache
 
 EPOCH = 315_600_000
 
@@ -47,7 +48,7 @@ def test_base_kept_ours_rewritten_and_reused(tmp_path: Path) -> None:
     ours = layer_tar({"opt/env/a.py": b"a = 1\n"}, mtime=1_800_000_000)
     diff_ids = saved_image(tmp_path / "image.tar", [base_layer, ours])
     base = BaseImage((diff_ids[0],), "2020-01-01T00:00:00Z")
-    known = RewrittenLayers(tmp_path / "cache")
+    known = LayerCache(tmp_path / "cache")
     work = tmp_path / "first"
     work.mkdir()
     config, blobs = normalised_parts(tmp_path / "image.tar", base, EPOCH, work, known,

@@ -173,7 +173,11 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
     try:
         _build(backend, target, inputs, environ)
     except NotApplicable as exc:
-        backend = select_backend("auto", environ, engines_only=True)
+        try:
+            backend = select_backend("auto", environ, engines_only=True)
+        except StepError as error:
+            raise StepError(f"the direct builder does not apply ({exc}) and {error.detail}",
+                            source=error.source, field=error.field) from None
         log(f"the direct builder does not apply: {exc}; building with {backend.name}")
         _build(backend, target, inputs, environ)
     digest = pushed_digest(target.client, target.destination, backend.name)

@@ -67,7 +67,20 @@ def _apply(files: dict[str, tarfile.TarInfo], member: tarfile.TarInfo) -> None:
         files[name] = member
 
 
-def _resolve(files: dict[str, tarfile.TarInfo], path: str, depth: int = 0) -> str | None:
+def _implied_directories(files: dict[str, tarfile.TarInfo]) -> set[str]:
+    """Directories that hold an entry (a layer need not list them itself)."""
+    implied = set()
+    for name in files:
+        while "/" in name:
+            name = name.rsplit("/", 1)[0]
+            if name in implied:
+                break
+            implied.add(name)
+    return implied
+
+
+def _resolve(files: dict[str, tarfile.TarInfo], implied: set[str], path: str,
+             depth: int = 0) -> str | None:
     """``path`` with symbolic links followed inside the image; None if it dangles."""
     parts = [p for p in path.split("/") if p]
     resolved: list[str] = []
@@ -75,13 +88,16 @@ def _resolve(files: dict[str, tarfile.TarInfo], path: str, depth: int = 0) -> st
         candidate = "/".join([*resolved, part])
         member = files.get(candidate)
         if member is None:
+            if candidate in implied:
+                resolved.append(part)
+                continue
             return None
         if member.issym() and depth < 20:
             target = member.linkname
             base = "" if target.startswith("/") else "/".join(resolved)
             rest = "/".join(parts[index + 1:])
             joined = posixpath.normpath(posixpath.join("/", base, target, rest))
-            return _resolve(files, joined, depth + 1)
+            return _resolve(files, implied, joined, depth + 1)
         resolved.append(part)
     return "/".join(resolved)
 
@@ -111,19 +127,20 @@ def read_facts(layer_paths: list[Path], config: dict) -> dict:
                     wanted[name] = handle.read() if handle else b""
                     owners[name] = {"mode": member.mode & 0o7777, "uid": member.uid,
                                     "gid": member.gid}
+    implied = _implied_directories(files)
     interpreters: dict[str, str] = {}
     for directory in _environment_path(config):
         for name in sorted(files):
             if posixpath.dirname(name) == directory.strip("/"):
                 match = _PYTHON.fullmatch(posixpath.basename(name))
-                if match and _resolve(files, name):
+                if match and _resolve(files, implied, name):
                     interpreters.setdefault(match[1], "/" + name)
     libraries = set()
     for name, member in files.items():
         if posixpath.dirname(name) in LIBRARY_DIRS and (member.isreg() or member.issym()):
             libraries.add(posixpath.basename(name))
     for directory in LIBRARY_DIRS:  # merged /usr: /lib -> usr/lib
-        real = _resolve(files, directory)
+        real = _resolve(files, implied, directory)
         if real and real != directory:
             libraries.update(posixpath.basename(n) for n in files
                              if posixpath.dirname(n) == real)

@@ -19,7 +19,15 @@ from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.errors import StepError
 from mlflow_steps.pipconfig import BuildPipConfig
 from mlflow_steps.redaction import redact, secret_values
-from mlflow_steps.render import BUILD_DIR, ENV_PREFIX, SBOM_TOOL, TOOLING_WHEEL, uv_binary
+from mlflow_steps.render import (
+    BUILD_DIR,
+    ENV_PREFIX,
+    SBOM_ARGS,
+    SBOM_TOOL,
+    TOOLING_WHEEL,
+    record_hash,
+    uv_binary,
+)
 from mlflow_steps.retry import network_budget
 
 INSTALL_BUDGETS = 20  # an install downloads many files: this many network budgets
@@ -152,7 +160,7 @@ def stage(spec: EnvSpec, context: Path, base: BaseFacts, pip: BuildPipConfig,
     _drop_install_times(site)
     _strip_tests(site)
     record = root / BUILD_DIR.lstrip("/")
-    _record(stager, prefix, context, record)
+    _record(stager, python, prefix, context, record)
     _compile(python, prefix, stager)
     _point_at_base(prefix, stager)
     staged = StagedEnv(root, prefix, site, tooling_in_env=True)
@@ -180,7 +188,7 @@ def _strip_tests(site: Path) -> None:
             shutil.rmtree(tests)
 
 
-def _record(stager: Stager, prefix: Path, context: Path, record: Path) -> None:
+def _record(stager: Stager, python: str, prefix: Path, context: Path, record: Path) -> None:
     """lock.txt (with hashes), sbom.cdx.json and the env files, as the Dockerfile path
     records them; paths of the context become the image's."""
     record.mkdir(parents=True)
@@ -194,12 +202,25 @@ def _record(stager: Stager, prefix: Path, context: Path, record: Path) -> None:
     frozen.unlink()
     (record / "lock.txt").write_text(lock.replace(str(context), BUILD_DIR))
     sbom = record / "sbom.cdx.json"
-    stager.run([stager.uv, "tool", "run", "--quiet", "--from", SBOM_TOOL, "cyclonedx-py",
-                "environment", "--output-reproducible", "--of", "JSON", "-o", str(sbom),
+    stager.run([stager.uv, "tool", "run", "--quiet", "--python", python, "--from", SBOM_TOOL,
+                "cyclonedx-py",
+                *SBOM_ARGS, "-o", str(sbom),
                 str(prefix / "bin" / "python")], "writing the SBOM", fallback=False)
     sbom.write_text(sbom.read_text().replace(str(context), BUILD_DIR))
+    _relocate_direct_urls(prefix, str(context))
+
+
+def _relocate_direct_urls(prefix: Path, context: str) -> None:
+    """Local files were installed from the context: their recorded URL (and its RECORD
+    line) names the image's path instead."""
     for direct_url in prefix.glob("lib/python*/site-packages/*.dist-info/direct_url.json"):
-        direct_url.write_text(direct_url.read_text().replace(str(context), BUILD_DIR))
+        data = direct_url.read_bytes().replace(context.encode(), BUILD_DIR.encode())
+        direct_url.write_bytes(data)
+        entry = f"{direct_url.parent.name}/{direct_url.name},"
+        record = direct_url.parent / "RECORD"
+        record.write_text("".join(
+            f"{entry}{record_hash(data)},{len(data)}\n" if line.startswith(entry) else line
+            for line in record.read_text().splitlines(keepends=True)))
 
 
 def _compile(python: str, prefix: Path, stager: Stager) -> None:

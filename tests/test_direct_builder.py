@@ -1,0 +1,255 @@
+"""The engine-free builder (`--builder direct`): real uv installs, real registries; the images
+it makes run on a real engine; where it cannot build safely it falls back with one line."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import struct
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from helpers import EXAMPLE, MINIMAL_MLPROJECT, run_cli, write_codeset
+from image_checks import check_runtime_image
+from test_pinning import local_index
+
+from mlflow_steps.direct.assemble import user_layer
+from mlflow_steps.direct.base import load_base, read_facts
+from mlflow_steps.direct.elf import needed_libraries
+from mlflow_steps.image_push import Blob, push_image
+from mlflow_steps.layers import Entry, compress, write_tar
+from mlflow_steps.registry import RegistryClient
+
+ENGINES = ("buildah", "docker", "dockerd", "podman")
+GLIBC_LIBRARIES = ("ld-linux-x86-64.so.2", "libdl.so.2", "libgcc_s.so.1", "libm.so.6",
+                   "libpthread.so.0", "librt.so.1", "libstdc++.so.6", "libz.so.1",
+                   "libutil.so.1")
+PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n"
+GROUP = "root:x:0:\nshadow:x:42:\n"
+
+
+def elf_needing(library: str) -> bytes:
+    """A minimal x86-64 shared object whose only dynamic entry is DT_NEEDED ``library``."""
+    dynstr = b"\0" + library.encode() + b"\0"
+    dynamic = struct.pack("<qQqQ", 1, 1, 0, 0)  # DT_NEEDED -> dynstr[1], DT_NULL
+    shstrtab = b"\0.dynstr\0.dynamic\0.shstrtab\0"
+    offsets, blob = [], b""
+    for part in (dynstr, dynamic, shstrtab):
+        blob += b"\0" * (-(64 + len(blob)) % 8)
+        offsets.append(64 + len(blob))
+        blob += part
+    shoff = 64 + len(blob) + (-(64 + len(blob)) % 8)
+    blob += b"\0" * (shoff - 64 - len(blob))
+
+    def section(name: int, kind: int, offset: int, size: int, link: int = 0, entsize: int = 0):
+        return struct.pack("<IIQQQQIIQQ", name, kind, 0, 0, offset, size, link, 0, 8, entsize)
+
+    sections = (section(0, 0, 0, 0) + section(1, 3, offsets[0], len(dynstr))
+                + section(9, 6, offsets[1], len(dynamic), link=1, entsize=16)
+                + section(18, 3, offsets[2], len(shstrtab)))
+    header = (b"\x7fELF\x02\x01\x01" + b"\0" * 9
+              + struct.pack("<HHIQQQIHHHHHH", 3, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, 4, 3))
+    return header + blob + sections
+
+
+def wheel(directory: Path, name: str, files: dict[str, bytes], tag: str) -> Path:
+    """A wheel of ``files`` (platform ``tag``)."""
+    info = f"{name}-1.0.dist-info"
+    files = {**files, f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\n"
+             "Version: 1.0\n".encode(),
+             f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\n"
+             f"Tag: {tag}\n".encode()}
+    def hashed(data: bytes) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+    record = [f"{path},sha256={hashed(data)},{len(data)}" for path, data in files.items()]
+    record.append(f"{info}/RECORD,,")
+    path = directory / f"{name}-1.0-{tag}.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in files.items():
+            archive.writestr(member, data)
+        archive.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic_base(registry, tmp_path_factory) -> str:
+    """A base made here (no engine): account files, glibc's version string and a
+    python3.11 on PATH; enough for the builder to stage against, not to run."""
+    work = tmp_path_factory.mktemp("synthetic-base")
+    entries = [Entry("etc", "dir"), Entry("etc/passwd", "file", data=PASSWD.encode(), mode=0o644),
+               Entry("etc/group", "file", data=GROUP.encode(), mode=0o644),
+               Entry("usr", "dir"), Entry("usr/bin", "dir"),
+               Entry("usr/bin/python3.11", "file", data=b"", mode=0o755),
+               Entry("usr/lib", "dir"), Entry("usr/lib/x86_64-linux-gnu", "dir"),
+               Entry("usr/lib/x86_64-linux-gnu/libc.so.6", "file", mode=0o755,
+                     data=b"\0GNU C Library (Test) stable release version 2.36.\n\0"),
+               Entry("lib", "symlink", target="usr/lib"),
+               *(Entry(f"usr/lib/x86_64-linux-gnu/{name}", "file", data=b"")
+                 for name in GLIBC_LIBRARIES)]
+    write_tar(entries, work / "layer.tar", 0)
+    with (work / "layer.tar").open("rb") as plain:
+        layer = compress(plain, work / "layer.tar.gz")
+    config = {"architecture": "amd64", "os": "linux",
+              "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"]},
+              "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}, "history": [{}]}
+    client = RegistryClient(registry.address)
+    push_image(client, "synthetic/python", "3.11", config,
+               [Blob(layer.descriptor(), path=layer.path)], work)
+    return f"{registry.address}/synthetic/python:3.11"
+
+
+@pytest.fixture(scope="module")
+def no_engine(tmp_path_factory) -> dict[str, str]:
+    """An environment as on a machine without engines: no engine answers, and PATH has this
+    machine's tools but no engine (python3.11 too, for staging)."""
+    tools = tmp_path_factory.mktemp("tools")
+    for directory in ("/usr/local/bin", "/usr/bin"):
+        for program in Path(directory).iterdir():
+            if program.name not in ENGINES and not (tools / program.name).exists():
+                (tools / program.name).symlink_to(program)
+    return {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+            "PATH": f"{Path(sys.executable).parent}:{tools}"}
+
+
+def build(codeset: Path, registry, base: str, repository: str, *extra: str,
+          env: dict[str, str]):
+    return run_cli("build", str(codeset), "--builder", "direct", "--registry", registry.address,
+                   "--base-image", base, "--repository", repository, *extra, env=env)
+
+
+def test_base_facts_follow_whiteouts_links_and_path(tmp_path: Path) -> None:
+    def layer(name: str, entries: list[Entry]) -> Path:
+        write_tar(entries, tmp_path / name, 0)
+        return tmp_path / name
+
+    first = layer("1.tar", [
+        Entry("usr/local/bin/python3.10", "file", data=b""),
+        Entry("usr/bin/python3.12", "file", data=b""),
+        Entry("usr/lib/libGL.so.1", "file", data=b""),
+        Entry("lib", "symlink", target="usr/lib"),
+        Entry("usr/lib/x86_64-linux-gnu/libc.so.6", "file",
+              data=b"GNU C Library (Debian GLIBC 2.36-9) stable release version 2.36.\n"),
+        Entry("etc/passwd", "file", data=PASSWD.encode(), mode=0o644)])
+    second = layer("2.tar", [Entry("usr/lib/.wh.libGL.so.1", "file", data=b""),
+                             Entry("usr/local/bin/.wh..wh..opq", "file", data=b"")])
+    config = {"config": {"Env": ["PATH=/usr/local/bin:/usr/bin", "PYTHON_VERSION=3.12.7"]}}
+    facts = read_facts([first, second], config)
+    assert facts["interpreters"] == {"3.12": "/usr/bin/python3.12"}  # 3.10 whited out
+    assert facts["python_versions"] == {"3.12": "3.12.7"}
+    assert (facts["libc"], facts["glibc_version"]) == ("glibc", "2.36")
+    assert "libGL.so.1" not in facts["libraries"] and "libc.so.6" in facts["libraries"]
+    assert facts["accounts"]["etc/passwd"]["text"] == PASSWD
+
+
+def test_needed_libraries_are_read_from_elf(tmp_path: Path) -> None:
+    (tmp_path / "x.so").write_bytes(elf_needing("libGL.so.1"))
+    (tmp_path / "y.so").write_bytes(b"not an elf")
+    assert needed_libraries(tmp_path / "x.so") == ["libGL.so.1"]
+    assert needed_libraries(tmp_path / "y.so") == []
+
+
+def test_user_layer_adds_the_runtime_user_as_useradd_does(registry, synthetic_base,
+                                                         tmp_path: Path) -> None:
+    base = load_base(synthetic_base, RegistryClient(registry.address), tmp_path)
+    entries = {e.name: e for e in user_layer(base, 335019257).entries}
+    passwd = entries["etc/passwd"].data
+    assert isinstance(passwd, bytes) and passwd.decode() == PASSWD + (
+        "mlflow:x:1000:1000::/home/mlflow:/bin/sh\n")
+    assert (entries["home/mlflow"].uid, entries["srv/mlflow"].uid) == (1000, 1000)
+    assert "etc/shadow" not in entries  # the base has none: none is made
+
+
+def test_direct_build_on_a_synthetic_base_is_deterministic_and_skips(
+        registry, synthetic_base, no_engine, codeset, tmp_path: Path) -> None:
+    project = codeset({"requirements.txt": "six==1.16.0\n"})
+    first = build(project, registry, synthetic_base, "direct/synthetic",
+                  env={**no_engine, "MLFLOW_STEPS_CACHE": str(tmp_path / "cache-1")})
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "does not apply" not in first.stderr
+    reference = first.stdout.strip()
+    client = RegistryClient(registry.address)
+    repository, tag = reference.split("/", 1)[1].rsplit(":", 1)
+    digest, manifest = client.manifest(repository, tag)
+    config = json.loads(client.blob(repository, manifest["config"]["digest"], 1 << 20))
+    assert config["config"]["User"] == "1000" and config["config"]["WorkingDir"] == "/srv/mlflow"
+    assert "PATH=/opt/env/bin:/usr/local/bin:/usr/bin:/bin" in config["config"]["Env"]
+    assert config["config"]["Labels"]["io.mlflow-steps.env-tag"] == tag
+    names = _layer_names(client, repository, manifest)
+    assert "opt/env/bin/python" in names and "opt/mlflow-steps-build/lock.txt" in names
+    assert "opt/mlflow-steps/bin/mlflow-steps" in names
+    assert not any("/tests/" in name for name in names)
+
+    skipped = build(project, registry, synthetic_base, "direct/synthetic", env=no_engine)
+    assert skipped.returncode == 0 and "build skipped" in skipped.stderr
+
+    # From scratch again (no layer cache, no package cache, another repository)
+    again = build(project, registry, synthetic_base, "direct/synthetic-again", "--force",
+                  env={**no_engine, "MLFLOW_STEPS_CACHE": str(tmp_path / "cache-2"),
+                       "UV_CACHE_DIR": str(tmp_path / "uv-cache-2")})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert client.manifest("direct/synthetic-again", tag)[0] == digest
+
+
+def _layer_names(client: RegistryClient, repository: str, manifest: dict) -> set[str]:
+    names: set[str] = set()
+    for layer in manifest["layers"][1:]:
+        data = client.blob(repository, layer["digest"], 1 << 30)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            names.update(tar.getnames())
+    return names
+
+
+def test_an_sdist_only_dependency_falls_back_with_one_line(registry, synthetic_base, no_engine,
+                                                           codeset, tmp_path: Path) -> None:
+    root = tmp_path / "index"
+    project_dir = root / "simple" / "mls-sdist-probe"
+    project_dir.mkdir(parents=True)
+    sdist = project_dir / "mls_sdist_probe-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        data = b"from setuptools import setup\nsetup(name='mls-sdist-probe', version='1.0')\n"
+        info = tarfile.TarInfo("mls_sdist_probe-1.0/setup.py")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    (project_dir / "index.html").write_text(f'<a href="{sdist.name}">{sdist.name}</a>\n')
+    project = codeset({"requirements.txt": "mls-sdist-probe\n"})
+    with local_index(root) as url:
+        result = build(project, registry, synthetic_base, "direct/sdist",
+                       env={**no_engine, "PIP_EXTRA_INDEX_URL": url})
+    assert result.returncode == 2
+    line = result.stderr.splitlines()[-1]
+    assert "the direct builder does not apply (" in line and "mls-sdist-probe" in line
+    assert "and no build engine available" in line
+    assert result.stdout == "" and "Traceback" not in result.stderr
+
+
+def test_the_example_built_without_an_engine_runs(docker_engine, registry, base_image,
+                                                  no_engine) -> None:
+    result = build(EXAMPLE, registry, base_image, "direct/example", env=no_engine)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "does not apply" not in result.stderr
+    check_runtime_image(docker_engine, result.stdout.strip())
+
+
+def test_a_missing_system_library_falls_back_to_the_engine(docker_engine, registry, base_image,
+                                                           codeset, tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    built = wheel(wheels, "mls_needs_gl", {"mls_needs_gl/__init__.py": b"",
+                                           "mls_needs_gl/_gl.so": elf_needing("libGL.so.1")},
+                  "py3-none-manylinux_2_17_x86_64")
+    project = write_codeset(tmp_path / "codeset", {
+        "MLproject": MINIMAL_MLPROJECT, f"wheels/{built.name}": built.read_bytes(),
+        "requirements.txt": f"./wheels/{built.name}\n"})
+    result = run_cli("build", str(project), "--builder", "direct", "--registry",
+                     registry.address, "--base-image", base_image, "--repository",
+                     "direct/needs-gl", env={**os.environ, **docker_engine.env()})
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stderr.splitlines() if "does not apply" in x)
+    assert "libGL.so.1 (needed by" in line and line.endswith("building with docker")
