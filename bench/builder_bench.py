@@ -3,11 +3,13 @@
 One fresh Docker engine and registry; every contender builds examples/sklearn-logreg's
 requirements on the same local base, with the same forwarded pip configuration (BuildKit
 secrets), and pushes to the same registry (a repository of its own):
-  * ours:    `mlflow-steps build --builder docker`;
+  * direct:  `mlflow-steps build --builder direct` (no engine; the default `auto` choice);
+  * ours:    `mlflow-steps build --builder docker` (the Dockerfile path);
   * careful: a hand-written Dockerfile (one venv, pip --no-cache-dir, requirements only);
   * naive:   the original FuseML style (apt-get install git, pip upgrade, pip cache kept,
              whole codeset copied).
-Cold: the engine's build cache is emptied before each build (the base stays pulled).
+Cold: the engine's build cache is emptied before each build (the base stays pulled); direct
+starts with an empty package cache and an empty mlflow-steps cache.
 Warm: right after, the same contender rebuilds with one more requirement line (`six`).
 Rounds are interleaved with a rotating order; medians (and min-max) are printed.
 Skip: `mlflow-steps build` once the tag exists, median of 5, in the step's own environment
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -150,6 +153,16 @@ class Contender:
             conda = codeset / "conda.yaml"
             conda.write_text(conda.read_text().replace("      - boto3\n",
                                                        f"      - boto3\n      - {extra}\n"))
+        if self.name == "direct":  # caches of its own per round, kept for the warm rebuild
+            env = {**os.environ, "FUSEML_REGISTRY": self.registry.address,
+                   "FUSEML_BASE_IMAGE": self.base, "FUSEML_BUILDER": "direct",
+                   "FUSEML_REPOSITORY": f"bench/direct-{round_}",
+                   "MLFLOW_STEPS_CACHE": str(self.root / f"cache-{round_}"),
+                   "UV_CACHE_DIR": str(self.root / f"uv-cache-{round_}")}
+            start = time.perf_counter()
+            self.reference = run([sys.executable, "-m", "mlflow_steps", "build",
+                                  str(codeset), "--force"], env).strip()
+            return time.perf_counter() - start
         if self.name == "ours":
             env = {**self.engine.env(), "FUSEML_REGISTRY": self.registry.address,
                    "FUSEML_BASE_IMAGE": self.base, "FUSEML_BUILDER": "docker",
@@ -181,10 +194,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    names = ["ours", "careful", "naive"]
+    names = ["direct", "ours", "careful", "naive"]
     cold: dict[str, list[float]] = {name: [] for name in names}
     warm: dict[str, list[float]] = {name: [] for name in names}
     size: dict[str, int] = {}
+    warm_new: dict[str, int] = {}  # bytes of the warm image's layers the cold one lacks
     with fresh_stack() as (root, engine, registry, base, base_layers):
         contenders = {name: Contender(name, engine, registry, base, root) for name in names}
         for round_ in range(args.rounds):
@@ -193,19 +207,29 @@ def main() -> None:
                 engine.cli("builder", "prune", "-af")
                 cold[name].append(contenders[name].build_push(round_))
                 size[name] = pushed_bytes(registry, contenders[name].reference, base_layers)
+                cold_layers = layer_digests(registry, contenders[name].reference)
                 warm[name].append(contenders[name].build_push(round_, extra="six"))
+                warm_new[name] = pushed_bytes(registry, contenders[name].reference,
+                                              base_layers | cold_layers)
         skip = skip_times(engine, registry, base, root)
     careful = statistics.median(cold["careful"])
     careful_warm = statistics.median(warm["careful"])
     mb = 1e6
-    print(f"{'':<9}{'cold build+push':>26}{'warm (+1 line)':>26}{'pushed':>10}")
+    print(f"{'':<9}{'cold build+push':>26}{'warm (+1 line)':>26}{'pushed':>10}"
+          f"{'warm pushed':>14}")
     for name in names:
         print(f"{name:<9}{spread(cold[name]):>26}{spread(warm[name]):>26}"
-              f"{size[name] / mb:>7.1f} MB")
+              f"{size[name] / mb:>7.1f} MB{warm_new[name] / mb:>11.1f} MB")
     print(f"ours / careful: cold {statistics.median(cold['ours']) / careful:.2f}x "
           f"(goal <= 0.5), warm {statistics.median(warm['ours']) / careful_warm:.2f}x vs "
           f"careful warm, {statistics.median(warm['ours']) / careful:.2f}x vs careful cold "
           f"(goal <= 0.25), pushed {size['ours'] / size['careful']:.2f}x (goal <= 0.8)")
+    direct, direct_warm = statistics.median(cold["direct"]), statistics.median(warm["direct"])
+    print(f"direct / careful: cold {direct / careful:.2f}x (goal <= 0.4), warm "
+          f"{direct_warm / careful:.2f}x vs careful cold (goal <= 0.25), "
+          f"{direct_warm / careful_warm:.2f}x vs careful warm, pushed "
+          f"{size['direct'] / size['careful']:.2f}x (goal <= 0.8); direct / ours (docker): "
+          f"cold {direct / statistics.median(cold['ours']):.2f}x")
     naive = statistics.median(cold["naive"])
     print(f"ours / naive:   cold {statistics.median(cold['ours']) / naive:.2f}x, "
           f"pushed {size['ours'] / size['naive']:.2f}x")
