@@ -7,6 +7,9 @@ from pathlib import Path
 
 import requests
 from helpers import EXAMPLE
+from image_checks import check_runtime_image
+
+from mlflow_steps.steps.builder_plan import DIRECT_CACHE_MOUNT, DIRECT_ENV, DIRECT_USER
 
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json,"
@@ -26,7 +29,7 @@ def test_builder_image_builds_and_pushes(docker_engine, registry, base_image, bu
         "-e", "PIP_CERT=/certs/ca.pem", "-e", "TASK_RESULT=image",
         "-e", f"FUSEML_REGISTRY={registry.address}", "-e", f"FUSEML_BASE_IMAGE={base_image}",
         "-e", "FUSEML_REPOSITORY=image-test/trainer", "-e", "FUSEML_VERBOSE=true",
-        builder_image, check=False, timeout=900)
+        "-e", "FUSEML_BUILDER=docker", builder_image, check=False, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     reference = (results / "image").read_text()
     assert run.stdout.strip() == reference
@@ -45,3 +48,30 @@ def test_builder_image_builds_and_pushes(docker_engine, registry, base_image, bu
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.strip() == reference
     assert "exists" in again.stderr
+
+
+def test_builder_image_builds_unprivileged_without_an_engine(docker_engine, registry, base_image,
+                                                             builder_image,
+                                                             tmp_path: Path) -> None:
+    """The in-cluster engine-free step as the Tekton export runs it: our image as user 1000,
+    every capability dropped, no privilege escalation, no engine socket."""
+    codeset = Path(shutil.copytree(EXAMPLE, tmp_path / "codeset"))
+    results = tmp_path / "results"
+    results.mkdir(mode=0o777)
+    results.chmod(0o777)
+    cache_env = [item for key, value in DIRECT_ENV.items() for item in ("-e", f"{key}={value}")]
+    run = docker_engine.cli(
+        "run", "--rm", "--network", "host", "--user", f"{DIRECT_USER}:{DIRECT_USER}",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--tmpfs", f"{DIRECT_CACHE_MOUNT}:rw,exec,mode=1777",
+        "-v", f"{codeset}:/project:ro", "-v", f"{results}:/tekton/results",
+        "-v", f"{SYSTEM_CA}:/certs/ca.pem:ro", "-e", "PIP_CERT=/certs/ca.pem", *cache_env,
+        "-e", "TASK_RESULT=image", "-e", "TASK_RESULT_DIGEST=digest",
+        "-e", f"FUSEML_REGISTRY={registry.address}", "-e", f"FUSEML_BASE_IMAGE={base_image}",
+        "-e", "FUSEML_REPOSITORY=image-test/direct", builder_image, "--builder", "direct",
+        check=False, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "[direct] " in run.stderr and "does not apply" not in run.stderr
+    reference = (results / "image").read_text()
+    assert (results / "digest").read_text().startswith("sha256:")
+    check_runtime_image(docker_engine, reference)

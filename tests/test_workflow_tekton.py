@@ -301,6 +301,32 @@ def test_expression_references_resolve_in_cluster(tmp_path: Path) -> None:
         "name": "FUSEML_EXT_STORE_AWS_SECRET_ACCESS_KEY", "value": "$(AWS_SECRET_ACCESS_KEY)"}
 
 
+def test_builder_is_one_unprivileged_step_by_default(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("workflow", "export", str(REPO / "workflows" / "mlflow-build.yaml"),
+                     "--tekton", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    spec = yaml.safe_load((out / "task-builder.yaml").read_text())["spec"]
+    check_task_spec(spec, "builder")
+    check_pod(spec["steps"], "builder", spec["volumes"])
+    [step] = spec["steps"]
+    assert step["image"] == "$(params.IMAGE)"
+    assert step["command"] == ["mlflow-steps", "build"] and step["args"] == ["--builder",
+                                                                             "direct"]
+    context = step["securityContext"]
+    assert context["runAsNonRoot"] is True and context["runAsUser"] == 1000
+    assert context["privileged"] is False and context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    env = {item["name"]: item.get("value") for item in step["env"]}
+    assert env["TASK_RESULT_DIGEST"] == "IMAGE_DIGEST" and env["UV_CACHE_DIR"].startswith(
+        "/mlflow-steps-cache/")
+    assert {"name": "IMAGE_DIGEST", "description": "Digest of the environment image"} in \
+        spec["results"]
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    assert volumes["build-cache"] == {"name": "build-cache", "emptyDir": {}}
+    assert volumes["registry-auth"]["secret"]["optional"] is True
+
+
 @pytest.mark.parametrize("executor", ["kaniko", "buildah"])
 def test_builder_is_the_three_step_plan(tmp_path: Path, executor: str) -> None:
     out = tmp_path / "out"

@@ -29,6 +29,13 @@ REGISTRY_AUTH_MOUNT = "/mlflow-steps-registry"
 # Where a runner gives our image the build-time pip config (a file mount, never env values).
 PIP_CONFIG_MOUNT = "/run/mlflow-steps/pip"
 PLAN_FILE = "plan.json"
+# The engine-free builder in-cluster: one step of our image, as a non-root user with no
+# capability and no privilege (no executor); its caches on an emptyDir.
+DIRECT = "direct"
+DIRECT_USER = 1000
+DIRECT_CACHE_MOUNT = "/mlflow-steps-cache"
+DIRECT_ENV = {"HOME": DIRECT_CACHE_MOUNT, "MLFLOW_STEPS_CACHE": f"{DIRECT_CACHE_MOUNT}/steps",
+              "UV_CACHE_DIR": f"{DIRECT_CACHE_MOUNT}/uv"}
 STEP_RESULTS_DIR = "step-results"
 PREPARE, BUILD, VERIFY = "prepare", "build", "verify"
 SKIP_RESULT = "skip"

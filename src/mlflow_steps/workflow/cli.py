@@ -12,7 +12,7 @@ import click
 from mlflow_steps.errors import StepError
 from mlflow_steps.redaction import Redactor
 from mlflow_steps.stepio import write_atomically
-from mlflow_steps.steps.builder_plan import DEFAULT_EXECUTOR, EXECUTORS
+from mlflow_steps.steps.builder_plan import DIRECT, EXECUTORS
 from mlflow_steps.workflow.envexport import DEFAULT_SELECTOR, FORMATS, format_env, parse_selector
 from mlflow_steps.workflow.extensions import Identity, load_registry
 from mlflow_steps.workflow.loader import load_workflow
@@ -158,16 +158,18 @@ def runs_command(runs_dir: Path, as_json: bool) -> None:
 @click.option("--extensions", type=click.Path(path_type=Path, exists=True),
               help="Extension records to export as ConfigMaps/Secrets (default: resolved "
                    "in-cluster from the ConfigMap and Secret <workflow>-ext-<selector>).")
-@click.option("--builder", "executor", type=click.Choice(tuple(EXECUTORS)),
-              default=DEFAULT_EXECUTOR, show_default=True,
-              help="The executor of the builder step's build (its published image).")
+@click.option("--builder", "executor", type=click.Choice((DIRECT, *EXECUTORS)),
+              default=DIRECT, show_default=True,
+              help="direct: the engine-free builder, one unprivileged step; kaniko/buildah: "
+                   "the plan prepare → executor (its published image) → verify.")
 @project_option
 @user_option
 def export_command(file: Path, tekton: bool, output_dir: Path, extensions: Path | None,
                    executor: str, project: str, user: str) -> None:
     """Write FILE as a Tekton Pipeline, Tasks, ConfigMaps/Secrets and a PipelineRun.
 
-    A builder step becomes a three-step Task: prepare → the executor → verify.
+    A builder step becomes one unprivileged step (--builder direct), or a three-step Task:
+    prepare → the executor → verify.
     """
     if not tekton:
         raise click.UsageError("choose the export target: --tekton")

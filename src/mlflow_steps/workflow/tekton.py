@@ -26,7 +26,10 @@ import yaml
 from mlflow_steps.errors import StepError
 from mlflow_steps.stepio import write_atomically
 from mlflow_steps.steps.builder_plan import (
-    DEFAULT_EXECUTOR,
+    DIRECT,
+    DIRECT_CACHE_MOUNT,
+    DIRECT_ENV,
+    DIRECT_USER,
     EXECUTORS,
     PIP_CONFIG_MOUNT,
     PLAN_MOUNT,
@@ -98,7 +101,7 @@ class TektonExport:
     """Builds the Kubernetes documents of one workflow (pure; ``write`` puts them in files)."""
 
     def __init__(self, workflow: Workflow, registry: ExtensionRegistry | None,
-                 identity: Identity, executor: str = DEFAULT_EXECUTOR) -> None:
+                 identity: Identity, executor: str = DIRECT) -> None:
         self.workflow = workflow
         self.name = k8s_name(workflow.name)
         self.tasks = {step.name: k8s_name(step.name) for step in workflow.steps}
@@ -107,7 +110,7 @@ class TektonExport:
         self.in_cluster = registry is None
         self.access = {} if registry is None else resolve_steps(workflow, registry, identity)
         self.codeset = next((i.name for i in workflow.inputs if i.type == "codeset"), None)
-        self.executor = EXECUTORS[executor]
+        self.executor = None if executor == DIRECT else EXECUTORS[executor]
 
     def documents(self) -> dict[str, list[dict[str, Any]]]:
         """File name → documents."""
@@ -325,14 +328,53 @@ class TektonExport:
             container["workingDir"] = step.codeset.path
             spec["workspaces"] = [{"name": WORKSPACE, "mountPath": step.codeset.path}]
         spec["steps"] = [container]
-        if self.is_builder(step):
+        if self.is_builder(step) and self.executor is None:
+            self._direct_builder(spec, container)
+        elif self.is_builder(step):
             self._builder_plan(spec, container)
         return {"apiVersion": API_VERSION, "kind": "Task",
                 "metadata": self._meta(k8s_name(self.name, step.name)), "spec": spec}
 
+    def _builder_volumes(self) -> list[dict[str, Any]]:
+        return [
+            {"name": "registry-auth", "secret": {
+                "secretName": self.registry_secret, "optional": True,
+                "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}},
+            {"name": "pip-config", "secret": {"secretName": self.pip_config_secret,
+                                              "optional": True}},
+        ]
+
+    def _direct_builder(self, spec: dict[str, Any], container: dict[str, Any]) -> None:
+        """The builder step as one unprivileged step: the engine-free builder."""
+        spec["description"] = (
+            "mlflow-steps builder, engine-free: one step as a non-root user, no capability, "
+            "no privilege. Where it does not apply (conda packages, an sdist to compile, a "
+            "system library the base lacks) it fails saying why: export with --builder "
+            "kaniko or buildah for those codesets.")
+        spec["results"].append({"name": "IMAGE_DIGEST",
+                                "description": "Digest of the environment image"})
+        spec["volumes"] = [{"name": "build-cache", "emptyDir": {}}, *self._builder_volumes()]
+        container["command"] = ["mlflow-steps", "build"]
+        container["args"] = ["--builder", DIRECT]
+        container["env"] = [
+            *container["env"],
+            *({"name": key, "value": value} for key, value in DIRECT_ENV.items()),
+            {"name": "DOCKER_CONFIG", "value": REGISTRY_AUTH_MOUNT},
+            {"name": "TASK_RESULT_DIGEST", "value": "IMAGE_DIGEST"},
+            {"name": "PIP_CONFIG_FILE", "value": f"{PIP_CONFIG_MOUNT}/pip.conf"}]
+        container["volumeMounts"] = [
+            {"name": "build-cache", "mountPath": DIRECT_CACHE_MOUNT},
+            {"name": "registry-auth", "mountPath": REGISTRY_AUTH_MOUNT, "readOnly": True},
+            {"name": "pip-config", "mountPath": PIP_CONFIG_MOUNT, "readOnly": True}]
+        container["securityContext"] = {
+            "runAsUser": DIRECT_USER, "runAsGroup": DIRECT_USER, "runAsNonRoot": True,
+            "privileged": False, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
     def _builder_plan(self, spec: dict[str, Any], container: dict[str, Any]) -> None:
         """The builder step as prepare → build (the executor image) → verify."""
         executor = self.executor
+        assert executor is not None
         spec["description"] = (
             f"mlflow-steps builder plan: prepare → {executor.name} → verify. Needs Tekton "
             "Pipelines with step results and step `when` expressions (feature flags "
@@ -342,14 +384,7 @@ class TektonExport:
                                "default": executor.image})
         spec["results"].append({"name": "IMAGE_DIGEST",
                                 "description": "Digest of the environment image"})
-        spec["volumes"] = [
-            {"name": "build-plan", "emptyDir": {}},
-            {"name": "registry-auth", "secret": {
-                "secretName": self.registry_secret, "optional": True,
-                "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}},
-            {"name": "pip-config", "secret": {"secretName": self.pip_config_secret,
-                                              "optional": True}},
-        ]
+        spec["volumes"] = [{"name": "build-plan", "emptyDir": {}}, *self._builder_volumes()]
         plan = {"name": "build-plan", "mountPath": PLAN_MOUNT}
         our_env = [*container["env"],
                    {"name": "DOCKER_CONFIG", "value": REGISTRY_AUTH_MOUNT},
