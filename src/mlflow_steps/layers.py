@@ -156,6 +156,24 @@ def _tarinfo(entry: Entry, mtime: int) -> tarfile.TarInfo:
     return info
 
 
+def entries_key(entries: Iterable[Entry], *context: str) -> str:
+    """A digest of what ``entries`` hold (names, kinds, modes, owners, targets, content) and
+    ``context``: equal keys, equal layers."""
+    digest = hashlib.sha256("\0".join(context).encode())
+    for entry in sorted(entries, key=lambda e: e.name):
+        digest.update(f"{entry.name}\0{entry.kind}\0{entry.mode}\0{entry.uid}\0{entry.gid}"
+                      f"\0{entry.target}\0".encode())
+        if isinstance(entry.data, Path):
+            content = hashlib.sha256()
+            with entry.data.open("rb") as handle:
+                while chunk := handle.read(_CHUNK):
+                    content.update(chunk)
+            digest.update(content.digest())
+        else:
+            digest.update(hashlib.sha256(entry.data).digest())
+    return "sha256:" + digest.hexdigest()
+
+
 def write_tar(entries: Iterable[Entry], out: Path, mtime: int) -> str:
     """Write ``entries`` (sorted by name, all times ``mtime``, owners as given) as a plain
     tar at ``out``; its diff_id."""

@@ -100,8 +100,9 @@ def _owner(path: Path, owners: dict[Path, str]) -> str | None:
     return None
 
 
-def environment_layers(staged: StagedEnv) -> list[LayerPlan]:
-    """The environment's files split by distribution into the layer groups."""
+def environment_groups(staged: StagedEnv) -> list[tuple[str, set[Path]]]:
+    """The environment's files (no bytecode yet) split by distribution into the layer
+    groups: (name, paths), in layer order."""
     owners = _owners(staged.site_packages)
     group_of = {name: index for index, group in enumerate(OWN_LAYERS) for name in group}
     groups: dict[str, set[Path]] = defaultdict(set)
@@ -120,13 +121,28 @@ def environment_layers(staged: StagedEnv) -> list[LayerPlan]:
     link.symlink_to(f"{ENV_PREFIX}/bin/mlflow-steps")
     groups["tooling"].add(link)
     ordered = [" ".join(group) for group in OWN_LAYERS] + ["environment", "tooling"]
-    return [LayerPlan(name, _with_parents(staged.root, groups[name]))
-            for name in ordered if groups.get(name)]
+    return [(name, groups[name]) for name in ordered if groups.get(name)]
+
+
+def bytecode_of(sources: set[Path]) -> set[Path]:
+    """The pycs compiled for the ``.py`` files among ``sources``."""
+    found = set()
+    for source in sources:
+        if source.suffix == ".py" and not source.is_symlink():
+            for pyc in (source.parent / "__pycache__").glob(f"{source.stem}.*.pyc"):
+                if pyc.name.count(".") == 2:  # name.cpython-3XY.pyc, not an optimised one
+                    found.add(pyc)
+    return found
+
+
+def tree_plan(staged: StagedEnv, name: str, paths: set[Path]) -> LayerPlan:
+    """A layer of ``paths`` of the staging tree (their directories included)."""
+    return LayerPlan(name, _with_parents(staged.root, paths))
 
 
 def record_layer(staged: StagedEnv) -> LayerPlan:
     record = staged.root / BUILD_DIR.lstrip("/")
-    return LayerPlan("record", _with_parents(staged.root, set(record.rglob("*"))))
+    return tree_plan(staged, "record", set(record.rglob("*")))
 
 
 def _lines(text: str) -> list[list[str]]:

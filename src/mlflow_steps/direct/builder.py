@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_steps.backends.base import Backend, BuildRequest
@@ -14,17 +17,29 @@ from mlflow_steps.direct import NotApplicable
 from mlflow_steps.direct.assemble import (
     FILE_TIME,
     LayerPlan,
-    environment_layers,
+    bytecode_of,
+    environment_groups,
     image_config,
     record_layer,
+    tree_plan,
     user_layer,
 )
 from mlflow_steps.direct.base import facts_summary, layer_file, load_base
-from mlflow_steps.direct.stage import stage
+from mlflow_steps.direct.stage import StagedEnv, compile_bytecode, stage
 from mlflow_steps.hashing import source_date_epoch
 from mlflow_steps.image_push import Blob, push_image
-from mlflow_steps.layers import Layer, LayerCache, compress, write_tar
+from mlflow_steps.layers import LayerCache, compress, entries_key, write_tar
 from mlflow_steps.registry import RegistryClient
+
+LAYOUT_VERSION = "direct-1"  # part of every layer's cache key
+
+
+@dataclass(frozen=True)
+class LayerJob:
+    """A layer to make: its plan before bytecode, and whether to compile its sources."""
+
+    plan: LayerPlan
+    sources: frozenset[Path] = frozenset()  # .py files to compile into it
 
 
 class DirectBackend(Backend):
@@ -62,17 +77,22 @@ class DirectBackend(Backend):
             staged = stage(spec, request.context, base, request.pip, self.environ, epoch, work,
                            no_cache=request.no_cache)
             self._log(f"environment staged for {base.interpreters[str(spec.python)]}", started)
-            plans = [*environment_layers(staged), user_layer(base, epoch),
-                     record_layer(staged)]
+            jobs = [LayerJob(tree_plan(staged, name, paths),
+                             frozenset(p for p in paths if p.suffix == ".py"))
+                    for name, paths in environment_groups(staged)]
+            jobs += [LayerJob(user_layer(base, epoch)), LayerJob(record_layer(staged))]
             known = None if request.no_cache else LayerCache(cache / "layers")
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                made = list(pool.map(
-                    lambda item: _layer(item[1], work / f"layer-{item[0]}", known,
-                                        lambda d: client.has_blob(destination.repository, d)),
-                    enumerate(plans)))
-            self._log(f"{len(made)} layers written", started)
-            config = image_config(base, spec, [(p.name, diff_id) for p, (_, diff_id)
-                                               in zip(plans, made, strict=True)],
+            maker = _LayerMaker(staged, work, known,
+                                lambda d: client.has_blob(destination.repository, d))
+            by_size = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].plan.entries))
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+                done = dict(zip(by_size, pool.map(lambda i: maker.make(jobs[i], i), by_size),
+                                strict=True))
+            made = [done[index] for index in range(len(jobs))]
+            reused = sum(1 for blob, _ in made if blob.path is None)
+            self._log(f"{len(made)} layers ({reused} unchanged, not remade)", started)
+            config = image_config(base, spec, [(job.plan.name, diff_id) for job, (_, diff_id)
+                                               in zip(jobs, made, strict=True)],
                                   request.labels, epoch)
             base_blobs = [Blob(dict(layer), mount_from=base.repository) if same_registry else
                           Blob(dict(layer), path=layer_file(base_client, base.repository,
@@ -83,18 +103,32 @@ class DirectBackend(Backend):
         self._log(f"pushed {destination}", started)
 
 
-def _layer(plan: LayerPlan, out: Path, known: LayerCache | None,
-           in_registry) -> tuple[Blob, str]:
-    """The plan written as a tar, then compressed unless the registry has its blob."""
-    tar = out.with_suffix(".tar")
-    diff_id = write_tar(plan.entries, tar, FILE_TIME)
-    cached = known.get(diff_id, FILE_TIME) if known else None
-    if cached and in_registry(str(cached["digest"])):
+class _LayerMaker:
+    """Makes a layer unless one made from the same files is in the cache and the registry:
+    compile its sources, write the tar, compress it."""
+
+    def __init__(self, staged: StagedEnv, work: Path, known: LayerCache | None,
+                 in_registry: Callable[[str], bool]) -> None:
+        self.staged, self.work, self.known, self.in_registry = staged, work, known, in_registry
+
+    def make(self, job: LayerJob, index: int) -> tuple[Blob, str]:
+        key = entries_key(job.plan.entries, LAYOUT_VERSION, self.staged.python_build,
+                          str(FILE_TIME))
+        cached = self.known.get(key, FILE_TIME) if self.known else None
+        if cached and self.in_registry(str(cached["digest"])):
+            return (Blob({k: cached[k] for k in ("mediaType", "digest", "size")}),
+                    str(cached["diff_id"]))
+        plan = job.plan
+        if job.sources:
+            compile_bytecode(self.staged, sorted(job.sources), self.work)
+            plan = tree_plan(self.staged, plan.name, {self.staged.root / e.name
+                                                      for e in plan.entries if e.kind != "dir"}
+                             | bytecode_of(set(job.sources)))
+        tar = self.work / f"layer-{index}.tar"
+        write_tar(plan.entries, tar, FILE_TIME)
+        with tar.open("rb") as plain:
+            layer = compress(plain, tar.with_suffix(".tar.gz"))
         tar.unlink()
-        return Blob({k: cached[k] for k in ("mediaType", "digest", "size")}), diff_id
-    with tar.open("rb") as plain:
-        layer: Layer = compress(plain, out.with_suffix(".tar.gz"))
-    tar.unlink()
-    if known:
-        known.put(diff_id, FILE_TIME, layer)
-    return Blob(layer.descriptor(), path=layer.path), diff_id
+        if self.known:
+            self.known.put(key, FILE_TIME, layer)
+        return Blob(layer.descriptor(), path=layer.path), layer.diff_id

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +43,15 @@ _VOLATILE = (".lock",)  # uv's own lock file in the venv
 
 @dataclass(frozen=True)
 class StagedEnv:
-    """The staged environment: ``root`` holds opt/env and opt/mlflow-steps-build."""
+    """The staged environment: ``root`` holds opt/env and opt/mlflow-steps-build; its
+    bytecode is compiled layer by layer (``compile_bytecode``) with ``python``."""
 
     root: Path
     prefix: Path
     site_packages: Path
-    tooling_in_env: bool
+    python: str
+    python_build: str  # what the bytecode depends on: the interpreter's version and build
+    run_env: dict[str, str]
 
 
 def platform_tag(base: BaseFacts) -> str:
@@ -161,9 +165,10 @@ def stage(spec: EnvSpec, context: Path, base: BaseFacts, pip: BuildPipConfig,
     _strip_tests(site)
     record = root / BUILD_DIR.lstrip("/")
     _record(stager, python, prefix, context, record)
-    _compile(python, prefix, stager)
     _point_at_base(prefix, stager)
-    staged = StagedEnv(root, prefix, site, tooling_in_env=True)
+    build = stager.run([python, "-c", "import sys; print(sys.version, sys.implementation."
+                        "cache_tag)"], "probing python", fallback=False).strip()
+    staged = StagedEnv(root, prefix, site, python, build, stager.env)
     for problem in (_leaked_paths(root, (str(work), str(context))),
                     _missing(staged, base)):
         if problem:
@@ -223,11 +228,20 @@ def _relocate_direct_urls(prefix: Path, context: str) -> None:
             for line in record.read_text().splitlines(keepends=True)))
 
 
-def _compile(python: str, prefix: Path, stager: Stager) -> None:
-    """Bytecode as the image's interpreter would write it, recording /opt/env paths."""
-    stager.run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
-                "unchecked-hash", "-s", str(prefix), "-p", ENV_PREFIX, str(prefix / "lib")],
-               "compiling bytecode", fallback=False)
+def compile_bytecode(staged: StagedEnv, sources: list[Path], work: Path) -> None:
+    """Bytecode of ``sources`` as the image's interpreter would write it (unchecked-hash
+    pycs, recording /opt/env paths)."""
+    listing = work / f"compile-{os.getpid()}-{id(sources)}.txt"
+    listing.write_text("".join(f"{path}\n" for path in sources))
+    result = subprocess.run(
+        [staged.python, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
+         "-s", str(staged.prefix), "-p", ENV_PREFIX, "-i", str(listing)],
+        capture_output=True, text=True, env=staged.run_env, check=False)
+    listing.unlink()
+    if result.returncode != 0:  # a file that is not Python 3 (a package's template, ...)
+        lines = [x for x in result.stdout.splitlines() if x.strip()]
+        print(f"[direct] bytecode: {len(lines)} line(s) from compileall, e.g. "
+              f"{lines[0][:200] if lines else result.stderr[-200:]}", file=sys.stderr)
 
 
 def _point_at_base(prefix: Path, stager: Stager) -> None:
