@@ -18,12 +18,11 @@ from pathlib import Path
 from mlflow_steps.backends.docker_archive import rfc3339
 from mlflow_steps.direct import NotApplicable
 from mlflow_steps.direct.base import BaseFacts
-from mlflow_steps.direct.stage import StagedEnv
+from mlflow_steps.direct.stage import StagedEnv, write_record
 from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.hashing import EPOCH_FLOOR
 from mlflow_steps.layers import Entry
 from mlflow_steps.render import (
-    BUILD_DIR,
     BUILD_ENV,
     ENV_PREFIX,
     IMAGE_COMMAND,
@@ -64,15 +63,18 @@ def _tree_entry(root: Path, path: Path, uid: int = 0) -> Entry:
                  gid=uid)
 
 
-def _with_parents(root: Path, paths: set[Path]) -> tuple[Entry, ...]:
-    """Entries for ``paths`` and every directory above them up to ``root``."""
+def _with_parents(root: Path, paths: set[Path], overrides: dict[str, Entry]
+                  ) -> tuple[Entry, ...]:
+    """Entries for ``paths`` and every directory above them up to ``root`` (``overrides``:
+    what the image has at a path instead of the staged file)."""
     everything = set(paths)
     for path in paths:
         for parent in path.parents:
             if parent == root or root not in parent.parents:
                 break
             everything.add(parent)
-    return tuple(_tree_entry(root, p) for p in sorted(everything))
+    entries = (_tree_entry(root, p) for p in sorted(everything))
+    return tuple(overrides.get(entry.name, entry) for entry in entries)
 
 
 def _owners(site: Path) -> dict[Path, str]:
@@ -137,12 +139,12 @@ def bytecode_of(sources: set[Path]) -> set[Path]:
 
 def tree_plan(staged: StagedEnv, name: str, paths: set[Path]) -> LayerPlan:
     """A layer of ``paths`` of the staging tree (their directories included)."""
-    return LayerPlan(name, _with_parents(staged.root, paths))
+    return LayerPlan(name, _with_parents(staged.root, paths, staged.overrides))
 
 
 def record_layer(staged: StagedEnv) -> LayerPlan:
-    record = staged.root / BUILD_DIR.lstrip("/")
-    return tree_plan(staged, "record", set(record.rglob("*")))
+    """The record (env files, lock, SBOM), written now."""
+    return tree_plan(staged, "record", set(write_record(staged).rglob("*")))
 
 
 def _lines(text: str) -> list[list[str]]:

@@ -80,14 +80,17 @@ class DirectBackend(Backend):
             jobs = [LayerJob(tree_plan(staged, name, paths),
                              frozenset(p for p in paths if p.suffix == ".py"))
                     for name, paths in environment_groups(staged)]
-            jobs += [LayerJob(user_layer(base, epoch)), LayerJob(record_layer(staged))]
+            jobs.append(LayerJob(user_layer(base, epoch)))
             known = None if request.no_cache else LayerCache(cache / "layers")
             maker = _LayerMaker(staged, work, known,
                                 lambda d: client.has_blob(destination.repository, d))
             by_size = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].plan.entries))
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+                record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
                 done = dict(zip(by_size, pool.map(lambda i: maker.make(jobs[i], i), by_size),
                                 strict=True))
+                jobs.append(LayerJob(record.result()))
+                done[len(jobs) - 1] = maker.make(jobs[-1], len(jobs) - 1)
             made = [done[index] for index in range(len(jobs))]
             reused = sum(1 for blob, _ in made if blob.path is None)
             self._log(f"{len(made)} layers ({reused} unchanged, not remade)", started)

@@ -18,6 +18,7 @@ from mlflow_steps.direct.base import BaseFacts
 from mlflow_steps.direct.elf import missing_libraries
 from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.errors import StepError
+from mlflow_steps.layers import Entry
 from mlflow_steps.pipconfig import BuildPipConfig
 from mlflow_steps.redaction import redact, secret_values
 from mlflow_steps.render import (
@@ -43,15 +44,19 @@ _VOLATILE = (".lock",)  # uv's own lock file in the venv
 
 @dataclass(frozen=True)
 class StagedEnv:
-    """The staged environment: ``root`` holds opt/env and opt/mlflow-steps-build; its
-    bytecode is compiled layer by layer (``compile_bytecode``) with ``python``."""
+    """The staged environment: ``root`` holds opt/env, still run by ``python`` here (the
+    image's interpreter and pyvenv.cfg are ``overrides``); its bytecode is compiled layer by
+    layer (``compile_bytecode``), its record written by ``write_record``."""
 
     root: Path
     prefix: Path
     site_packages: Path
     python: str
     python_build: str  # what the bytecode depends on: the interpreter's version and build
-    run_env: dict[str, str]
+    stager: Stager
+    context: Path
+    frozen: str  # `uv pip freeze` before local files' URLs were relocated
+    overrides: dict[str, Entry]  # image path (no leading /) -> what the image has there
 
 
 def platform_tag(base: BaseFacts) -> str:
@@ -163,12 +168,14 @@ def stage(spec: EnvSpec, context: Path, base: BaseFacts, pip: BuildPipConfig,
     site = next(prefix.glob("lib/python*/site-packages"))
     _drop_install_times(site)
     _strip_tests(site)
-    record = root / BUILD_DIR.lstrip("/")
-    _record(stager, python, prefix, context, record)
-    _point_at_base(prefix, stager)
+    frozen = stager.pip(prefix, "freeze", "--quiet", what="listing the environment",
+                        fallback=False)
+    _relocate_direct_urls(prefix, str(context))
+    _rewrite_scripts(prefix)
     build = stager.run([python, "-c", "import sys; print(sys.version, sys.implementation."
                         "cache_tag)"], "probing python", fallback=False).strip()
-    staged = StagedEnv(root, prefix, site, python, build, stager.env)
+    staged = StagedEnv(root, prefix, site, python, build, stager, context, frozen,
+                       _image_interpreter(root, prefix, stager))
     for problem in (_leaked_paths(root, (str(work), str(context))),
                     _missing(staged, base)):
         if problem:
@@ -193,26 +200,29 @@ def _strip_tests(site: Path) -> None:
             shutil.rmtree(tests)
 
 
-def _record(stager: Stager, python: str, prefix: Path, context: Path, record: Path) -> None:
+def write_record(staged: StagedEnv) -> Path:
     """lock.txt (with hashes), sbom.cdx.json and the env files, as the Dockerfile path
-    records them; paths of the context become the image's."""
+    records them (paths of the context become the image's); the record directory."""
+    stager, context = staged.stager, staged.context
+    record = staged.root / BUILD_DIR.lstrip("/")
     record.mkdir(parents=True)
     shutil.copytree(context / "env", record / "env")
     frozen = record.parent / "installed.txt"
-    frozen.write_text(stager.pip(prefix, "freeze", "--quiet", what="listing the environment",
-                                 fallback=False))
+    frozen.write_text(staged.frozen)
     lock = stager.run([stager.uv, "pip", "compile", "--quiet", "--no-header", "--no-annotate",
                        "--no-deps", "--generate-hashes", *stager.targeted(), str(frozen)],
                       "hashing the installed packages", fallback=False)
     frozen.unlink()
     (record / "lock.txt").write_text(lock.replace(str(context), BUILD_DIR))
     sbom = record / "sbom.cdx.json"
-    stager.run([stager.uv, "tool", "run", "--quiet", "--python", python, "--from", SBOM_TOOL,
-                "cyclonedx-py",
-                *SBOM_ARGS, "-o", str(sbom),
-                str(prefix / "bin" / "python")], "writing the SBOM", fallback=False)
+    stager.run([stager.uv, "tool", "run", "--quiet", "--python", staged.python, "--from",
+                SBOM_TOOL, "cyclonedx-py", *SBOM_ARGS, "-o", str(sbom),
+                str(staged.prefix / "bin" / "python")], "writing the SBOM", fallback=False)
     sbom.write_text(sbom.read_text().replace(str(context), BUILD_DIR))
-    _relocate_direct_urls(prefix, str(context))
+    problem = _leaked_paths(record, (str(staged.root), str(context)))
+    if problem:
+        raise NotApplicable(problem)
+    return record
 
 
 def _relocate_direct_urls(prefix: Path, context: str) -> None:
@@ -236,7 +246,7 @@ def compile_bytecode(staged: StagedEnv, sources: list[Path], work: Path) -> None
     result = subprocess.run(
         [staged.python, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
          "-s", str(staged.prefix), "-p", ENV_PREFIX, "-i", str(listing)],
-        capture_output=True, text=True, env=staged.run_env, check=False)
+        capture_output=True, text=True, env=staged.stager.env, check=False)
     listing.unlink()
     if result.returncode != 0:  # a file that is not Python 3 (a package's template, ...)
         lines = [x for x in result.stdout.splitlines() if x.strip()]
@@ -244,17 +254,23 @@ def compile_bytecode(staged: StagedEnv, sources: list[Path], work: Path) -> None
               f"{lines[0][:200] if lines else result.stderr[-200:]}", file=sys.stderr)
 
 
-def _point_at_base(prefix: Path, stager: Stager) -> None:
-    """bin/python is the base's interpreter; scripts name /opt/env/bin/python."""
+def _image_interpreter(root: Path, prefix: Path, stager: Stager) -> dict[str, Entry]:
+    """In the image, bin/python is the base's interpreter and pyvenv.cfg says so."""
     interpreter = str(stager.interpreter)
-    (prefix / "bin" / "python").unlink()
-    (prefix / "bin" / "python").symlink_to(interpreter)
     version = stager.base.python_versions.get(stager.minor, stager.minor)
-    (prefix / "pyvenv.cfg").write_text(
-        f"home = {os.path.dirname(interpreter)}\nimplementation = CPython\n"
-        f"version_info = {version}\ninclude-system-site-packages = false\n")
+    config = (f"home = {os.path.dirname(interpreter)}\nimplementation = CPython\n"
+              f"version_info = {version}\ninclude-system-site-packages = false\n")
     for name in _VOLATILE:
         (prefix / name).unlink(missing_ok=True)
+    relative = prefix.relative_to(root).as_posix()
+    return {f"{relative}/bin/python": Entry(f"{relative}/bin/python", "symlink",
+                                            target=interpreter, mode=0o777),
+            f"{relative}/pyvenv.cfg": Entry(f"{relative}/pyvenv.cfg", "file",
+                                            data=config.encode(), mode=0o644)}
+
+
+def _rewrite_scripts(prefix: Path) -> None:
+    """Entry point scripts name /opt/env/bin/python, as the Dockerfile path's do."""
     for script in (prefix / "bin").iterdir():
         if script.is_file() and not script.is_symlink():
             data = script.read_bytes()
