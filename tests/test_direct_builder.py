@@ -253,3 +253,27 @@ def test_a_missing_system_library_falls_back_to_the_engine(docker_engine, regist
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stderr.splitlines() if "does not apply" in x)
     assert "libGL.so.1 (needed by" in line and line.endswith("building with docker")
+
+
+def test_zstd_layers_are_pushed_with_oci_types(registry, synthetic_base, no_engine, codeset,
+                                               tmp_path: Path) -> None:
+    import zstandard
+
+    project = codeset({"requirements.txt": "six==1.16.0\n"})
+    result = build(project, registry, synthetic_base, "direct/zstd", "--compression", "zstd",
+                   env={**no_engine, "MLFLOW_STEPS_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = RegistryClient(registry.address)
+    repository, tag = result.stdout.strip().split("/", 1)[1].rsplit(":", 1)
+    _, manifest = client.manifest(repository, tag)
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert manifest["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
+    base, *ours = manifest["layers"]
+    assert base["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    assert {layer["mediaType"] for layer in ours} == {
+        "application/vnd.oci.image.layer.v1.tar+zstd"}
+    config = json.loads(client.blob(repository, manifest["config"]["digest"], 1 << 20))
+    for layer, diff_id in zip(ours, config["rootfs"]["diff_ids"][1:], strict=True):
+        plain = zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(client.blob(repository, layer["digest"], 1 << 30))).read()
+        assert "sha256:" + hashlib.sha256(plain).hexdigest() == diff_id

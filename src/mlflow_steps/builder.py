@@ -39,6 +39,7 @@ class BuilderInputs:
     pull_registry: str | None = None
     repository: str = DEFAULT_REPOSITORY
     builder: str = "auto"
+    compression: str = "gzip"  # of the direct builder's layers
     force: bool = False
     verbose: bool = False
     compressed_caching: bool = False
@@ -243,12 +244,15 @@ def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
         cache_repo=inputs.cache_repo, verbose=inputs.verbose,
         source_date_epoch=None if inputs.reproducible is False else source_date_epoch(
             target.spec),
-        spec=target.spec, pip=target.pip,
+        spec=target.spec, pip=target.pip, compression=inputs.compression,
     )
 
 
 def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
            environ: dict[str, str], no_cache: bool = False) -> None:
+    if inputs.compression != "gzip" and backend.name != "direct":
+        log(f"compression {inputs.compression} is the direct builder's; {backend.name} "
+            "compresses as it does")
     pip = target.pip
     with tempfile.TemporaryDirectory(prefix="mlflow-steps-build-") as tmp:
         workspace = Path(tmp)

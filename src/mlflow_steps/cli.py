@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from mlflow_steps import __version__
-from mlflow_steps.backends import BUILDER_CHOICES
+from mlflow_steps.backends import BUILDER_CHOICES, COMPRESSIONS
 from mlflow_steps.envspec import STRATEGIES, BuildOptions
 from mlflow_steps.errors import StepError
 from mlflow_steps.fuseml import DEFAULT_REPOSITORY
@@ -188,7 +188,11 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
 @step_input("pull_registry", help="Registry consumers pull from (empty: same as registry).")
 @step_input("repository", DEFAULT_REPOSITORY, help="Repository inside the registry.")
 @step_input("builder", "auto", type=click.Choice(BUILDER_CHOICES),
-            help="Build engine here; auto: docker, then buildah (Kaniko: --stage).")
+            help="How to build here; auto: direct (no engine) where it applies, else docker, "
+                 "then buildah (Kaniko: --stage).")
+@step_input("compression", "gzip", type=click.Choice(COMPRESSIONS),
+            help="Layer compression of the direct builder (zstd: OCI media types, smaller "
+                 "and faster; pullers need zstd support, e.g. Docker 23+).")
 @step_input("force", False, type=bool, help="Rebuild even if the tag exists.")
 @step_input("verbose", False, type=bool, help="Log the hashed spec and build details.")
 @step_input("compressed_caching", False, type=bool, help="Kaniko --compressed-caching.")

@@ -10,19 +10,23 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_steps.layers import LAYER_MEDIA_TYPE
 from mlflow_steps.registry import RegistryClient
 
 # Docker's schema 2 types, what `docker push` writes: every client and registry takes them
 # (a registry may hide an OCI manifest from a client that does not ask for OCI).
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
-LAYER_MEDIA_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 MAX_COPIED_BLOB = 4 << 30
 _DOCKER_LAYER_TYPES = {
     "application/vnd.oci.image.layer.v1.tar+gzip": LAYER_MEDIA_TYPE,
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip":
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 }
+# OCI's types, for images with a layer only OCI can name (zstd)
+OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+_OCI_LAYER_TYPES = {docker: oci for oci, docker in _DOCKER_LAYER_TYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -45,15 +49,21 @@ def canonical(document: dict) -> bytes:
 
 
 def manifest_for(config: bytes, layers: list[Blob]) -> dict[str, object]:
-    """A Docker schema 2 manifest for ``config`` and ``layers`` (OCI layer types mapped)."""
+    """The manifest for ``config`` and ``layers``: Docker schema 2 (OCI layer types mapped),
+    or OCI when a layer has a type only OCI has (zstd)."""
+    oci = any(str(layer.descriptor.get("mediaType")) not in _DOCKER_LAYER_TYPES
+              and str(layer.descriptor.get("mediaType")) not in _OCI_LAYER_TYPES
+              for layer in layers)
+    mapping = _OCI_LAYER_TYPES if oci else _DOCKER_LAYER_TYPES
     descriptors = []
     for layer in layers:
         descriptor = dict(layer.descriptor)
         media_type = str(descriptor.get("mediaType"))
-        descriptor["mediaType"] = _DOCKER_LAYER_TYPES.get(media_type, media_type)
+        descriptor["mediaType"] = mapping.get(media_type, media_type)
         descriptors.append({k: descriptor[k] for k in ("mediaType", "digest", "size")})
-    return {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
-            "config": {"mediaType": CONFIG_MEDIA_TYPE,
+    return {"schemaVersion": 2,
+            "mediaType": OCI_MANIFEST_MEDIA_TYPE if oci else MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": OCI_CONFIG_MEDIA_TYPE if oci else CONFIG_MEDIA_TYPE,
                        "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
                        "size": len(config)},
             "layers": descriptors}
@@ -80,4 +90,4 @@ def push_image(client: RegistryClient, repository: str, tag: str, config: dict,
         path = workdir / "config.json"
         path.write_bytes(config_bytes)
         client.push_blob(repository, config_digest, path)
-    return client.put_manifest(repository, tag, canonical(manifest), MANIFEST_MEDIA_TYPE)
+    return client.put_manifest(repository, tag, canonical(manifest), str(manifest["mediaType"]))

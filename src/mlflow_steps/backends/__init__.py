@@ -17,6 +17,7 @@ BACKENDS = {
     "buildah": "mlflow_steps.backends.buildah:BuildahBackend",
 }
 BUILDER_CHOICES = ("auto", *BACKENDS)
+COMPRESSIONS = ("gzip", "zstd")  # the direct builder's layers (layers.py writes both)
 
 
 def _backend(name: str, environ: dict[str, str]) -> Backend:

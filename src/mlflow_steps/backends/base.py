@@ -56,6 +56,7 @@ class BuildRequest:
     # What the engine-free builder installs itself (engines read the rendered context)
     spec: EnvSpec | None = field(default=None, compare=False)
     pip: BuildPipConfig | None = field(default=None, compare=False)
+    compression: str = "gzip"
 
     @property
     def reproducible(self) -> bool:

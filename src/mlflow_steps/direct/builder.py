@@ -82,7 +82,7 @@ class DirectBackend(Backend):
                     for name, paths in environment_groups(staged)]
             jobs.append(LayerJob(user_layer(base, epoch)))
             known = None if request.no_cache else LayerCache(cache / "layers")
-            maker = _LayerMaker(staged, work, known,
+            maker = _LayerMaker(staged, work, known, request.compression,
                                 lambda d: client.has_blob(destination.repository, d))
             by_size = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].plan.entries))
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
@@ -111,12 +111,13 @@ class _LayerMaker:
     compile its sources, write the tar, compress it."""
 
     def __init__(self, staged: StagedEnv, work: Path, known: LayerCache | None,
-                 in_registry: Callable[[str], bool]) -> None:
+                 compression: str, in_registry: Callable[[str], bool]) -> None:
         self.staged, self.work, self.known, self.in_registry = staged, work, known, in_registry
+        self.compression = compression
 
     def make(self, job: LayerJob, index: int) -> tuple[Blob, str]:
         key = entries_key(job.plan.entries, LAYOUT_VERSION, self.staged.python_build,
-                          str(FILE_TIME))
+                          str(FILE_TIME), self.compression)
         cached = self.known.get(key, FILE_TIME) if self.known else None
         if cached and self.in_registry(str(cached["digest"])):
             return (Blob({k: cached[k] for k in ("mediaType", "digest", "size")}),
@@ -130,7 +131,7 @@ class _LayerMaker:
         tar = self.work / f"layer-{index}.tar"
         write_tar(plan.entries, tar, FILE_TIME)
         with tar.open("rb") as plain:
-            layer = compress(plain, tar.with_suffix(".tar.gz"))
+            layer = compress(plain, tar.with_suffix(".compressed"), self.compression)
         tar.unlink()
         if self.known:
             self.known.put(key, FILE_TIME, layer)
