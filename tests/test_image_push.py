@@ -12,6 +12,7 @@ import pytest
 from faulty_proxy import ScriptedServer, forward
 from helpers import basic, docker_config
 
+from mlflow_steps.errors import StepError
 from mlflow_steps.image_diff import diff_images
 from mlflow_steps.image_push import Blob, push_image
 from mlflow_steps.layers import rewrite
@@ -66,6 +67,25 @@ def test_push_read_back_skip_and_mount(registry, tmp_path: Path, capfd) -> None:
     from_first = [Blob(b.descriptor, mount_from="push/first") for b in layers]
     assert push_image(client, "push/second", "v1", config, from_first, tmp_path) == digest
     assert capfd.readouterr().err.count(": mounted") == 2
+
+
+def test_large_blobs_go_up_in_chunks_and_stream_down(registry, tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    client = RegistryClient(registry.address)
+    data = os.urandom(10_000)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert client.push_blob("push/chunked", digest, path, chunk_size=4096) == \
+        "uploaded in chunks"
+    assert client.has_blob("push/chunked", digest)
+    client.blob_to_file("push/chunked", digest, tmp_path / "back", 1 << 20)
+    assert (tmp_path / "back").read_bytes() == data
+    with pytest.raises(StepError, match="over 1000 bytes"):
+        client.blob_to_file("push/chunked", digest, tmp_path / "small", 1000)
+    assert not (tmp_path / "small").exists() and not list(tmp_path.glob("*.partial"))
 
 
 def test_push_with_bearer_tokens_asks_for_push_and_source_pull(token_registry,

@@ -56,6 +56,7 @@ _TOKEN = re.compile(r"[\x21-\x7e]+")  # what may follow "Bearer " in a header
 _DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _NOT_FOUND = "credentials not found"  # docker-credential-helpers' "not found" answer
 UPLOAD_FLOOR_BYTES_PER_SECOND = 1 << 20  # an upload's budget grows by 1 s per MiB
+UPLOAD_CHUNK = 64 << 20  # larger blobs go up in chunks of this size (bounded memory)
 _PULLS = ("manifest HEAD", "manifest GET", "blob GET", "token endpoint")  # requests that pull
 
 
@@ -372,10 +373,11 @@ class RegistryClient:
             raise self._failure(response, f"blob HEAD {self.base_url}{path}", deadline)
 
     def push_blob(self, repository: str, digest: str, path: Path | None,
-                  mount_from: str | None = None) -> str:
+                  mount_from: str | None = None, chunk_size: int = UPLOAD_CHUNK) -> str:
         """Put the blob into ``repository``: a cross-repository mount from ``mount_from`` when
-        the registry allows it, else a monolithic upload of the file at ``path``. Returns how
-        ("mounted", "uploaded", or "not mounted" when there was no file to upload)."""
+        the registry allows it, else an upload of the file at ``path`` (monolithic, or in
+        chunks of ``chunk_size`` when larger). Returns how ("mounted", "uploaded", "uploaded
+        in chunks", or "not mounted" when there was no file to upload)."""
         with self._redacting():
             size = path.stat().st_size if path else 0
             deadline = Deadline(self.budget + size / UPLOAD_FLOOR_BYTES_PER_SECOND)
@@ -395,13 +397,30 @@ class RegistryClient:
             if path is None:
                 return "not mounted"
             url = urljoin(f"{self.base_url}/", location)
+            final = b""
+            if size > chunk_size:  # PATCH chunk by chunk, then PUT the digest
+                with path.open("rb") as handle:
+                    start = 0
+                    while chunk := handle.read(chunk_size):
+                        response = self._request(
+                            "blob upload PATCH", "PATCH", url, scope=scope, deadline=deadline,
+                            data=chunk, headers={
+                                "Content-Type": "application/octet-stream",
+                                "Content-Range": f"{start}-{start + len(chunk) - 1}"})
+                        if response.status_code != 202 or not response.headers.get("Location"):
+                            raise self._failure(response, f"blob upload PATCH "
+                                                f"{url.split('?')[0]}", deadline)
+                        url = urljoin(f"{self.base_url}/", response.headers["Location"])
+                        start += len(chunk)
+            else:
+                final = path.read_bytes()
             url += ("&" if "?" in url else "?") + f"digest={digest}"
             response = self._request("blob upload PUT", "PUT", url, scope=scope,
-                                     deadline=deadline, data=path.read_bytes(), headers={
+                                     deadline=deadline, data=final, headers={
                                          "Content-Type": "application/octet-stream"})
             if response.status_code not in (201, 204):
                 raise self._failure(response, f"blob upload PUT {url.split('?')[0]}", deadline)
-            return "uploaded"
+            return "uploaded" if size <= chunk_size else "uploaded in chunks"
 
     def put_manifest(self, repository: str, reference: str, body: bytes,
                      media_type: str) -> str:
