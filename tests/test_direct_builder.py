@@ -277,3 +277,41 @@ def test_zstd_layers_are_pushed_with_oci_types(registry, synthetic_base, no_engi
         plain = zstandard.ZstdDecompressor().stream_reader(
             io.BytesIO(client.blob(repository, layer["digest"], 1 << 30))).read()
         assert "sha256:" + hashlib.sha256(plain).hexdigest() == diff_id
+
+
+PYTHON_ENV_PROJECT = """name: iris-python-env
+python_env: python_env.yaml
+entry_points:
+  main:
+    parameters:
+      C: {type: float, default: 1.0}
+    command: "python train.py --C {C}"
+"""
+PYTHON_ENV = """python: "3.11"
+build_dependencies:
+  - pip
+dependencies:
+  - mlflow-skinny>=3,<4
+  - scikit-learn>=1.3
+  - pandas>=2
+  - skops
+"""
+
+
+def test_a_python_env_codeset_built_directly_trains(docker_engine, registry, base_image,
+                                                    no_engine, mlflow_server,
+                                                    tmp_path: Path) -> None:
+    from test_runtime_image import run_step
+
+    project = write_codeset(tmp_path / "codeset", {
+        "MLproject": PYTHON_ENV_PROJECT, "python_env.yaml": PYTHON_ENV,
+        "train.py": (EXAMPLE / "train.py").read_text()})
+    built = build(project, registry, base_image, "direct/python-env", env=no_engine)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "does not apply" not in built.stderr
+    results = tmp_path / "results"
+    run = run_step(docker_engine, built.stdout.strip(), project, results,
+                   f"MLFLOW_TRACKING_URI={mlflow_server.url}",
+                   "FUSEML_MLFLOW_ENTRYPOINT_ARGS=C=0.5", "FUSEML_MLFLOW_EXPERIMENT=direct")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "/models/m-" in (results / "model-url").read_text()
