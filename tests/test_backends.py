@@ -75,22 +75,24 @@ def test_buildah_args(tmp_path: Path) -> None:
 
 
 def test_auto_selection_order(tmp_path: Path) -> None:
-    """Without an engine, auto takes buildah when it is on PATH (a stand-in here: selection
-    only looks it up), else says none is available."""
+    """auto takes the direct builder (it needs no engine); its fallback, without an engine,
+    buildah when it is on PATH (a stand-in here: selection only looks it up), else it says
+    none is available."""
     with_buildah = tmp_path / "bin"
     with_buildah.mkdir()
     (with_buildah / "buildah").write_text("#!/bin/sh\nexit 0\n")
     (with_buildah / "buildah").chmod(0o755)
     no_engine = {"DOCKER_HOST": f"unix://{tmp_path}/no.sock", "PATH": str(with_buildah)}
-    assert select_backend("auto", no_engine).name == "buildah"
+    assert select_backend("auto", no_engine).name == "direct"
+    assert select_backend("auto", no_engine, engines_only=True).name == "buildah"
     with pytest.raises(StepError, match="no build engine available"):
-        select_backend("auto", {**no_engine, "PATH": str(tmp_path)})
+        select_backend("auto", {**no_engine, "PATH": str(tmp_path)}, engines_only=True)
     with pytest.raises(StepError, match="builder: no Docker engine answers"):
         select_backend("docker", no_engine)
 
 
 def test_docker_selected_when_engine_answers(docker_engine) -> None:
-    assert select_backend("auto", docker_engine.env()).name == "docker"
+    assert select_backend("auto", docker_engine.env(), engines_only=True).name == "docker"
 
 
 def test_kaniko_is_not_a_backend() -> None:
