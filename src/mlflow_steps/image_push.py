@@ -4,6 +4,7 @@ and the config and manifest are serialised canonically so the same parts give on
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import sys
@@ -41,6 +42,12 @@ class Blob:
     @property
     def digest(self) -> str:
         return str(self.descriptor["digest"])
+
+
+def rfc3339(epoch: int) -> str:
+    """An image config time: ``epoch`` in UTC, to the second."""
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
 
 
 def canonical(document: dict) -> bytes:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_steps.errors import StepError
-from mlflow_steps.image_push import Blob
+from mlflow_steps.image_push import Blob, rfc3339
 from mlflow_steps.layers import Layer, LayerCache, compress, rewrite
 
 
@@ -29,11 +29,6 @@ class BaseImage:
     diff_ids: tuple[str, ...]
     created: str
     blobs: tuple[Blob, ...] = ()
-
-
-def rfc3339(epoch: int) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
 
 
 _TIME = re.compile(r"(?P<head>[^.Z+]+(?:[+-]\d\d:\d\d)?)(?:\.(?P<fraction>\d+))?"

@@ -15,12 +15,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow_steps.backends.docker_archive import rfc3339
 from mlflow_steps.direct import NotApplicable
 from mlflow_steps.direct.base import BaseFacts
 from mlflow_steps.direct.stage import StagedEnv, write_record
 from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.hashing import EPOCH_FLOOR
+from mlflow_steps.image_push import rfc3339
 from mlflow_steps.layers import Entry
 from mlflow_steps.render import (
     BUILD_ENV,
