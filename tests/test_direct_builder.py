@@ -248,14 +248,16 @@ def test_a_missing_system_library_falls_back_to_the_engine(docker_engine, regist
     assert "libGL.so.1 (needed by" in line and line.endswith("building with docker")
 
 
-def test_zstd_layers_are_pushed_with_oci_types(registry, synthetic_base, no_engine, codeset,
+def test_zstd_layers_are_reproducible_with_oci_types(registry, synthetic_base, no_engine, codeset,
                                                tmp_path: Path) -> None:
     import zstandard
 
     project = codeset({"requirements.txt": "six==1.16.0\n"})
     result = build(project, registry, synthetic_base, "direct/zstd", "--compression", "zstd",
+                   "--check-reproducible",
                    env={**no_engine, "MLFLOW_STEPS_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "reproducible: the second build gave the same digest" in result.stderr
     client = RegistryClient(registry.address)
     repository, tag = result.stdout.strip().split("/", 1)[1].rsplit(":", 1)
     _, manifest = client.manifest(repository, tag)
