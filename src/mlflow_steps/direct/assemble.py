@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,15 +53,15 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _tree_entry(root: Path, path: Path, uid: int = 0) -> Entry:
+def _tree_entry(root: Path, path: Path) -> Entry:
+    """The layer entry for a staged path: root-owned, modes normalised."""
     name = path.relative_to(root).as_posix()
-    if path.is_symlink():
-        return Entry(name, "symlink", target=os.readlink(path), mode=0o777, uid=uid, gid=uid)
-    if path.is_dir():
-        return Entry(name, "dir", mode=0o755, uid=uid, gid=uid)
-    executable = os.stat(path).st_mode & 0o111
-    return Entry(name, "file", data=path, mode=0o755 if executable else 0o644, uid=uid,
-                 gid=uid)
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        return Entry(name, "symlink", target=os.readlink(path), mode=0o777)
+    if stat.S_ISDIR(mode):
+        return Entry(name, "dir", mode=0o755)
+    return Entry(name, "file", data=path, mode=0o755 if mode & 0o111 else 0o644)
 
 
 def _with_parents(root: Path, paths: set[Path], overrides: dict[str, Entry]
@@ -69,10 +70,10 @@ def _with_parents(root: Path, paths: set[Path], overrides: dict[str, Entry]
     what the image has at a path instead of the staged file)."""
     everything = set(paths)
     for path in paths:
-        for parent in path.parents:
-            if parent == root or root not in parent.parents:
-                break
+        parent = path.parent
+        while parent != root and parent not in everything and root in parent.parents:
             everything.add(parent)
+            parent = parent.parent
     entries = (_tree_entry(root, p) for p in sorted(everything))
     return tuple(overrides.get(entry.name, entry) for entry in entries)
 
@@ -108,16 +109,18 @@ def environment_groups(staged: StagedEnv) -> list[tuple[str, set[Path]]]:
     owners = _owners(staged.site_packages)
     group_of = {name: index for index, group in enumerate(OWN_LAYERS) for name in group}
     groups: dict[str, set[Path]] = defaultdict(set)
-    for path in staged.prefix.rglob("*"):
-        if path.is_dir() and not path.is_symlink():
-            continue
-        dist = _owner(path, owners)
-        if dist == TOOLING_DIST:
-            groups["tooling"].add(path)
-        elif dist in group_of:
-            groups[" ".join(OWN_LAYERS[group_of[dist]])].add(path)
-        else:
-            groups["environment"].add(path)
+    for directory, subdirectories, files in os.walk(staged.prefix):
+        # symbolic links to directories are entries too (os.walk does not follow them)
+        links = [d for d in subdirectories if os.path.islink(os.path.join(directory, d))]
+        paths = [Path(directory, name) for name in [*files, *links]]
+        for path in paths:
+            dist = _owner(path, owners)
+            if dist == TOOLING_DIST:
+                groups["tooling"].add(path)
+            elif dist in group_of:
+                groups[" ".join(OWN_LAYERS[group_of[dist]])].add(path)
+            else:
+                groups["environment"].add(path)
     link = staged.root / TOOLING_PREFIX.lstrip("/") / "bin" / "mlflow-steps"
     link.parent.mkdir(parents=True)
     link.symlink_to(f"{ENV_PREFIX}/bin/mlflow-steps")

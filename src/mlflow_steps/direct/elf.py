@@ -3,6 +3,7 @@ what the environment itself bundles and the base's library directories."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
@@ -30,11 +31,15 @@ def needed_libraries(path: Path) -> list[str]:
 def missing_libraries(prefix: Path, base_libraries: frozenset[str]) -> dict[str, str]:
     """Needed library → the first file (relative to ``prefix``) that needs it, for the
     libraries neither the environment nor the base has."""
-    files = sorted(p for p in prefix.rglob("*") if p.is_file() and not p.is_symlink())
-    bundled = {p.name for p in prefix.rglob("*")}
+    bundled: set[str] = set()
+    candidates: list[Path] = []
+    for directory, subdirectories, files in os.walk(prefix):
+        bundled.update(files, subdirectories)
+        candidates += [Path(directory, name) for name in files
+                       if ".so" in name or os.path.basename(directory) == "bin"]
     missing: dict[str, str] = {}
-    for path in files:
-        if ".so" not in path.name and path.parent.name != "bin":
+    for path in sorted(candidates):
+        if path.is_symlink():
             continue
         for name in needed_libraries(path):
             if name not in bundled and name not in base_libraries:

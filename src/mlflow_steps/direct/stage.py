@@ -282,13 +282,17 @@ def _rewrite_scripts(prefix: Path) -> None:
 def _leaked_paths(root: Path, paths: tuple[str, ...]) -> str | None:
     """A file that still names a staging path (it would not work in the image)."""
     needles = [p.encode() for p in paths]
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            data = path.read_bytes()
-            if any(needle in data for needle in needles):
-                return f"{path.relative_to(root)} names the staging path"
-        elif path.is_symlink() and any(os.readlink(path).startswith(p) for p in paths):
-            return f"{path.relative_to(root)} links into the staging path"
+    for directory, subdirectories, files in sorted(os.walk(root)):
+        for name in sorted([*files, *subdirectories]):
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                if any(os.readlink(path).startswith(p) for p in paths):
+                    return f"{os.path.relpath(path, root)} links into the staging path"
+            elif name in files:
+                with open(path, "rb") as handle:
+                    data = handle.read()
+                if any(needle in data for needle in needles):
+                    return f"{os.path.relpath(path, root)} names the staging path"
     return None
 
 
