@@ -4,6 +4,7 @@ One fresh Docker engine and registry; every contender builds examples/sklearn-lo
 requirements on the same local base, with the same forwarded pip configuration (BuildKit
 secrets), and pushes to the same registry (a repository of its own):
   * direct:  `mlflow-steps build --builder direct` (no engine; the default `auto` choice);
+  * direct-zstd: the same with `--compression zstd` (OCI zstd layers);
   * ours:    `mlflow-steps build --builder docker` (the Dockerfile path);
   * careful: a hand-written Dockerfile (one venv, pip --no-cache-dir, requirements only);
   * naive:   the original FuseML style (apt-get install git, pip upgrade, pip cache kept,
@@ -116,7 +117,8 @@ def layer_digests(registry: Registry, reference: str) -> set[str]:
 
     manifest = requests.get(
         f"{registry.url}/v2/{repository}/manifests/{tag}", timeout=30,
-        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}).json()
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json,"
+                           "application/vnd.oci.image.manifest.v1+json"}).json()
     return {layer["digest"] for layer in manifest["layers"]}
 
 
@@ -153,10 +155,11 @@ class Contender:
             conda = codeset / "conda.yaml"
             conda.write_text(conda.read_text().replace("      - boto3\n",
                                                        f"      - boto3\n      - {extra}\n"))
-        if self.name == "direct":  # caches of its own per round, kept for the warm rebuild
+        if self.name.startswith("direct"):  # caches of its own per round, kept for warm
             env = {**os.environ, "FUSEML_REGISTRY": self.registry.address,
                    "FUSEML_BASE_IMAGE": self.base, "FUSEML_BUILDER": "direct",
-                   "FUSEML_REPOSITORY": f"bench/direct-{round_}",
+                   "FUSEML_COMPRESSION": "zstd" if self.name == "direct-zstd" else "gzip",
+                   "FUSEML_REPOSITORY": f"bench/{self.name}-{round_}",
                    "MLFLOW_STEPS_CACHE": str(self.root / f"cache-{round_}"),
                    "UV_CACHE_DIR": str(self.root / f"uv-cache-{round_}")}
             start = time.perf_counter()
@@ -194,7 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    names = ["direct", "ours", "careful", "naive"]
+    names = ["direct", "direct-zstd", "ours", "careful", "naive"]
     cold: dict[str, list[float]] = {name: [] for name in names}
     warm: dict[str, list[float]] = {name: [] for name in names}
     size: dict[str, int] = {}
@@ -215,10 +218,10 @@ def main() -> None:
     careful = statistics.median(cold["careful"])
     careful_warm = statistics.median(warm["careful"])
     mb = 1e6
-    print(f"{'':<9}{'cold build+push':>26}{'warm (+1 line)':>26}{'pushed':>10}"
+    print(f"{'':<12}{'cold build+push':>26}{'warm (+1 line)':>26}{'pushed':>10}"
           f"{'warm pushed':>14}")
     for name in names:
-        print(f"{name:<9}{spread(cold[name]):>26}{spread(warm[name]):>26}"
+        print(f"{name:<12}{spread(cold[name]):>26}{spread(warm[name]):>26}"
               f"{size[name] / mb:>7.1f} MB{warm_new[name] / mb:>11.1f} MB")
     print(f"ours / careful: cold {statistics.median(cold['ours']) / careful:.2f}x "
           f"(goal <= 0.5), warm {statistics.median(warm['ours']) / careful_warm:.2f}x vs "
@@ -230,6 +233,10 @@ def main() -> None:
           f"{direct_warm / careful_warm:.2f}x vs careful warm, pushed "
           f"{size['direct'] / size['careful']:.2f}x (goal <= 0.8); direct / ours (docker): "
           f"cold {direct / statistics.median(cold['ours']):.2f}x")
+    zstd = statistics.median(cold["direct-zstd"])
+    print(f"direct-zstd / careful: cold {zstd / careful:.2f}x, warm "
+          f"{statistics.median(warm['direct-zstd']) / careful:.2f}x vs careful cold, pushed "
+          f"{size['direct-zstd'] / size['careful']:.2f}x")
     naive = statistics.median(cold["naive"])
     print(f"ours / naive:   cold {statistics.median(cold['ours']) / naive:.2f}x, "
           f"pushed {size['ours'] / size['naive']:.2f}x")
