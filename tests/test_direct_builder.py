@@ -190,6 +190,15 @@ def test_direct_build_on_a_synthetic_base_is_deterministic_and_skips(
     skipped = build(project, registry, synthetic_base, "direct/synthetic", env=no_engine)
     assert skipped.returncode == 0 and "build skipped" in skipped.stderr
 
+    # Another repository, the same cache: no layer is remade, each is mounted
+    elsewhere = build(project, registry, synthetic_base, "direct/synthetic-elsewhere", "--force",
+                      env={**no_engine, "MLFLOW_STEPS_CACHE": str(tmp_path / "cache-1")})
+    assert elsewhere.returncode == 0, elsewhere.stderr[-3000:]
+    ours = len(manifest["layers"]) - 1
+    assert f"{ours} layers ({ours} made before: not remade)" in elsewhere.stderr
+    assert elsewhere.stderr.count(": mounted") == len(manifest["layers"])
+    assert client.manifest("direct/synthetic-elsewhere", tag)[0] == digest
+
     # From scratch again (no layer cache, no package cache, another repository)
     again = build(project, registry, synthetic_base, "direct/synthetic-again", "--force",
                   env={**no_engine, "MLFLOW_STEPS_CACHE": str(tmp_path / "cache-2"),

@@ -224,10 +224,11 @@ class LayerCache:
         keys = ("digest", "diff_id", "size", "mediaType")
         return entry if isinstance(entry, dict) and all(k in entry for k in keys) else None
 
-    def put(self, diff_id: str, epoch: int, layer: Layer) -> None:
+    def put(self, diff_id: str, epoch: int, layer: Layer, pushed_to: str | None = None) -> None:
+        """Remember ``layer`` (and ``pushed_to``: registry/repository it goes to)."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._path(diff_id, epoch).write_text(json.dumps(
-                {**layer.descriptor(), "diff_id": layer.diff_id}))
+                {**layer.descriptor(), "diff_id": layer.diff_id, "pushed_to": pushed_to}))
         except OSError:
             pass  # a cache: without it the next build rewrites again

@@ -6,7 +6,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +81,8 @@ class DirectBackend(Backend):
                     for name, paths in environment_groups(staged)]
             jobs.append(LayerJob(user_layer(base, epoch)))
             known = None if request.no_cache else LayerCache(cache / "layers")
-            maker = _LayerMaker(staged, work, known, request.compression,
-                                lambda d: client.has_blob(destination.repository, d))
+            maker = _LayerMaker(staged, work, known, request.compression, client,
+                                destination.repository)
             by_size = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].plan.entries))
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
                 record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
@@ -93,7 +92,7 @@ class DirectBackend(Backend):
                 done[len(jobs) - 1] = maker.make(jobs[-1], len(jobs) - 1)
             made = [done[index] for index in range(len(jobs))]
             reused = sum(1 for blob, _ in made if blob.path is None)
-            self._log(f"{len(made)} layers ({reused} unchanged, not remade)", started)
+            self._log(f"{len(made)} layers ({reused} made before: not remade)", started)
             config = image_config(base, spec, [(job.plan.name, diff_id) for job, (_, diff_id)
                                                in zip(jobs, made, strict=True)],
                                   request.labels, epoch)
@@ -107,21 +106,32 @@ class DirectBackend(Backend):
 
 
 class _LayerMaker:
-    """Makes a layer unless one made from the same files is in the cache and the registry:
-    compile its sources, write the tar, compress it."""
+    """Makes a layer unless one made from the same files is in the cache and in the registry
+    (the destination repository, or another to mount it from): else compile its sources,
+    write the tar, compress it."""
 
     def __init__(self, staged: StagedEnv, work: Path, known: LayerCache | None,
-                 compression: str, in_registry: Callable[[str], bool]) -> None:
-        self.staged, self.work, self.known, self.in_registry = staged, work, known, in_registry
-        self.compression = compression
+                 compression: str, client: RegistryClient, repository: str) -> None:
+        self.staged, self.work, self.known = staged, work, known
+        self.compression, self.client, self.repository = compression, client, repository
+
+    def _reusable(self, cached: dict[str, object]) -> Blob | None:
+        descriptor = {k: cached[k] for k in ("mediaType", "digest", "size")}
+        digest = str(cached["digest"])
+        if self.client.has_blob(self.repository, digest):
+            return Blob(descriptor)
+        registry, _, source = str(cached.get("pushed_to") or "").partition("/")
+        if registry == self.client.host and source and self.client.has_blob(source, digest):
+            return Blob(descriptor, mount_from=source)
+        return None
 
     def make(self, job: LayerJob, index: int) -> tuple[Blob, str]:
         key = entries_key(job.plan.entries, LAYOUT_VERSION, self.staged.python_build,
                           str(FILE_TIME), self.compression)
         cached = self.known.get(key, FILE_TIME) if self.known else None
-        if cached and self.in_registry(str(cached["digest"])):
-            return (Blob({k: cached[k] for k in ("mediaType", "digest", "size")}),
-                    str(cached["diff_id"]))
+        reused = self._reusable(cached) if cached else None
+        if cached and reused:
+            return reused, str(cached["diff_id"])
         plan = job.plan
         if job.sources:
             compile_bytecode(self.staged, sorted(job.sources), self.work)
@@ -134,5 +144,5 @@ class _LayerMaker:
             layer = compress(plain, tar.with_suffix(".compressed"), self.compression)
         tar.unlink()
         if self.known:
-            self.known.put(key, FILE_TIME, layer)
+            self.known.put(key, FILE_TIME, layer, f"{self.client.host}/{self.repository}")
         return Blob(layer.descriptor(), path=layer.path), layer.diff_id
