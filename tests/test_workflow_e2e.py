@@ -122,6 +122,8 @@ def test_train_workflow_builds_then_skips_and_logs_a_loadable_model(
         workflow, tracking, s3_client_env, own_registry, capsys) -> None:
     first, outputs, record, first_seconds = workflow("mlflow-train", registry=own_registry)
     assert "[builder] done in " in first.stderr
+    assert "[builder] [direct] pushed " in first.stderr  # auto: built with no engine
+    assert "does not apply" not in first.stderr
     assert "[trainer] done in " in first.stderr
     builder, trainer = record["steps"]
     assert not builder["build_skipped"] and trainer["image"] == \
