@@ -11,7 +11,8 @@ secrets), and pushes to the same registry (a repository of its own):
              whole codeset copied).
 Cold: the engine's build cache is emptied before each build (the base stays pulled); direct
 starts with an empty package cache and an empty mlflow-steps cache.
-Warm: right after, the same contender rebuilds with one more requirement line (`six`).
+Warm: right after, the same contender rebuilds with one more requirement line (`tabulate`,
+not in the environment before).
 Rounds are interleaved with a rotating order; medians (and min-max) are printed.
 Skip: `mlflow-steps build` once the tag exists, median of 5, in the step's own environment
 (a venv with `.[builder]`, what the builder image installs), in the dev venv, and as the
@@ -211,7 +212,7 @@ def main() -> None:
                 cold[name].append(contenders[name].build_push(round_))
                 size[name] = pushed_bytes(registry, contenders[name].reference, base_layers)
                 cold_layers = layer_digests(registry, contenders[name].reference)
-                warm[name].append(contenders[name].build_push(round_, extra="six"))
+                warm[name].append(contenders[name].build_push(round_, extra="tabulate"))
                 warm_new[name] = pushed_bytes(registry, contenders[name].reference,
                                               base_layers | cold_layers)
         skip = skip_times(engine, registry, base, root)

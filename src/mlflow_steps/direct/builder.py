@@ -24,7 +24,7 @@ from mlflow_steps.direct.assemble import (
     user_layer,
 )
 from mlflow_steps.direct.base import facts_summary, layer_file, load_base
-from mlflow_steps.direct.stage import StagedEnv, compile_bytecode, stage
+from mlflow_steps.direct.stage import StagedEnv, check_files, compile_bytecode, stage
 from mlflow_steps.hashing import source_date_epoch
 from mlflow_steps.image_push import Blob, push_image
 from mlflow_steps.layers import LayerCache, compress, entries_key, write_tar
@@ -39,6 +39,7 @@ class LayerJob:
 
     plan: LayerPlan
     sources: frozenset[Path] = frozenset()  # .py files to compile into it
+    checked: bool = False  # staged files: check them before they go into a layer
 
 
 class DirectBackend(Backend):
@@ -77,7 +78,7 @@ class DirectBackend(Backend):
                            no_cache=request.no_cache)
             self._log(f"environment staged for {base.interpreters[str(spec.python)]}", started)
             jobs = [LayerJob(tree_plan(staged, name, paths),
-                             frozenset(p for p in paths if p.suffix == ".py"))
+                             frozenset(p for p in paths if p.suffix == ".py"), checked=True)
                     for name, paths in environment_groups(staged)]
             jobs.append(LayerJob(user_layer(base, epoch)))
             known = None if request.no_cache else LayerCache(cache / "layers")
@@ -91,8 +92,7 @@ class DirectBackend(Backend):
                 jobs.append(LayerJob(record.result()))
                 done[len(jobs) - 1] = maker.make(jobs[-1], len(jobs) - 1)
             made = [done[index] for index in range(len(jobs))]
-            reused = sum(1 for blob, _ in made if blob.path is None)
-            self._log(f"{len(made)} layers ({reused} made before: not remade)", started)
+            self._log(f"{len(made)} layers ({maker.reused} made before: not remade)", started)
             config = image_config(base, spec, [(job.plan.name, diff_id) for job, (_, diff_id)
                                                in zip(jobs, made, strict=True)],
                                   request.labels, epoch)
@@ -114,6 +114,7 @@ class _LayerMaker:
                  compression: str, client: RegistryClient, repository: str) -> None:
         self.staged, self.work, self.known = staged, work, known
         self.compression, self.client, self.repository = compression, client, repository
+        self.reused = 0
 
     def _reusable(self, cached: dict[str, object]) -> Blob | None:
         descriptor = {k: cached[k] for k in ("mediaType", "digest", "size")}
@@ -131,8 +132,12 @@ class _LayerMaker:
         cached = self.known.get(key, FILE_TIME) if self.known else None
         reused = self._reusable(cached) if cached else None
         if cached and reused:
+            self.reused += 1
             return reused, str(cached["diff_id"])
         plan = job.plan
+        if job.checked:
+            check_files(self.staged, [self.staged.root / e.name for e in plan.entries
+                                      if e.kind != "dir"])
         if job.sources:
             compile_bytecode(self.staged, sorted(job.sources), self.work)
             plan = tree_plan(self.staged, plan.name, {self.staged.root / e.name
@@ -143,6 +148,10 @@ class _LayerMaker:
         with tar.open("rb") as plain:
             layer = compress(plain, tar.with_suffix(".compressed"), self.compression)
         tar.unlink()
+        if not self.client.has_blob(self.repository, layer.digest):  # now, not after all
+            how = self.client.push_blob(self.repository, layer.digest, layer.path)
+            print(f"[push] {layer.digest[:19]}: {how} ({plan.name})", file=sys.stderr,
+                  flush=True)
         if self.known:
             self.known.put(key, FILE_TIME, layer, f"{self.client.host}/{self.repository}")
-        return Blob(layer.descriptor(), path=layer.path), layer.diff_id
+        return Blob(layer.descriptor()), layer.diff_id

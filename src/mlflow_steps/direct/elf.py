@@ -3,7 +3,6 @@ what the environment itself bundles and the base's library directories."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
@@ -28,20 +27,15 @@ def needed_libraries(path: Path) -> list[str]:
             return []
 
 
-def missing_libraries(prefix: Path, base_libraries: frozenset[str]) -> dict[str, str]:
-    """Needed library → the first file (relative to ``prefix``) that needs it, for the
-    libraries neither the environment nor the base has."""
-    bundled: set[str] = set()
-    candidates: list[Path] = []
-    for directory, subdirectories, files in os.walk(prefix):
-        bundled.update(files, subdirectories)
-        candidates += [Path(directory, name) for name in files
-                       if ".so" in name or os.path.basename(directory) == "bin"]
+def missing_libraries(prefix: Path, paths: list[Path], available: frozenset[str]
+                      ) -> dict[str, str]:
+    """Needed library → the first of ``paths`` (named relative to ``prefix``) that needs it,
+    for the libraries not ``available`` (file names in the environment and the base)."""
     missing: dict[str, str] = {}
-    for path in sorted(candidates):
-        if path.is_symlink():
+    for path in sorted(paths):
+        if (".so" not in path.name and path.parent.name != "bin") or path.is_symlink():
             continue
         for name in needed_libraries(path):
-            if name not in bundled and name not in base_libraries:
+            if name not in available:
                 missing.setdefault(name, str(path.relative_to(prefix)))
     return missing

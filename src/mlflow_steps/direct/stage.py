@@ -57,6 +57,9 @@ class StagedEnv:
     context: Path
     frozen: str  # `uv pip freeze` before local files' URLs were relocated
     overrides: dict[str, Entry]  # image path (no leading /) -> what the image has there
+    bundled: frozenset[str]  # every file name in the environment
+    base_libraries: frozenset[str]
+    staging_paths: tuple[str, ...]  # no file may name these
 
 
 def platform_tag(base: BaseFacts) -> str:
@@ -174,13 +177,26 @@ def stage(spec: EnvSpec, context: Path, base: BaseFacts, pip: BuildPipConfig,
     _rewrite_scripts(prefix)
     build = stager.run([python, "-c", "import sys; print(sys.version, sys.implementation."
                         "cache_tag)"], "probing python", fallback=False).strip()
-    staged = StagedEnv(root, prefix, site, python, build, stager, context, frozen,
-                       _image_interpreter(root, prefix, stager))
-    for problem in (_leaked_paths(root, (str(work), str(context))),
-                    _missing(staged, base)):
-        if problem:
-            raise NotApplicable(problem)
-    return staged
+    bundled = frozenset(name for _, directories, files in os.walk(prefix)
+                        for name in (*directories, *files))
+    return StagedEnv(root, prefix, site, python, build, stager, context, frozen,
+                     _image_interpreter(root, prefix, stager), bundled, base.libraries,
+                     (str(work), str(context)))
+
+
+def check_files(staged: StagedEnv, paths: list[Path]) -> None:
+    """NotApplicable when one of ``paths`` still names a staging path, or needs a shared
+    library that neither the environment nor the base provides (run per layer, in
+    parallel)."""
+    problem = _leaked_paths(staged.root, paths, staged.staging_paths)
+    if problem:
+        raise NotApplicable(problem)
+    missing = missing_libraries(staged.prefix, paths, staged.bundled | staged.base_libraries)
+    if missing:
+        shown = "; ".join(f"{lib} (needed by {user})"
+                          for lib, user in sorted(missing.items())[:3])
+        raise NotApplicable(f"shared libraries neither the environment nor the base "
+                            f"provides: {shown}")
 
 
 def _drop_install_times(site: Path) -> None:
@@ -219,7 +235,8 @@ def write_record(staged: StagedEnv) -> Path:
                 SBOM_TOOL, "cyclonedx-py", *SBOM_ARGS, "-o", str(sbom),
                 str(staged.prefix / "bin" / "python")], "writing the SBOM", fallback=False)
     sbom.write_text(sbom.read_text().replace(str(context), BUILD_DIR))
-    problem = _leaked_paths(record, (str(staged.root), str(context)))
+    problem = _leaked_paths(staged.root, [p for p in record.rglob("*") if p.is_file()],
+                            staged.staging_paths)
     if problem:
         raise NotApplicable(problem)
     return record
@@ -279,26 +296,13 @@ def _rewrite_scripts(prefix: Path) -> None:
                 script.write_bytes(rewritten)
 
 
-def _leaked_paths(root: Path, paths: tuple[str, ...]) -> str | None:
-    """A file that still names a staging path (it would not work in the image)."""
-    needles = [p.encode() for p in paths]
-    for directory, subdirectories, files in sorted(os.walk(root)):
-        for name in sorted([*files, *subdirectories]):
-            path = os.path.join(directory, name)
-            if os.path.islink(path):
-                if any(os.readlink(path).startswith(p) for p in paths):
-                    return f"{os.path.relpath(path, root)} links into the staging path"
-            elif name in files:
-                with open(path, "rb") as handle:
-                    data = handle.read()
-                if any(needle in data for needle in needles):
-                    return f"{os.path.relpath(path, root)} names the staging path"
+def _leaked_paths(root: Path, paths: list[Path], needles: tuple[str, ...]) -> str | None:
+    """One of ``paths`` that still names a staging path (it would not work in the image)."""
+    encoded = [n.encode() for n in needles]
+    for path in sorted(paths):
+        if path.is_symlink():
+            if any(os.readlink(path).startswith(n) for n in needles):
+                return f"{path.relative_to(root)} links into the staging path"
+        elif path.is_file() and any(n in path.read_bytes() for n in encoded):
+            return f"{path.relative_to(root)} names the staging path"
     return None
-
-
-def _missing(staged: StagedEnv, base: BaseFacts) -> str | None:
-    missing = missing_libraries(staged.prefix, base.libraries)
-    if not missing:
-        return None
-    shown = "; ".join(f"{lib} (needed by {user})" for lib, user in sorted(missing.items())[:3])
-    return f"shared libraries neither the environment nor the base provides: {shown}"
