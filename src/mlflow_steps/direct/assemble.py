@@ -1,14 +1,16 @@
 """The staged environment as image layers and config, on top of the base's.
 
 Layers, in order: one per large package group (``render.OWN_LAYERS``) the environment has,
-the rest of the environment, the step tooling, the user set-up, the record (env files, lock,
-SBOM). Every entry's time is the 1980 floor and every owner root (the user's home and the
-workdir: the runtime user), so a layer depends on its files only: the numpy layer is one blob
-for every environment with that numpy. Times in the config are the environment's epoch.
+the other distributions in ``BUCKETS`` layers by name, the venv itself, the step tooling,
+the user set-up, the record (env files, lock, SBOM). Every entry's time is the 1980 floor
+and every owner root (the user's home and the workdir: the runtime user), so a layer
+depends on its files only: the numpy layer is one blob for every environment with that
+numpy. Times in the config are the environment's epoch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -37,6 +39,9 @@ from mlflow_steps.render import (
 )
 
 FILE_TIME = EPOCH_FLOOR
+# The other distributions spread over this many layers: a one-line change remakes one of
+# them, not all (layers in all: at most len(OWN_LAYERS) + BUCKETS + 4)
+BUCKETS = 4
 RUNTIME_NAME = "mlflow"
 TOOLING_DIST = "mlflow-steps"
 
@@ -119,14 +124,27 @@ def environment_groups(staged: StagedEnv) -> list[tuple[str, set[Path]]]:
                 groups["tooling"].add(path)
             elif dist in group_of:
                 groups[" ".join(OWN_LAYERS[group_of[dist]])].add(path)
-            else:
+            elif dist:
+                groups[_bucket(dist)].add(path)
+            else:  # the venv itself: pyvenv.cfg, bin/python, activate scripts
                 groups["environment"].add(path)
     link = staged.root / TOOLING_PREFIX.lstrip("/") / "bin" / "mlflow-steps"
     link.parent.mkdir(parents=True)
     link.symlink_to(f"{ENV_PREFIX}/bin/mlflow-steps")
     groups["tooling"].add(link)
-    ordered = [" ".join(group) for group in OWN_LAYERS] + ["environment", "tooling"]
+    ordered = [" ".join(group) for group in OWN_LAYERS] + [
+        _bucket_name(index) for index in range(BUCKETS)] + ["environment", "tooling"]
     return [(name, groups[name]) for name in ordered if groups.get(name)]
+
+
+def _bucket_name(index: int) -> str:
+    return f"packages {index + 1}/{BUCKETS}"
+
+
+def _bucket(dist: str) -> str:
+    """The layer of a distribution without one of its own: by its name's digest, so it
+    stays in the same layer whatever else the environment has."""
+    return _bucket_name(int(hashlib.sha256(dist.encode()).hexdigest(), 16) % BUCKETS)
 
 
 def bytecode_of(sources: set[Path]) -> set[Path]:
