@@ -57,6 +57,8 @@ def test_query_string_token_is_masked(host, key, secret, after) -> None:
                         "db.password", "apiKey"]),
        secrets.filter(lambda s: not set(s) & set(",;&")))
 def test_named_credentials_are_masked(name, secret) -> None:
+    # a secret that is part of the text around it ('PGPASSWO') cannot be told from it
+    assume(secret not in f"{name} Authorization: Bearer")
     for text in (f"{name}={secret}", f'{{"{name}": "{secret}"}}',
                  f"Authorization: Bearer {secret}"):
         assert secret not in redact(text)
