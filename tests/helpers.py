@@ -66,29 +66,33 @@ def push_tiny_image(base_url: str, repository: str, tag: str, *, auth=None, veri
     return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
 
+def make_wheel(directory: Path, name: str, version: str, files: dict[str, bytes],
+               tag: str = "py3-none-any") -> Path:
+    """A wheel of ``files`` (with METADATA, WHEEL and RECORD) for platform ``tag``."""
+    import zipfile
+
+    from mlflow_steps.render import record_hash
+
+    info = f"{name}-{version}.dist-info"
+    files = {**files,
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+             .encode(),
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: "
+             f"{'true' if tag.endswith('-any') else 'false'}\nTag: {tag}\n".encode()}
+    record = [f"{path},{record_hash(data)},{len(data)}" for path, data in files.items()]
+    record.append(f"{info}/RECORD,,")
+    wheel = directory / f"{name}-{version}-{tag}.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+        archive.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
 def tiny_wheel(directory: Path, name: str = "tiny_conda_probe", version: str = "1.0") -> Path:
     """A pure wheel made here (module ``name`` with VALUE = 42), installable without an
     index."""
-    import base64
-    import hashlib
-    import zipfile
-
-    files = {f"{name}.py": "VALUE = 42\n",
-             f"{name}-{version}.dist-info/METADATA":
-                 f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-             f"{name}-{version}.dist-info/WHEEL":
-                 "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
-        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
-    record.append(f"{name}-{version}.dist-info/RECORD,,")
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        for path, text in files.items():
-            archive.writestr(path, text)
-        archive.writestr(f"{name}-{version}.dist-info/RECORD", "\n".join(record) + "\n")
-    return wheel
+    return make_wheel(directory, name, version, {f"{name}.py": b"VALUE = 42\n"})
 
 
 def basic(user: str, password: str) -> str:

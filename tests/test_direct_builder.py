@@ -5,7 +5,6 @@ test_builder_image; the local runner's workflows build, train and serve with it.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -13,11 +12,10 @@ import os
 import struct
 import sys
 import tarfile
-import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import EXAMPLE, MINIMAL_MLPROJECT, run_cli, write_codeset
+from helpers import EXAMPLE, MINIMAL_MLPROJECT, make_wheel, run_cli, write_codeset
 from test_pinning import local_index
 
 from mlflow_steps.direct.assemble import user_layer
@@ -57,26 +55,6 @@ def elf_needing(library: str) -> bytes:
     header = (b"\x7fELF\x02\x01\x01" + b"\0" * 9
               + struct.pack("<HHIQQQIHHHHHH", 3, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, 4, 3))
     return header + blob + sections
-
-
-def wheel(directory: Path, name: str, files: dict[str, bytes], tag: str) -> Path:
-    """A wheel of ``files`` (platform ``tag``)."""
-    info = f"{name}-1.0.dist-info"
-    files = {**files, f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\n"
-             "Version: 1.0\n".encode(),
-             f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\n"
-             f"Tag: {tag}\n".encode()}
-    def hashed(data: bytes) -> str:
-        return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-    record = [f"{path},sha256={hashed(data)},{len(data)}" for path, data in files.items()]
-    record.append(f"{info}/RECORD,,")
-    path = directory / f"{name}-1.0-{tag}.whl"
-    with zipfile.ZipFile(path, "w") as archive:
-        for member, data in files.items():
-            archive.writestr(member, data)
-        archive.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -243,9 +221,10 @@ def test_a_missing_system_library_falls_back_to_the_engine(docker_engine, regist
                                                            codeset, tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    built = wheel(wheels, "mls_needs_gl", {"mls_needs_gl/__init__.py": b"",
-                                           "mls_needs_gl/_gl.so": elf_needing("libGL.so.1")},
-                  "py3-none-manylinux_2_17_x86_64")
+    built = make_wheel(wheels, "mls_needs_gl", "1.0",
+                       {"mls_needs_gl/__init__.py": b"",
+                        "mls_needs_gl/_gl.so": elf_needing("libGL.so.1")},
+                       "py3-none-manylinux_2_17_x86_64")
     project = write_codeset(tmp_path / "codeset", {
         "MLproject": MINIMAL_MLPROJECT, f"wheels/{built.name}": built.read_bytes(),
         "requirements.txt": f"./wheels/{built.name}\n"})
