@@ -39,10 +39,7 @@ def pinned_spec(spec: EnvSpec, pip: BuildPipConfig, environ: dict[str, str]) -> 
     with tempfile.TemporaryDirectory(prefix="mlflow-steps-resolve-") as tmp:
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(requirements_text(spec))
-        ca = str(pip.ca_bundle) if pip.ca_bundle else None
-        settings = pip.uv_settings(ca)
-        env = {key: value for key, value in environ.items() if not key.startswith("UV_")}
-        env.update(settings, UV_NO_PROGRESS="1", UV_PYTHON_DOWNLOADS="never")
+        env = pip.uv_process_env(environ)
         # --refresh: the index's answer now, not a cached page (its point is seeing releases)
         argv = [str(uv_binary()), "pip", "compile", "--quiet", "--no-header", "--no-annotate",
                 "--refresh",
@@ -57,7 +54,7 @@ def pinned_spec(spec: EnvSpec, pip: BuildPipConfig, environ: dict[str, str]) -> 
                             source="input", field="resolve") from None
     if result.returncode != 0:
         problem = " ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
-        secrets = [*secret_values(environ), *settings.values()]
+        secrets = [*secret_values(environ), *pip.uv_process_settings().values()]
         raise StepError(f"the requirements do not resolve: {redact(problem, secrets)[-600:]}",
                         source="input", field="resolve")
     pins = [line.strip() for line in result.stdout.splitlines()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -81,6 +82,17 @@ class BuildPipConfig:
                   "UV_INSECURE_HOST": " ".join(self.trusted_hosts),
                   "SSL_CERT_FILE": ca_target if self.ca_bundle and ca_target else ""}
         return {key: value for key, value in values.items() if value}
+
+    def uv_process_settings(self) -> dict[str, str]:
+        """``uv_settings`` for uv run here (the CA bundle where it is; secrets too)."""
+        return self.uv_settings(str(self.ca_bundle) if self.ca_bundle else None)
+
+    def uv_process_env(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """``environ`` for running uv here: its own UV_* settings replaced by the forwarded
+        ones, no progress bars, no Python downloads."""
+        env = {key: value for key, value in environ.items() if not key.startswith("UV_")}
+        env.update(self.uv_process_settings(), UV_NO_PROGRESS="1", UV_PYTHON_DOWNLOADS="never")
+        return env
 
     def uv_env(self, ca_target: str | None) -> str:
         """``uv_settings`` as a shell env file (a secret too)."""

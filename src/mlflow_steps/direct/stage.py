@@ -84,11 +84,9 @@ class Stager:
         self.interpreter = base.interpreters.get(self.minor)
         if self.interpreter is None:
             raise NotApplicable(f"the base has no python{self.minor} on its PATH")
-        settings = pip.uv_settings(str(pip.ca_bundle) if pip.ca_bundle else None)
-        self.secrets = [*secret_values(environ), *settings.values()]
-        self.env = {k: v for k, v in environ.items() if not k.startswith("UV_")}
-        self.env.update(settings, UV_NO_PROGRESS="1", UV_PYTHON_DOWNLOADS="never",
-                        UV_LINK_MODE="copy", SOURCE_DATE_EPOCH=str(epoch), PYTHONHASHSEED="0")
+        self.secrets = [*secret_values(environ), *pip.uv_process_settings().values()]
+        self.env = pip.uv_process_env(environ)
+        self.env.update(UV_LINK_MODE="copy", SOURCE_DATE_EPOCH=str(epoch), PYTHONHASHSEED="0")
         self.timeout = network_budget(environ) * INSTALL_BUDGETS
         self.uv = str(uv_binary())
 
