@@ -21,6 +21,7 @@ from test_pinning import local_index
 from mlflow_steps.direct.assemble import user_layer
 from mlflow_steps.direct.base import load_base, read_facts
 from mlflow_steps.direct.elf import needed_libraries
+from mlflow_steps.direct.stage import leaked_paths
 from mlflow_steps.image_push import Blob, push_image
 from mlflow_steps.layers import Entry, compress, write_tar
 from mlflow_steps.registry import RegistryClient
@@ -132,6 +133,25 @@ def test_needed_libraries_are_read_from_elf(tmp_path: Path) -> None:
     (tmp_path / "y.so").write_bytes(b"not an elf")
     assert needed_libraries(tmp_path / "x.so") == ["libGL.so.1"]
     assert needed_libraries(tmp_path / "y.so") == []
+
+
+def test_staging_paths_left_in_written_files_are_found(tmp_path: Path) -> None:
+    """A file written while staging (one link) or a symbolic link naming the staging path is
+    found; a file hard-linked from uv's cache is the wheel's as published and is not read."""
+    staging = str(tmp_path / "work")
+    cache, root = tmp_path / "uv-cache", tmp_path / "work" / "root"
+    cache.mkdir()
+    root.mkdir(parents=True)
+    (cache / "data.txt").write_text(f"a wheel that happens to say {staging}")
+    os.link(cache / "data.txt", root / "linked.txt")
+    (root / "ok.py").write_text("print('/opt/env')\n")
+    assert leaked_paths(root, [root / "linked.txt", root / "ok.py"], (staging,)) is None
+    (root / "script").write_text(f"#!{staging}/root/opt/env/bin/python\n")
+    assert leaked_paths(root, [root / "ok.py", root / "script"], (staging,)) == (
+        "script names the staging path")
+    (root / "python").symlink_to(f"{staging}/root/usr/bin/python3")
+    assert leaked_paths(root, [root / "python"], (staging,)) == (
+        "python links into the staging path")
 
 
 def test_user_layer_adds_the_runtime_user_as_useradd_does(registry, synthetic_base,

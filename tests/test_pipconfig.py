@@ -80,6 +80,19 @@ def test_uv_env_carries_the_same_settings_quoted(tmp_path: Path) -> None:
     assert BuildPipConfig().uv_env(None) == ""
 
 
+def test_uv_process_env_keeps_the_cache_and_drops_the_hosts_index() -> None:
+    """uv runs here with the forwarded index only; the host's cache directory is kept (the
+    direct builder hard-links from it, a bench gives each build an empty one)."""
+    from mlflow_steps.pipconfig import BuildPipConfig
+
+    env = BuildPipConfig(index_url="https://mirror.example/simple").uv_process_env(
+        {"UV_CACHE_DIR": "/caches/uv", "UV_INDEX_URL": "https://host.example/simple",
+         "UV_EXTRA_INDEX_URL": "https://other.example/simple", "HOME": "/home/x"})
+    assert env["UV_CACHE_DIR"] == "/caches/uv" and env["HOME"] == "/home/x"
+    assert env["UV_INDEX_URL"] == "https://mirror.example/simple"
+    assert "other.example" not in env.get("UV_EXTRA_INDEX_URL", "")
+
+
 @pytest.mark.parametrize("variable, value", [
     ("PIP_INDEX_URL", "https://bob:{secret}@mirror.example:99999/simple"),
     ("PIP_INDEX_URL", "https://bob:{secret}@:80/simple"),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-GZIP_LEVEL = 6
+GZIP_LEVEL = 5  # 1% larger than 6, 40% less CPU (measured on the example's layers)
 ZSTD_LEVEL = 3  # zstd's default: smaller and faster than gzip 6
 _CHUNK = 1 << 20
 _VOLATILE_PAX = ("atime", "ctime", "mtime")
@@ -187,23 +187,37 @@ def entries_key(entries: Iterable[Entry], *context: str) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def _add_entries(sink: IO[bytes], entries: Iterable[Entry], mtime: int) -> None:
+    """Write ``entries`` (sorted by name, all times ``mtime``, owners as given) as a plain tar
+    to ``sink``."""
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
+                      bufsize=_CHUNK) as tar:
+        for entry in sorted(entries, key=lambda e: e.name):
+            info = _tarinfo(entry, mtime)
+            if entry.kind != "file":
+                tar.addfile(info)
+            elif isinstance(entry.data, Path):
+                with entry.data.open("rb") as data:
+                    tar.addfile(info, data)
+            else:
+                tar.addfile(info, io.BytesIO(entry.data))
+
+
 def write_tar(entries: Iterable[Entry], out: Path, mtime: int) -> str:
-    """Write ``entries`` (sorted by name, all times ``mtime``, owners as given) as a plain
-    tar at ``out``; its diff_id."""
+    """Write ``entries`` as a plain tar at ``out`` (see ``_add_entries``); its diff_id."""
     with out.open("wb") as raw:
         hashing = _Hashing(raw)
-        with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
-                          bufsize=_CHUNK) as tar:
-            for entry in sorted(entries, key=lambda e: e.name):
-                info = _tarinfo(entry, mtime)
-                if entry.kind != "file":
-                    tar.addfile(info)
-                elif isinstance(entry.data, Path):
-                    with entry.data.open("rb") as data:
-                        tar.addfile(info, data)
-                else:
-                    tar.addfile(info, io.BytesIO(entry.data))
+        _add_entries(hashing, entries, mtime)  # type: ignore[arg-type]
     return "sha256:" + hashing.sha256.hexdigest()
+
+
+def write_layer(entries: Iterable[Entry], out: Path, mtime: int,
+                compression: str = "gzip") -> Layer:
+    """Write ``entries`` as a compressed layer at ``out`` in one pass: the tar streams into
+    the compressor, never to disk."""
+    writer = _LayerWriter(out, compression)
+    _add_entries(writer.plain, entries, mtime)  # type: ignore[arg-type]
+    return writer.close()
 
 
 class LayerCache:

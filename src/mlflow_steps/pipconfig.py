@@ -21,6 +21,7 @@ from mlflow_steps.redaction import redact
 
 CONFIG_SECTIONS = ("global", "install")
 SETTINGS = ("index-url", "extra-index-url", "trusted-host", "cert")
+UV_KEPT = ("UV_CACHE_DIR",)  # the host's uv settings that never change what is installed
 
 
 def pip_config_files(environ: dict[str, str]) -> list[Path]:
@@ -89,8 +90,10 @@ class BuildPipConfig:
 
     def uv_process_env(self, environ: Mapping[str, str]) -> dict[str, str]:
         """``environ`` for running uv here: its own UV_* settings replaced by the forwarded
-        ones, no progress bars, no Python downloads."""
-        env = {key: value for key, value in environ.items() if not key.startswith("UV_")}
+        ones (its cache directory kept: where files are kept does not change what is
+        installed), no progress bars, no Python downloads."""
+        env = {key: value for key, value in environ.items()
+               if not key.startswith("UV_") or key in UV_KEPT}
         env.update(self.uv_process_settings(), UV_NO_PROGRESS="1", UV_PYTHON_DOWNLOADS="never")
         return env
 

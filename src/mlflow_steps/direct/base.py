@@ -115,7 +115,7 @@ def read_facts(layer_paths: list[Path], config: dict) -> dict:
     wanted: dict[str, bytes] = {}
     owners: dict[str, dict] = {}
     for path in layer_paths:
-        with tarfile.open(path, "r:*") as layer:
+        with tarfile.open(path, "r|*") as layer:  # one pass: no seeking in the gzip
             for member in layer:
                 _apply(files, member)
                 name = posixpath.normpath(member.name.lstrip("./") or ".")

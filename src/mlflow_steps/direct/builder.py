@@ -27,7 +27,7 @@ from mlflow_steps.direct.base import facts_summary, layer_file, load_base
 from mlflow_steps.direct.stage import StagedEnv, check_files, compile_bytecode, stage
 from mlflow_steps.hashing import source_date_epoch
 from mlflow_steps.image_push import Blob, push_image
-from mlflow_steps.layers import LayerCache, compress, entries_key, write_tar
+from mlflow_steps.layers import LayerCache, entries_key, write_layer
 from mlflow_steps.registry import RegistryClient
 
 LAYOUT_VERSION = "direct-1"  # part of every layer's cache key
@@ -72,21 +72,23 @@ class DirectBackend(Backend):
                                                                  request)
         base = load_base(str(request.base_image), base_client, cache)
         self._log(facts_summary(base), started)
-        with tempfile.TemporaryDirectory(prefix="mlflow-steps-direct-") as tmp:
+        scratch = cache / "work"  # beside uv's cache, usually: installs hard-link from it
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="direct-", dir=scratch) as tmp:
             work = Path(tmp)
             staged = stage(spec, request.context, base, request.pip, self.environ, epoch, work,
                            no_cache=request.no_cache)
             self._log(f"environment staged for {base.interpreters[str(spec.python)]}", started)
-            jobs = [LayerJob(tree_plan(staged, name, paths),
-                             frozenset(p for p in paths if p.suffix == ".py"), checked=True)
-                    for name, paths in environment_groups(staged)]
-            jobs.append(LayerJob(user_layer(base, epoch)))
-            known = None if request.no_cache else LayerCache(cache / "layers")
-            maker = _LayerMaker(staged, work, known, request.compression, client,
-                                destination.repository)
-            by_size = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].plan.entries))
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
                 record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
+                jobs = [LayerJob(tree_plan(staged, name, paths),
+                                 frozenset(p for p in paths if p.suffix == ".py"), checked=True)
+                        for name, paths in environment_groups(staged)]
+                jobs.append(LayerJob(user_layer(base, epoch)))
+                known = None if request.no_cache else LayerCache(cache / "layers")
+                maker = _LayerMaker(staged, work, known, request.compression, client,
+                                    destination.repository)
+                by_size = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].plan.entries))
                 done = dict(zip(by_size, pool.map(lambda i: maker.make(jobs[i], i), by_size),
                                 strict=True))
                 jobs.append(LayerJob(record.result()))
@@ -143,15 +145,13 @@ class _LayerMaker:
             plan = tree_plan(self.staged, plan.name, {self.staged.root / e.name
                                                       for e in plan.entries if e.kind != "dir"}
                              | bytecode_of(set(job.sources)))
-        tar = self.work / f"layer-{index}.tar"
-        write_tar(plan.entries, tar, FILE_TIME)
-        with tar.open("rb") as plain:
-            layer = compress(plain, tar.with_suffix(".compressed"), self.compression)
-        tar.unlink()
+        layer = write_layer(plan.entries, self.work / f"layer-{index}", FILE_TIME,
+                            self.compression)
         if not self.client.has_blob(self.repository, layer.digest):  # now, not after all
             how = self.client.push_blob(self.repository, layer.digest, layer.path)
             print(f"[push] {layer.digest[:19]}: {how} ({plan.name})", file=sys.stderr,
                   flush=True)
+        layer.path.unlink()
         if self.known:
             self.known.put(key, FILE_TIME, layer, f"{self.client.host}/{self.repository}")
         return Blob(layer.descriptor()), layer.diff_id

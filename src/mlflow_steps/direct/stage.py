@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -86,7 +87,10 @@ class Stager:
             raise NotApplicable(f"the base has no python{self.minor} on its PATH")
         self.secrets = [*secret_values(environ), *pip.uv_process_settings().values()]
         self.env = pip.uv_process_env(environ)
-        self.env.update(UV_LINK_MODE="copy", SOURCE_DATE_EPOCH=str(epoch), PYTHONHASHSEED="0")
+        # Hard links into uv's cache (a copy across filesystems): every file changed here is
+        # replaced (``_replace``), never written in place.
+        self.env.update(UV_LINK_MODE="hardlink", SOURCE_DATE_EPOCH=str(epoch),
+                        PYTHONHASHSEED="0")
         self.timeout = network_budget(environ) * INSTALL_BUDGETS
         self.uv = str(uv_binary())
 
@@ -186,7 +190,7 @@ def check_files(staged: StagedEnv, paths: list[Path]) -> None:
     """NotApplicable when one of ``paths`` still names a staging path, or needs a shared
     library that neither the environment nor the base provides (run per layer, in
     parallel)."""
-    problem = _leaked_paths(staged.root, paths, staged.staging_paths)
+    problem = leaked_paths(staged.root, paths, staged.staging_paths)
     if problem:
         raise NotApplicable(problem)
     missing = missing_libraries(staged.prefix, paths, staged.bundled | staged.base_libraries)
@@ -203,9 +207,18 @@ def _drop_install_times(site: Path) -> None:
     for marker in site.glob("*.dist-info/uv_cache.json"):
         record = marker.parent / "RECORD"
         lines = record.read_text().splitlines(keepends=True)
-        record.write_text("".join(x for x in lines if not x.startswith(
-            f"{marker.parent.name}/uv_cache.json,")))
+        _replace(record, "".join(x for x in lines if not x.startswith(
+            f"{marker.parent.name}/uv_cache.json,")).encode())
         marker.unlink()
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Give ``path`` new content as a new file (same mode): a hard link into uv's cache
+    keeps the cached content."""
+    fresh = path.with_name(path.name + ".mlflow-steps-new")
+    fresh.write_bytes(data)
+    fresh.chmod(path.stat().st_mode & 0o7777)
+    fresh.replace(path)
 
 
 def _strip_tests(site: Path) -> None:
@@ -233,7 +246,7 @@ def write_record(staged: StagedEnv) -> Path:
                 SBOM_TOOL, "cyclonedx-py", *SBOM_ARGS, "-o", str(sbom),
                 str(staged.prefix / "bin" / "python")], "writing the SBOM", fallback=False)
     sbom.write_text(sbom.read_text().replace(str(context), BUILD_DIR))
-    problem = _leaked_paths(staged.root, [p for p in record.rglob("*") if p.is_file()],
+    problem = leaked_paths(staged.root, [p for p in record.rglob("*") if p.is_file()],
                             staged.staging_paths)
     if problem:
         raise NotApplicable(problem)
@@ -245,12 +258,12 @@ def _relocate_direct_urls(prefix: Path, context: str) -> None:
     line) names the image's path instead."""
     for direct_url in prefix.glob("lib/python*/site-packages/*.dist-info/direct_url.json"):
         data = direct_url.read_bytes().replace(context.encode(), BUILD_DIR.encode())
-        direct_url.write_bytes(data)
+        _replace(direct_url, data)
         entry = f"{direct_url.parent.name}/{direct_url.name},"
         record = direct_url.parent / "RECORD"
-        record.write_text("".join(
+        _replace(record, "".join(
             f"{entry}{record_hash(data)},{len(data)}\n" if line.startswith(entry) else line
-            for line in record.read_text().splitlines(keepends=True)))
+            for line in record.read_text().splitlines(keepends=True)).encode())
 
 
 def compile_bytecode(staged: StagedEnv, sources: list[Path], work: Path) -> None:
@@ -291,16 +304,20 @@ def _rewrite_scripts(prefix: Path) -> None:
             data = script.read_bytes()
             rewritten = _TRAMPOLINE.sub(f"#!{ENV_PREFIX}/bin/python\n".encode(), data, count=1)
             if rewritten != data:
-                script.write_bytes(rewritten)
+                _replace(script, rewritten)
 
 
-def _leaked_paths(root: Path, paths: list[Path], needles: tuple[str, ...]) -> str | None:
-    """One of ``paths`` that still names a staging path (it would not work in the image)."""
+def leaked_paths(root: Path, paths: list[Path], needles: tuple[str, ...]) -> str | None:
+    """One of ``paths`` that still names a staging path (it would not work in the image).
+    A file hard-linked from uv's cache is a wheel's file as published, made before any
+    staging path existed: only the files written here are read."""
     encoded = [n.encode() for n in needles]
     for path in sorted(paths):
-        if path.is_symlink():
+        status = path.lstat()
+        if stat.S_ISLNK(status.st_mode):
             if any(os.readlink(path).startswith(n) for n in needles):
                 return f"{path.relative_to(root)} links into the staging path"
-        elif path.is_file() and any(n in path.read_bytes() for n in encoded):
+        elif (stat.S_ISREG(status.st_mode) and status.st_nlink == 1
+              and any(n in path.read_bytes() for n in encoded)):
             return f"{path.relative_to(root)} names the staging path"
     return None
