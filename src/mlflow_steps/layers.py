@@ -56,6 +56,9 @@ class _Hashing:
     def flush(self) -> None:
         self.sink.flush()
 
+    def tell(self) -> int:
+        return self.size
+
 
 def _ordered(members: list[tarfile.TarInfo]
              ) -> list[tuple[tarfile.TarInfo, tarfile.TarInfo | None]]:
@@ -126,8 +129,8 @@ def rewrite(source: tarfile.TarFile, members: Iterable[tarfile.TarInfo], out: Pa
             epoch: int | None) -> Layer:
     """Write ``members`` of ``source`` as a deterministic gzipped layer at ``out``."""
     writer = _LayerWriter(out)
-    with tarfile.open(fileobj=writer.plain, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
-                      bufsize=_CHUNK) as tar:
+    with tarfile.open(fileobj=writer.plain, mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
+                      copybufsize=_CHUNK) as tar:
         for entry, data in _ordered(list(members)):
             tar.addfile(_normalised(entry, epoch), source.extractfile(data) if data else None)
     return writer.close()
@@ -190,8 +193,8 @@ def entries_key(entries: Iterable[Entry], *context: str) -> str:
 def _add_entries(sink: IO[bytes], entries: Iterable[Entry], mtime: int) -> None:
     """Write ``entries`` (sorted by name, all times ``mtime``, owners as given) as a plain tar
     to ``sink``."""
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
-                      bufsize=_CHUNK) as tar:
+    with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
+                      copybufsize=_CHUNK) as tar:
         for entry in sorted(entries, key=lambda e: e.name):
             info = _tarinfo(entry, mtime)
             if entry.kind != "file":

@@ -5,7 +5,7 @@ the other distributions in ``BUCKETS`` layers by name, the venv itself, the step
 the user set-up, the record (env files, lock, SBOM). Every entry's time is the 1980 floor
 and every owner root (the user's home and the workdir: the runtime user), so a layer
 depends on its files only: the numpy layer is one blob for every environment with that
-numpy. Times in the config are the environment's epoch.
+numpy. Times in the config are the same 1980 epoch.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mlflow_steps.direct import NotApplicable
 from mlflow_steps.direct.base import BaseFacts
 from mlflow_steps.direct.stage import StagedEnv, write_record
 from mlflow_steps.envspec import EnvSpec
-from mlflow_steps.hashing import EPOCH_FLOOR
+from mlflow_steps.hashing import SOURCE_DATE_EPOCH
 from mlflow_steps.image_push import rfc3339
 from mlflow_steps.layers import Entry
 from mlflow_steps.render import (
@@ -38,7 +38,6 @@ from mlflow_steps.render import (
     runtime_env,
 )
 
-FILE_TIME = EPOCH_FLOOR
 # The other distributions spread over this many layers: a one-line change remakes one of
 # them, not all (layers in all: at most len(OWN_LAYERS) + BUCKETS + 4)
 BUCKETS = 4
@@ -147,15 +146,16 @@ def _bucket(dist: str) -> str:
     return _bucket_name(int(hashlib.sha256(dist.encode()).hexdigest(), 16) % BUCKETS)
 
 
-def bytecode_of(sources: set[Path]) -> set[Path]:
-    """The pycs compiled for the ``.py`` files among ``sources``."""
-    found = set()
-    for source in sources:
-        if source.suffix == ".py" and not source.is_symlink():
-            for pyc in (source.parent / "__pycache__").glob(f"{source.stem}.*.pyc"):
-                if pyc.name.count(".") == 2:  # name.cpython-3XY.pyc, not an optimised one
-                    found.add(pyc)
-    return found
+def with_bytecode(staged: StagedEnv, plan: LayerPlan, sources: frozenset[Path]) -> LayerPlan:
+    """``plan`` and the pycs compiled for its ``sources`` (with their __pycache__ dirs)."""
+    tag = staged.python_build.split()[-1]  # sys.implementation.cache_tag
+    pycs = {pyc for source in sources if not source.is_symlink()
+            for pyc in [source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"]
+            if pyc.is_file()}
+    known = {entry.name for entry in plan.entries}
+    added = tuple(entry for entry in _with_parents(staged.root, pycs, staged.overrides)
+                  if entry.name not in known)
+    return LayerPlan(plan.name, plan.entries + added)
 
 
 def tree_plan(staged: StagedEnv, name: str, paths: set[Path]) -> LayerPlan:
@@ -172,7 +172,7 @@ def _lines(text: str) -> list[list[str]]:
     return [line.split(":") for line in text.splitlines() if line.strip()]
 
 
-def user_layer(base: BaseFacts, epoch: int) -> LayerPlan:
+def user_layer(base: BaseFacts) -> LayerPlan:
     """The runtime user (uid 1000, as `useradd --create-home` adds it, unless the base has
     that uid) and the workdir it owns."""
     uid = RUNTIME_UID
@@ -190,7 +190,7 @@ def user_layer(base: BaseFacts, epoch: int) -> LayerPlan:
         added = {
             "etc/passwd": f"{RUNTIME_NAME}:x:{uid}:{uid}::/{home}:/bin/sh\n",
             "etc/group": f"{RUNTIME_NAME}:x:{uid}:\n",
-            "etc/shadow": f"{RUNTIME_NAME}:!:{epoch // 86400}:0:99999:7:::\n",
+            "etc/shadow": f"{RUNTIME_NAME}:!:{SOURCE_DATE_EPOCH // 86400}:0:99999:7:::\n",
             "etc/gshadow": f"{RUNTIME_NAME}:!::\n",
         }
         for name, line in added.items():
@@ -218,7 +218,7 @@ def _env_list(base_env: list[str], spec: EnvSpec) -> list[str]:
 
 
 def image_config(base: BaseFacts, spec: EnvSpec, layers: list[tuple[str, str]],
-                 labels: dict[str, str], epoch: int) -> dict:
+                 labels: dict[str, str]) -> dict:
     """The image config: the base's with our env, labels, user, workdir, command, and a
     history entry and diff_id per layer (``layers``: name, diff_id)."""
     config = dict(base.config)
@@ -226,7 +226,7 @@ def image_config(base: BaseFacts, spec: EnvSpec, layers: list[tuple[str, str]],
     settings["Env"] = _env_list(list(settings.get("Env") or []), spec)
     settings["Labels"] = {**(settings.get("Labels") or {}), **image_labels(spec), **labels}
     settings.update(User=RUNTIME_USER, WorkingDir=WORKDIR, Cmd=list(IMAGE_COMMAND))
-    stamp = rfc3339(epoch)
+    stamp = rfc3339(SOURCE_DATE_EPOCH)
     history = list(config.get("history") or [])
     history += [{"created": stamp, "created_by": f"mlflow-steps direct: {name}"}
                 for name, _ in layers]

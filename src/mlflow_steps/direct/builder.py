@@ -14,18 +14,17 @@ from mlflow_steps.backends.base import Backend, BuildRequest
 from mlflow_steps.cache import cache_root
 from mlflow_steps.direct import NotApplicable
 from mlflow_steps.direct.assemble import (
-    FILE_TIME,
     LayerPlan,
-    bytecode_of,
     environment_groups,
     image_config,
     record_layer,
     tree_plan,
     user_layer,
+    with_bytecode,
 )
 from mlflow_steps.direct.base import facts_summary, layer_file, load_base
 from mlflow_steps.direct.stage import StagedEnv, check_files, compile_bytecode, stage
-from mlflow_steps.hashing import source_date_epoch
+from mlflow_steps.hashing import SOURCE_DATE_EPOCH
 from mlflow_steps.image_push import Blob, push_image
 from mlflow_steps.layers import LayerCache, entries_key, write_layer
 from mlflow_steps.registry import RegistryClient
@@ -64,7 +63,6 @@ class DirectBackend(Backend):
             raise NotApplicable("no environment spec was given to it")
         started = time.monotonic()
         spec, destination = request.spec, request.destination
-        epoch = source_date_epoch(spec)
         cache = cache_root(self.environ)
         client = self._client(destination.registry, request)
         same_registry = request.base_image.registry == destination.registry
@@ -76,7 +74,7 @@ class DirectBackend(Backend):
         scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="direct-", dir=scratch) as tmp:
             work = Path(tmp)
-            staged = stage(spec, request.context, base, request.pip, self.environ, epoch, work,
+            staged = stage(spec, request.context, base, request.pip, self.environ, work,
                            no_cache=request.no_cache)
             self._log(f"environment staged for {base.interpreters[str(spec.python)]}", started)
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
@@ -84,7 +82,7 @@ class DirectBackend(Backend):
                 jobs = [LayerJob(tree_plan(staged, name, paths),
                                  frozenset(p for p in paths if p.suffix == ".py"), checked=True)
                         for name, paths in environment_groups(staged)]
-                jobs.append(LayerJob(user_layer(base, epoch)))
+                jobs.append(LayerJob(user_layer(base)))
                 known = None if request.no_cache else LayerCache(cache / "layers")
                 maker = _LayerMaker(staged, work, known, request.compression, client,
                                     destination.repository)
@@ -97,7 +95,7 @@ class DirectBackend(Backend):
             self._log(f"{len(made)} layers ({maker.reused} made before: not remade)", started)
             config = image_config(base, spec, [(job.plan.name, diff_id) for job, (_, diff_id)
                                                in zip(jobs, made, strict=True)],
-                                  request.labels, epoch)
+                                  request.labels)
             base_blobs = [Blob(dict(layer), mount_from=base.repository) if same_registry else
                           Blob(dict(layer), path=layer_file(base_client, base.repository,
                                                             layer, cache))
@@ -130,8 +128,8 @@ class _LayerMaker:
 
     def make(self, job: LayerJob, index: int) -> tuple[Blob, str]:
         key = entries_key(job.plan.entries, LAYOUT_VERSION, self.staged.python_build,
-                          str(FILE_TIME), self.compression)
-        cached = self.known.get(key, FILE_TIME) if self.known else None
+                          str(SOURCE_DATE_EPOCH), self.compression)
+        cached = self.known.get(key, SOURCE_DATE_EPOCH) if self.known else None
         reused = self._reusable(cached) if cached else None
         if cached and reused:
             self.reused += 1
@@ -142,10 +140,8 @@ class _LayerMaker:
                                       if e.kind != "dir"])
         if job.sources:
             compile_bytecode(self.staged, sorted(job.sources), self.work)
-            plan = tree_plan(self.staged, plan.name, {self.staged.root / e.name
-                                                      for e in plan.entries if e.kind != "dir"}
-                             | bytecode_of(set(job.sources)))
-        layer = write_layer(plan.entries, self.work / f"layer-{index}", FILE_TIME,
+            plan = with_bytecode(self.staged, plan, job.sources)
+        layer = write_layer(plan.entries, self.work / f"layer-{index}", SOURCE_DATE_EPOCH,
                             self.compression)
         if not self.client.has_blob(self.repository, layer.digest):  # now, not after all
             how = self.client.push_blob(self.repository, layer.digest, layer.path)
@@ -153,5 +149,5 @@ class _LayerMaker:
                   flush=True)
         layer.path.unlink()
         if self.known:
-            self.known.put(key, FILE_TIME, layer, f"{self.client.host}/{self.repository}")
+            self.known.put(key, SOURCE_DATE_EPOCH, layer, f"{self.client.host}/{self.repository}")
         return Blob(layer.descriptor()), layer.diff_id
