@@ -15,7 +15,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from helpers import EXAMPLE, MINIMAL_MLPROJECT, make_wheel, run_cli, write_codeset
+from helpers import (
+    EXAMPLE,
+    MINIMAL_MLPROJECT,
+    basic,
+    docker_config,
+    make_wheel,
+    run_cli,
+    write_codeset,
+)
 from test_pinning import local_index
 
 from mlflow_steps.direct.assemble import user_layer
@@ -23,7 +31,7 @@ from mlflow_steps.direct.base import load_base, read_facts
 from mlflow_steps.direct.elf import needed_libraries
 from mlflow_steps.direct.stage import leaked_paths
 from mlflow_steps.image_push import Blob, push_image
-from mlflow_steps.layers import Entry, compress, write_tar
+from mlflow_steps.layers import Entry, write_layer, write_tar
 from mlflow_steps.registry import RegistryClient
 
 ENGINES = ("buildah", "docker", "dockerd", "podman")
@@ -58,11 +66,9 @@ def elf_needing(library: str) -> bytes:
     return header + blob + sections
 
 
-@pytest.fixture(scope="module")
-def synthetic_base(registry, tmp_path_factory) -> str:
-    """A base made here (no engine): account files, glibc's version string and a
+def push_synthetic_base(client: RegistryClient, work: Path) -> str:
+    """Push a base made here (no engine): account files, glibc's version string and a
     python3.11 on PATH; enough for the builder to stage against, not to run."""
-    work = tmp_path_factory.mktemp("synthetic-base")
     entries = [Entry("etc", "dir"), Entry("etc/passwd", "file", data=PASSWD.encode(), mode=0o644),
                Entry("etc/group", "file", data=GROUP.encode(), mode=0o644),
                Entry("usr", "dir"), Entry("usr/bin", "dir"),
@@ -73,16 +79,20 @@ def synthetic_base(registry, tmp_path_factory) -> str:
                Entry("lib", "symlink", target="usr/lib"),
                *(Entry(f"usr/lib/x86_64-linux-gnu/{name}", "file", data=b"")
                  for name in GLIBC_LIBRARIES)]
-    write_tar(entries, work / "layer.tar", 0)
-    with (work / "layer.tar").open("rb") as plain:
-        layer = compress(plain, work / "layer.tar.gz")
+    work.mkdir(parents=True, exist_ok=True)
+    layer = write_layer(entries, work / "layer.tar.gz", 0)
     config = {"architecture": "amd64", "os": "linux",
               "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"]},
               "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}, "history": [{}]}
-    client = RegistryClient(registry.address)
     push_image(client, "synthetic/python", "3.11", config,
                [Blob(layer.descriptor(), path=layer.path)], work)
-    return f"{registry.address}/synthetic/python:3.11"
+    return f"{client.host}/synthetic/python:3.11"
+
+
+@pytest.fixture(scope="module")
+def synthetic_base(registry, tmp_path_factory) -> str:
+    return push_synthetic_base(RegistryClient(registry.address),
+                               tmp_path_factory.mktemp("synthetic-base"))
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +167,7 @@ def test_staging_paths_left_in_written_files_are_found(tmp_path: Path) -> None:
 def test_user_layer_adds_the_runtime_user_as_useradd_does(registry, synthetic_base,
                                                          tmp_path: Path) -> None:
     base = load_base(synthetic_base, RegistryClient(registry.address), tmp_path)
-    entries = {e.name: e for e in user_layer(base, 335019257).entries}
+    entries = {e.name: e for e in user_layer(base).entries}
     passwd = entries["etc/passwd"].data
     assert isinstance(passwd, bytes) and passwd.decode() == PASSWD + (
         "mlflow:x:1000:1000::/home/mlflow:/bin/sh\n")
@@ -203,6 +213,42 @@ def test_direct_build_on_a_synthetic_base_is_deterministic_and_skips(
                        "UV_CACHE_DIR": str(tmp_path / "uv-cache-2")})
     assert again.returncode == 0, again.stderr[-3000:]
     assert client.manifest("direct/synthetic-again", tag)[0] == digest
+
+
+def test_direct_build_into_authenticated_registries(registry, tls_registry, token_registry,
+                                                    synthetic_base, no_engine, codeset,
+                                                    tmp_path: Path) -> None:
+    """The registry auth of every backend: TLS with a custom CA and Basic auth (the base, in
+    another registry, is copied over), then Bearer tokens (the base, in the same registry, is
+    mounted, with pull asked for on its repository). No secret is printed."""
+    project = codeset({"requirements.txt": "six==1.16.0\n"})
+    auths = {tls_registry.address: {"auth": basic("alice", "s3cret-pass")}}
+    env = {**no_engine, "DOCKER_CONFIG": str(docker_config(tmp_path / "tls", auths)),
+           "MLFLOW_STEPS_CACHE": str(tmp_path / "cache")}
+    result = build(project, tls_registry, synthetic_base, "direct/tls", "--registry-ca",
+                   str(tls_registry.ca_file), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "s3cret-pass" not in result.stderr + result.stdout
+    repository, tag = result.stdout.strip().split("/", 1)[1].rsplit(":", 1)
+    client = RegistryClient(tls_registry.address, verify=str(tls_registry.ca_file), environ=env)
+    _, manifest = client.manifest(repository, tag)
+    base_layer = RegistryClient(registry.address).manifest("synthetic/python", "3.11")[1][
+        "layers"][0]
+    assert manifest["layers"][0]["digest"] == base_layer["digest"]
+    assert client.has_blob(repository, base_layer["digest"])
+
+    reg, tokens = token_registry
+    env = {**no_engine, "DOCKER_CONFIG": str(docker_config(tmp_path / "bearer", {
+        reg.address: {"auth": basic("bob", "bob-pass")}})),
+        "MLFLOW_STEPS_CACHE": str(tmp_path / "cache")}
+    base = push_synthetic_base(RegistryClient(reg.address, environ=env), tmp_path / "base")
+    result = build(project, reg, base, "direct/bearer", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ": mounted" in result.stderr and "bob-pass" not in result.stderr + result.stdout
+    scopes = {tuple(r["scopes"]) for r in tokens.requests}
+    assert ("repository:direct/bearer:pull,push", "repository:synthetic/python:pull") in scopes
+    repository, tag = result.stdout.strip().split("/", 1)[1].rsplit(":", 1)
+    assert RegistryClient(reg.address, environ=env).manifest_digest(repository, tag)
 
 
 def _layer_names(client: RegistryClient, repository: str, manifest: dict) -> set[str]:

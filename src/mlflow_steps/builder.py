@@ -23,7 +23,7 @@ from mlflow_steps.direct import NotApplicable
 from mlflow_steps.envspec import BuildOptions, EnvSpec, resolve_env
 from mlflow_steps.errors import StepError
 from mlflow_steps.fuseml import DEFAULT_REPOSITORY, FUSEML_PULL_REGISTRY, FUSEML_REGISTRY
-from mlflow_steps.hashing import env_tag, source_date_epoch, template_version
+from mlflow_steps.hashing import SOURCE_DATE_EPOCH, env_tag, template_version
 from mlflow_steps.image_diff import diff_images
 from mlflow_steps.imageref import ImageRef
 from mlflow_steps.pipconfig import BuildPipConfig, collect_pip_config
@@ -185,7 +185,7 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
     if inputs.check_reproducible:
         check_reproducible(backend, target, inputs, environ, digest)
     elif inputs.reproducible is not False:
-        log(f"built reproducibly (every time clamped to epoch {source_date_epoch(target.spec)}"
+        log(f"built reproducibly (every time clamped to epoch {SOURCE_DATE_EPOCH}"
             "); a dependency compiled from source may still vary: --check-reproducible "
             "verifies")
     return BuildOutcome(target.pull_reference, digest, built=True, backend=backend.name)
@@ -242,8 +242,7 @@ def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
         secrets=secrets, insecure_registries=inputs.insecure_registries,
         registry_ca=inputs.registry_ca, compressed_caching=inputs.compressed_caching,
         cache_repo=inputs.cache_repo, verbose=inputs.verbose,
-        source_date_epoch=None if inputs.reproducible is False else source_date_epoch(
-            target.spec),
+        source_date_epoch=None if inputs.reproducible is False else SOURCE_DATE_EPOCH,
         spec=target.spec, pip=target.pip, compression=inputs.compression,
     )
 

@@ -199,7 +199,7 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
 @step_input("cache_repo", help="Kaniko layer cache repository (enables --cache).")
 @step_input("reproducible", None, type=bool,
             help="Same environment, same digest: every time in the image is clamped to an "
-                 "epoch derived from the spec (Docker: layers rewritten and pushed by us; "
+                 "epoch, 1980-01-01 (Docker: layers rewritten and pushed by us; "
                  "Buildah --timestamp; Kaniko --reproducible). Default: on, except for the "
                  "Kaniko plan (where it costs 1.6x).")
 @step_input("check_reproducible", False, type=bool,

@@ -11,8 +11,10 @@ from pathlib import Path
 from mlflow_steps.envspec import EnvSpec
 
 TAG_LENGTH = 32
-EPOCH_FLOOR = 315532800  # 1980-01-01T00:00:00Z
-EPOCH_SPREAD = 366 * 86400
+# The time of every file and history entry of an image built reproducibly: one constant
+# (never the wall clock), so a step whose inputs did not change is the same layer in every
+# environment; 1980-01-01, the earliest time a zip archive (a wheel) can hold.
+SOURCE_DATE_EPOCH = 315532800
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -48,13 +50,6 @@ def spec_digest(spec: EnvSpec) -> str:
     """sha256 of the canonical spec (recorded in the image's labels)."""
     payload = canonical_json(spec.canonical(template_version()))
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
-
-
-def source_date_epoch(spec: EnvSpec) -> int:
-    """The time every file and history entry of the image is clamped to when it is built
-    reproducibly: a function of the spec (so of the tag, never the wall clock), in 1980, the
-    earliest year a zip archive (a wheel) can hold."""
-    return EPOCH_FLOOR + int(spec_digest(spec)[7:15], 16) % EPOCH_SPREAD
 
 
 def env_tag(spec: EnvSpec) -> str:

@@ -22,8 +22,8 @@ from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.errors import StepError
 from mlflow_steps.hashing import (
     PACKAGE_DIR,
+    SOURCE_DATE_EPOCH,
     env_tag,
-    source_date_epoch,
     spec_digest,
     tooling_files,
 )
@@ -211,7 +211,7 @@ def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDeli
         tooling_version=__version__,
         tag=env_tag(spec),
         spec_digest=spec_digest(spec),
-        source_date_epoch=source_date_epoch(spec),
+        source_date_epoch=SOURCE_DATE_EPOCH,
         lock_path=LOCK_PATH,
         sbom_path=SBOM_PATH,
         sbom_tool=SBOM_TOOL,

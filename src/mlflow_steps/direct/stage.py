@@ -19,6 +19,7 @@ from mlflow_steps.direct.base import BaseFacts
 from mlflow_steps.direct.elf import missing_libraries
 from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.errors import StepError
+from mlflow_steps.hashing import SOURCE_DATE_EPOCH
 from mlflow_steps.layers import Entry
 from mlflow_steps.pipconfig import BuildPipConfig
 from mlflow_steps.redaction import redact, secret_values
@@ -77,7 +78,7 @@ class Stager:
     """Runs uv (and the staging interpreter) with the build's pip settings."""
 
     def __init__(self, spec: EnvSpec, base: BaseFacts, pip: BuildPipConfig,
-                 environ: dict[str, str], epoch: int) -> None:
+                 environ: dict[str, str]) -> None:
         self.spec = spec
         self.base = base
         self.minor = str(spec.python or "")
@@ -89,7 +90,7 @@ class Stager:
         self.env = pip.uv_process_env(environ)
         # Hard links into uv's cache (a copy across filesystems): every file changed here is
         # replaced (``_replace``), never written in place.
-        self.env.update(UV_LINK_MODE="hardlink", SOURCE_DATE_EPOCH=str(epoch),
+        self.env.update(UV_LINK_MODE="hardlink", SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH),
                         PYTHONHASHSEED="0")
         self.timeout = network_budget(environ) * INSTALL_BUDGETS
         self.uv = str(uv_binary())
@@ -141,12 +142,12 @@ def _requirements(context: Path, name: str, work: Path) -> Path:
 
 
 def stage(spec: EnvSpec, context: Path, base: BaseFacts, pip: BuildPipConfig,
-          environ: dict[str, str], epoch: int, work: Path, no_cache: bool = False) -> StagedEnv:
+          environ: dict[str, str], work: Path, no_cache: bool = False) -> StagedEnv:
     """Install ``spec`` (rendered into ``context``) into ``work``/root as /opt/env
     (``no_cache``: with a package cache of its own, every file downloaded again)."""
     if spec.strategy != "pip":
         raise NotApplicable(f"a {spec.strategy} environment has conda packages")
-    stager = Stager(spec, base, pip, environ, epoch)
+    stager = Stager(spec, base, pip, environ)
     if no_cache:
         stager.env["UV_CACHE_DIR"] = str(work / "uv-cache")
     python = stager.host_python()
