@@ -87,13 +87,17 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> floa
 
 
 def step_python() -> Path:
-    """A venv with what the builder image installs (`.[builder]`), cached per pyproject."""
-    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:12]
-    venv = CACHE / f"bench-step-venv-{digest}"
+    """A venv with what the builder image installs (`.[builder]`, not editable: an editable
+    install's import hook costs time the image does not have), cached per source tree."""
+    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes())
+    for path in sorted((REPO / "src").rglob("*")):
+        if path.is_file() and "egg-info" not in str(path) and "__pycache__" not in path.parts:
+            digest.update(f"{path.relative_to(REPO)}\0".encode() + path.read_bytes())
+    venv = CACHE / f"bench-step-venv-{digest.hexdigest()[:12]}"
     python = venv / "bin" / "python"
     if not (venv / ".complete").exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", f"{REPO}[builder]"],
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"{REPO}[builder]"],
                        check=True, capture_output=True)
         (venv / ".complete").touch()
     return python
