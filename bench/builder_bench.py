@@ -14,9 +14,10 @@ starts with an empty package cache and an empty mlflow-steps cache.
 Warm: right after, the same contender rebuilds with one more requirement line (`tabulate`,
 not in the environment before).
 Rounds are interleaved with a rotating order; medians (and min-max) are printed.
-Skip: `mlflow-steps build` once the tag exists, median of 5, in the step's own environment
-(a venv with `.[builder]`, what the builder image installs), in the dev venv, and as the
-builder image run end to end (`docker run`), next to the floor (interpreter + one HEAD).
+Skip: `mlflow-steps build` once the tag exists, median of 9 interleaved rounds, in the
+step's own environment (a venv with `.[builder]`, what the builder image installs), in the
+dev venv, and as the builder image run end to end (`docker run`), next to the floor
+(interpreter + one HEAD).
 Usage: python bench/builder_bench.py [--rounds N]
 """
 
@@ -46,6 +47,7 @@ from mlflow_steps.envspec import BuildOptions, resolve_env  # noqa: E402
 from mlflow_steps.render import requirements_text  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "sklearn-logreg"
+SKIP_ROUNDS = 9
 CAREFUL_DOCKERFILE = """\
 FROM {base}
 COPY requirements.txt /tmp/requirements.txt
@@ -251,7 +253,8 @@ def main() -> None:
 
 def skip_times(engine: DockerEngine, registry: Registry, base: str, root: Path
                ) -> dict[str, float]:
-    """The skip decision, median of 5, once the example's tag exists."""
+    """The skip decision, median of SKIP_ROUNDS interleaved rounds, once the example's tag
+    exists."""
     env = {**engine.env(), "FUSEML_REGISTRY": registry.address, "FUSEML_BASE_IMAGE": base,
            "FUSEML_REPOSITORY": "bench/skip", "FUSEML_BUILDER": "docker"}
     run([sys.executable, "-m", "mlflow_steps", "build", str(EXAMPLE)], env)
@@ -271,11 +274,15 @@ def skip_times(engine: DockerEngine, registry: Registry, base: str, root: Path
             [sys.executable, "-c", FLOOR, f"{registry.url}/v2/bench/skip/manifests/{tag}"],
             env),
     }
-    result = {}
-    for label, (command, command_env) in commands.items():
+    for command, command_env in commands.values():
         timed(command, command_env)  # warm the page cache
-        result[label] = statistics.median(timed(command, command_env) for _ in range(5))
-    return result
+    os.sync()  # the builder image's build has just written a lot: let that settle first
+    time.sleep(5)
+    samples: dict[str, list[float]] = {label: [] for label in commands}
+    for _ in range(SKIP_ROUNDS):  # interleaved: a passing disturbance hits every contender
+        for label, (command, command_env) in commands.items():
+            samples[label].append(timed(command, command_env))
+    return {label: statistics.median(values) for label, values in samples.items()}
 
 
 if __name__ == "__main__":
