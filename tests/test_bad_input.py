@@ -55,6 +55,24 @@ def test_fifty_megabyte_requirements_is_refused_quickly(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 10
 
 
+@pytest.mark.parametrize("args, field", [
+    (["--repository", "Team/Trainer"], "repository"),  # registries answer 404 to upper case
+    (["--repository", "team//trainer"], "repository"),
+    (["--repository", "team/trainer:v1"], "repository"),
+    (["--registry", "reg example:5000"], "registry"),
+    (["--registry", "127.0.0.1:9/path"], "registry"),
+])
+def test_destination_must_be_a_registry_and_repository(tmp_path: Path, args: list[str],
+                                                        field: str) -> None:
+    """Caught before anything is hashed, built or pushed: one line naming the field, exit 2
+    (an upper-case repository used to build for seconds, then fail on the registry's 404)."""
+    codeset = write_codeset(tmp_path / "cs", {"MLproject": MAIN, "requirements.txt": "numpy\n"})
+    result = run_cli("build", str(codeset), "--registry", "127.0.0.1:9", *args)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f": {field}: " in lines[0] and "Traceback" not in lines[0]
+
+
 def test_unknown_strategy_names_the_input(tmp_path: Path) -> None:
     result = run_cli("hash", str(tmp_path), "--env-strategy", "docker")
     assert result.returncode == 2 and "env-strategy" in result.stderr

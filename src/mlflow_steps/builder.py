@@ -25,7 +25,7 @@ from mlflow_steps.errors import StepError
 from mlflow_steps.fuseml import DEFAULT_REPOSITORY, FUSEML_PULL_REGISTRY, FUSEML_REGISTRY
 from mlflow_steps.hashing import SOURCE_DATE_EPOCH, env_tag, template_version
 from mlflow_steps.image_diff import diff_images
-from mlflow_steps.imageref import ImageRef
+from mlflow_steps.imageref import ImageRef, check_destination
 from mlflow_steps.pipconfig import BuildPipConfig, collect_pip_config
 from mlflow_steps.registry import RegistryClient, docker_config_dir
 from mlflow_steps.render import PipConfigDelivery, write_context
@@ -126,6 +126,7 @@ class BuildTarget:
 
 def resolve_target(codeset: Path, inputs: BuilderInputs, environ: dict[str, str]) -> BuildTarget:
     """Hash the codeset's environment and name its image; nothing is built or pushed."""
+    check_destination(inputs.push_registry(), inputs.repository, source="input")
     spec, pip = resolve_spec(codeset, inputs.options, environ, inputs.forward_pip_config)
     tag = env_tag(spec)
     destination = ImageRef(inputs.push_registry(), inputs.repository, tag)

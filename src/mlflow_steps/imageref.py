@@ -29,6 +29,19 @@ def check_reference(text: str, *, source: str, field: str) -> str:
     return text
 
 
+def check_destination(registry: str, repository: str, *, source: str) -> None:
+    """One line naming the field when ``registry`` is not a host[:port] or ``repository``
+    not a repository path (lowercase components): found before anything is built."""
+    if not re.fullmatch(_DOMAIN, registry):
+        raise StepError(f"{registry!r} is not a registry host ([host][:port])", source=source,
+                        field="registry")
+    if not re.fullmatch(rf"{_COMPONENT}(?:/{_COMPONENT})*", repository) or len(
+            f"{registry}/{repository}") > NAME_MAX:
+        raise StepError(f"{repository!r} is not a repository name (lowercase letters, digits "
+                        "and . _ - between them, components split by /)", source=source,
+                        field="repository")
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """registry/repository:tag (Docker Hub names normalised)."""
