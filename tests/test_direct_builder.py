@@ -66,7 +66,8 @@ def elf_needing(library: str) -> bytes:
     return header + blob + sections
 
 
-def push_synthetic_base(client: RegistryClient, work: Path) -> str:
+def push_synthetic_base(client: RegistryClient, work: Path, compression: str = "gzip",
+                        repository: str = "synthetic/python") -> str:
     """Push a base made here (no engine): account files, glibc's version string and a
     python3.11 on PATH; enough for the builder to stage against, not to run."""
     entries = [Entry("etc", "dir"), Entry("etc/passwd", "file", data=PASSWD.encode(), mode=0o644),
@@ -80,13 +81,13 @@ def push_synthetic_base(client: RegistryClient, work: Path) -> str:
                *(Entry(f"usr/lib/x86_64-linux-gnu/{name}", "file", data=b"")
                  for name in GLIBC_LIBRARIES)]
     work.mkdir(parents=True, exist_ok=True)
-    layer = write_layer(entries, work / "layer.tar.gz", 0)
+    layer = write_layer(entries, work / "layer.tar.gz", 0, compression)
     config = {"architecture": "amd64", "os": "linux",
               "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"]},
               "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}, "history": [{}]}
-    push_image(client, "synthetic/python", "3.11", config,
+    push_image(client, repository, "3.11", config,
                [Blob(layer.descriptor(), path=layer.path)], work)
-    return f"{client.host}/synthetic/python:3.11"
+    return f"{client.host}/{repository}:3.11"
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +259,22 @@ def _layer_names(client: RegistryClient, repository: str, manifest: dict) -> set
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             names.update(tar.getnames())
     return names
+
+
+def test_a_base_layer_it_cannot_read_falls_back_with_one_line(registry, no_engine, codeset,
+                                                              tmp_path: Path) -> None:
+    """A base whose layer is zstd (the base facts are read from gzip or plain tars): the
+    direct builder does not apply; with no engine either, one line, exit 2, no traceback."""
+    base = push_synthetic_base(RegistryClient(registry.address), tmp_path / "base", "zstd",
+                               "synthetic/zstd-python")
+    project = codeset({"requirements.txt": "six==1.16.0\n"})
+    result = build(project, registry, base, "direct/zstd-base",
+                   env={**no_engine, "MLFLOW_STEPS_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert "the direct builder does not apply (the base's layer sha256-" in line
+    assert "is not a tar" in line and "no build engine" in line
+    assert "Traceback" not in result.stderr
 
 
 def test_an_sdist_only_dependency_falls_back_with_one_line(registry, synthetic_base, no_engine,

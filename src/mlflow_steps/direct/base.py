@@ -9,9 +9,11 @@ import json
 import posixpath
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_steps.direct import NotApplicable
 from mlflow_steps.errors import StepError
 from mlflow_steps.imageref import ImageRef
 from mlflow_steps.registry import RegistryClient
@@ -109,24 +111,33 @@ def _environment_path(config: dict) -> list[str]:
     return DEFAULT_PATH.split(":")
 
 
+def _read_layer(path: Path, files: dict[str, tarfile.TarInfo], wanted: dict[str, bytes],
+                owners: dict[str, dict]) -> None:
+    with tarfile.open(path, "r|*") as layer:  # one pass: no seeking in the gzip
+        for member in layer:
+            _apply(files, member)
+            name = posixpath.normpath(member.name.lstrip("./") or ".")
+            if member.isreg() and (
+                    name in ACCOUNT_FILES or name.startswith("etc/skel/")
+                    or name == "var/lib/dpkg/status"
+                    or posixpath.basename(name).startswith("libc.so.6")):
+                handle = layer.extractfile(member)
+                wanted[name] = handle.read() if handle else b""
+                owners[name] = {"mode": member.mode & 0o7777, "uid": member.uid,
+                                "gid": member.gid}
+
+
 def read_facts(layer_paths: list[Path], config: dict) -> dict:
     """The facts of an image from its layer files (in order) and config."""
     files: dict[str, tarfile.TarInfo] = {}
     wanted: dict[str, bytes] = {}
     owners: dict[str, dict] = {}
     for path in layer_paths:
-        with tarfile.open(path, "r|*") as layer:  # one pass: no seeking in the gzip
-            for member in layer:
-                _apply(files, member)
-                name = posixpath.normpath(member.name.lstrip("./") or ".")
-                if member.isreg() and (
-                        name in ACCOUNT_FILES or name.startswith("etc/skel/")
-                        or name == "var/lib/dpkg/status"
-                        or posixpath.basename(name).startswith("libc.so.6")):
-                    handle = layer.extractfile(member)
-                    wanted[name] = handle.read() if handle else b""
-                    owners[name] = {"mode": member.mode & 0o7777, "uid": member.uid,
-                                    "gid": member.gid}
+        try:
+            _read_layer(path, files, wanted, owners)
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise NotApplicable(f"the base's layer {path.name[:19]} is not a tar (or gzipped "
+                                f"tar) it can read: {exc}") from None
     implied = _implied_directories(files)
     interpreters: dict[str, str] = {}
     for directory in _environment_path(config):
