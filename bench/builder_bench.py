@@ -14,11 +14,11 @@ starts with an empty package cache and an empty mlflow-steps cache.
 Warm: right after, the same contender rebuilds with one more requirement line (`tabulate`,
 not in the environment before).
 Rounds are interleaved with a rotating order; medians (and min-max) are printed.
-Skip: `mlflow-steps build` once the tag exists, median of 9 interleaved rounds, in the
-step's own environment (a venv with `.[builder]`, what the builder image installs), in the
-dev venv, and as the builder image run end to end (`docker run`), next to the floor
-(interpreter + one HEAD).
-Usage: python bench/builder_bench.py [--rounds N]
+Skip: `mlflow-steps build` once the tag exists, median of 9 rounds, in the step's own
+environment (a venv with `.[builder]`, what the builder image installs), in the dev venv and
+next to the floor (interpreter + one HEAD), interleaved; then the builder image run end to
+end (`docker run`) on its own.
+Usage: python bench/builder_bench.py [--rounds N] [--skip-only]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from mlflow_steps.render import requirements_text  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "sklearn-logreg"
 SKIP_ROUNDS = 9
+IMAGE_SKIP = "(builder image, docker run)"
 CAREFUL_DOCKERFILE = """\
 FROM {base}
 COPY requirements.txt /tmp/requirements.txt
@@ -203,7 +204,13 @@ def spread(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-only", action="store_true",
+                        help="time only the skip decision (a fresh engine and registry)")
     args = parser.parse_args()
+    if args.skip_only:
+        with fresh_stack() as (root, engine, registry, base, _):
+            print_skip(skip_times(engine, registry, base, root))
+        return
     names = ["direct", "direct-zstd", "ours", "careful", "naive"]
     cold: dict[str, list[float]] = {name: [] for name in names}
     warm: dict[str, list[float]] = {name: [] for name in names}
@@ -247,6 +254,10 @@ def main() -> None:
     naive = statistics.median(cold["naive"])
     print(f"ours / naive:   cold {statistics.median(cold['ours']) / naive:.2f}x, "
           f"pushed {size['ours'] / size['naive']:.2f}x")
+    print_skip(skip)
+
+
+def print_skip(skip: dict[str, float]) -> None:
     for label, seconds in skip.items():
         print(f"skip {label:<34}{seconds:6.3f} s")
 
@@ -269,7 +280,7 @@ def skip_times(engine: DockerEngine, registry: Registry, base: str, root: Path
     commands = {
         "(step venv, mlflow-skinny)": ([str(step_python()), *argv], env),
         "(dev venv, full MLflow)": ([sys.executable, *argv], env),
-        "(builder image, docker run)": (docker_run, engine.env()),
+        IMAGE_SKIP: (docker_run, engine.env()),
         "floor (python + one HEAD)": (
             [sys.executable, "-c", FLOOR, f"{registry.url}/v2/bench/skip/manifests/{tag}"],
             env),
@@ -279,9 +290,13 @@ def skip_times(engine: DockerEngine, registry: Registry, base: str, root: Path
     os.sync()  # the builder image's build has just written a lot: let that settle first
     time.sleep(5)
     samples: dict[str, list[float]] = {label: [] for label in commands}
-    for _ in range(SKIP_ROUNDS):  # interleaved: a passing disturbance hits every contender
-        for label, (command, command_env) in commands.items():
-            samples[label].append(timed(command, command_env))
+    # Host commands interleaved (a passing disturbance hits each); the builder image's runs
+    # after them, on their own: the engine removes each container after the run returns.
+    for group in ([label for label in commands if label != IMAGE_SKIP], [IMAGE_SKIP]):
+        for _ in range(SKIP_ROUNDS):
+            for label in group:
+                command, command_env = commands[label]
+                samples[label].append(timed(command, command_env))
     return {label: statistics.median(values) for label, values in samples.items()}
 
 

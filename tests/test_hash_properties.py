@@ -156,3 +156,13 @@ def test_plain_conda_spec_fast_path_covers_common_specs() -> None:
         assert _plain_conda_spec(spec) is not None
     for spec in ("conda-forge::numpy", "numpy 1.2 py_0", "numpy>=1.2,<2", "numpy=1.2=py_0"):
         assert _plain_conda_spec(spec) is None
+
+
+def test_the_uv_version_in_the_tag_is_the_installed_one() -> None:
+    """uv_version reads the dist-info directory's name (fast path of the skip decision):
+    the same as importlib.metadata says."""
+    from importlib.metadata import version
+
+    from mlflow_steps.hashing import uv_version
+
+    assert uv_version() == version("uv")
