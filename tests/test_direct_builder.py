@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import struct
 import sys
 import tarfile
@@ -31,7 +32,7 @@ from mlflow_steps.direct.base import load_base, read_facts
 from mlflow_steps.direct.elf import needed_libraries
 from mlflow_steps.direct.stage import leaked_paths
 from mlflow_steps.image_push import Blob, push_image
-from mlflow_steps.layers import Entry, write_layer
+from mlflow_steps.layers import GZIP_MEMBER, Entry, write_layer
 from mlflow_steps.registry import RegistryClient
 
 ENGINES = ("buildah", "docker", "dockerd", "podman")
@@ -120,7 +121,8 @@ def test_base_facts_follow_whiteouts_links_and_path(tmp_path: Path) -> None:
         write_layer(entries, tmp_path / name, 0)
         return tmp_path / name
 
-    first = layer("1.tar", [
+    first = layer("1.tar", [  # facts after the first gzip member (tarfile's "r|gz" stops)
+        Entry("etc/big.bin", "file", data=random.Random(3).randbytes(GZIP_MEMBER + 1)),
         Entry("usr/local/bin/python3.10", "file", data=b""),
         Entry("usr/bin/python3.12", "file", data=b""),
         Entry("usr/lib/libGL.so.1", "file", data=b""),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import random
 import tarfile
+import zlib
 from pathlib import Path
 
-from mlflow_steps.layers import compress, rewrite
+from mlflow_steps.layers import GZIP_MEMBER, Entry, compress, rewrite, write_layer
 
 EPOCH = 315_600_000
 
@@ -94,3 +96,31 @@ def test_compress_keeps_the_tar_and_is_deterministic(tmp_path: Path) -> None:
     assert first.diff_id == "sha256:" + hashlib.sha256(data).hexdigest()
     assert (tmp_path / "a.tgz").read_bytes() == (tmp_path / "b.tgz").read_bytes()
     assert first.digest == second.digest
+
+
+def gzip_members(data: bytes) -> int:
+    count = 0
+    while data:
+        member = zlib.decompressobj(31)
+        member.decompress(data)
+        assert member.eof
+        data, count = member.unused_data, count + 1
+    return count
+
+
+def test_large_layers_are_gzip_members_whatever_the_writes(tmp_path: Path) -> None:
+    payload = random.Random(7).randbytes(2 * GZIP_MEMBER + 12345)
+    entries = [Entry("opt/env/big.bin", "file", data=payload, mode=0o644),
+               Entry("opt/env/after.txt", "file", data=b"after the first member\n")]
+    written = write_layer(entries, tmp_path / "a.tgz", EPOCH)  # header and data writes
+    tar = gzip.decompress((tmp_path / "a.tgz").read_bytes())
+    assert written.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
+    assert gzip_members((tmp_path / "a.tgz").read_bytes()) == len(tar) // GZIP_MEMBER + 1
+    for size in (4097, GZIP_MEMBER + 1):  # other write sizes, the same bytes
+        source = io.BytesIO(tar)
+        source.read = lambda n=-1, src=source, size=size: io.BytesIO.read(src, min(n, size))
+        assert compress(source, tmp_path / f"{size}.tgz").digest == written.digest
+    with tarfile.open(tmp_path / "a.tgz", "r:gz") as layer:
+        assert [m.name for m in layer] == ["opt/env/after.txt", "opt/env/big.bin"]
+        handle = layer.extractfile("opt/env/big.bin")
+        assert handle is not None and handle.read() == payload

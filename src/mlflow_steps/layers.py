@@ -3,12 +3,16 @@
 A layer is rewritten entry by entry: entries sorted by name (a hard link always after the file
 it names), modification times clamped to the image's epoch, access/change times dropped, then
 gzipped with a fixed header. What BuildKit's ``rewrite-timestamp`` does, for engines that lack it.
+
+Gzip is libdeflate's, one gzip member per ``GZIP_MEMBER`` bytes of tar (as eStargz layers
+are): half zlib's CPU for smaller output, the same bytes on every machine (libdeflate has no
+CPU-dependent match finding) and for any thread count. Readers take the members as one stream
+(Python's gzip, Go's compress/gzip, pigz); tarfile's own "r|gz" stops after the first.
 """
 
 from __future__ import annotations
 
 import copy
-import gzip
 import hashlib
 import io
 import json
@@ -16,9 +20,12 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
-GZIP_LEVEL = 5  # 1% larger than 6, 40% less CPU (measured on the example's layers)
+import deflate
+
+GZIP_LEVEL = 6  # libdeflate's 6: 2% smaller than zlib's 5 in half its CPU (example's layers)
+GZIP_MEMBER = 4 << 20  # tar bytes per gzip member: larger ones compress <0.1% better
 ZSTD_LEVEL = 3  # zstd's default: smaller and faster than gzip 6
 _CHUNK = 1 << 20
 _VOLATILE_PAX = ("atime", "ctime", "mtime")
@@ -40,10 +47,16 @@ class Layer:
         return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
 
 
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class _Hashing:
     """A write-only file that hashes what goes through it."""
 
-    def __init__(self, sink: IO[bytes]) -> None:
+    def __init__(self, sink: _Sink) -> None:
         self.sink = sink
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -96,6 +109,40 @@ def _normalised(member: tarfile.TarInfo, epoch: int | None) -> tarfile.TarInfo:
     return info
 
 
+class _GzipMembers:
+    """A write-only gzip file: one member per ``GZIP_MEMBER`` bytes written, whatever the
+    sizes of the writes."""
+
+    def __init__(self, sink: _Hashing) -> None:
+        self.sink = sink
+        self.pending = bytearray()
+        self.members = 0
+
+    def write(self, data: bytes) -> int:
+        self.pending += data
+        if len(self.pending) >= GZIP_MEMBER:
+            view = memoryview(self.pending)
+            whole = len(view) - len(view) % GZIP_MEMBER
+            for start in range(0, whole, GZIP_MEMBER):
+                self._member(view[start:start + GZIP_MEMBER])
+            view.release()
+            del self.pending[:whole]
+        return len(data)
+
+    def _member(self, data: bytes | memoryview) -> None:
+        self.sink.write(deflate.gzip_compress(data, GZIP_LEVEL))
+        self.members += 1
+
+    def flush(self) -> None:
+        """Nothing: a member ends only at ``GZIP_MEMBER`` bytes (or close), so the bytes do
+        not depend on when the writer flushes."""
+
+    def close(self) -> None:
+        if self.pending or not self.members:
+            self._member(bytes(self.pending))
+            self.pending.clear()
+
+
 class _LayerWriter:
     """Writes a layer file: the tar bytes given to ``plain`` are gzipped deterministically,
     both streams hashed; ``layer`` is the result once closed."""
@@ -105,7 +152,7 @@ class _LayerWriter:
         self._raw = out.open("wb")
         self._compressed = _Hashing(self._raw)
         self.media_type = LAYER_MEDIA_TYPE
-        self._zipped: IO[bytes]
+        self._zipped: IO[bytes] | _GzipMembers
         if compression == "zstd":  # one thread: the same bytes on every machine
             import zstandard
 
@@ -113,8 +160,7 @@ class _LayerWriter:
             self._zipped = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(
                 self._compressed, closefd=False)  # type: ignore[arg-type]
         else:
-            self._zipped = gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL,
-                                         fileobj=self._compressed, mtime=0)  # type: ignore[arg-type]
+            self._zipped = _GzipMembers(self._compressed)
         self.plain = _Hashing(self._zipped)
 
     def close(self) -> Layer:

@@ -5,6 +5,7 @@ libraries it provides and the account files a user is added to. Read once per ba
 
 from __future__ import annotations
 
+import gzip
 import json
 import posixpath
 import re
@@ -12,6 +13,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from mlflow_steps.direct import NotApplicable
 from mlflow_steps.errors import StepError
@@ -111,9 +113,18 @@ def _environment_path(config: dict) -> list[str]:
     return DEFAULT_PATH.split(":")
 
 
+def _decompressed(raw: BinaryIO) -> BinaryIO:
+    """A layer file's tar stream: gunzipped (every member: tarfile's "r|gz" reads only the
+    first) or as it is."""
+    magic = raw.read(2)
+    raw.seek(0)
+    return gzip.GzipFile(fileobj=raw, mode="rb") if magic == b"\x1f\x8b" else raw
+
+
 def _read_layer(path: Path, files: dict[str, tarfile.TarInfo], wanted: dict[str, bytes],
                 owners: dict[str, dict]) -> None:
-    with tarfile.open(path, "r|*") as layer:  # one pass: no seeking in the gzip
+    with path.open("rb") as raw, _decompressed(raw) as stream, tarfile.open(
+            fileobj=stream, mode="r|") as layer:  # one pass: no seeking in the gzip
         for member in layer:
             _apply(files, member)
             name = posixpath.normpath(member.name.lstrip("./") or ".")

@@ -29,7 +29,7 @@ from mlflow_steps.image_push import Blob, push_image
 from mlflow_steps.layers import LayerCache, entries_key, write_layer
 from mlflow_steps.registry import RegistryClient
 
-LAYOUT_VERSION = "direct-1"  # part of every layer's cache key
+LAYOUT_VERSION = "direct-2"  # part of every layer's cache key
 
 
 @dataclass(frozen=True)
