@@ -116,7 +116,6 @@ class _GzipMembers:
     def __init__(self, sink: _Hashing) -> None:
         self.sink = sink
         self.pending = bytearray()
-        self.members = 0
 
     def write(self, data: bytes) -> int:
         self.pending += data
@@ -131,14 +130,13 @@ class _GzipMembers:
 
     def _member(self, data: bytes | memoryview) -> None:
         self.sink.write(deflate.gzip_compress(data, GZIP_LEVEL))
-        self.members += 1
 
     def flush(self) -> None:
         """Nothing: a member ends only at ``GZIP_MEMBER`` bytes (or close), so the bytes do
         not depend on when the writer flushes."""
 
     def close(self) -> None:
-        if self.pending or not self.members:
+        if self.pending or not self.sink.size:  # no input still makes a gzip file
             self._member(bytes(self.pending))
             self.pending.clear()
 
