@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
 from pathlib import Path
 
@@ -255,11 +256,31 @@ def test_insecure_registry_falls_back_on_any_tls_failure(registry, tmp_path: Pat
     try:
         client = RegistryClient(sniffer.address, budget=10)  # loopback: insecure
         assert client.manifest_digest("probe/sniffed", "v1") == digest
-        assert client.scheme == "http" and sniffer.handshakes == 1
+        # The unverified probe completes a handshake only with a certificate; the verified
+        # request then fails on it. Every other failure is the probe's own.
+        handshakes = 2 if mode == "untrusted-certificate" else 1
+        assert client.scheme == "http" and sniffer.handshakes == handshakes
         assert client.manifest_digest("probe/sniffed", "v2") is None
-        assert sniffer.handshakes == 1  # the fallback is remembered
+        assert sniffer.handshakes == handshakes  # the fallback is remembered
     finally:
         sniffer.stop()
+
+
+def test_plain_http_registry_costs_no_ca_bundle(registry, monkeypatch) -> None:
+    """An insecure registry without TLS is told by an unverified handshake: no verified
+    attempt, so no CA bundle is loaded (tens of ms of the skip decision)."""
+    digest = push_tiny_image(registry.url, "probe/no-ca", "v1")
+    loads = []
+    original = ssl.SSLContext.load_verify_locations
+
+    def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loads.append(args or kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    client = RegistryClient(registry.address, budget=10)
+    assert client.manifest_digest("probe/no-ca", "v1") == digest
+    assert client.scheme == "http" and loads == []
 
 
 @pytest.mark.parametrize("mode", TLS_MODES)

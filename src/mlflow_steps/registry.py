@@ -24,9 +24,10 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.utils import get_environ_proxies
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from mlflow_steps.errors import StepError
@@ -284,6 +285,7 @@ class RegistryClient:
         self.session = retrying_session(retries, backoff, methods=("HEAD", "GET", "POST"))
         self._authorization: str | None = None
         self._secrets: set[str] = set()
+        self._tls_probed = False
 
     @property
     def base_url(self) -> str:
@@ -505,6 +507,12 @@ class RegistryClient:
         tls_failure: str | None = None
         tls_only = False
         authorised = False
+        if self.allow_plain_http and self.scheme == "https" and not self._tls_probed:
+            self._tls_probed = True
+            failure = self._probe_tls(deadline)
+            if failure:
+                self.scheme = "http"
+                tls_failure, tls_only = failure.reason, failure.peer_speaks_tls
         while True:
             url = path if "://" in path else f"{self.base_url}{path}"
             if self._authorization:
@@ -532,6 +540,27 @@ class RegistryClient:
                     continue
                 headers.pop("Authorization", None)
             return response
+
+    def _probe_tls(self, deadline: Deadline) -> _TransportError | None:
+        """For a registry that may answer over plain HTTP: whether it speaks TLS at all, told
+        by one unverified handshake, so that a registry without TLS costs no CA bundle load.
+        The TLS failure (as a verified request reports it), else None: it speaks TLS, or the
+        probe cannot tell (no connection, a proxy in between) and the request itself will."""
+        url = urlsplit(self.base_url)
+        if not url.hostname or get_environ_proxies(self.base_url):
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        try:
+            with socket.create_connection((url.hostname, url.port or 443),
+                                          timeout=max(deadline.remaining(), 0.001)) as raw, \
+                    context.wrap_socket(raw, server_hostname=url.hostname):
+                return None
+        except ssl.SSLError as exc:
+            return _TransportError(_reason(exc), tls=True, peer_speaks_tls=_peer_speaks_tls(exc))
+        except OSError:
+            return None
 
     def _transport_failure(self, exc: _TransportError, what: str, url: str,
                            tls_failure: str | None) -> StepError:
