@@ -8,27 +8,21 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mlflow_steps.backends import select_backend
-from mlflow_steps.backends.base import (
-    PIP_CA_SECRET,
-    PIP_CONFIG_SECRET,
-    SECRET_MOUNT_TARGETS,
-    UV_CONFIG_SECRET,
-    Backend,
-    BuildRequest,
-    secret_delivery,
-)
-from mlflow_steps.direct import NotApplicable
 from mlflow_steps.envspec import BuildOptions, EnvSpec, resolve_env
 from mlflow_steps.errors import StepError
 from mlflow_steps.fuseml import DEFAULT_REPOSITORY, FUSEML_PULL_REGISTRY, FUSEML_REGISTRY
 from mlflow_steps.hashing import SOURCE_DATE_EPOCH, env_tag, template_version
-from mlflow_steps.image_diff import diff_images
 from mlflow_steps.imageref import ImageRef, check_destination
 from mlflow_steps.pipconfig import BuildPipConfig, collect_pip_config
 from mlflow_steps.registry import RegistryClient, docker_config_dir
-from mlflow_steps.render import PipConfigDelivery, write_context
+
+if TYPE_CHECKING:
+    from mlflow_steps.backends.base import Backend, BuildRequest
+
+# The skip decision (resolve_target, existing_digest) imports no engine, template or image
+# code: functions that build import those when they run.
 
 
 @dataclass(frozen=True)
@@ -101,6 +95,13 @@ def _write_private(path: Path, text: str) -> Path:
 def write_pip_secrets(directory: Path, pip: BuildPipConfig) -> dict[str, Path]:
     """pip.conf, its uv equivalent (+ the CA bundle) as private files for the engine's
     secret mounts."""
+    from mlflow_steps.backends.base import (
+        PIP_CA_SECRET,
+        PIP_CONFIG_SECRET,
+        SECRET_MOUNT_TARGETS,
+        UV_CONFIG_SECRET,
+    )
+
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_target = SECRET_MOUNT_TARGETS[PIP_CA_SECRET] if pip.ca_bundle else None
     secrets = {PIP_CONFIG_SECRET: _write_private(directory / "pip.conf", pip.pip_conf(ca_target)),
@@ -169,6 +170,9 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
     digest = existing_digest(target, inputs.force or inputs.check_reproducible)
     if digest:
         return BuildOutcome(target.pull_reference, digest, built=False, backend=None)
+    from mlflow_steps.backends import select_backend
+    from mlflow_steps.direct import NotApplicable
+
     backend = select_backend(inputs.builder, environ)
     log(f"building {target.destination} with {backend.name} ({target.spec.strategy}, "
         f"base {target.spec.base_image})")
@@ -196,6 +200,8 @@ def check_reproducible(backend: Backend, target: BuildTarget, inputs: BuilderInp
                        environ: dict[str, str], first_digest: str) -> None:
     """Build again without any engine cache (Buildah: a fresh store); a different digest fails
     the step with what differs, file by file (both images read back from the registry)."""
+    from mlflow_steps.image_diff import diff_images
+
     repository = target.destination.repository
     _, first = target.client.manifest(repository, first_digest)
     log(f"checking reproducibility: building {target.destination} again without cache")
@@ -236,6 +242,8 @@ def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
                   docker_config: Path, secrets: dict[str, Path],
                   environ: dict[str, str]) -> BuildRequest:
     """The engine-neutral build request for ``target``."""
+    from mlflow_steps.backends.base import BuildRequest
+
     return BuildRequest(
         labels=base_labels(target.spec.base_image, inputs, environ),
         context=context, destination=target.destination,
@@ -253,6 +261,9 @@ def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
     if inputs.compression != "gzip" and backend.name != "direct":
         log(f"compression {inputs.compression} is the direct builder's; {backend.name} "
             "compresses as it does")
+    from mlflow_steps.backends.base import secret_delivery
+    from mlflow_steps.render import PipConfigDelivery, write_context
+
     pip = target.pip
     with tempfile.TemporaryDirectory(prefix="mlflow-steps-build-") as tmp:
         workspace = Path(tmp)

@@ -234,7 +234,6 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
                   **inputs: Any) -> None:
     """Build and push CODESET's environment image unless the registry already has it."""
     from mlflow_steps.builder import BuilderInputs, run_builder
-    from mlflow_steps.steps import builder_stages
 
     environ = dict(os.environ)
     builder_inputs = BuilderInputs(
@@ -245,6 +244,8 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
     if stage != "all" and builder_inputs.check_reproducible:
         raise StepError("builds twice here, so it needs --stage all (the builder plan "
                         "builds once, in the executor)", field="check_reproducible")
+    if stage != "all":
+        from mlflow_steps.steps import builder_stages
     if stage == "prepare":
         plan = builder_stages.prepare(codeset, builder_inputs, executor, plan_dir, environ,
                                     skip_result, args_result)
