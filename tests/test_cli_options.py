@@ -22,6 +22,7 @@ def test_network_timeout_is_validated(args: list[str], env: dict[str, str]) -> N
 # What the builder's skip decision may not load: it runs at every workflow run, so its cost
 # is the interpreter, parsing the environment files and one manifest HEAD.
 SKIP_PATH_NEVER_IMPORTS = ("mlflow", "jinja2", "conda_lock", "rattler", "docker", "tarfile",
+                           "requests",
                            "mlflow_steps.render", "mlflow_steps.backends.base",
                            "mlflow_steps.direct", "mlflow_steps.image_diff",
                            "mlflow_steps.steps.builder_stages")

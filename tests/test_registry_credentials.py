@@ -207,8 +207,11 @@ def test_helper_and_registry_share_one_budget(tmp_path: Path) -> None:
 
     from mlflow_steps.registry import RegistryClient
 
-    registry = ScriptedServer(lambda srv, handler: srv.answer(
-        handler, 401, headers={"WWW-Authenticate": 'Basic realm="x"'}))
+    def slow_challenge(srv: ScriptedServer, handler) -> None:
+        time.sleep(0.5)  # the challenge itself spends part of the budget
+        srv.answer(handler, 401, headers={"WWW-Authenticate": 'Basic realm="x"'})
+
+    registry = ScriptedServer(slow_challenge)
     env = environment(tmp_path, {"credsStore": "slow"}, slow="sleep 60")
     started = time.monotonic()
     try:

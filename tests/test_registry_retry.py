@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import time
 
 import pytest
-import requests
 from faulty_proxy import ScriptedServer
+from urllib3.exceptions import MaxRetryError
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.retry import (
     BUDGET_VARIABLE,
     Deadline,
+    RetryingHttp,
+    environment_proxy,
     network_budget,
     retry_after_seconds,
-    retrying_session,
 )
 
 
@@ -49,14 +51,14 @@ def test_one_deadline_bounds_several_requests_and_their_retries() -> None:
             srv.answer(handler, 503)
 
     server = ScriptedServer(script)
-    session = retrying_session(retries=100, backoff=0.1)
+    http = RetryingHttp(retries=100, backoff=0.1)
     try:
         deadline = Deadline(3)
         started = time.monotonic()
-        answer = session.get(f"{server.url}/busy", timeout=deadline.timeout())
-        assert answer.status_code == 503 and 3 < len(served) < 100  # retried, then gave up
-        with pytest.raises(requests.ConnectionError):  # what is left bounds the next request
-            session.get(f"{server.url}/hold", timeout=deadline.timeout())
+        answer = http.request("GET", f"{server.url}/busy", deadline)
+        assert answer.status == 503 and 3 < len(served) < 100  # retried, then gave up
+        with pytest.raises(MaxRetryError):  # what is left bounds the next request
+            http.request("GET", f"{server.url}/hold", deadline)
         assert time.monotonic() - started < 15 and deadline.expired
         assert deadline.failed_attempts >= len(served) - 1
     finally:
@@ -68,9 +70,46 @@ def test_post_is_not_retried_unless_asked() -> None:
     try:
         for methods, expected in ((None, 1), (("POST",), 3)):
             server.requests.clear()
-            session = retrying_session(retries=2, backoff=0.01, **(
+            http = RetryingHttp(retries=2, backoff=0.01, **(
                 {"methods": methods} if methods else {}))
-            session.post(server.url, data={"a": "b"}, timeout=Deadline(5).timeout())
+            http.request("POST", server.url, Deadline(5), form={"a": "b"})
             assert len(server.requests) == expected
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("url", "environ", "expected"), [
+    ("http://reg:5000/v2/", {}, None),
+    ("http://reg:5000/v2/", {"HTTP_PROXY": "proxy:3128"}, "http://proxy:3128"),
+    ("http://reg:5000/v2/", {"http_proxy": "http://p:1", "HTTP_PROXY": "http://q:1"},
+     "http://p:1"),
+    ("https://reg/v2/", {"HTTP_PROXY": "http://p:1"}, None),
+    ("https://reg/v2/", {"ALL_PROXY": "http://p:1"}, "http://p:1"),
+    ("https://reg/v2/", {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "other,reg"}, None),
+    ("https://a.reg/v2/", {"HTTPS_PROXY": "http://p:1", "no_proxy": ".reg"}, None),
+    ("https://reg/v2/", {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "other"}, "http://p:1"),
+])
+def test_environment_proxy(url: str, environ: dict[str, str], expected: str | None) -> None:
+    assert environment_proxy(url, environ) == expected
+
+
+def test_proxy_and_url_credentials_as_requests_sends_them() -> None:
+    """A forward proxy from the environment gets the absolute URL and its credentials; a
+    user:password in the URL becomes basic auth for the server, never part of the URL."""
+    proxy = ScriptedServer(lambda srv, handler: srv.answer(handler, 200, "via proxy"))
+    try:
+        http = RetryingHttp(environ={"HTTP_PROXY": f"http://pu:p%40ss@{proxy.address}"})
+        answer = http.request("GET", "http://alice:s3cret@registry.invalid:5000/v2/", Deadline(5))
+        assert answer.status == 200 and answer.data == b"via proxy"
+        (method, path, sent), = proxy.requests
+        headers = {name.lower(): value for name, value in sent.items()}
+        assert (method, path) == ("GET", "http://registry.invalid:5000/v2/")
+        assert headers["proxy-authorization"] == "Basic " + base64.b64encode(b"pu:p@ss").decode()
+        assert headers["authorization"] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
+        bypass = RetryingHttp(environ={"HTTP_PROXY": f"http://{proxy.address}",
+                                       "NO_PROXY": "registry.invalid"}, retries=0)
+        with pytest.raises(MaxRetryError):  # no proxy: the name does not resolve
+            bypass.request("GET", "http://registry.invalid:5000/v2/", Deadline(5))
+        assert len(proxy.requests) == 1
+    finally:
+        proxy.stop()

@@ -26,7 +26,7 @@ from mlflow_steps.codeset_files import file_digest
 from mlflow_steps.envspec import EnvSpec, strip_credentials
 from mlflow_steps.errors import StepError
 from mlflow_steps.redaction import redact
-from mlflow_steps.retry import Deadline, network_budget, retrying_session
+from mlflow_steps.retry import Deadline, RetryingHttp, network_budget
 
 DEFAULT_CHANNEL_ALIAS = "https://conda.anaconda.org/"
 DEFAULT_CHANNELS = ("conda-forge",)
@@ -155,7 +155,7 @@ def fetch(records: list[dict[str, Any]], cache: Path, environ: Mapping[str, str]
           source: str, secrets: list[str]) -> list[Path]:
     """Each record's archive, from the cache or its URL, checked against its hash."""
     archives = []
-    session = retrying_session()
+    http = RetryingHttp(environ=environ)
     budget = network_budget(environ)
     for record in records:
         name = _archive_name(record)
@@ -164,7 +164,7 @@ def fetch(records: list[dict[str, Any]], cache: Path, environ: Mapping[str, str]
         if not (path.is_file() and _check_digest(path, record, source)):
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.parent / f".{os.getpid()}.part"
-            _download(record["url"], partial, session, budget, secrets)
+            _download(record["url"], partial, http, budget, secrets)
             if not _check_digest(partial, record, source):
                 partial.unlink()
                 raise StepError(f"{name}: downloaded file does not match its "
@@ -175,22 +175,23 @@ def fetch(records: list[dict[str, Any]], cache: Path, environ: Mapping[str, str]
     return archives
 
 
-def _download(url: str, target: Path, session: Any, budget: float, secrets: list[str]) -> None:
+def _download(url: str, target: Path, http: RetryingHttp, budget: float,
+              secrets: list[str]) -> None:
     parts = urlsplit(url)
     try:
         if parts.scheme == "file":
             shutil.copyfile(unquote(parts.path), target)
             return
-        with session.get(url, stream=True, timeout=Deadline(budget).timeout()) as response:
-            if response.status_code != 200:
-                raise StepError(f"{redact(url, secrets)} answered HTTP {response.status_code}",
+        with http.request("GET", url, Deadline(budget), stream=True) as response:
+            if response.status != 200:
+                raise StepError(f"{redact(url, secrets)} answered HTTP {response.status}",
                                 source="conda channel")
             with target.open("wb") as handle:
-                for chunk in response.iter_content(_CHUNK):
+                for chunk in response.stream(_CHUNK):
                     handle.write(chunk)
     except StepError:
         raise
-    except Exception as exc:  # requests/OS errors: one redacted line
+    except Exception as exc:  # urllib3/OS errors: one redacted line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise StepError(f"cannot fetch {redact(url, secrets)}: {redact(first, secrets)}",
                         source="conda channel") from None

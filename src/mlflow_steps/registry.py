@@ -26,9 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-import requests
-from requests.utils import get_environ_proxies
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+from urllib3 import BaseHTTPResponse
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    ResponseError,
+)
+from urllib3.exceptions import SSLError as TlsError
+from urllib3.util import make_headers
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.imageref import DOCKER_HUB, is_insecure
@@ -36,11 +45,13 @@ from mlflow_steps.redaction import redact
 from mlflow_steps.retry import (
     BACKOFF,
     BUDGET_VARIABLE,
+    MAX_REDIRECTS,
     RETRIES,
     Deadline,
+    RetryingHttp,
+    environment_proxy,
     network_budget,
     retry_after_seconds,
-    retrying_session,
 )
 
 MANIFEST_TYPES = (
@@ -282,7 +293,8 @@ class RegistryClient:
         self.retries = retries
         self.backoff = backoff
         self.budget = network_budget(self.environ) if budget is None else budget
-        self.session = retrying_session(retries, backoff, methods=("HEAD", "GET", "POST"))
+        self.http = RetryingHttp(retries, backoff, methods=("HEAD", "GET", "POST"),
+                                 verify=verify, environ=self.environ)
         self._authorization: str | None = None
         self._secrets: set[str] = set()
         self._tls_probed = False
@@ -299,9 +311,9 @@ class RegistryClient:
 
     def _manifest_digest(self, repository: str, tag: str) -> str | None:
         response, url, deadline = self._pull("HEAD", "manifests", repository, tag)
-        if response.status_code == 404:
+        if response.status == 404:
             return None
-        if response.status_code == 200:
+        if response.status == 200:
             digest = response.headers.get("Docker-Content-Digest", "").strip()
             if not _DIGEST.fullmatch(digest):
                 problem = (f"a Docker-Content-Digest that is not a digest ({digest[:80]!r})"
@@ -340,13 +352,13 @@ class RegistryClient:
             response = self._request("blob GET", "GET", path, deadline=deadline,
                                      scope=f"repository:{repository}:pull", stream=True)
             url = f"{self.base_url}{path}"
-            if response.status_code != 200:
+            if response.status != 200:
                 raise self._failure(response, f"blob GET {url}", deadline)
             partial = out.with_name(out.name + ".partial")
             sha256, size = hashlib.sha256(), 0
             try:
                 with response, partial.open("wb") as sink:
-                    for chunk in response.iter_content(1 << 20):
+                    for chunk in response.stream(1 << 20):
                         size += len(chunk)
                         if size > limit:
                             raise StepError(f"blob {digest} is over {limit} bytes",
@@ -357,7 +369,7 @@ class RegistryClient:
                     raise StepError(f"blob GET {url} answered bytes that do not match the "
                                     "digest", source=self._source)
                 partial.replace(out)
-            except requests.RequestException as exc:
+            except HTTPError as exc:
                 raise StepError(f"blob GET {url} failed ({_reason(exc)})",
                                 source=self._source) from None
             finally:
@@ -370,8 +382,8 @@ class RegistryClient:
             path = f"/v2/{repository}/blobs/{digest}"
             response = self._request("blob HEAD", "HEAD", path, deadline=deadline,
                                      scope=_push_scope(repository))
-            if response.status_code in (200, 404):
-                return response.status_code == 200
+            if response.status in (200, 404):
+                return response.status == 200
             raise self._failure(response, f"blob HEAD {self.base_url}{path}", deadline)
 
     def push_blob(self, repository: str, digest: str, path: Path | None,
@@ -390,10 +402,10 @@ class RegistryClient:
                 scope += f" repository:{mount_from}:pull"
             response = self._request("blob upload POST", "POST", start, scope=scope,
                                      deadline=deadline)
-            if response.status_code == 201:
+            if response.status == 201:
                 return "mounted"
             location = response.headers.get("Location", "")
-            if response.status_code != 202 or not location:
+            if response.status != 202 or not location:
                 raise self._failure(response, f"blob upload POST {self.base_url}{start}",
                                     deadline)
             if path is None:
@@ -409,7 +421,7 @@ class RegistryClient:
                             data=chunk, headers={
                                 "Content-Type": "application/octet-stream",
                                 "Content-Range": f"{start}-{start + len(chunk) - 1}"})
-                        if response.status_code != 202 or not response.headers.get("Location"):
+                        if response.status != 202 or not response.headers.get("Location"):
                             raise self._failure(response, f"blob upload PATCH "
                                                 f"{url.split('?')[0]}", deadline)
                         url = urljoin(f"{self.base_url}/", response.headers["Location"])
@@ -420,7 +432,7 @@ class RegistryClient:
             response = self._request("blob upload PUT", "PUT", url, scope=scope,
                                      deadline=deadline, data=final, headers={
                                          "Content-Type": "application/octet-stream"})
-            if response.status_code not in (201, 204):
+            if response.status not in (201, 204):
                 raise self._failure(response, f"blob upload PUT {url.split('?')[0]}", deadline)
             return "uploaded" if size <= chunk_size else "uploaded in chunks"
 
@@ -433,12 +445,12 @@ class RegistryClient:
             response = self._request("manifest PUT", "PUT", path, deadline=deadline,
                                      scope=_push_scope(repository), data=body,
                                      headers={"Content-Type": media_type})
-            if response.status_code not in (200, 201):
+            if response.status not in (200, 201):
                 raise self._failure(response, f"manifest PUT {self.base_url}{path}", deadline)
             return "sha256:" + hashlib.sha256(body).hexdigest()
 
     def _pull(self, method: str, kind: str, repository: str,
-              reference: str) -> tuple[requests.Response, str, Deadline]:
+              reference: str) -> tuple[BaseHTTPResponse, str, Deadline]:
         """One pull-scoped request for /v2/<repository>/<kind>/<reference> (kind: manifests
         or blobs) under its own deadline: the answer, the URL and the deadline."""
         deadline = Deadline(self.budget)
@@ -457,13 +469,13 @@ class RegistryClient:
 
     def _get_manifest(self, repository: str, reference: str) -> tuple[str, dict]:
         response, url, deadline = self._pull("GET", "manifests", repository, reference)
-        if response.status_code == 404:
+        if response.status == 404:
             raise StepError(f"{repository}:{reference} not found ({url})", source=self._source)
-        if response.status_code != 200:
+        if response.status != 200:
             raise self._failure(response, f"manifest GET {url}", deadline)
-        digest = "sha256:" + hashlib.sha256(response.content).hexdigest()
+        digest = "sha256:" + hashlib.sha256(response.data).hexdigest()
         try:
-            manifest = json.loads(response.content)
+            manifest = json.loads(response.data)
             if not isinstance(manifest, dict):
                 raise ValueError("not an object")
         except ValueError:
@@ -478,14 +490,14 @@ class RegistryClient:
     def _blob(self, repository: str, digest: str, limit: int) -> bytes:
         self._check_digest(digest)
         response, url, deadline = self._pull("GET", "blobs", repository, digest)
-        if response.status_code != 200:
+        if response.status != 200:
             raise self._failure(response, f"blob GET {url}", deadline)
-        if len(response.content) > limit:
+        if len(response.data) > limit:
             raise StepError(f"blob {digest} is over {limit} bytes", source=self._source)
-        if "sha256:" + hashlib.sha256(response.content).hexdigest() != digest:
+        if "sha256:" + hashlib.sha256(response.data).hexdigest() != digest:
             raise StepError(f"blob GET {url} answered bytes that do not match the digest",
                             source=self._source)
-        return response.content
+        return response.data
 
     @property
     def _source(self) -> str:
@@ -500,7 +512,7 @@ class RegistryClient:
 
     def _request(self, what: str, method: str, path: str, *, scope: str,
                  deadline: Deadline, headers: dict[str, str] | None = None,
-                 data: bytes | None = None, stream: bool = False) -> requests.Response:
+                 data: bytes | None = None, stream: bool = False) -> BaseHTTPResponse:
         """One logical request: TLS fallback and authorisation share the deadline. ``path``
         is under the registry's base URL, or a URL the registry gave (an upload location)."""
         headers = {"Accept": ", ".join(MANIFEST_TYPES), **(headers or {})}
@@ -518,7 +530,7 @@ class RegistryClient:
             if self._authorization:
                 headers["Authorization"] = self._authorization
             try:
-                response = self._send(method, url, deadline, headers=headers, data=data,
+                response = self._send(method, url, deadline, headers=headers, body=data,
                                       stream=stream)
             except _TransportError as exc:
                 if exc.tls and self.allow_plain_http and self.scheme == "https":
@@ -526,14 +538,14 @@ class RegistryClient:
                     tls_failure, tls_only = exc.reason, exc.peer_speaks_tls
                     continue
                 raise self._transport_failure(exc, what, url, tls_failure) from None
-            if tls_only and response.status_code == 400:  # a TLS server's answer to HTTP
+            if tls_only and response.status == 400:  # a TLS server's answer to HTTP
                 self.scheme = "https"
                 raise StepError(f"{what} {url.replace('http://', 'https://', 1)}: TLS "
                                 f"failure ({tls_failure}); over plain HTTP it answers "
                                 "HTTP 400, so it needs TLS: give its CA with --registry-ca",
                                 source=self._source)
             tls_failure = None
-            if response.status_code == 401 and not authorised:
+            if response.status == 401 and not authorised:
                 authorised = True  # once per request: a cached token may have expired
                 self._authorization = self._authorize(response, scope, deadline)
                 if self._authorization:
@@ -547,7 +559,7 @@ class RegistryClient:
         The TLS failure (as a verified request reports it), else None: it speaks TLS, or the
         probe cannot tell (no connection, a proxy in between) and the request itself will."""
         url = urlsplit(self.base_url)
-        if not url.hostname or get_environ_proxies(self.base_url):
+        if not url.hostname or environment_proxy(self.base_url, self.environ):
             return None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
@@ -579,32 +591,32 @@ class RegistryClient:
         return StepError(f"{subject} {problem}{after}", source=self._source)
 
     def _send(self, method: str, url: str, deadline: Deadline,
-              **kwargs: object) -> requests.Response:
-        """One HTTP exchange (the session retries); no answer raises _TransportError."""
+              **kwargs: object) -> BaseHTTPResponse:
+        """One HTTP exchange (retried by the policy); no answer raises _TransportError."""
         if deadline.expired:
             raise _TransportError("", timed_out=True)
         failed_before = deadline.failed_attempts
         try:
-            return self.session.request(method, url, timeout=deadline.timeout(),
-                                        verify=self.verify, allow_redirects=True,
-                                        **kwargs)  # type: ignore[arg-type]
-        except requests.TooManyRedirects:
-            raise _TransportError(f"is a redirect loop (more than "
-                                  f"{self.session.max_redirects} redirects)") from None
-        except requests.RequestException as exc:
+            return self.http.request(method, url, deadline, **kwargs)  # type: ignore[arg-type]
+        except HTTPError as exc:
             attempts = max(1, deadline.failed_attempts - failed_before)
             if _is_tls(exc):
                 raise _TransportError(_reason(exc), tls=True,
                                       peer_speaks_tls=_peer_speaks_tls(exc)) from None
             if _is_timeout(exc) or deadline.expired:
                 raise _TransportError(_reason(exc), timed_out=True) from None
-            if isinstance(exc, requests.ConnectionError):
+            reason = getattr(exc, "reason", None)
+            if isinstance(reason, ResponseError) and "too many redirects" in str(reason):
+                raise _TransportError(f"is a redirect loop (more than {MAX_REDIRECTS} "
+                                      "redirects)") from None
+            if isinstance(exc, (MaxRetryError, ProtocolError)) and not isinstance(
+                    reason, ResponseError):
                 raise _TransportError(f"unreachable after {attempts} attempt"
                                       f"{'s' if attempts > 1 else ''} ({_reason(exc)})"
                                       ) from None
             raise _TransportError(f"failed ({_reason(exc)})") from None
 
-    def _authorize(self, response: requests.Response, scope: str,
+    def _authorize(self, response: BaseHTTPResponse, scope: str,
                    deadline: Deadline) -> str | None:
         challenge = response.headers.get("WWW-Authenticate", "").strip()
         scheme, _, params_text = challenge.partition(" ")
@@ -632,15 +644,18 @@ class RegistryClient:
         service = params.get("service", "")
         if credentials and credentials.identity_token:
             what = f"token endpoint POST {realm}"
-            kwargs: dict[str, object] = {"data": {
+            kwargs: dict[str, object] = {"form": {
                 "grant_type": "refresh_token", "refresh_token": credentials.identity_token,
                 "service": service, "scope": scope.split()[0], "client_id": "mlflow-steps"}}
             method = "POST"
         else:
             what = f"token endpoint GET {realm}"
-            kwargs = {"params": {"service": service, "scope": scope.split()}}
+            kwargs = {"query": {"service": service, "scope": scope.split()}}
             if credentials and credentials.username:
-                kwargs["auth"] = (credentials.username, credentials.password)
+                basic = make_headers(basic_auth=f"{credentials.username}:"
+                                                f"{credentials.password}")
+                self._secrets.add(basic["authorization"].removeprefix("Basic "))
+                kwargs["headers"] = basic
             method = "GET"
         try:
             response = self._send(method, realm, deadline, **kwargs)
@@ -649,7 +664,7 @@ class RegistryClient:
                 raise StepError(f"{what}: TLS failure ({exc.reason})",
                                 source=self._source) from None
             raise self._transport_failure(exc, what, "", None) from None
-        if response.status_code != 200:
+        if response.status != 200:
             raise self._failure(response, what, deadline)
         try:
             body = response.json()
@@ -670,9 +685,9 @@ class RegistryClient:
                             "characters", source=self._source)
         return token
 
-    def _failure(self, response: requests.Response, what: str,
+    def _failure(self, response: BaseHTTPResponse, what: str,
                  deadline: Deadline) -> StepError:
-        status = response.status_code
+        status = response.status
         reason = " ".join((response.reason or "").split())[:80]
         detail = _registry_message(response)
         hints = {401: "check the credentials in DOCKER_CONFIG/config.json or its helper",
@@ -693,7 +708,7 @@ def _push_scope(repository: str) -> str:
     return f"repository:{repository}:pull,push"
 
 
-def _registry_message(response: requests.Response) -> str:
+def _registry_message(response: BaseHTTPResponse) -> str:
     """The registry's own error text (distribution ``errors`` or a token server's
     ``details``/``error``), never a raw body."""
     try:
@@ -730,7 +745,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _is_tls(exc: BaseException) -> bool:
-    return isinstance(exc, requests.exceptions.SSLError) or any(
+    return isinstance(exc, TlsError) or any(
         isinstance(cause, ssl.SSLError) for cause in _causes(exc))
 
 
@@ -743,7 +758,7 @@ def _peer_speaks_tls(exc: BaseException) -> bool:
 
 
 def _is_timeout(exc: BaseException) -> bool:
-    return any(isinstance(cause, (requests.Timeout, ReadTimeoutError, socket.timeout))
+    return any(isinstance(cause, (ReadTimeoutError, socket.timeout))
                or (isinstance(cause, ConnectTimeoutError)
                    and not isinstance(cause, NewConnectionError))
                for cause in _causes(exc))

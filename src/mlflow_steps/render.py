@@ -53,6 +53,8 @@ TOOLING_REQUIREMENTS = (
     "packaging>=23",
     "pyyaml>=6",
     "requests>=2.31",
+    "urllib3>=2",  # the registry client (image records) speaks urllib3 2's API
+    "certifi",
     "mlflow-skinny>=2.10,<4",
     "boto3>=1.28",  # S3 artifact stores: the step checks the model the run logged there
 )

@@ -3,31 +3,33 @@
 ``network_budget`` is the total time one logical operation may wait on a server that does
 not answer, retries included (MLFLOW_STEPS_NETWORK_TIMEOUT, default 30 s).
 
-HTTP clients share one retry policy: ``retrying_session()`` is a requests session whose
-adapter retries with urllib3's ``Retry`` (refused or reset connections, timeouts, 5xx and
-429 with ``Retry-After`` honoured, exponential backoff; TLS failures are not retried).
-Pass ``Deadline(budget).timeout()`` as a request's ``timeout`` and that one deadline bounds
-everything the request does: each attempt's connect and read timeouts are what is left of
-it, a backoff or ``Retry-After`` wait that would overrun it ends the retries instead, and
-redirects share it. Reuse one deadline for several requests of one logical operation (a
-token fetch and the request it authorises)::
+HTTP clients share one retry policy: ``RetryingHttp`` sends requests over urllib3 pools with
+urllib3's ``Retry`` (refused or reset connections, timeouts, 5xx and 429 with
+``Retry-After`` honoured, exponential backoff; TLS failures are not retried), with proxies
+and the CA bundle taken from the environment as requests takes them. It is urllib3 alone,
+not requests: the builder's skip decision pays for every module it imports. One
+``Deadline`` bounds everything a request does: each attempt's connect and read timeouts are
+what is left of it, a backoff or ``Retry-After`` wait that would overrun it ends the retries
+instead, and redirects share it. Reuse one deadline for several requests of one logical
+operation (a token fetch and the request it authorises)::
 
-    session = retrying_session()
+    http = RetryingHttp()
     deadline = Deadline(network_budget(environ))
-    response = session.get(url, timeout=deadline.timeout())
+    response = http.request("GET", url, deadline)
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
+from urllib.parse import unquote, urlencode, urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+from urllib3 import BaseHTTPResponse, PoolManager, ProxyManager
 from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
-from urllib3.util import Retry, Timeout
+from urllib3.util import Retry, Timeout, make_headers
 
 from mlflow_steps.errors import StepError
 
@@ -35,6 +37,7 @@ BUDGET_VARIABLE = "MLFLOW_STEPS_NETWORK_TIMEOUT"
 DEFAULT_BUDGET_SECONDS = 30.0
 RETRIES = 4
 BACKOFF = 0.5  # urllib3: no wait before the first retry, then 1, 2, 4 s ...
+MAX_REDIRECTS = 30  # as requests
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS"})
 _MIN_ATTEMPT = 0.05  # an attempt needs at least this much of the deadline to be worth making
@@ -83,7 +86,7 @@ class Deadline:
         return self.remaining() <= 0
 
     def timeout(self) -> DeadlineTimeout:
-        """The ``timeout=`` for a request of a ``retrying_session`` bounded by this deadline."""
+        """A urllib3 ``timeout=`` bounded by this deadline."""
         return DeadlineTimeout(self)
 
 
@@ -121,7 +124,7 @@ class BudgetRetry(Retry):
     def increment(self, method=None, url=None, response=None, error=None,  # type: ignore[no-untyped-def]
                   _pool=None, _stacktrace=None) -> BudgetRetry:
         deadline = _ACTIVE.get()
-        if deadline is not None:
+        if deadline is not None and not (response and response.get_redirect_location()):
             deadline.failed_attempts += 1
         new = super().increment(method, url, response, error, _pool, _stacktrace)
         if deadline is not None and new.next_wait(response) + _MIN_ATTEMPT > deadline.remaining():
@@ -132,35 +135,111 @@ class BudgetRetry(Retry):
         return new
 
 
-class BudgetAdapter(HTTPAdapter):
-    """An HTTPAdapter whose retries see the deadline of the request's ``DeadlineTimeout``."""
-
-    def send(self, request, stream=False, timeout=None, verify=True, cert=None,  # type: ignore[no-untyped-def]
-             proxies=None):
-        token = _ACTIVE.set(getattr(timeout, "deadline", None))
-        try:
-            return super().send(request, stream=stream, timeout=timeout, verify=verify,
-                                cert=cert, proxies=proxies)
-        finally:
-            _ACTIVE.reset(token)
-
-
 def retry_policy(retries: int = RETRIES, backoff: float = BACKOFF,
                  methods: Collection[str] = IDEMPOTENT_METHODS) -> BudgetRetry:
     """The retry policy: ``retries`` more attempts after connection failures, timeouts and
     RETRY_STATUSES (429/503 wait Retry-After), ``backoff``·2^n s between them; TLS and other
-    errors fail at once; the last 5xx/429 answer is returned, not raised."""
-    return BudgetRetry(total=retries, connect=retries, read=retries, status=retries, other=0,
+    errors fail at once; the last 5xx/429 answer is returned, not raised. Up to
+    MAX_REDIRECTS redirects are followed; one to another host drops the Authorization."""
+    return BudgetRetry(total=None, connect=retries, read=retries, status=retries, other=0,
+                       redirect=MAX_REDIRECTS,
                        allowed_methods=frozenset(m.upper() for m in methods),
                        status_forcelist=RETRY_STATUSES, backoff_factor=backoff,
                        raise_on_status=False, respect_retry_after_header=True)
 
 
-def retrying_session(retries: int = RETRIES, backoff: float = BACKOFF,
-                     methods: Collection[str] = IDEMPOTENT_METHODS) -> requests.Session:
-    """A requests session with ``retry_policy`` mounted for http:// and https://."""
-    session = requests.Session()
-    adapter = BudgetAdapter(max_retries=retry_policy(retries, backoff, methods))
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+@contextmanager
+def _active(deadline: Deadline) -> Iterator[None]:
+    """Let ``BudgetRetry`` see the deadline of the request being sent."""
+    token = _ACTIVE.set(deadline)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+class RetryingHttp:
+    """HTTP(S) under ``retry_policy``. Proxies: ``environ``'s <scheme>_proxy or all_proxy
+    (either case) unless no_proxy names the host. Certificates are checked against
+    ``verify`` (a CA file or directory); True means REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, else
+    certifi's bundle (requests' order); False checks none."""
+
+    def __init__(self, retries: int = RETRIES, backoff: float = BACKOFF,
+                 methods: Collection[str] = IDEMPOTENT_METHODS, verify: bool | str = True,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.retry = retry_policy(retries, backoff, methods)
+        self.environ = dict(os.environ if environ is None else environ)
+        self.verify = verify
+        self._managers: dict[str | None, PoolManager] = {}
+
+    def request(self, method: str, url: str, deadline: Deadline, *,
+                headers: Mapping[str, str] | None = None, body: bytes | None = None,
+                form: Mapping[str, str] | None = None,
+                query: Mapping[str, str | list[str]] | None = None,
+                stream: bool = False) -> BaseHTTPResponse:
+        """One request, its retries and redirects bounded by ``deadline``; credentials in
+        the URL are sent as basic auth. ``form``: an
+        urlencoded body; ``query``: parameters added to the URL (a list repeats the key);
+        ``stream``: the caller reads the body (``stream()``) and then closes the response."""
+        headers = dict(headers or {})
+        parts = urlsplit(url)
+        if parts.username is not None:  # user:password@host means basic auth, as for requests
+            headers.setdefault("Authorization", make_headers(basic_auth=(
+                f"{unquote(parts.username)}:{unquote(parts.password or '')}"))["authorization"])
+            url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        if form is not None:
+            body = urlencode(form).encode()
+            headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        if query:
+            url += ("&" if "?" in url else "?") + urlencode(query, doseq=True)
+        with _active(deadline):
+            return self._manager(url).request(
+                method, url, body=body, headers=headers, timeout=deadline.timeout(),
+                retries=self.retry, redirect=True, preload_content=not stream)
+
+    def _manager(self, url: str) -> PoolManager:
+        proxy = environment_proxy(url, self.environ)
+        if proxy not in self._managers:
+            tls = _tls_options(self.verify, self.environ)
+            if proxy is None:
+                self._managers[proxy] = PoolManager(**tls)
+            else:
+                parts = urlsplit(proxy)
+                auth = (f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+                        if parts.username else None)
+                self._managers[proxy] = ProxyManager(
+                    proxy, proxy_headers=make_headers(proxy_basic_auth=auth), **tls)
+        return self._managers[proxy]
+
+
+def environment_proxy(url: str, environ: Mapping[str, str]) -> str | None:
+    """The proxy ``environ`` names for ``url``, None when none does or no_proxy names its
+    host."""
+    def variable(name: str) -> str:
+        return (environ.get(name) or environ.get(name.upper()) or "").strip()
+
+    parts = urlsplit(url)
+    proxy = variable(f"{parts.scheme}_proxy") or variable("all_proxy")
+    if not proxy or not parts.hostname:
+        return None
+    no_proxy = variable("no_proxy")
+    if no_proxy:
+        from urllib.request import proxy_bypass_environment
+
+        if proxy_bypass_environment(parts.netloc, {"no": no_proxy}):
+            return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _tls_options(verify: bool | str, environ: Mapping[str, str]) -> dict[str, str]:
+    if verify is False:
+        return {"cert_reqs": "CERT_NONE"}
+    if verify is True:
+        verify = environ.get("REQUESTS_CA_BUNDLE") or environ.get("CURL_CA_BUNDLE") or ""
+        if not verify:
+            import certifi
+
+            verify = certifi.where()
+    if os.path.isdir(verify):
+        return {"cert_reqs": "CERT_REQUIRED", "ca_cert_dir": verify}
+    return {"cert_reqs": "CERT_REQUIRED", "ca_certs": verify}
