@@ -113,3 +113,24 @@ def test_proxy_and_url_credentials_as_requests_sends_them() -> None:
         assert len(proxy.requests) == 1
     finally:
         proxy.stop()
+
+
+def test_parallel_requests_keep_their_connections(caplog) -> None:
+    """Parallel uploads share one client: its pool keeps their connections (urllib3's
+    default of one per host would drop and re-open them, with a warning each time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def slow_ok(srv: ScriptedServer, handler) -> None:
+        time.sleep(0.2)
+        srv.answer(handler, 200, "ok")
+
+    server = ScriptedServer(slow_ok)
+    http = RetryingHttp()
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            answers = list(pool.map(lambda _: http.request("GET", server.url, Deadline(10)),
+                                    range(8)))
+        assert [answer.status for answer in answers] == [200] * 8
+        assert "Connection pool is full" not in caplog.text
+    finally:
+        server.stop()

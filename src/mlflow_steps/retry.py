@@ -21,6 +21,7 @@ operation (a token fetch and the request it authorises)::
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -38,6 +39,7 @@ DEFAULT_BUDGET_SECONDS = 30.0
 RETRIES = 4
 BACKOFF = 0.5  # urllib3: no wait before the first retry, then 1, 2, 4 s ...
 MAX_REDIRECTS = 30  # as requests
+POOL_SIZE = 10
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS"})
 _MIN_ATTEMPT = 0.05  # an attempt needs at least this much of the deadline to be worth making
@@ -171,6 +173,7 @@ class RetryingHttp:
         self.environ = dict(os.environ if environ is None else environ)
         self.verify = verify
         self._managers: dict[str | None, PoolManager] = {}
+        self._lock = threading.Lock()  # one client serves parallel uploads
 
     def request(self, method: str, url: str, deadline: Deadline, *,
                 headers: Mapping[str, str] | None = None, body: bytes | None = None,
@@ -199,17 +202,20 @@ class RetryingHttp:
 
     def _manager(self, url: str) -> PoolManager:
         proxy = environment_proxy(url, self.environ)
-        if proxy not in self._managers:
-            tls = _tls_options(self.verify, self.environ)
-            if proxy is None:
-                self._managers[proxy] = PoolManager(**tls)
-            else:
-                parts = urlsplit(proxy)
-                auth = (f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-                        if parts.username else None)
-                self._managers[proxy] = ProxyManager(
-                    proxy, proxy_headers=make_headers(proxy_basic_auth=auth), **tls)
-        return self._managers[proxy]
+        with self._lock:
+            if proxy not in self._managers:
+                self._managers[proxy] = self._new_manager(proxy)
+            return self._managers[proxy]
+
+    def _new_manager(self, proxy: str | None) -> PoolManager:
+        # As requests' pools: up to 10 connections per host, so parallel uploads reuse them.
+        options = {**_tls_options(self.verify, self.environ), "maxsize": POOL_SIZE}
+        if proxy is None:
+            return PoolManager(**options)
+        parts = urlsplit(proxy)
+        auth = (f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+                if parts.username else None)
+        return ProxyManager(proxy, proxy_headers=make_headers(proxy_basic_auth=auth), **options)
 
 
 def environment_proxy(url: str, environ: Mapping[str, str]) -> str | None:
@@ -231,7 +237,7 @@ def environment_proxy(url: str, environ: Mapping[str, str]) -> str | None:
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
-def _tls_options(verify: bool | str, environ: Mapping[str, str]) -> dict[str, str]:
+def _tls_options(verify: bool | str, environ: Mapping[str, str]) -> dict[str, object]:
     if verify is False:
         return {"cert_reqs": "CERT_NONE"}
     if verify is True:
