@@ -49,6 +49,7 @@ from mlflow_steps.render import requirements_text  # noqa: E402
 EXAMPLE = REPO / "examples" / "sklearn-logreg"
 SKIP_ROUNDS = 9
 IMAGE_SKIP = "(builder image, docker run)"
+FLOOR_SKIP = "floor (python + one HEAD)"
 CAREFUL_DOCKERFILE = """\
 FROM {base}
 COPY requirements.txt /tmp/requirements.txt
@@ -258,8 +259,11 @@ def main() -> None:
 
 
 def print_skip(skip: dict[str, float]) -> None:
+    """Each median, and as a multiple of the floor measured beside it (this VM's speed
+    swings from day to day; the multiple moves less)."""
     for label, seconds in skip.items():
-        print(f"skip {label:<34}{seconds:6.3f} s")
+        multiple = "" if label == FLOOR_SKIP else f"  ({seconds / skip[FLOOR_SKIP]:.1f}x floor)"
+        print(f"skip {label:<34}{seconds:6.3f} s{multiple}")
 
 
 def skip_times(engine: DockerEngine, registry: Registry, base: str, root: Path
@@ -281,7 +285,7 @@ def skip_times(engine: DockerEngine, registry: Registry, base: str, root: Path
         "(step venv, mlflow-skinny)": ([str(step_python()), *argv], env),
         "(dev venv, full MLflow)": ([sys.executable, *argv], env),
         IMAGE_SKIP: (docker_run, engine.env()),
-        "floor (python + one HEAD)": (
+        FLOOR_SKIP: (
             [sys.executable, "-c", FLOOR, f"{registry.url}/v2/bench/skip/manifests/{tag}"],
             env),
     }
