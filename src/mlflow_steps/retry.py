@@ -179,11 +179,13 @@ class RetryingHttp:
                 headers: Mapping[str, str] | None = None, body: bytes | None = None,
                 form: Mapping[str, str] | None = None,
                 query: Mapping[str, str | list[str]] | None = None,
-                stream: bool = False) -> BaseHTTPResponse:
+                stream: bool = False, redirect: bool = True) -> BaseHTTPResponse:
         """One request, its retries and redirects bounded by ``deadline``; credentials in
         the URL are sent as basic auth. ``form``: an
         urlencoded body; ``query``: parameters added to the URL (a list repeats the key);
-        ``stream``: the caller reads the body (``stream()``) and then closes the response."""
+        ``stream``: the caller reads the body (``stream()``) and then closes the response;
+        ``redirect=False``: a redirect is returned, not followed (a body carrying a secret
+        must not be resent to wherever a 307 points)."""
         headers = dict(headers or {})
         parts = urlsplit(url)
         if parts.username is not None:  # user:password@host means basic auth, as for requests
@@ -198,7 +200,7 @@ class RetryingHttp:
         with _active(deadline):
             return self._manager(url).request(
                 method, url, body=body, headers=headers, timeout=deadline.timeout(),
-                retries=self.retry, redirect=True, preload_content=not stream)
+                retries=self.retry, redirect=redirect, preload_content=not stream)
 
     def _manager(self, url: str) -> PoolManager:
         proxy = environment_proxy(url, self.environ)
