@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -13,12 +14,23 @@ from mlflow_steps.workflow.nodes import Where
 CODESET_TASK = "fuseml-codeset"
 
 
+K8S_NAME_MAX = 63
+_NAME_HASH_HEX = 10
+
+
 def k8s_name(*parts: str) -> str:
-    """A DNS-1123 label from ``parts`` (lower-cased, other characters → '-')."""
-    name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:63].rstrip("-")
+    """A DNS-1123 label from ``parts`` (lower-cased, other characters → '-').
+
+    A name longer than 63 characters keeps its first 52 and, after a '-', 10 hex digits of the
+    SHA-256 of the whole name: two long names that share a beginning stay two names.
+    """
+    name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
     if not name:
         raise StepError(f"cannot make a Kubernetes name from {'-'.join(parts)!r}")
-    return name
+    if len(name) <= K8S_NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:_NAME_HASH_HEX]
+    return f"{name[:K8S_NAME_MAX - _NAME_HASH_HEX - 1].rstrip('-')}-{digest}"
 
 
 INPUT_TYPES = ("string", "codeset")

@@ -97,6 +97,22 @@ class _Objects:
         return {"configMapKeyRef": {"name": self.config_map, "key": key}}
 
 
+class _Names:
+    """The object names one export gives out, per kind: two different sources never share one
+    (a name cut to 63 characters keeps a hash, but the hash is short and sanitizing merges)."""
+
+    def __init__(self) -> None:
+        self._given: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def __call__(self, kind: str, *parts: str) -> str:
+        name = k8s_name(*parts)
+        other = self._given.setdefault((kind, name), parts)
+        if other != parts:
+            raise StepError(f"{'/'.join(other)!r} and {'/'.join(parts)!r} both become the "
+                            f"{kind} {name!r}: rename one")
+        return name
+
+
 class TektonExport:
     """Builds the Kubernetes documents of one workflow (pure; ``write`` puts them in files)."""
 
@@ -104,6 +120,7 @@ class TektonExport:
                  identity: Identity, executor: str = DIRECT) -> None:
         self.workflow = workflow
         self.name = k8s_name(workflow.name)
+        self._names = _Names()
         self.tasks = {step.name: k8s_name(step.name) for step in workflow.steps}
         # Without a registry file, extensions are resolved in-cluster: one ConfigMap (and an
         # optional Secret) per selector, which the cluster's operator provides.
@@ -157,12 +174,14 @@ class TektonExport:
 
     def in_cluster_objects(self, selector: str) -> str:
         """The ConfigMap (and optional Secret) name of an in-cluster extension selector."""
-        return k8s_name(self.name, "ext", selector)
+        self._names("Secret", self.name, "ext", selector)
+        return self._names("ConfigMap", self.name, "ext", selector)
 
     def _service_objects(self, access: Access) -> _Objects:
-        name = k8s_name(self.name, access.extension.id, access.service.id)
+        parts = (self.name, access.extension.id, access.service.id)
         keys = frozenset(access.secret_keys())
-        return _Objects(name, name if keys else None, keys)
+        return _Objects(self._names("ConfigMap", *parts),
+                        self._names("Secret", *parts) if keys else None, keys)
 
     def extension_objects(self) -> list[dict[str, Any]]:
         if self.in_cluster:
@@ -212,11 +231,11 @@ class TektonExport:
 
     @property
     def registry_secret(self) -> str:
-        return k8s_name(self.name, "registry")
+        return self._names("Secret", self.name, "registry")
 
     @property
     def pip_config_secret(self) -> str:
-        return k8s_name(self.name, "pip-config")
+        return self._names("Secret", self.name, "pip-config")
 
     def is_builder(self, step: Step) -> bool:
         """The builder step: its image, or the default of the input that names it."""
@@ -300,7 +319,7 @@ class TektonExport:
         previous = self.tasks[self.workflow.steps[index - 1].name] if index else (
             CODESET_TASK if self.codeset else None)
         task: dict[str, Any] = {"name": self.tasks[step.name],
-                                "taskRef": {"name": k8s_name(self.name, step.name)}}
+                                "taskRef": {"name": self._task_name(step)}}
         if previous:
             task["runAfter"] = [previous]
         task["params"] = [{"name": name, "value": self._text(template)}
@@ -333,7 +352,10 @@ class TektonExport:
         elif self.is_builder(step):
             self._builder_plan(spec, container)
         return {"apiVersion": API_VERSION, "kind": "Task",
-                "metadata": self._meta(k8s_name(self.name, step.name)), "spec": spec}
+                "metadata": self._meta(self._task_name(step)), "spec": spec}
+
+    def _task_name(self, step: Step) -> str:
+        return self._names("Task", self.name, step.name)
 
     def _builder_volumes(self) -> list[dict[str, Any]]:
         return [
