@@ -1,12 +1,17 @@
 """Install the environment into a staging tree as it will be in the image (/opt/env), for the
 base's platform, with uv and no build of any source distribution; then make the tree
 position-independent of the staging path (interpreter, scripts, bytecode, recorded URLs) and
-check it needs nothing the base lacks. Any doubt raises NotApplicable."""
+check it needs nothing the base lacks. Any doubt raises NotApplicable.
+
+Nothing of the staged environment runs here: uv installs into it as a prefix of this machine's
+interpreter (uv never starts the environment's own, whose ``site`` would run the packages'
+``.pth`` files); the tooling check, the lock's input and the SBOM come from its metadata; the
+interpreter runs here (probes, bytecode) start without ``site``, in the work directory, with a
+scrubbed environment (``scrubbed_env``): no credential, registry or pip configuration."""
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -17,31 +22,26 @@ from pathlib import Path
 from mlflow_steps.direct import NotApplicable
 from mlflow_steps.direct.base import BaseFacts
 from mlflow_steps.direct.elf import missing_libraries
+from mlflow_steps.direct.installed import (
+    distributions,
+    image_markers,
+    sbom_json,
+    unmet_requirements,
+)
 from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.errors import StepError
 from mlflow_steps.hashing import SOURCE_DATE_EPOCH
 from mlflow_steps.layers import Entry
 from mlflow_steps.pipconfig import BuildPipConfig
 from mlflow_steps.redaction import redact, secret_values
-from mlflow_steps.render import (
-    BUILD_DIR,
-    ENV_PREFIX,
-    SBOM_ARGS,
-    SBOM_TOOL,
-    TOOLING_WHEEL,
-    record_hash,
-    uv_binary,
-)
+from mlflow_steps.render import BUILD_DIR, ENV_PREFIX, TOOLING_WHEEL, record_hash, uv_binary
 from mlflow_steps.retry import network_budget
 
 INSTALL_BUDGETS = 20  # an install downloads many files: this many network budgets
 _PLATFORMS = {"amd64": "x86_64", "arm64": "aarch64"}
-# What `uv venv --relocatable` writes atop an entry point script: the image's scripts name
-# the environment's interpreter instead, as the Dockerfile path's do.
-_TRAMPOLINE = re.compile(
-    rb"\A#!/bin/sh\n'''exec' \"\$\(dirname -- \"\$\(realpath -- \"\$0\"\)\"\)\"/'python' "
-    rb"\"\$0\" \"\$@\"\n' '''\n")
 _VOLATILE = (".lock",)  # uv's own lock file in the venv
+# What an interpreter run here keeps of the build's environment (see scrubbed_env).
+_KEPT = ("PATH", "LANG", "LANGUAGE", "TZ")
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,12 @@ class StagedEnv:
     root: Path
     prefix: Path
     site_packages: Path
-    python: str
+    python: str  # this machine's interpreter the environment is staged with (not its own)
     python_build: str  # what the bytecode depends on: the interpreter's version and build
     stager: Stager
     context: Path
     frozen: str  # `uv pip freeze` before local files' URLs were relocated
+    work: Path  # the staging directory: HOME and cwd of the interpreters run here
     overrides: dict[str, Entry]  # image path (no leading /) -> what the image has there
     bundled: frozenset[str]  # every file name in the environment
     base_libraries: frozenset[str]
@@ -74,11 +75,22 @@ def platform_tag(base: BaseFacts) -> str:
     return f"{machine}-manylinux_{base.glibc_version.replace('.', '_')}"
 
 
+def scrubbed_env(environ: dict[str, str], work: Path) -> dict[str, str]:
+    """The environment of an interpreter run here: PATH, locale and time zone of ``environ``,
+    HOME in ``work``, the build's epoch and hash seed; no credential, no registry or pip
+    configuration, no PYTHON* setting."""
+    kept = {key: value for key, value in environ.items()
+            if key in _KEPT or key.startswith("LC_")}
+    return {**kept, "HOME": str(work), "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH),
+            "PYTHONHASHSEED": "0"}
+
+
 class Stager:
-    """Runs uv (and the staging interpreter) with the build's pip settings."""
+    """Runs uv with the build's pip settings; it installs with this machine's interpreter
+    (``python``) into the environment as a prefix."""
 
     def __init__(self, spec: EnvSpec, base: BaseFacts, pip: BuildPipConfig,
-                 environ: dict[str, str]) -> None:
+                 environ: dict[str, str], work: Path, no_cache: bool = False) -> None:
         self.spec = spec
         self.base = base
         self.minor = str(spec.python or "")
@@ -92,13 +104,22 @@ class Stager:
         # replaced (``_replace``), never written in place.
         self.env.update(UV_LINK_MODE="hardlink", SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH),
                         PYTHONHASHSEED="0")
+        if no_cache:  # a package cache of its own: every file downloaded again
+            self.env["UV_CACHE_DIR"] = str(work / "uv-cache")
         self.timeout = network_budget(environ) * INSTALL_BUDGETS
         self.uv = str(uv_binary())
+        self.work = work
+        self.scrubbed = scrubbed_env(environ, work)
+        self.python = self._host_python()
 
-    def run(self, argv: list[str], what: str, *, fallback: bool = False) -> str:
-        """Run argv; its stdout. A failure is NotApplicable (``fallback``) or a StepError."""
+    def run(self, argv: list[str], what: str, *, fallback: bool = False,
+            scrubbed: bool = False) -> str:
+        """Run argv (``scrubbed``: an interpreter, with ``scrubbed_env`` in the work
+        directory); its stdout. A failure is NotApplicable (``fallback``) or a StepError."""
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, env=self.env,
+            result = subprocess.run(argv, capture_output=True, text=True,
+                                    env=self.scrubbed if scrubbed else self.env,
+                                    cwd=self.work if scrubbed else None,
                                     timeout=self.timeout, check=False)
         except subprocess.TimeoutExpired:
             raise StepError(f"{what} took over {self.timeout:g} s", source="direct") from None
@@ -110,23 +131,27 @@ class Stager:
             raise StepError(f"{what} failed: {problem}", source="direct")
         return result.stdout
 
-    def host_python(self) -> str:
-        """A CPython of the environment's minor version here, to stage and compile with."""
+    def _host_python(self) -> str:
+        """A CPython of the environment's minor version here, to stage and compile with (its
+        sys.executable: what uv names atop the scripts it installs)."""
         try:
             found = self.run([self.uv, "python", "find", "--no-project", self.minor],
                              "finding python", fallback=True).strip()
         except NotApplicable:
             raise NotApplicable(f"no python{self.minor} here to stage the environment with"
                                 ) from None
-        probe = self.run([found, "-c", "import sys; print(sys.implementation.name)"],
-                         "probing python", fallback=True).strip()
-        if probe != "cpython":
-            raise NotApplicable(f"{found} is {probe}, not CPython")
-        return found
+        probe = self.run([found, "-S", "-c", "import sys; print(sys.implementation.name); "
+                          "print(sys.executable)"], "probing python", fallback=True,
+                         scrubbed=True).splitlines()
+        if probe[:1] != ["cpython"] or len(probe) != 2:
+            raise NotApplicable(f"{found} is {' '.join(probe[:1])}, not CPython")
+        return probe[1]
 
     def pip(self, prefix: Path, *args: str, what: str, fallback: bool = True) -> str:
-        return self.run([self.uv, "pip", *args, "--python", str(prefix / "bin" / "python")],
-                        what, fallback=fallback)
+        """``uv pip`` on the environment at ``prefix`` as a prefix of this machine's
+        interpreter: uv never starts the environment's interpreter."""
+        return self.run([self.uv, "pip", *args, "--python", self.python, "--prefix",
+                         str(prefix)], what, fallback=fallback)
 
     def targeted(self) -> list[str]:
         return ["--python-platform", self.platform, "--python-version",
@@ -147,10 +172,8 @@ def stage(spec: EnvSpec, context: Path, base: BaseFacts, pip: BuildPipConfig,
     (``no_cache``: with a package cache of its own, every file downloaded again)."""
     if spec.strategy != "pip":
         raise NotApplicable(f"a {spec.strategy} environment has conda packages")
-    stager = Stager(spec, base, pip, environ)
-    if no_cache:
-        stager.env["UV_CACHE_DIR"] = str(work / "uv-cache")
-    python = stager.host_python()
+    stager = Stager(spec, base, pip, environ, work, no_cache)
+    python = stager.python
     root = work / "root"
     prefix = root / ENV_PREFIX.lstrip("/")
     stager.run([stager.uv, "venv", "--quiet", "--relocatable", "--python", python, str(prefix)],
@@ -165,24 +188,23 @@ def stage(spec: EnvSpec, context: Path, base: BaseFacts, pip: BuildPipConfig,
                what="installing the requirements without building any")
     stager.pip(prefix, "install", "--quiet", "--no-deps", *stager.targeted(),
                str(context / "tooling" / TOOLING_WHEEL), what="installing the step tooling")
-    try:
-        stager.pip(prefix, "check", "--quiet", *stager.targeted(), what="checking the tooling's "
-                   "requirements in the environment")
-    except NotApplicable as exc:
-        raise NotApplicable(f"the environment does not satisfy the step tooling ({exc})"
-                            ) from None
     site = next(prefix.glob("lib/python*/site-packages"))
+    unmet = unmet_requirements(distributions(site), image_markers(
+        base.python_versions.get(stager.minor, stager.minor), _PLATFORMS[base.architecture]))
+    if unmet:
+        raise NotApplicable(f"the environment does not satisfy the step tooling "
+                            f"({'; '.join(unmet[:3])})")
     _drop_install_times(site)
     _strip_tests(site)
     frozen = stager.pip(prefix, "freeze", "--quiet", what="listing the environment",
                         fallback=False)
     _relocate_direct_urls(prefix, str(context))
-    _rewrite_scripts(prefix)
-    build = stager.run([python, "-c", "import sys; print(sys.version, sys.implementation."
-                        "cache_tag)"], "probing python", fallback=False).strip()
+    _rewrite_scripts(prefix, python)
+    build = stager.run([python, "-S", "-c", "import sys; print(sys.version, sys.implementation."
+                        "cache_tag)"], "probing python", scrubbed=True).strip()
     bundled = frozenset(name for _, directories, files in os.walk(prefix)
                         for name in (*directories, *files))
-    return StagedEnv(root, prefix, site, python, build, stager, context, frozen,
+    return StagedEnv(root, prefix, site, python, build, stager, context, frozen, work,
                      _image_interpreter(root, prefix, stager), bundled, base.libraries,
                      (str(work), str(context)))
 
@@ -238,15 +260,13 @@ def write_record(staged: StagedEnv) -> Path:
     frozen = record.parent / "installed.txt"
     frozen.write_text(staged.frozen)
     lock = stager.run([stager.uv, "pip", "compile", "--quiet", "--no-header", "--no-annotate",
-                       "--no-deps", "--generate-hashes", *stager.targeted(), str(frozen)],
+                       "--no-deps", "--generate-hashes", "--python", stager.python,
+                       *stager.targeted(), str(frozen)],
                       "hashing the installed packages", fallback=False)
     frozen.unlink()
     (record / "lock.txt").write_text(lock.replace(str(context), BUILD_DIR))
-    sbom = record / "sbom.cdx.json"
-    stager.run([stager.uv, "tool", "run", "--quiet", "--python", staged.python, "--from",
-                SBOM_TOOL, "cyclonedx-py", *SBOM_ARGS, "-o", str(sbom),
-                str(staged.prefix / "bin" / "python")], "writing the SBOM", fallback=False)
-    sbom.write_text(sbom.read_text().replace(str(context), BUILD_DIR))
+    (record / "sbom.cdx.json").write_text(sbom_json(distributions(staged.site_packages),
+                                                    SOURCE_DATE_EPOCH))
     problem = leaked_paths(staged.root, [p for p in record.rglob("*") if p.is_file()],
                             staged.staging_paths)
     if problem:
@@ -272,10 +292,11 @@ def compile_bytecode(staged: StagedEnv, sources: list[Path], work: Path) -> None
     pycs, recording /opt/env paths)."""
     listing = work / f"compile-{os.getpid()}-{id(sources)}.txt"
     listing.write_text("".join(f"{path}\n" for path in sources))
-    result = subprocess.run(
-        [staged.python, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
-         "-s", str(staged.prefix), "-p", ENV_PREFIX, "-i", str(listing)],
-        capture_output=True, text=True, env=staged.stager.env, check=False)
+    result = subprocess.run(  # this machine's interpreter, without site: nothing is run
+        [staged.python, "-S", "-m", "compileall", "-q", "--invalidation-mode",
+         "unchecked-hash", "-s", str(staged.prefix), "-p", ENV_PREFIX, "-i", str(listing)],
+        capture_output=True, text=True, env=staged.stager.scrubbed, cwd=staged.work,
+        check=False)
     listing.unlink()
     if result.returncode != 0:  # a file that is not Python 3 (a package's template, ...)
         lines = [x for x in result.stdout.splitlines() if x.strip()]
@@ -298,14 +319,19 @@ def _image_interpreter(root: Path, prefix: Path, stager: Stager) -> dict[str, En
                                             data=config.encode(), mode=0o644)}
 
 
-def _rewrite_scripts(prefix: Path) -> None:
-    """Entry point scripts name /opt/env/bin/python, as the Dockerfile path's do."""
+def _rewrite_scripts(prefix: Path, python: str) -> None:
+    """Entry point scripts (uv names the installing interpreter, ``python``) name
+    /opt/env/bin/python, as the Dockerfile path's do (any other mention of ``python`` at the
+    top, as in the /bin/sh form for a long path, is NotApplicable)."""
+    installer = f"#!{python}\n".encode()
     for script in (prefix / "bin").iterdir():
         if script.is_file() and not script.is_symlink():
             data = script.read_bytes()
-            rewritten = _TRAMPOLINE.sub(f"#!{ENV_PREFIX}/bin/python\n".encode(), data, count=1)
-            if rewritten != data:
-                _replace(script, rewritten)
+            if data.startswith(installer):
+                _replace(script, f"#!{ENV_PREFIX}/bin/python\n".encode() + data[len(installer):])
+            elif python.encode() in data[:1024]:
+                raise NotApplicable(f"the script {script.name} names {python} in a form not "
+                                    f"rewritten here")
 
 
 def leaked_paths(root: Path, paths: list[Path], needles: tuple[str, ...]) -> str | None:
