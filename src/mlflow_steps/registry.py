@@ -5,6 +5,26 @@ Credentials are found as the docker CLI finds them: ``credHelpers[host]``, else
 fallback and retries included) is bounded by one network budget (``retry.network_budget``);
 every failure is one StepError naming the registry and the endpoint, with every credential
 masked (``redaction.redact``).
+
+Where credentials go (as go-containerregistry scopes them; Docker and containerd send them
+wherever the challenge points): the registry's Authorization (Basic, or the Bearer token it
+issued) only to the registry's own scheme, host and port; a blob-upload ``Location`` or a
+redirect elsewhere is followed without it (urllib3 drops it on a redirect to another scheme,
+host or port, so an https -> http downgrade on the same host loses it too), and a 401 from
+elsewhere is that request's failure, never a reason to authorise there. The docker
+credentials go to the token endpoint the registry's challenge names over HTTPS; over plain
+HTTP only when the registry itself may be spoken to over plain HTTP (``--insecure-registries``,
+loopback) and the endpoint is on the registry's host or is such a host itself. A refresh
+token is POSTed without following redirects (a 307 would resend it elsewhere). Anything else
+is refused with one line.
+
+Everything fetched by digest (manifests, index children, blobs) is checked against that
+digest before use; after a manifest PUT the registry's ``Docker-Content-Digest`` (or, when
+it sends none, the digest it then serves under the reference) must be that of what was
+sent. Transient failures (connection reset, 5xx, 429 with ``Retry-After``) of every
+request, uploads included, are retried under the one policy (``retry.retry_policy``):
+request bodies are bytes, so a retried PATCH resends the same chunk with the same
+``Content-Range``.
 """
 
 from __future__ import annotations
@@ -70,6 +90,9 @@ _NOT_FOUND = "credentials not found"  # docker-credential-helpers' "not found" a
 UPLOAD_FLOOR_BYTES_PER_SECOND = 1 << 20  # an upload's budget grows by 1 s per MiB
 UPLOAD_CHUNK = 64 << 20  # larger blobs go up in chunks of this size (bounded memory)
 _PULLS = ("manifest HEAD", "manifest GET", "blob GET", "token endpoint")  # requests that pull
+_VERIFIABLE = ("sha256", "sha512")  # digest algorithms content is checked against (OCI's)
+_METHODS = ("HEAD", "GET", "POST", "PUT", "PATCH")  # retried on transient failures
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def docker_config_dir(environ: dict[str, str]) -> Path:
@@ -287,14 +310,15 @@ class RegistryClient:
                  budget: float | None = None) -> None:
         self.host = host
         self.scheme = "https"
+        self.insecure_registries = insecure_registries
         self.allow_plain_http = is_insecure(host, insecure_registries)
         self.verify = verify
         self.environ = dict(os.environ if environ is None else environ)
         self.retries = retries
         self.backoff = backoff
         self.budget = network_budget(self.environ) if budget is None else budget
-        self.http = RetryingHttp(retries, backoff, methods=("HEAD", "GET", "POST"),
-                                 verify=verify, environ=self.environ)
+        self.http = RetryingHttp(retries, backoff, methods=_METHODS, verify=verify,
+                                 environ=self.environ)
         self._authorization: str | None = None
         self._secrets: set[str] = set()
         self._tls_probed = False
@@ -334,7 +358,9 @@ class RegistryClient:
                 if chosen is None:
                     raise StepError(f"{repository}:{reference} has no linux/amd64 image",
                                     source=self._source)
-                digest, manifest = self._get_manifest(repository, chosen["digest"])
+                child = chosen.get("digest")
+                self._check_digest(child if isinstance(child, str) else "")
+                digest, manifest = self._get_manifest(repository, child)
             return digest, manifest
 
     def blob(self, repository: str, digest: str, limit: int) -> bytes:
@@ -346,7 +372,7 @@ class RegistryClient:
         """Stream the blob ``digest`` (at most ``limit`` bytes) into ``out``, checked against
         its digest; nothing is left at ``out`` when it fails."""
         with self._redacting():
-            self._check_digest(digest)
+            algorithm = self._check_digest(digest)
             deadline = Deadline(self.budget + limit / UPLOAD_FLOOR_BYTES_PER_SECOND)
             path = f"/v2/{repository}/blobs/{digest}"
             response = self._request("blob GET", "GET", path, deadline=deadline,
@@ -355,7 +381,7 @@ class RegistryClient:
             if response.status != 200:
                 raise self._failure(response, f"blob GET {url}", deadline)
             partial = out.with_name(out.name + ".partial")
-            sha256, size = hashlib.sha256(), 0
+            hasher, size = hashlib.new(algorithm), 0
             try:
                 with response, partial.open("wb") as sink:
                     for chunk in response.stream(1 << 20):
@@ -363,11 +389,9 @@ class RegistryClient:
                         if size > limit:
                             raise StepError(f"blob {digest} is over {limit} bytes",
                                             source=self._source)
-                        sha256.update(chunk)
+                        hasher.update(chunk)
                         sink.write(chunk)
-                if "sha256:" + sha256.hexdigest() != digest:
-                    raise StepError(f"blob GET {url} answered bytes that do not match the "
-                                    "digest", source=self._source)
+                self._verify(f"blob GET {url}", f"{algorithm}:{hasher.hexdigest()}", digest)
                 partial.replace(out)
             except HTTPError as exc:
                 raise StepError(f"blob GET {url} failed ({_reason(exc)})",
@@ -445,9 +469,20 @@ class RegistryClient:
             response = self._request("manifest PUT", "PUT", path, deadline=deadline,
                                      scope=_push_scope(repository), data=body,
                                      headers={"Content-Type": media_type})
+            what = f"manifest PUT {self.base_url}{path}"
             if response.status not in (200, 201):
-                raise self._failure(response, f"manifest PUT {self.base_url}{path}", deadline)
-            return "sha256:" + hashlib.sha256(body).hexdigest()
+                raise self._failure(response, what, deadline)
+            digest = _content_digest(body)
+            served = response.headers.get("Docker-Content-Digest", "").strip()
+            said = f"answered Docker-Content-Digest {_shown(served)}"
+            if not served:  # it does not say: what it now serves under the reference
+                served = self._manifest_digest(repository, reference) or ""
+                said = f"succeeded, but {reference} is then {_shown(served) or 'missing'}"
+            if served != digest:
+                raise StepError(f"{what} {said}, while the manifest sent has digest {digest}: "
+                                "the registry did not store what was pushed",
+                                source=self._source, exit_code=1)
+            return digest
 
     def _pull(self, method: str, kind: str, repository: str,
               reference: str) -> tuple[BaseHTTPResponse, str, Deadline]:
@@ -468,12 +503,17 @@ class RegistryClient:
             raise self._redacted(exc) from None
 
     def _get_manifest(self, repository: str, reference: str) -> tuple[str, dict]:
+        """The manifest under a tag, or under a digest (then checked against it)."""
+        by_digest = ":" in reference  # a tag has no colon
+        algorithm = self._check_digest(reference) if by_digest else "sha256"
         response, url, deadline = self._pull("GET", "manifests", repository, reference)
         if response.status == 404:
             raise StepError(f"{repository}:{reference} not found ({url})", source=self._source)
         if response.status != 200:
             raise self._failure(response, f"manifest GET {url}", deadline)
-        digest = "sha256:" + hashlib.sha256(response.data).hexdigest()
+        digest = _content_digest(response.data, algorithm)
+        if by_digest:
+            self._verify(f"manifest GET {url}", digest, reference)
         try:
             manifest = json.loads(response.data)
             if not isinstance(manifest, dict):
@@ -483,20 +523,29 @@ class RegistryClient:
                             source=self._source) from None
         return digest, manifest
 
-    def _check_digest(self, digest: str) -> None:
-        if not _DIGEST.fullmatch(digest) or not digest.startswith("sha256:"):
-            raise StepError(f"{digest[:80]!r} is not a sha256 digest", source=self._source)
+    def _check_digest(self, digest: str) -> str:
+        """``digest``'s algorithm, when it is a digest content can be checked against."""
+        algorithm = digest.partition(":")[0]
+        if not _DIGEST.fullmatch(digest) or algorithm not in _VERIFIABLE:
+            raise StepError(f"{digest[:80]!r} is not a {' or '.join(_VERIFIABLE)} digest",
+                            source=self._source)
+        return algorithm
+
+    def _verify(self, what: str, served: str, wanted: str) -> None:
+        """Refuse content fetched by digest that does not have that digest."""
+        if served != wanted:
+            raise StepError(f"{what} answered content whose digest is {served}, not the "
+                            f"{wanted} asked for: refusing it", source=self._source,
+                            exit_code=1)
 
     def _blob(self, repository: str, digest: str, limit: int) -> bytes:
-        self._check_digest(digest)
+        algorithm = self._check_digest(digest)
         response, url, deadline = self._pull("GET", "blobs", repository, digest)
         if response.status != 200:
             raise self._failure(response, f"blob GET {url}", deadline)
         if len(response.data) > limit:
             raise StepError(f"blob {digest} is over {limit} bytes", source=self._source)
-        if "sha256:" + hashlib.sha256(response.data).hexdigest() != digest:
-            raise StepError(f"blob GET {url} answered bytes that do not match the digest",
-                            source=self._source)
+        self._verify(f"blob GET {url}", _content_digest(response.data, algorithm), digest)
         return response.data
 
     @property
@@ -527,8 +576,11 @@ class RegistryClient:
                 tls_failure, tls_only = failure.reason, failure.peer_speaks_tls
         while True:
             url = path if "://" in path else f"{self.base_url}{path}"
-            if self._authorization:
+            own = _origin(url) == _origin(self.base_url)  # else: no credentials go there
+            if self._authorization and own:
                 headers["Authorization"] = self._authorization
+            else:
+                headers.pop("Authorization", None)
             try:
                 response = self._send(method, url, deadline, headers=headers, body=data,
                                       stream=stream)
@@ -545,6 +597,10 @@ class RegistryClient:
                                 "HTTP 400, so it needs TLS: give its CA with --registry-ca",
                                 source=self._source)
             tls_failure = None
+            if response.status == 401 and not own:
+                raise StepError(f"{what} {url.split('?')[0]} answered HTTP 401: the registry "
+                                "sent it to another host than its own, where no credentials "
+                                "are sent", source=self._source, exit_code=1)
             if response.status == 401 and not authorised:
                 authorised = True  # once per request: a cached token may have expired
                 self._authorization = self._authorize(response, scope, deadline)
@@ -642,11 +698,17 @@ class RegistryClient:
             raise StepError(f"its WWW-Authenticate challenge names a token endpoint that is "
                             f"not an http(s) URL ({realm[:100]!r})", source=self._source)
         service = params.get("service", "")
+        if credentials and not self._may_send_credentials(realm):
+            raise StepError(f"its WWW-Authenticate challenge names a plain-HTTP token endpoint "
+                            f"({realm[:100]}): credentials go to a token endpoint only over "
+                            "HTTPS, or over HTTP on a host listed in --insecure-registries",
+                            source=self._source, exit_code=1)
         if credentials and credentials.identity_token:
             what = f"token endpoint POST {realm}"
             kwargs: dict[str, object] = {"form": {
                 "grant_type": "refresh_token", "refresh_token": credentials.identity_token,
-                "service": service, "scope": scope.split()[0], "client_id": "mlflow-steps"}}
+                "service": service, "scope": scope.split()[0], "client_id": "mlflow-steps"},
+                "redirect": False}
             method = "POST"
         else:
             what = f"token endpoint GET {realm}"
@@ -685,6 +747,15 @@ class RegistryClient:
                             "characters", source=self._source)
         return token
 
+    def _may_send_credentials(self, realm: str) -> bool:
+        """Whether the docker credentials may go to the token endpoint ``realm``."""
+        scheme, host, _ = _origin(realm)
+        if scheme == "https":
+            return True
+        registry_host = _origin(self.base_url)[1]
+        return self.allow_plain_http and (host == registry_host or is_insecure(
+            urlsplit(realm).netloc, self.insecure_registries))
+
     def _failure(self, response: BaseHTTPResponse, what: str,
                  deadline: Deadline) -> StepError:
         status = response.status
@@ -706,6 +777,26 @@ class RegistryClient:
 
 def _push_scope(repository: str) -> str:
     return f"repository:{repository}:pull,push"
+
+
+def _shown(digest: str) -> str:
+    """A digest a registry sent, quoted unless it is one."""
+    return digest if not digest or _DIGEST.fullmatch(digest) else repr(digest[:80])
+
+
+def _content_digest(data: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port: what Authorization is scoped to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port
 
 
 def _registry_message(response: BaseHTTPResponse) -> str:
