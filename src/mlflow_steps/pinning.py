@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
-import tempfile
-from pathlib import Path
 
+from mlflow_steps import interrupt
 from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.errors import StepError
 from mlflow_steps.pipconfig import BuildPipConfig
@@ -36,8 +35,8 @@ def pinned_spec(spec: EnvSpec, pip: BuildPipConfig, environ: dict[str, str]) -> 
     if spec.local_files or spec.pip.get("constraints"):
         raise StepError("cannot pin an environment with local files or constraints (they are "
                         "hashed by content already)", source="input", field="resolve")
-    with tempfile.TemporaryDirectory(prefix="mlflow-steps-resolve-") as tmp:
-        requirements = Path(tmp) / "requirements.txt"
+    with interrupt.private_directory("mlflow-steps-resolve-") as tmp:
+        requirements = tmp / "requirements.txt"
         requirements.write_text(requirements_text(spec))
         env = pip.uv_process_env(environ)
         # --refresh: the index's answer now, not a cached page (its point is seeing releases)
@@ -47,8 +46,7 @@ def pinned_spec(spec: EnvSpec, pip: BuildPipConfig, environ: dict[str, str]) -> 
                 str(requirements)]
         timeout = network_budget(environ) * RESOLVE_ATTEMPTS_BUDGET
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, env=env,
-                                    timeout=timeout, check=False, cwd=tmp)
+            result = interrupt.run(argv, text=True, env=env, timeout=timeout, cwd=tmp)
         except subprocess.TimeoutExpired:
             raise StepError(f"resolving the requirements took over {timeout:g} s",
                             source="input", field="resolve") from None

@@ -32,6 +32,14 @@ def write_atomically(path: Path, value: str) -> None:
 
 
 def write_outputs(outputs: dict[Path, str]) -> None:
-    """Write every output only once all values are known (the step has succeeded)."""
-    for path, value in outputs.items():
-        write_atomically(path, value)
+    """Write every output only once all values are known (the step has succeeded): all of
+    them, or (failed or interrupted on the way) none."""
+    written: list[Path] = []
+    try:
+        for path, value in outputs.items():
+            write_atomically(path, value)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow_steps import interrupt
 from mlflow_steps.envspec import EnvSpec
 from mlflow_steps.errors import StepError
 from mlflow_steps.imageref import ImageRef, is_insecure
@@ -106,17 +108,20 @@ class Backend(ABC):
     def run_streaming(self, argv: list[str], env: dict[str, str], what: str) -> None:
         """Run argv, stream its output prefixed to stderr, fail with its last lines."""
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        try:
-            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       env=env, text=True, errors="replace")
-        except OSError as exc:
-            raise StepError(f"cannot start {argv[0]}: {exc.strerror}", source=self.name) from None
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            print(f"[{self.name}] {line}", file=sys.stderr, flush=True)
-        if process.wait() != 0:
+        with contextlib.ExitStack() as stack:  # its process group ends with an interruption
+            try:
+                process = stack.enter_context(interrupt.child(
+                    argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                    errors="replace"))
+            except OSError as exc:
+                raise StepError(f"cannot start {argv[0]}: {exc.strerror}",
+                                source=self.name) from None
+            assert process.stdout is not None
+            for line in process.stdout:
+                line = line.rstrip()
+                tail.append(line)
+                print(f"[{self.name}] {line}", file=sys.stderr, flush=True)
+        if process.returncode != 0:
             last = " | ".join(x.strip() for x in tail if x.strip())
             raise StepError(f"{what} failed (exit {process.returncode}): {last}",
                             source=self.name)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
+from mlflow_steps import interrupt
 from mlflow_steps.backends.base import Backend, BuildRequest
 
 
@@ -53,17 +53,17 @@ class BuildahBackend(Backend):
             "buildah is not installed")
 
     def build_and_push(self, request: BuildRequest) -> None:
-        with tempfile.TemporaryDirectory(prefix="buildah-") as tmp:
-            conf = Path(tmp) / "registries.conf"
+        with interrupt.private_directory("buildah-") as tmp:
+            conf = tmp / "registries.conf"
             conf.write_text(registries_conf(request))
             env = {**self.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)}
             cert_dir = None
             if request.registry_ca:
-                cert_dir = Path(tmp) / "certs"
+                cert_dir = tmp / "certs"
                 cert_dir.mkdir()
                 shutil.copyfile(request.registry_ca, cert_dir / "ca.crt")
             isolation = None if "BUILDAH_ISOLATION" in self.environ else "chroot"
-            build, push = buildah_args(request, Path(tmp) / "digest", cert_dir, isolation)
+            build, push = buildah_args(request, tmp / "digest", cert_dir, isolation)
             # No cache at all: a store of its own, the base pulled afresh.
             store = (["--root", f"{tmp}/store", "--runroot", f"{tmp}/run"]
                      if request.no_cache else [])

@@ -7,9 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
+from mlflow_steps import interrupt
 from mlflow_steps.backends.base import Backend, BuildRequest
 from mlflow_steps.backends.docker_archive import BaseImage, normalised_parts
 from mlflow_steps.cache import cache_root
@@ -25,9 +24,9 @@ CLI_ENV = "MLFLOW_STEPS_DOCKER_CLI"
 
 def _supports_buildkit_secrets(cli: str, env: dict[str, str]) -> bool:
     try:
-        result = subprocess.run([cli, "build", "--help"], capture_output=True, text=True,
-                                env={**env, "DOCKER_BUILDKIT": "1"}, timeout=30, check=False)
-    except OSError:
+        result = interrupt.run([cli, "build", "--help"], text=True,
+                               env={**env, "DOCKER_BUILDKIT": "1"}, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
         return False
     return "--secret" in result.stdout
 
@@ -61,9 +60,8 @@ class DockerBackend(Backend):
     def unavailable_reason(self) -> str | None:
         if not find_docker_cli(self.environ):
             return "no docker client with BuildKit secret support (buildx) found"
-        result = subprocess.run([self.cli, "version", "--format", "{{.Server.Version}}"],
-                                capture_output=True, text=True, env=self.environ, timeout=30,
-                                check=False)
+        result = interrupt.run([self.cli, "version", "--format", "{{.Server.Version}}"],
+                               text=True, env=self.environ, timeout=30)
         if result.returncode != 0:
             host = self.environ.get("DOCKER_HOST", "the default socket")
             return f"no Docker engine answers on {host}"
@@ -91,8 +89,7 @@ class DockerBackend(Backend):
             request.destination.registry, insecure_registries=request.insecure_registries,
             verify=str(request.registry_ca) if request.registry_ca else True, environ=env)
         base = self._base_image(request, client, env)
-        with tempfile.TemporaryDirectory(prefix="docker-save-") as tmp:
-            workdir = Path(tmp)
+        with interrupt.private_directory("docker-save-") as workdir:
             archive = workdir / "image.tar"
             self.run_streaming([self.cli, "save", "-o", str(archive), str(request.destination)],
                                env, "docker save")
@@ -111,10 +108,9 @@ class DockerBackend(Backend):
                     env: dict[str, str]) -> BaseImage:
         """The base's layers and time from the engine; its blobs when the destination's
         registry has them (mounted across repositories, not re-uploaded)."""
-        result = subprocess.run(
+        result = interrupt.run(
             [self.cli, "image", "inspect", "--format", "{{json .RootFS.Layers}} {{.Created}}",
-             str(request.base_image)], capture_output=True, text=True, env=env, timeout=60,
-            check=False)
+             str(request.base_image)], text=True, env=env, timeout=60)
         if result.returncode != 0:
             raise StepError(f"cannot inspect the base image {request.base_image}: "
                             f"{result.stderr.strip()[-300:]}", source=self.name)

@@ -12,12 +12,12 @@ import os
 import re
 import tarfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.image_push import Blob, rfc3339
+from mlflow_steps.interrupt import ThreadPool
 from mlflow_steps.layers import Layer, LayerCache, compress, rewrite
 
 
@@ -103,7 +103,7 @@ def normalised_parts(archive_path: Path, base: BaseImage, epoch: int, workdir: P
     mounted = len(base.blobs) if shared == len(base.blobs) == len(base.diff_ids) else 0
     results: dict[int, tuple[Blob, str]] = {}
     jobs = {}
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    with ThreadPool(max_workers=os.cpu_count() or 2) as pool:
         for index, name in enumerate(layer_names[mounted:], start=mounted):
             ours = index >= shared
             cached = known.get(diff_ids[index], epoch) if ours else None

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from mlflow_steps.direct.base import facts_summary, layer_file, load_base
 from mlflow_steps.direct.stage import StagedEnv, check_files, compile_bytecode, stage
 from mlflow_steps.hashing import SOURCE_DATE_EPOCH
 from mlflow_steps.image_push import Blob, push_image
+from mlflow_steps.interrupt import ThreadPool, private_directory
 from mlflow_steps.layers import LayerCache, entries_key, write_layer
 from mlflow_steps.registry import RegistryClient
 
@@ -72,12 +71,11 @@ class DirectBackend(Backend):
         self._log(facts_summary(base), started)
         scratch = cache / "work"  # beside uv's cache, usually: installs hard-link from it
         scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="direct-", dir=scratch) as tmp:
-            work = Path(tmp)
+        with private_directory("direct-", scratch) as work:
             staged = stage(spec, request.context, base, request.pip, self.environ, work,
                            no_cache=request.no_cache)
             self._log(f"environment staged for {base.interpreters[str(spec.python)]}", started)
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            with ThreadPool(max_workers=os.cpu_count() or 2) as pool:
                 record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
                 jobs = [LayerJob(tree_plan(staged, name, paths),
                                  frozenset(p for p in paths if p.suffix == ".py"), checked=True)

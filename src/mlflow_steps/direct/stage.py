@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_steps import interrupt
 from mlflow_steps.direct import NotApplicable
 from mlflow_steps.direct.base import BaseFacts
 from mlflow_steps.direct.elf import missing_libraries
@@ -117,10 +118,9 @@ class Stager:
         """Run argv (``scrubbed``: an interpreter, with ``scrubbed_env`` in the work
         directory); its stdout. A failure is NotApplicable (``fallback``) or a StepError."""
         try:
-            result = subprocess.run(argv, capture_output=True, text=True,
-                                    env=self.scrubbed if scrubbed else self.env,
-                                    cwd=self.work if scrubbed else None,
-                                    timeout=self.timeout, check=False)
+            result = interrupt.run(argv, text=True,
+                                   env=self.scrubbed if scrubbed else self.env,
+                                   cwd=self.work if scrubbed else None, timeout=self.timeout)
         except subprocess.TimeoutExpired:
             raise StepError(f"{what} took over {self.timeout:g} s", source="direct") from None
         if result.returncode != 0:
@@ -292,11 +292,10 @@ def compile_bytecode(staged: StagedEnv, sources: list[Path], work: Path) -> None
     pycs, recording /opt/env paths)."""
     listing = work / f"compile-{os.getpid()}-{id(sources)}.txt"
     listing.write_text("".join(f"{path}\n" for path in sources))
-    result = subprocess.run(  # this machine's interpreter, without site: nothing is run
+    result = interrupt.run(  # this machine's interpreter, without site: nothing is run
         [staged.python, "-S", "-m", "compileall", "-q", "--invalidation-mode",
          "unchecked-hash", "-s", str(staged.prefix), "-p", ENV_PREFIX, "-i", str(listing)],
-        capture_output=True, text=True, env=staged.stager.scrubbed, cwd=staged.work,
-        check=False)
+        text=True, env=staged.stager.scrubbed, cwd=staged.work)
     listing.unlink()
     if result.returncode != 0:  # a file that is not Python 3 (a package's template, ...)
         lines = [x for x in result.stdout.splitlines() if x.strip()]

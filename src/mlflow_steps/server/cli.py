@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any
 import click
 
 from mlflow_steps.errors import StepError
+from mlflow_steps.interrupt import on_signals
 from mlflow_steps.server import check as checks
 from mlflow_steps.server import config as cfg
 
@@ -167,9 +167,8 @@ def gc_command(dry_run: bool, every: str | None, **values: Any) -> None:
             collect(config, dry_run=dry_run, log=_echo)
             return
         stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
-        collect_every(config, interval, stop, dry_run=dry_run, log=_echo)
+        with on_signals(lambda *_: stop.set()):
+            collect_every(config, interval, stop, dry_run=dry_run, log=_echo)
     _echo("gc: stopped")
 
 

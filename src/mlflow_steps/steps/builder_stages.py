@@ -7,6 +7,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from mlflow_steps import interrupt
 from mlflow_steps.backends.base import BuildRequest, secret_delivery
 from mlflow_steps.backends.buildah import buildah_args, registries_conf
 from mlflow_steps.backends.kaniko import kaniko_args
@@ -53,25 +54,28 @@ def prepare(codeset: Path, inputs: BuilderInputs, executor_name: str, plan_dir: 
                     target.pull_reference, digest, inputs.insecure_registries,
                     str(ca_file) if ca_file else None)
     args: list[str] = []
-    if digest is None:
-        pip = target.pip
-        delivery = PipConfigDelivery() if pip.empty else secret_delivery(pip.ca_bundle is not None)
-        context = write_context(target.spec, plan_dir / "context", delivery,
-                                inputs.conda_channel_alias, environ)
-        secrets = {} if pip.empty else write_pip_secrets(plan_dir / "secrets", pip)
-        request = build_request(target, inputs, context, docker_config_dir(environ), secrets,
-                                environ)
-        if executor_name == "kaniko" and inputs.reproducible is None:
-            # Kaniko's --reproducible re-tars every layer (1.64x the build+push): asked for only
-            request = replace(request, source_date_epoch=None)
-        args = _executor_args(executor_name, request, plan_dir, ca_file)
-        log(f"plan: build {target.destination} with {executor_name} "
-            f"({target.spec.strategy}, base {target.spec.base_image})")
-    plan.write(plan_dir)
-    for path, value in ((skip_result, "true" if plan.skip else "false"),
-                        (args_result, json.dumps(args))):
-        if path is not None:
-            write_atomically(path, value)
+    # The executor reads the secrets: kept unless this stage fails or is interrupted.
+    with interrupt.scratch(plan_dir / "secrets", keep=True) as secrets_dir:
+        if digest is None:
+            pip = target.pip
+            delivery = (PipConfigDelivery() if pip.empty
+                        else secret_delivery(pip.ca_bundle is not None))
+            context = write_context(target.spec, plan_dir / "context", delivery,
+                                    inputs.conda_channel_alias, environ)
+            secrets = {} if pip.empty else write_pip_secrets(secrets_dir, pip)
+            request = build_request(target, inputs, context, docker_config_dir(environ),
+                                    secrets, environ)
+            if executor_name == "kaniko" and inputs.reproducible is None:
+                # Kaniko's --reproducible re-tars every layer (1.64x the build+push): on ask
+                request = replace(request, source_date_epoch=None)
+            args = _executor_args(executor_name, request, plan_dir, ca_file)
+            log(f"plan: build {target.destination} with {executor_name} "
+                f"({target.spec.strategy}, base {target.spec.base_image})")
+        plan.write(plan_dir)
+        for path, value in ((skip_result, "true" if plan.skip else "false"),
+                            (args_result, json.dumps(args))):
+            if path is not None:
+                write_atomically(path, value)
     return plan
 
 
