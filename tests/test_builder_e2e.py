@@ -210,5 +210,5 @@ def test_registry_errors_stop_before_building(tmp_path: Path) -> None:
     env = {**os.environ, "MLFLOW_STEPS_RESULTS_DIR": str(tmp_path / "r"), "TASK_RESULT": "x"}
     result = build(EXAMPLE, env, "--registry", f"127.0.0.1:{free_port()}")
     assert result.returncode == 2
-    assert "unreachable after 5 attempts" in result.stderr
+    assert "unreachable after 3 attempts (connection refused)" in result.stderr
     assert "building" not in result.stderr and not (tmp_path / "r").exists()

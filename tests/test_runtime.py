@@ -265,7 +265,7 @@ def test_failing_project_marks_run_failed_and_writes_nothing(mlflow_server,
     ({"FUSEML_MAX_ITER": "many"}, "max_iter='many' is not a valid int"),
     ({"FUSEML_MLFLOW_MODEL_ALIAS": "prod"}, "mlflow_model_alias: needs mlflow_register_model"),
     ({"MLFLOW_TRACKING_URI": "http://someone:hunter2-pass@127.0.0.1:9"},
-     "tracking server http://someone:***@127.0.0.1:9 did not answer within 2 s"),
+     "tracking server http://someone:***@127.0.0.1:9: Connection refused (3 attempts)"),
     ({"MLFLOW_RUN_CONTEXT": "[1]"}, "MLFLOW_RUN_CONTEXT: is not a JSON object of tags"),
 ])
 def test_bad_inputs_fail_cleanly(tmp_path: Path, extra: dict[str, str], message: str) -> None:

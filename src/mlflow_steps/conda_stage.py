@@ -26,7 +26,13 @@ from mlflow_steps.codeset_files import file_digest
 from mlflow_steps.envspec import EnvSpec, strip_credentials
 from mlflow_steps.errors import StepError
 from mlflow_steps.redaction import redact
-from mlflow_steps.retry import Deadline, RetryingHttp, network_budget
+from mlflow_steps.retry import (
+    BUDGET_VARIABLE,
+    Deadline,
+    RetryingHttp,
+    is_timeout,
+    network_budget,
+)
 
 DEFAULT_CHANNEL_ALIAS = "https://conda.anaconda.org/"
 DEFAULT_CHANNELS = ("conda-forge",)
@@ -193,6 +199,8 @@ def _download(url: str, target: Path, http: RetryingHttp, budget: float,
         raise
     except Exception as exc:  # urllib3/OS errors: one redacted line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if is_timeout(exc):
+            first = f"no answer within {budget:g} s ({BUDGET_VARIABLE} sets the budget)"
         raise StepError(f"cannot fetch {redact(url, secrets)}: {redact(first, secrets)}",
                         source="conda channel") from None
 

@@ -14,7 +14,8 @@ FastAPI app, and SQLAlchemy 2.1 support in its SQL store).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -81,6 +82,42 @@ def tracking_request(tracking_uri: str, endpoint: str, method: str, *, timeout: 
     return http_request(tracking_host_creds(tracking_uri), endpoint, method, max_retries=0,
                         backoff_factor=0, backoff_jitter=0, timeout=timeout,
                         raise_on_status=False, respect_retry_after_header=False, **kwargs)
+
+
+@contextmanager
+def bounded_requests(budget: float) -> Iterator[None]:
+    """For the duration, every request MLflow's REST client sends from this process is
+    bounded in total by ``budget`` seconds (``retry.BoundedAdapter``: MLflow's retries and a
+    server trickling its answer included). MLflow makes its sessions in
+    ``request_utils._get_request_session``; their adapters get bounded copies, and the
+    originals are put back afterwards."""
+    from mlflow.utils import request_utils
+
+    from mlflow_steps.retry import BoundedAdapter
+
+    original = request_utils._get_request_session
+    swapped: list[tuple[Any, str, Any]] = []
+
+    def bounded_session(*args: Any, **kwargs: Any) -> Any:
+        session = original(*args, **kwargs)
+        for prefix, adapter in list(session.adapters.items()):
+            if not isinstance(adapter, BoundedAdapter):
+                kind = type(f"Bounded{type(adapter).__name__}", (BoundedAdapter, type(adapter)),
+                            {"budget": budget})
+                bounded = kind.__new__(kind)
+                bounded.__setstate__(adapter.__getstate__())  # requests' own copy of settings
+                session.mount(prefix, bounded)
+                swapped.append((session, prefix, adapter))
+        return session
+
+    request_utils._get_request_session = bounded_session
+    try:
+        yield
+    finally:
+        request_utils._get_request_session = original
+        for session, prefix, adapter in swapped:
+            session.adapters[prefix].close()
+            session.mount(prefix, adapter)
 
 
 # --- The SQL tracking store (server: gc, db-upgrade) -----------------------------------------

@@ -4,14 +4,19 @@
 not answer, retries included (MLFLOW_STEPS_NETWORK_TIMEOUT, default 30 s).
 
 HTTP clients share one retry policy: ``RetryingHttp`` sends requests over urllib3 pools with
-urllib3's ``Retry`` (refused or reset connections, timeouts, 5xx and 429 with
-``Retry-After`` honoured, exponential backoff; TLS failures are not retried), with proxies
+urllib3's ``Retry`` (reset connections, timeouts, 5xx and 429 with ``Retry-After`` honoured,
+exponential backoff; a refused connection is retried REFUSED_RETRIES times, about a second:
+nothing listens there; TLS failures are not retried), with proxies
 and the CA bundle taken from the environment as requests takes them. It is urllib3 alone,
 not requests: the builder's skip decision pays for every module it imports. One
 ``Deadline`` bounds everything a request does: each attempt's connect and read timeouts are
 what is left of it, a backoff or ``Retry-After`` wait that would overrun it ends the retries
-instead, and redirects share it. Reuse one deadline for several requests of one logical
-operation (a token fetch and the request it authorises)::
+instead, and redirects share it. The deadline is total, not per socket operation: every read
+of a response (status line, headers, body, preloaded or streamed) and every send waits at most
+what is left of it, so a server that trickles a byte a second cannot hold a request past it
+(``POOL_CLASSES``; ``BoundedAdapter`` does the same for a requests session, MLflow's client).
+Reuse one deadline for several requests of one logical operation (a token fetch and the
+request it authorises)::
 
     http = RetryingHttp()
     deadline = Deadline(network_budget(environ))
@@ -20,7 +25,10 @@ operation (a token fetch and the request it authorises)::
 
 from __future__ import annotations
 
+import http.client
+import io
 import os
+import socket
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
@@ -29,7 +37,16 @@ from contextvars import ContextVar
 from urllib.parse import unquote, urlencode, urlsplit
 
 from urllib3 import BaseHTTPResponse, PoolManager, ProxyManager
-from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    InvalidHeader,
+    MaxRetryError,
+    NewConnectionError,
+    ReadTimeoutError,
+    ResponseError,
+)
 from urllib3.util import Retry, Timeout, make_headers
 
 from mlflow_steps.errors import StepError
@@ -37,6 +54,7 @@ from mlflow_steps.errors import StepError
 BUDGET_VARIABLE = "MLFLOW_STEPS_NETWORK_TIMEOUT"
 DEFAULT_BUDGET_SECONDS = 30.0
 RETRIES = 4
+REFUSED_RETRIES = 2  # a refused connection: nothing listens (a restart at most), ~1 s of retries
 BACKOFF = 0.5  # urllib3: no wait before the first retry, then 1, 2, 4 s ...
 MAX_REDIRECTS = 30  # as requests
 POOL_SIZE = 10
@@ -59,6 +77,37 @@ def network_budget(environ: Mapping[str, str] | None = None) -> float:
         raise StepError(f"'{raw}' is not a number of seconds between 0 and 3600",
                         source=BUDGET_VARIABLE)
     return budget
+
+
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every exception it wraps (urllib3's ``reason``, ``args``, causes: the
+    wrappers of urllib3, requests and MLflow)."""
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [getattr(current, "reason", None), *current.args, current.__cause__,
+                  current.__context__]
+        pending += [item for item in linked if isinstance(item, BaseException)]
+
+
+def is_refused(error: BaseException | None) -> bool:
+    """Whether ``error`` is, or wraps, a refused connection."""
+    return error is not None and any(
+        isinstance(cause, ConnectionRefusedError) for cause in causes(error))
+
+
+def is_timeout(error: BaseException) -> bool:
+    """Whether ``error`` is, or wraps, a timeout (a spent deadline included; a failed
+    connect is not one, though urllib3 makes it a ConnectTimeoutError)."""
+    return any(isinstance(cause, ReadTimeoutError | TimeoutError)
+               or (isinstance(cause, ConnectTimeoutError)
+                   and not isinstance(cause, NewConnectionError))
+               for cause in causes(error))
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -129,6 +178,8 @@ class BudgetRetry(Retry):
         if deadline is not None and not (response and response.get_redirect_location()):
             deadline.failed_attempts += 1
         new = super().increment(method, url, response, error, _pool, _stacktrace)
+        if is_refused(error) and sum(is_refused(h.error) for h in new.history) > REFUSED_RETRIES:
+            raise MaxRetryError(_pool, url, error) from error  # type: ignore[arg-type]
         if deadline is not None and new.next_wait(response) + _MIN_ATTEMPT > deadline.remaining():
             reason = error or ResponseError(
                 f"the network budget ({deadline.seconds:g} s) is spent"
@@ -150,9 +201,119 @@ def retry_policy(retries: int = RETRIES, backoff: float = BACKOFF,
                        raise_on_status=False, respect_retry_after_header=True)
 
 
+# --- The deadline at the socket: every read and send waits at most what is left of it ------
+
+def _socket_timeout(deadline: Deadline, per_operation: float | None) -> float:
+    """The timeout of the next socket operation: what is left of ``deadline``, at most
+    ``per_operation``; TimeoutError once the deadline is spent."""
+    left = deadline.remaining()
+    if left <= 0:
+        raise TimeoutError(f"timed out (the network budget of {deadline.seconds:g} s is spent)")
+    return left if per_operation is None else min(left, per_operation)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads, each waiting at most what is left of ``deadline``."""
+
+    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+        self._per_read = sock.gettimeout()  # the read timeout the client set
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int | None:  # type: ignore[no-untyped-def, override]
+        self._sock.settimeout(_socket_timeout(self._deadline, self._per_read))
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _BoundedSocket:
+    """What ``http.client.HTTPResponse`` takes a socket for: a reader of it."""
+
+    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """A response (status line, headers, body) read under the deadline active when the
+    request was sent; it stays bound to it when the body is streamed later."""
+
+    def __init__(self, sock, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        deadline = _ACTIVE.get()
+        super().__init__(sock if deadline is None else _BoundedSocket(sock, deadline),
+                         *args, **kwargs)
+
+
+class _DeadlineSending:
+    """Connection mixin: each send waits at most what is left of the active deadline;
+    responses are ``_DeadlineResponse``."""
+
+    sock: socket.socket | None
+    response_class = _DeadlineResponse
+
+    def send(self, data) -> None:  # type: ignore[no-untyped-def]
+        deadline = _ACTIVE.get()
+        if deadline is not None and self.sock is not None:
+            self.sock.settimeout(_socket_timeout(deadline, self.sock.gettimeout()))
+        super().send(data)  # type: ignore[misc]
+
+
+class _BoundedHTTPConnection(_DeadlineSending, HTTPConnection):
+    pass
+
+
+class _BoundedHTTPSConnection(_DeadlineSending, HTTPSConnection):
+    pass
+
+
+class _BoundedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _BoundedHTTPConnection
+
+
+class _BoundedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _BoundedHTTPSConnection  # type: ignore[assignment]
+
+
+# A urllib3 pool manager's ``pool_classes_by_scheme`` under which the deadline is total.
+POOL_CLASSES = {"http": _BoundedHTTPConnectionPool, "https": _BoundedHTTPSConnectionPool}
+
+
+class BoundedAdapter:
+    """Mixin for a requests ``HTTPAdapter`` subclass: each ``send`` (urllib3's retries and
+    the reading of the body included) is bounded in total by a deadline of ``budget`` s."""
+
+    budget: float = DEFAULT_BUDGET_SECONDS
+
+    def init_poolmanager(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().init_poolmanager(*args, **kwargs)  # type: ignore[misc]
+        self.poolmanager.pool_classes_by_scheme = POOL_CLASSES  # type: ignore[attr-defined]
+
+    def proxy_manager_for(self, proxy, **kwargs):  # type: ignore[no-untyped-def]
+        manager = super().proxy_manager_for(proxy, **kwargs)  # type: ignore[misc]
+        manager.pool_classes_by_scheme = POOL_CLASSES
+        return manager
+
+    def send(self, request, **kwargs):  # type: ignore[no-untyped-def]
+        with _active(Deadline(self.budget)):
+            return super().send(request, **kwargs)  # type: ignore[misc]
+
+
 @contextmanager
 def _active(deadline: Deadline) -> Iterator[None]:
-    """Let ``BudgetRetry`` see the deadline of the request being sent."""
+    """Let ``BudgetRetry`` and the bounded connections see the deadline of the request being
+    sent."""
     token = _ACTIVE.set(deadline)
     try:
         yield
@@ -212,12 +373,17 @@ class RetryingHttp:
     def _new_manager(self, proxy: str | None) -> PoolManager:
         # As requests' pools: up to 10 connections per host, so parallel uploads reuse them.
         options = {**_tls_options(self.verify, self.environ), "maxsize": POOL_SIZE}
+        manager: PoolManager
         if proxy is None:
-            return PoolManager(**options)
-        parts = urlsplit(proxy)
-        auth = (f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-                if parts.username else None)
-        return ProxyManager(proxy, proxy_headers=make_headers(proxy_basic_auth=auth), **options)
+            manager = PoolManager(**options)
+        else:
+            parts = urlsplit(proxy)
+            auth = (f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+                    if parts.username else None)
+            manager = ProxyManager(proxy, proxy_headers=make_headers(proxy_basic_auth=auth),
+                                   **options)
+        manager.pool_classes_by_scheme = POOL_CLASSES  # the deadline bounds every read
+        return manager
 
 
 def environment_proxy(url: str, environ: Mapping[str, str]) -> str | None:

@@ -118,6 +118,19 @@ def image_tags(environ: dict[str, str]) -> dict[str, str]:
     return {**tags, "mlflow_steps.tooling_version": __version__}
 
 
+def _mark_failed(client, run_id: str) -> None:
+    """After a failure of ours (a tracking server that stopped answering, ...): the run we
+    created is not left RUNNING, as far as the server still answers (within the budget)."""
+    from mlflow.entities import RunStatus
+
+    from mlflow_steps.runtime.tracking import mlflow_error_line
+
+    try:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+    except Exception as exc:  # the failure being raised says what went wrong first
+        log(f"warning: run {run_id} could not be marked FAILED: {mlflow_error_line(exc)}")
+
+
 def run_runtime(codeset: Path, inputs: RuntimeInputs,
                 environ: dict[str, str] | None = None) -> RuntimeOutcome:
     """Run ``codeset``'s entry point against the tracking server; the model it logged."""
@@ -154,24 +167,29 @@ def _run(codeset: Path, inputs: RuntimeInputs, environ: dict[str, str], project,
     run = mlflow_compat.create_project_run(str(codeset), experiment_id, str(codeset),
                                            entry_point, parameters)
     run_id = run.info.run_id
-    traced = image_tags(environ)
-    for key, value in traced.items():
-        client.set_tag(run_id, key, value)
-    with tempfile.TemporaryDirectory(prefix="mlflow-steps-run-") as storage:
-        command = mlflow_compat.entry_point_command(spec, entry_point, parameters, storage)
-        log(mask(f"run {run_id}: {command}"))
-        child_env = {**environ, **http, "MLFLOW_TRACKING_URI": uri,
-                     **mlflow_compat.project_run_environment(run_id, experiment_id),
-                     # RUN_TAG marks a model the project logs outside the run as its own
-                     mlflow_compat.RUN_CONTEXT_VARIABLE: json.dumps(
-                         {**context_tags(environ), **traced, RUN_TAG: run_id})}
-        exit_code = _execute(command, codeset, child_env, mask)
-    # A non-zero exit fails the run even when the project's own MLflow client closed it as
-    # FINISHED on its way out (MLflow's atexit hook does that on sys.exit).
-    if exit_code != 0:
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-    elif not RunStatus.is_terminated(RunStatus.from_string(client.get_run(run_id).info.status)):
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    try:
+        traced = image_tags(environ)
+        for key, value in traced.items():
+            client.set_tag(run_id, key, value)
+        with tempfile.TemporaryDirectory(prefix="mlflow-steps-run-") as storage:
+            command = mlflow_compat.entry_point_command(spec, entry_point, parameters, storage)
+            log(mask(f"run {run_id}: {command}"))
+            child_env = {**environ, **http, "MLFLOW_TRACKING_URI": uri,
+                         **mlflow_compat.project_run_environment(run_id, experiment_id),
+                         # RUN_TAG marks a model the project logs outside the run as its own
+                         mlflow_compat.RUN_CONTEXT_VARIABLE: json.dumps(
+                             {**context_tags(environ), **traced, RUN_TAG: run_id})}
+            exit_code = _execute(command, codeset, child_env, mask)
+        # A non-zero exit fails the run even when the project's own MLflow client closed it
+        # as FINISHED on its way out (MLflow's atexit hook does that on sys.exit).
+        if exit_code != 0:
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        elif not RunStatus.is_terminated(
+                RunStatus.from_string(client.get_run(run_id).info.status)):
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    except Exception:
+        _mark_failed(client, run_id)
+        raise
     if exit_code != 0:
         raise StepError(f"entry point '{entry_point}' exited with code {exit_code}; run "
                         f"{run_id} is marked FAILED",

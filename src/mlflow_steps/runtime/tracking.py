@@ -1,5 +1,7 @@
 """The tracking server connection: URI from the environment, a pre-flight check and MLflow's
-own HTTP retries, all bounded by the network budget (MLFLOW_STEPS_NETWORK_TIMEOUT)."""
+own HTTP retries, all bounded by the network budget (MLFLOW_STEPS_NETWORK_TIMEOUT): each
+request in total, a server trickling its answer included; a refused connection fails within
+about a second (retry.REFUSED_RETRIES)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any, TypeVar
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.redaction import Redactor, secret_values
-from mlflow_steps.retry import BUDGET_VARIABLE, network_budget
+from mlflow_steps.retry import BUDGET_VARIABLE, REFUSED_RETRIES, is_refused, network_budget
 
 FILE_STORE_SWITCH = "MLFLOW_ALLOW_FILE_STORE"
 SOURCE = "MLFLOW_TRACKING_URI"
@@ -77,13 +79,17 @@ def http_settings(budget: float) -> dict[str, str]:
 @contextlib.contextmanager
 def bounded_http(environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
     """MLflow's HTTP settings derived from the budget, for this process for the duration;
-    yields them for the project's process. Settings the user gave are left alone."""
-    added = {key: value for key, value in http_settings(network_budget(environ)).items()
-             if key not in environ}
+    yields them for the project's process. Settings the user gave are left alone. In this
+    process each of MLflow's requests is also bounded in total by the budget."""
+    from mlflow_steps import mlflow_compat
+
+    budget = network_budget(environ)
+    added = {key: value for key, value in http_settings(budget).items() if key not in environ}
     previous = {key: os.environ.get(key) for key in added}
     os.environ.update(added)
     try:
-        yield added
+        with mlflow_compat.bounded_requests(budget):
+            yield added
     finally:
         for key, value in previous.items():
             if value is None:
@@ -158,7 +164,8 @@ def check_reachable(client, uri: str, environ: Mapping[str, str]) -> None:
     """Return once the tracking store answers; else one line naming it, within the budget.
 
     Connection failures, timeouts and 408/429/5xx are retried with backoff until the
-    budget is spent; a Retry-After is waited for when it fits in what is left.
+    budget is spent, a refused connection only REFUSED_RETRIES times (nothing listens
+    there); a Retry-After is waited for when it fits in what is left.
     """
     budget = network_budget(environ)
     deadline = time.monotonic() + budget
@@ -171,7 +178,7 @@ def check_reachable(client, uri: str, environ: Mapping[str, str]) -> None:
 
     from mlflow_steps import mlflow_compat
 
-    delay, last = 0.5, "no answer"
+    delay, last, refused = 0.5, "no answer", 0
     while (remaining := deadline - time.monotonic()) > 0:
         try:
             response = _before(deadline, lambda: mlflow_compat.tracking_request(
@@ -183,6 +190,10 @@ def check_reachable(client, uri: str, environ: Mapping[str, str]) -> None:
                 raise StepError(f"tracking server {shown}: {mask(_reason(exc))}",
                                 source=SOURCE) from None
             last, wait = mask(_reason(exc)), delay
+            refused += is_refused(exc)
+            if refused > REFUSED_RETRIES:
+                raise StepError(f"tracking server {shown}: {last} ({refused} attempts): check "
+                                "the URL and that the server is up", source=SOURCE) from None
         else:
             if response.status_code == 200:
                 _check_answer(response, shown)
