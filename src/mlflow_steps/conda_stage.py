@@ -14,14 +14,18 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from mlflow_steps.cache import cache_root
+from mlflow_steps.cache import (
+    cache_root,
+    entry_lock,
+    temporary_beside,
+    users_temp_directory,
+)
 from mlflow_steps.codeset_files import file_digest
 from mlflow_steps.envspec import EnvSpec, strip_credentials
 from mlflow_steps.errors import StepError
@@ -99,13 +103,13 @@ def _condarc_alias(path: Path) -> str | None:
 
 
 def cache_dir(environ: Mapping[str, str]) -> Path:
-    """Downloaded archives and rattler's caches, kept between builds."""
+    """Downloaded archives and rattler's caches, kept between builds (no cache directory to
+    be made: this user's private one in the temp directory)."""
     path = cache_root(environ) / "conda"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:
-        path = Path(tempfile.gettempdir()) / "mlflow-steps-conda"
-        path.mkdir(parents=True, exist_ok=True)
+        path = users_temp_directory("mlflow-steps-conda")
     return path
 
 
@@ -168,17 +172,27 @@ def fetch(records: list[dict[str, Any]], cache: Path, environ: Mapping[str, str]
         digest = record.get("sha256") or record.get("md5")
         path = cache / "pkgs" / str(digest) / name
         if not (path.is_file() and _check_digest(path, record, source)):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.parent / f".{os.getpid()}.part"
-            _download(record["url"], partial, http, budget, secrets)
-            if not _check_digest(partial, record, source):
-                partial.unlink()
-                raise StepError(f"{name}: downloaded file does not match its "
-                                f"{'sha256' if record.get('sha256') else 'md5'} "
-                                f"({strip_credentials(record['url'])})", source=source)
-            os.replace(partial, path)
+            with entry_lock(path):  # another build fetching it meanwhile: wait for it
+                if not (path.is_file() and _check_digest(path, record, source)):
+                    _fetch_archive(record, path, http, budget, source, secrets)
         archives.append(path)
     return archives
+
+
+def _fetch_archive(record: Mapping[str, Any], path: Path, http: RetryingHttp, budget: float,
+                   source: str, secrets: list[str]) -> None:
+    """Download the record's archive to a new file beside ``path`` and, once checked against
+    its hash, move it onto ``path``."""
+    partial = temporary_beside(path)
+    try:
+        _download(record["url"], partial, http, budget, secrets)
+        if not _check_digest(partial, record, source):
+            raise StepError(f"{path.name}: downloaded file does not match its "
+                            f"{'sha256' if record.get('sha256') else 'md5'} "
+                            f"({strip_credentials(record['url'])})", source=source)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _download(url: str, target: Path, http: RetryingHttp, budget: float,

@@ -12,6 +12,7 @@ CPU-dependent match finding) and for any thread count. Readers take the members 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import IO, Protocol
 
 import deflate
+
+from mlflow_steps.stepio import write_atomically
 
 GZIP_LEVEL = 6  # libdeflate's 6: 2% smaller than zlib's 5 in half its CPU (example's layers)
 GZIP_MEMBER = 4 << 20  # tar bytes per gzip member: larger ones compress <0.1% better
@@ -279,9 +282,6 @@ class LayerCache:
 
     def put(self, diff_id: str, epoch: int, layer: Layer, pushed_to: str | None = None) -> None:
         """Remember ``layer`` (and ``pushed_to``: registry/repository it goes to)."""
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._path(diff_id, epoch).write_text(json.dumps(
+        with contextlib.suppress(OSError):  # a cache: without it the next build rewrites again
+            write_atomically(self._path(diff_id, epoch), json.dumps(  # whole: others read it
                 {**layer.descriptor(), "diff_id": layer.diff_id, "pushed_to": pushed_to}))
-        except OSError:
-            pass  # a cache: without it the next build rewrites again

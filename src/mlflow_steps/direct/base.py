@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from mlflow_steps.cache import entry_lock
 from mlflow_steps.direct import NotApplicable
 from mlflow_steps.errors import StepError
 from mlflow_steps.imageref import ImageRef
 from mlflow_steps.registry import RegistryClient
+from mlflow_steps.stepio import write_atomically
 
 MAX_BASE_LAYER = 8 << 30
 MAX_CONFIG = 4 << 20
@@ -205,8 +207,7 @@ def load_base(reference: str, client: RegistryClient, cache: Path) -> BaseFacts:
                                         MAX_CONFIG))
         paths = [layer_file(client, ref.repository, layer, cache) for layer in layers]
         known = {"config": config, **read_facts(paths, config)}
-        facts_path.parent.mkdir(parents=True, exist_ok=True)
-        facts_path.write_text(json.dumps(known))
+        write_atomically(facts_path, json.dumps(known))  # another build may read it now
     return BaseFacts(
         repository=ref.repository, digest=digest, layers=layers, config=known["config"],
         interpreters=known["interpreters"], python_versions=known["python_versions"],
@@ -216,12 +217,14 @@ def load_base(reference: str, client: RegistryClient, cache: Path) -> BaseFacts:
 
 
 def layer_file(client: RegistryClient, repository: str, descriptor: dict, cache: Path) -> Path:
-    """The base layer's blob, from the cache or downloaded into it."""
+    """The base layer's blob, from the cache or downloaded into it (by one build at a time:
+    another that needs it meanwhile waits for it)."""
     digest = str(descriptor["digest"])
     path = cache / "blobs" / digest.replace(":", "-")
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        client.blob_to_file(repository, digest, path, MAX_BASE_LAYER)
+        with entry_lock(path):
+            if not path.exists():
+                client.blob_to_file(repository, digest, path, MAX_BASE_LAYER)
     return path
 
 
