@@ -36,29 +36,36 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
 
 
 def push_tiny_image(base_url: str, repository: str, tag: str, *, auth=None, verify=True,
-                    headers: dict[str, str] | None = None) -> str:
-    """Upload a minimal OCI image (empty config, no layers) over the registry API."""
+                    headers: dict[str, str] | None = None, config: bytes = b"{}",
+                    layers: tuple[bytes, ...] = ()) -> str:
+    """Upload a minimal OCI image over the registry API: ``config`` and ``layers`` as given
+    (default: an empty config, no layers); the manifest's digest."""
     import hashlib
     import json
 
     import requests
 
-    config = b"{}"
-    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     kwargs = {"auth": auth, "verify": verify, "headers": dict(headers or {}), "timeout": 10}
-    response = requests.post(f"{base_url}/v2/{repository}/blobs/uploads/", **kwargs)
-    assert response.status_code == 202, response.text
-    location = response.headers["Location"]
-    location = location if location.startswith("http") else base_url + location
-    separator = "&" if "?" in location else "?"
-    response = requests.put(f"{location}{separator}digest={config_digest}", data=config, **{
-        **kwargs, "headers": {**kwargs["headers"], "Content-Type": "application/octet-stream"}})
-    assert response.status_code == 201, response.text
+
+    def upload(blob: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        response = requests.post(f"{base_url}/v2/{repository}/blobs/uploads/", **kwargs)
+        assert response.status_code == 202, response.text
+        location = response.headers["Location"]
+        location = location if location.startswith("http") else base_url + location
+        separator = "&" if "?" in location else "?"
+        response = requests.put(f"{location}{separator}digest={digest}", data=blob, **{
+            **kwargs, "headers": {**kwargs["headers"],
+                                  "Content-Type": "application/octet-stream"}})
+        assert response.status_code == 201, response.text
+        return digest
+
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config_digest, "size": len(config)},
-        "layers": []}).encode()
+                   "digest": upload(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": upload(layer), "size": len(layer)} for layer in layers]}).encode()
     response = requests.put(f"{base_url}/v2/{repository}/manifests/{tag}", data=manifest, **{
         **kwargs, "headers": {**kwargs["headers"],
                               "Content-Type": "application/vnd.oci.image.manifest.v1+json"}})

@@ -40,6 +40,9 @@ def test_url_password_is_masked(scheme, user, secret, host, port, before, after)
 @settings(max_examples=200)
 @given(schemes, secrets, hosts, ports)
 def test_token_as_user_is_masked(scheme, secret, host, port) -> None:
+    # a secret that is also part of the text around it ('postgres' in 'postgresql://')
+    # cannot be told from it
+    assume(secret not in f"pkg @ {scheme}://{MASK}@{host}{port}/repo.git")
     assert secret not in redact(f"pkg @ {scheme}://{secret}@{host}{port}/repo.git")
 
 

@@ -17,6 +17,7 @@ from mlflow_steps.hashing import SOURCE_DATE_EPOCH, env_tag, template_version
 from mlflow_steps.imageref import ImageRef, check_destination
 from mlflow_steps.pipconfig import BuildPipConfig, collect_pip_config
 from mlflow_steps.registry import RegistryClient, docker_config_dir
+from mlflow_steps.terminal import shown
 
 if TYPE_CHECKING:
     from mlflow_steps.backends.base import Backend, BuildRequest
@@ -67,8 +68,9 @@ class BuildOutcome:
 
 
 def log(message: str) -> None:
-    """Progress on stderr, so stdout carries only the result."""
-    print(f"mlflow-steps: {message}", file=sys.stderr, flush=True)
+    """Progress on stderr, so stdout carries only the result: one line, credentials masked
+    and control characters escaped (``terminal.shown``)."""
+    print(f"mlflow-steps: {shown(message)}", file=sys.stderr, flush=True)
 
 
 def resolve_spec(codeset: Path, options: BuildOptions, environ: dict[str, str],
@@ -132,7 +134,9 @@ def resolve_target(codeset: Path, inputs: BuilderInputs, environ: dict[str, str]
     tag = env_tag(spec)
     destination = ImageRef(inputs.push_registry(), inputs.repository, tag)
     if inputs.verbose:
-        log(f"environment spec:\n{spec.explain(template_version())}")
+        log("environment spec:")
+        for line in spec.explain(template_version()).splitlines():
+            log(line)
         log(pip.describe())
     client = RegistryClient(
         destination.registry, insecure_registries=inputs.insecure_registries,

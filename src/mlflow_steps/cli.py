@@ -19,10 +19,11 @@ from mlflow_steps.envspec import STRATEGIES, BuildOptions
 from mlflow_steps.errors import StepError
 from mlflow_steps.fuseml import DEFAULT_REPOSITORY
 from mlflow_steps.hashing import env_tag, template_version
-from mlflow_steps.redaction import redact, secret_values
+from mlflow_steps.redaction import secret_values
 from mlflow_steps.retry import BUDGET_VARIABLE, DEFAULT_BUDGET_SECONDS
 from mlflow_steps.stepio import result_path, write_outputs
 from mlflow_steps.steps.builder_plan import DEFAULT_EXECUTOR, EXECUTORS, PLAN_MOUNT
+from mlflow_steps.terminal import report, shown
 
 if TYPE_CHECKING:
     from mlflow_steps.runtime.model import Registration
@@ -289,11 +290,11 @@ def inspect_command(image: str, codeset: Path | None, insecure_registries: str,
         insecure_registries=_hosts(insecure_registries),
         verify=str(registry_ca) if registry_ca else True)
     record = read_image(image, client)
-    click.echo(record.describe())
+    click.echo(report(record.lines()))
     if codeset is None and Path("MLproject").is_file():
         codeset = Path(".")
     if codeset is not None:
-        click.echo(codeset_matches(record, codeset, dict(os.environ)))
+        click.echo(shown(codeset_matches(record, codeset, dict(os.environ))))
 
 
 @cli.command("trace")
@@ -310,7 +311,7 @@ def trace_command(model_uri: str, lock: bool, insecure_registries: str) -> None:
     from mlflow_steps.runtime.trace import trace_model
 
     trace = trace_model(model_uri, mlflow.MlflowClient())
-    click.echo(trace.describe())
+    click.echo(report(trace.lines()))
     if lock and trace.image:
         from mlflow_steps.imageref import ImageRef
         from mlflow_steps.inspect_image import read_image
@@ -319,7 +320,7 @@ def trace_command(model_uri: str, lock: bool, insecure_registries: str) -> None:
         client = RegistryClient(
             ImageRef.parse(trace.image).registry,
             insecure_registries=_hosts(insecure_registries))
-        click.echo("\n".join(read_image(trace.image, client).describe().splitlines()[2:]))
+        click.echo(report(read_image(trace.image, client).lines()[2:]))
 
 
 def _registration(name: str | None, alias: str | None, tags: str | None,
@@ -403,7 +404,8 @@ def serve_command(output_file: Path | None, model: str | None, runtime_image: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: every failure is one redacted line on stderr; bad input exits 2."""
+    """Entry point: every failure is one line on stderr (credentials masked, control
+    characters escaped); bad input exits 2."""
     try:
         cli.main(args=argv, prog_name="mlflow-steps", standalone_mode=False)
     except click.exceptions.Abort:
@@ -436,5 +438,5 @@ def _failure(exc: Exception) -> tuple[str, int]:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"mlflow-steps: {redact(message, secret_values(os.environ))}", err=True)
+    click.echo(f"mlflow-steps: {shown(message, secret_values(os.environ))}", err=True)
     sys.exit(code)

@@ -1,23 +1,34 @@
-"""The one bounded file reader (codeset, workflow and extension files) and codeset confinement.
+"""The one bounded reader (codeset, workflow and extension files; blobs, layers and JSON
+from a registry) and codeset confinement.
 
 Every input file is read here: symlinks that dangle or loop are named as such, anything but
 a regular file (a FIFO would block forever, a device never ends) is refused before it is
-opened for reading, and the size is bounded before and while reading.
+opened for reading, and the size is bounded before and while reading. Untrusted compressed
+data is decompressed as it is read and bounded by what comes out (a gzip bomb costs no
+memory), and untrusted JSON is bounded in depth; each failure is one line.
 """
 
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
+import io
+import json
 import os
 import stat
+import zlib
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from mlflow_steps.errors import StepError
 from mlflow_steps.redaction import redact
 
 MAX_ENV_FILE_BYTES = 5 * 1024 * 1024
 MAX_FILE_BYTES = MAX_ENV_FILE_BYTES  # one bound for every file read as input
+MAX_JSON_DEPTH = 64  # manifests, configs and SBOMs nest a few levels; more is hostile
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
@@ -131,8 +142,92 @@ def read_bounded_bytes(path: Path, *, source: str, limit: int = MAX_FILE_BYTES,
 def _check_size(size: int, limit: int, source: str, what: str) -> None:
     if size > limit:
         raise StepError(
-            f"file is {size / 1e6:.1f} MB, over the {limit // (1024 * 1024)} MiB limit for "
+            f"file is {size / 1e6:.1f} MB, over the {_mib(limit)} MiB limit for "
             f"{what}", source=source)
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):g}"
+
+
+class BoundedStream(io.RawIOBase):
+    """``raw`` read as it is, one line (StepError) once more than ``limit`` bytes came out of
+    it or it fails to decompress."""
+
+    def __init__(self, raw: IO[bytes], limit: int, *, source: str, what: str,
+                 errors: tuple[type[Exception], ...] = ()) -> None:
+        super().__init__()
+        self._raw, self._limit, self._source, self._what = raw, limit, source, what
+        self._errors = (OSError, EOFError, zlib.error, *errors)
+        self._count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        try:
+            data = self._raw.read(min(len(buffer), self._limit - self._count + 1))
+        except self._errors as exc:
+            raise StepError(f"{self._what} does not decompress ({type(exc).__name__})",
+                            source=self._source) from None
+        self._count += len(data)
+        if self._count > self._limit:
+            raise StepError(f"{self._what} is over the {_mib(self._limit)} MiB limit "
+                            "(decompressed)", source=self._source)
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def decompressed(data: bytes, *, limit: int, source: str, what: str) -> IO[bytes]:
+    """``data`` (gzip, zstd or as it is) as a stream of at most ``limit`` bytes, decompressed
+    while it is read: reading past ``limit`` is one line, never a large allocation."""
+    raw: IO[bytes] = io.BytesIO(data)
+    errors: tuple[type[Exception], ...] = ()
+    if data[:2] == _GZIP_MAGIC:
+        raw = gzip.GzipFile(fileobj=raw, mode="rb")
+    elif data[:4] == _ZSTD_MAGIC:
+        import zstandard
+
+        raw = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        errors = (zstandard.ZstdError,)
+    return io.BufferedReader(BoundedStream(raw, limit, source=source, what=what,
+                                           errors=errors))
+
+
+def read_limited(stream: IO[bytes], limit: int, *, source: str, what: str) -> bytes:
+    """At most ``limit`` bytes of ``stream``; more is one line."""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise StepError(f"{what} is over the {_mib(limit)} MiB limit", source=source)
+    return data
+
+
+def load_json(data: bytes | str, *, source: str, what: str) -> object:
+    """Untrusted JSON, at most MAX_JSON_DEPTH levels deep; anything else is one line."""
+    try:
+        value = json.loads(data)
+        deep = _json_depth(value) > MAX_JSON_DEPTH
+    except RecursionError:
+        deep = True
+    except ValueError:
+        raise StepError(f"{what} is not JSON", source=source) from None
+    if deep:
+        raise StepError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels", source=source)
+    return value
+
+
+def _json_depth(value: object) -> int:
+    """How deep ``value`` nests (iteratively: it may be as deep as the parser allowed);
+    stops counting past MAX_JSON_DEPTH."""
+    deepest, pending = 0, [(value, 1)]
+    while pending and deepest <= MAX_JSON_DEPTH:
+        item, level = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(
+            item, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            pending.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def read_bounded_text(path: Path, *, source: str, limit: int = MAX_FILE_BYTES,

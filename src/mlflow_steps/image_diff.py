@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import json
 import tarfile
 from dataclasses import dataclass
 
+from mlflow_steps.codeset_files import decompressed, load_json
+from mlflow_steps.errors import StepError
 from mlflow_steps.registry import RegistryClient
 
 MAX_LAYER_BYTES = 2 << 30
+MAX_LAYER_TAR_BYTES = 16 << 30  # what a layer may decompress to (read as a stream)
 MAX_CONFIG_BYTES = 4 << 20
+_CHUNK = 1 << 20
 SHOWN_PER_LAYER = 20
 
 
@@ -32,18 +33,26 @@ class Entry:
         return [name for name in names if getattr(self, name) != getattr(other, name)]
 
 
-def layer_entries(blob: bytes) -> dict[str, Entry]:
-    """Every path of a (gzipped) layer with what it holds."""
-    data = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
+def layer_entries(blob: bytes, source: str) -> dict[str, Entry]:
+    """Every path of a (compressed) layer with what it holds, read as a stream (bounded in
+    what it decompresses to)."""
     entries = {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        for member in tar:
-            content = member.linkname
-            if member.isreg():
-                handle = tar.extractfile(member)
-                content = hashlib.sha256(handle.read() if handle else b"").hexdigest()
-            entries[member.name] = Entry(str(member.type, "ascii", "replace"), member.mode,
-                                         (member.uid, member.gid), int(member.mtime), content)
+    stream = decompressed(blob, limit=MAX_LAYER_TAR_BYTES, source=source, what="a layer")
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                content = member.linkname
+                if member.isreg():
+                    handle = tar.extractfile(member)
+                    digest = hashlib.sha256()
+                    while handle and (chunk := handle.read(_CHUNK)):
+                        digest.update(chunk)
+                    content = digest.hexdigest()
+                entries[member.name] = Entry(str(member.type, "ascii", "replace"),
+                                             member.mode, (member.uid, member.gid),
+                                             int(member.mtime), content)
+    except tarfile.TarError as exc:
+        raise StepError(f"a layer is not a tar archive ({exc})", source=source) from None
     return entries
 
 
@@ -57,8 +66,7 @@ def diff_images(client: RegistryClient, repository: str, first: dict, second: di
     """One line per difference between two image manifests of ``repository`` (empty when
     the images are the same bytes)."""
     lines: list[str] = []
-    config_a, config_b = (json.loads(client.blob(repository, m["config"]["digest"],
-                                                 MAX_CONFIG_BYTES)) for m in (first, second))
+    config_a, config_b = (_config(client, repository, m) for m in (first, second))
     lines += _config_differences(config_a, config_b)
     layers_a, layers_b = first["layers"], second["layers"]
     if len(layers_a) != len(layers_b):
@@ -67,8 +75,10 @@ def diff_images(client: RegistryClient, repository: str, first: dict, second: di
         if a["digest"] == b["digest"]:
             continue
         history = _history_for(config_a, index)
-        entries_a = layer_entries(client.blob(repository, a["digest"], MAX_LAYER_BYTES))
-        entries_b = layer_entries(client.blob(repository, b["digest"], MAX_LAYER_BYTES))
+        entries_a = layer_entries(client.blob(repository, a["digest"], MAX_LAYER_BYTES),
+                                  repository)
+        entries_b = layer_entries(client.blob(repository, b["digest"], MAX_LAYER_BYTES),
+                                  repository)
         found = []
         for path in sorted(set(entries_a) | set(entries_b)):
             if path not in entries_a or path not in entries_b:
@@ -84,9 +94,20 @@ def diff_images(client: RegistryClient, repository: str, first: dict, second: di
     return lines
 
 
+def _config(client: RegistryClient, repository: str, manifest: dict) -> dict:
+    """An image's config (a JSON object, bounded in size and depth)."""
+    config = load_json(client.blob(repository, manifest["config"]["digest"], MAX_CONFIG_BYTES),
+                       source=repository, what="an image config")
+    if not isinstance(config, dict):
+        raise StepError("an image config is not a JSON object", source=repository)
+    return config
+
+
 def _history_for(config: dict, layer_index: int) -> str:
     """The build step that made a layer (history entries that made no layer skipped)."""
-    made = [h for h in config.get("history", []) if not h.get("empty_layer")]
+    history = config.get("history")
+    made = [h for h in history if isinstance(h, dict) and not h.get("empty_layer")
+            ] if isinstance(history, list) else []
     if layer_index < len(made):
         text = " ".join(str(made[layer_index].get("created_by", "")).split())
         return text[:80] + ("..." if len(text) > 80 else "")

@@ -12,10 +12,11 @@ DOCKER_HUB = "docker.io"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _REFERENCE = re.compile(
     rf"(?P<name>(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)"
     r"(?::[\w][\w.-]{0,127})?"
-    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+    rf"(?:@{_DIGEST})?")
 NAME_MAX = 255
 
 
@@ -26,6 +27,14 @@ def check_reference(text: str, *, source: str, field: str) -> str:
     if match is None or len(match["name"]) > NAME_MAX:
         raise StepError(f"{text!r} is not an image reference ([registry/]name[:tag][@digest])",
                         source=source, field=field)
+    return text
+
+
+def check_digest(text: str, *, source: str, field: str) -> str:
+    """``text`` when it is a content digest (algorithm:hex), else one line naming the field."""
+    if not re.fullmatch(_DIGEST, text):
+        raise StepError(f"{text[:80]!r} is not a digest (algorithm:hex)", source=source,
+                        field=field)
     return text
 
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import gzip
-import io
-import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_steps.codeset_files import decompressed, load_json, read_limited
 from mlflow_steps.errors import StepError
 from mlflow_steps.imageref import ImageRef
 from mlflow_steps.registry import RegistryClient
 
 LABEL_PREFIX = "io.mlflow-steps."
 MAX_LAYER_BYTES = 64 << 20  # the lock is in a small top layer; environment layers are skipped
+MAX_LAYER_TAR_BYTES = 1 << 30  # what such a layer may decompress to (read as a stream)
+MAX_RECORD_BYTES = 32 << 20  # a lock or an SBOM
 MAX_CONFIG_BYTES = 4 << 20
 
 
@@ -38,7 +38,9 @@ class ImageRecord:
     def env_tag(self) -> str:
         return self.labels.get(f"{LABEL_PREFIX}env-tag", "")
 
-    def describe(self) -> str:
+    def lines(self) -> list[str]:
+        """The report, one line each (values as recorded: print them with
+        ``terminal.report``)."""
         lines = [f"image      {self.reference}", f"digest     {self.digest}"]
         names = {"env-tag": "env tag", "spec-digest": "spec", "strategy": "strategy",
                  "tooling-version": "tooling"}
@@ -55,7 +57,7 @@ class ImageRecord:
         lines += [f"  {line}" for line in packages]
         lines.append(f"sbom       {sbom_summary(self.sbom)}"
                      + (f" ({self.labels.get(LABEL_PREFIX + 'sbom')})" if self.sbom else ""))
-        return "\n".join(lines)
+        return lines
 
 
 def sbom_summary(sbom: dict | None) -> str:
@@ -69,19 +71,14 @@ def sbom_summary(sbom: dict | None) -> str:
 
 
 def read_image(reference: str, client: RegistryClient) -> ImageRecord:
-    """Manifest, config labels and the recorded lock of ``reference`` (no pull, no engine)."""
+    """Manifest, config labels and the recorded lock of ``reference`` (no pull, no engine);
+    every read bounded, every field's type checked (one line when wrong)."""
     ref = ImageRef.parse(reference)
     digest, manifest = client.manifest(ref.repository, ref.tag)
-    try:
-        config_digest = manifest["config"]["digest"]
-        layers = [(layer["digest"], int(layer["size"])) for layer in manifest["layers"]]
-    except (KeyError, TypeError, ValueError):
-        raise StepError("the manifest has no config or layers", source=reference) from None
-    try:
-        config = json.loads(client.blob(ref.repository, config_digest, MAX_CONFIG_BYTES))
-        labels = dict((config.get("config") or {}).get("Labels") or {})
-    except (ValueError, AttributeError, TypeError):
-        raise StepError("the image config is not JSON", source=reference) from None
+    config_digest, layers = _manifest_parts(manifest, reference)
+    config = load_json(client.blob(ref.repository, config_digest, MAX_CONFIG_BYTES),
+                       source=reference, what="the image config")
+    labels = _labels(config, reference)
     if f"{LABEL_PREFIX}env-tag" not in labels:
         raise StepError("not an mlflow-steps runtime image (no io.mlflow-steps.env-tag label)",
                         source=reference)
@@ -91,27 +88,59 @@ def read_image(reference: str, client: RegistryClient) -> ImageRecord:
         if found or not any(wanted.values()) or size > MAX_LAYER_BYTES:
             continue
         found = _members(client.blob(ref.repository, layer_digest, MAX_LAYER_BYTES),
-                         {path: key for key, path in wanted.items() if path})
+                         {path: key for key, path in wanted.items() if path}, reference)
     lock = [line for line in found.get("lock", "").splitlines() if line.strip()]
-    try:
-        sbom = json.loads(found["sbom"]) if "sbom" in found else None
-    except ValueError:
-        raise StepError(f"{wanted['sbom']} in the image is not JSON", source=reference) from None
-    return ImageRecord(str(ref), digest, labels, lock,
-                       sbom if isinstance(sbom, dict) else None)
+    sbom = None
+    if "sbom" in found:
+        sbom = load_json(found["sbom"], source=reference, what=wanted["sbom"])
+        if not isinstance(sbom, dict) or not isinstance(sbom.get("components", []), list):
+            raise StepError(f"{wanted['sbom']} in the image is not an SBOM (a JSON object "
+                            "whose components are a list)", source=reference)
+    return ImageRecord(str(ref), digest, labels, lock, sbom)
 
 
-def _members(blob: bytes, paths: dict[str, str]) -> dict[str, str]:
-    """The text of each of ``paths`` (path -> key) the (gzip) layer tar has, by key."""
-    data = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
-    texts = {}
+def _manifest_parts(manifest: dict, source: str) -> tuple[str, list[tuple[str, int]]]:
+    """The config digest and the (digest, size) of each layer of an image manifest."""
     try:
-        with tarfile.open(fileobj=io.BytesIO(data)) as layer:
+        config_digest = manifest["config"]["digest"]
+        layers = [(layer["digest"], int(layer["size"])) for layer in manifest["layers"]]
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise StepError("the manifest has no config or layers", source=source) from None
+    if not isinstance(config_digest, str) or not all(
+            isinstance(layer, str) for layer, _ in layers):
+        raise StepError("the manifest's digests are not strings", source=source)
+    return config_digest, layers
+
+
+def _labels(config: object, source: str) -> dict[str, str]:
+    """The config's labels (none: empty), refused unless they map strings to strings."""
+    if not isinstance(config, dict):
+        raise StepError("the image config is not a JSON object", source=source)
+    section = config.get("config") or {}
+    labels = (section.get("Labels") or {}) if isinstance(section, dict) else None
+    if not isinstance(labels, dict) or not all(
+            isinstance(key, str) and isinstance(value, str) for key, value in labels.items()):
+        raise StepError("the image config's config.Labels is not a mapping of strings",
+                        source=source)
+    return labels
+
+
+def _members(blob: bytes, paths: dict[str, str], source: str) -> dict[str, str]:
+    """The text of each of ``paths`` (path -> key) the (compressed) layer tar has, by key;
+    the layer is read as a stream, bounded in what it decompresses to and in each text."""
+    texts: dict[str, str] = {}
+    stream = decompressed(blob, limit=MAX_LAYER_TAR_BYTES, source=source, what="a layer")
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as layer:
             for member in layer:
                 key = paths.get(member.name.lstrip("./"))
                 handle = layer.extractfile(member) if key and member.isfile() else None
                 if key and handle:
-                    texts[key] = handle.read().decode("utf-8", "replace")
+                    data = read_limited(handle, MAX_RECORD_BYTES, source=source,
+                                        what=member.name)
+                    texts[key] = data.decode("utf-8", "replace")
+                    if len(texts) == len(paths):
+                        break
     except tarfile.TarError:
         return {}
     return texts

@@ -1,7 +1,8 @@
 """The one redaction module: credentials masked in every line we print, record or export.
 
 ``redact`` masks, in any text: the user-info of URLs (``scheme://user:***@host``,
-``scheme://***@host`` when only a token is given), credential-like query parameters
+``scheme://***@host`` when only a token is given; ``user:***@host`` without a scheme, as pip
+takes a ``--find-links`` or an index in some places), credential-like query parameters
 (``?access_token=***``), ``Authorization`` header values, ``NAME=value`` pairs whose
 name says credential (``*_TOKEN``, ``*PASSWORD*``, ...), and every known secret value
 (in its plain, percent-encoded and percent-decoded forms). None of it can raise: on an
@@ -28,6 +29,10 @@ _SECRET_PARTS = frozenset({"sig", "auth", "key", "pat"})
 _SECRET_PAIRS = frozenset({("api", "key"), ("access", "key"), ("private", "key")})
 _NAME = r"[A-Za-z0-9_.-]+"
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#'\"<>]*)@")
+# user:password@host without a scheme, where a word starts (not name:tag@sha256:... digests).
+_BARE_USERINFO = re.compile(
+    r"(?:^|(?<=[\s'\"=,;(<\[]))(?P<user>[^\s/?#'\"<>@:]+):(?P<password>[^\s/?#'\"<>@]+)@"
+    r"(?![A-Za-z][A-Za-z0-9+._-]*:[0-9a-fA-F]{32,})(?=[A-Za-z0-9\[])")
 _QUERY_PAIR = re.compile(rf"(?P<key>[?&;](?P<name>{_NAME})=)(?P<value>[^&#\s'\"<>]*)")
 _AUTH_HEADER = re.compile(r"(?P<key>authorization\s*[:=]\s*(?:(?:basic|bearer|token)\s+)?)"
                           r"(?P<value>[^\s'\",]+)", re.IGNORECASE)
@@ -58,6 +63,10 @@ def _mask_userinfo(match: re.Match[str]) -> str:
     return f"{match['scheme']}{kept}@"
 
 
+def _mask_bare_userinfo(match: re.Match[str]) -> str:
+    return f"{match['user']}:{MASK}@"
+
+
 def _mask_value(match: re.Match[str]) -> str:
     return match["key"] + (MASK if match["value"] else "")
 
@@ -77,6 +86,7 @@ def _redact(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted(known, key=len, reverse=True):
         text = text.replace(secret, MASK)
     text = _URL_USERINFO.sub(_mask_userinfo, text)
+    text = _BARE_USERINFO.sub(_mask_bare_userinfo, text)
     text = _QUERY_PAIR.sub(_mask_named_value, text)
     text = _AUTH_HEADER.sub(_mask_value, text)
     return _NAMED_PAIR.sub(_mask_named_value, text)

@@ -353,8 +353,11 @@ class RegistryClient:
         with self._redacting():
             digest, manifest = self._get_manifest(repository, reference)
             if "manifests" in manifest:  # an index: the platform we build for
-                chosen = next((m for m in manifest["manifests"] if m.get("platform", {}).get(
-                    "os") == "linux" and m["platform"].get("architecture") == "amd64"), None)
+                entries = manifest["manifests"]
+                chosen = next((m for m in (entries if isinstance(entries, list) else [])
+                               if isinstance(m, dict) and isinstance(m.get("platform"), dict)
+                               and m["platform"].get("os") == "linux"
+                               and m["platform"].get("architecture") == "amd64"), None)
                 if chosen is None:
                     raise StepError(f"{repository}:{reference} has no linux/amd64 image",
                                     source=self._source)
@@ -518,7 +521,7 @@ class RegistryClient:
             manifest = json.loads(response.data)
             if not isinstance(manifest, dict):
                 raise ValueError("not an object")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             raise StepError(f"manifest GET {url} answered something that is not a manifest",
                             source=self._source) from None
         return digest, manifest

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlflow_steps.errors import StepError
-from mlflow_steps.imageref import ImageRef
+from mlflow_steps.imageref import ImageRef, check_digest, check_reference
 from mlflow_steps.runtime.step import IMAGE_TAG_VARIABLES
 
 TRACE_TAGS = (*IMAGE_TAG_VARIABLES.values(), "mlflow_steps.tooling_version")
 _RUNS_URI = re.compile(r"runs:/(?P<run>[0-9a-zA-Z]+)(?:/.*)?")
 _MODEL_ID = re.compile(r"models:/(?P<id>m-[0-9a-f]+)")
 _MODEL_VERSION = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>.+))")
+_RUN_ID = re.compile(r"[0-9a-zA-Z][\w-]{0,255}")  # MLflow's own run id grammar
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,15 @@ class Trace:
             return str(ImageRef(ref.registry, ref.repository, digest))
         return image
 
-    def describe(self) -> str:
+    def lines(self) -> list[str]:
+        """The report, one line each (values as recorded: print them with
+        ``terminal.report``)."""
         lines = [f"model      {self.model_uri}", f"run        {self.run_id or '(none)'}"]
         titles = {"mlflow_steps.env_tag": "env tag", "mlflow_steps.image": "image",
                   "mlflow_steps.image_digest": "digest", "mlflow_steps.tooling_version": "tooling"}
         lines += [f"{title:<10} {self.tags[key]}" for key, title in titles.items()
                   if self.tags.get(key)]
-        return "\n".join(lines)
+        return lines
 
 
 def trace_model(model_uri: str, client: Any) -> Trace:
@@ -75,9 +78,25 @@ def _trace(model_uri: str, client: Any) -> Trace:
     run_id = run_id or model_tags.get("mlflow_steps.run_id", "")
     tags = {key: value for key, value in model_tags.items() if key in TRACE_TAGS}
     if run_id:
+        if not _RUN_ID.fullmatch(run_id):
+            raise StepError(f"{run_id[:80]!r} is not a run id", source=model_uri,
+                            field="run id")
         run_tags = client.get_run(run_id).data.tags
         tags = {**{key: run_tags[key] for key in TRACE_TAGS if key in run_tags}, **tags}
     if not tags:
         raise StepError("carries no mlflow-steps trace (it was not trained by the runtime "
                         "step of mlflow-steps)", source=model_uri)
+    _check_image_tags(tags, model_uri)
     return Trace(model_uri, run_id, tags)
+
+
+def _check_image_tags(tags: dict[str, str], source: str) -> None:
+    """The recorded image and digest, checked with the image-reference grammar before any
+    request is built from them (a crafted tag must not steer a registry request)."""
+    image = tags.get("mlflow_steps.image")
+    if not image:
+        return
+    check_reference(image, source=source, field="tag mlflow_steps.image")
+    digest = tags.get("mlflow_steps.image_digest")
+    if digest:
+        check_digest(digest, source=source, field="tag mlflow_steps.image_digest")

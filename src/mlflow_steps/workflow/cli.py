@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 
 from mlflow_steps.errors import StepError
-from mlflow_steps.redaction import Redactor
 from mlflow_steps.stepio import write_atomically
 from mlflow_steps.steps.builder_plan import DIRECT, EXECUTORS
+from mlflow_steps.terminal import shown
 from mlflow_steps.workflow.envexport import DEFAULT_SELECTOR, FORMATS, format_env, parse_selector
 from mlflow_steps.workflow.extensions import Identity, load_registry
 from mlflow_steps.workflow.loader import load_workflow
@@ -110,24 +110,28 @@ def run_command(file: Path, codeset_dir: Path | None, codeset_name: str | None, 
     values = bind_inputs(workflow, _key_values(inputs), codeset)
     registry = load_registry(extensions) if extensions else None
     plan = RunPlan.create(workflow, values, codeset, registry, Identity(project, user))
+    secrets = plan.secrets()
+
+    def say(line: str) -> None:
+        click.echo(shown(line, secrets), err=True)
+
     if verbose:
         for (step, selector), access in plan.access.items():
-            click.echo(f"[{step}] extension {selector} → {access.extension.id}/"
-                       f"{access.service.id} at {access.endpoint.url}", err=True)
+            say(f"[{step}] extension {selector} → {access.extension.id}/"
+                f"{access.service.id} at {access.endpoint.url}")
     record_inputs = dict(values)
     if codeset:
         record_inputs[codeset.input] = f"{codeset_dir} ({codeset.project}/{codeset.name})"
     record = RunRecord.new(workflow.name, str(file), record_inputs,
                            [step.name for step in workflow.steps])
-    runner = Runner(plan, DockerEngine(engine), RunStore(runs_dir),
-                    lambda line: click.echo(line, err=True))
-    click.echo(f"run {record.id}", err=True)
+    runner = Runner(plan, DockerEngine(engine), RunStore(runs_dir), say)
+    say(f"run {record.id}")
     outputs = runner.run(record, RunOptions(
         codeset_dir, network, keep_workspace, verbose, forward_pip_config,
         None if builder_executor == "engine" else builder_executor, executor_image))
-    click.echo(f"run {record.id} succeeded in {record.seconds:.1f}s", err=True)
+    say(f"run {record.id} succeeded in {record.seconds:.1f}s")
     for name, value in outputs.items():
-        click.echo(f"{name}={value}")
+        click.echo(shown(f"{name}={value}", secrets))
     if output_json:
         write_atomically(output_json, json.dumps(outputs, indent=2) + "\n")
 
@@ -200,17 +204,17 @@ def env_command(extensions: Path, selectors: tuple[str, ...], project: str, user
     """
     registry = load_registry(extensions)
     env: dict[str, str] = {}
-    redact = Redactor()
+    secrets: set[str] = set()
     for index, text in enumerate(selectors or (DEFAULT_SELECTOR,)):
         access = registry.resolve(parse_selector(text, index), Identity(project, user))
         env.update(access.env())
-        redact.add(access.secrets())
+        secrets.update(access.secrets())
         if verbose:
-            click.echo(redact(f"{text} → {access.extension.id}/{access.service.id} at "
-                              f"{access.endpoint.url}"), err=True)
+            click.echo(shown(f"{text} → {access.extension.id}/{access.service.id} at "
+                             f"{access.endpoint.url}", secrets), err=True)
     if verbose:
         for key, value in env.items():
-            click.echo(f"  {key}={redact(value)}", err=True)
+            click.echo(shown(f"  {key}={value}", secrets), err=True)
     text = format_env(env, style)
     if output:
         write_atomically(output, text)
