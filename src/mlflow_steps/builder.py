@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -265,12 +264,12 @@ def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
     if inputs.compression != "gzip" and backend.name != "direct":
         log(f"compression {inputs.compression} is the direct builder's; {backend.name} "
             "compresses as it does")
+    from mlflow_steps import interrupt
     from mlflow_steps.backends.base import secret_delivery
     from mlflow_steps.render import PipConfigDelivery, write_context
 
     pip = target.pip
-    with tempfile.TemporaryDirectory(prefix="mlflow-steps-build-") as tmp:
-        workspace = Path(tmp)
+    with interrupt.private_directory("mlflow-steps-build-") as workspace:
         delivery = PipConfigDelivery() if pip.empty else secret_delivery(pip.ca_bundle is not None)
         context = write_context(target.spec, workspace / "context", delivery,
                                 inputs.conda_channel_alias, environ)

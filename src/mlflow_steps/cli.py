@@ -19,6 +19,7 @@ from mlflow_steps.envspec import STRATEGIES, BuildOptions
 from mlflow_steps.errors import StepError
 from mlflow_steps.fuseml import DEFAULT_REPOSITORY
 from mlflow_steps.hashing import env_tag, template_version
+from mlflow_steps.interrupt import Interrupted, exit_now, interruptible
 from mlflow_steps.redaction import secret_values
 from mlflow_steps.retry import BUDGET_VARIABLE, DEFAULT_BUDGET_SECONDS
 from mlflow_steps.stepio import result_path, write_outputs
@@ -234,37 +235,38 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
                   plan_dir: Path, skip_result: Path | None, args_result: Path | None,
                   **inputs: Any) -> None:
     """Build and push CODESET's environment image unless the registry already has it."""
-    from mlflow_steps.builder import BuilderInputs, run_builder
+    with interruptible():  # SIGTERM/SIGINT: the build's files and children gone, no output
+        from mlflow_steps.builder import BuilderInputs, run_builder
 
-    environ = dict(os.environ)
-    builder_inputs = BuilderInputs(
-        options=_options(env_strategy, base_image, miniconda_version, resolve),
-        insecure_registries=_hosts(insecure_registries),
-        **inputs,
-    )
-    if stage != "all" and builder_inputs.check_reproducible:
-        raise StepError("builds twice here, so it needs --stage all (the builder plan "
-                        "builds once, in the executor)", field="check_reproducible")
-    if stage != "all":
-        from mlflow_steps.steps import builder_stages
-    if stage == "prepare":
-        plan = builder_stages.prepare(codeset, builder_inputs, executor, plan_dir, environ,
-                                    skip_result, args_result)
-        click.echo("skip" if plan.skip else "build")
-        return
-    if stage == "verify":
-        outcome = builder_stages.verify(plan_dir, environ)
-    else:
-        outcome = run_builder(codeset, builder_inputs, environ)
-    outputs = {}
-    for path in (output_file, result_path(environ, "TASK_RESULT")):
-        if path:
-            outputs[path] = outcome.pull_reference
-    for path in (digest_file, result_path(environ, "TASK_RESULT_DIGEST")):
-        if path:
-            outputs[path] = outcome.digest
-    write_outputs(outputs)
-    click.echo(outcome.pull_reference)
+        environ = dict(os.environ)
+        builder_inputs = BuilderInputs(
+            options=_options(env_strategy, base_image, miniconda_version, resolve),
+            insecure_registries=_hosts(insecure_registries),
+            **inputs,
+        )
+        if stage != "all" and builder_inputs.check_reproducible:
+            raise StepError("builds twice here, so it needs --stage all (the builder plan "
+                            "builds once, in the executor)", field="check_reproducible")
+        if stage != "all":
+            from mlflow_steps.steps import builder_stages
+        if stage == "prepare":
+            plan = builder_stages.prepare(codeset, builder_inputs, executor, plan_dir, environ,
+                                        skip_result, args_result)
+            click.echo("skip" if plan.skip else "build")
+            return
+        if stage == "verify":
+            outcome = builder_stages.verify(plan_dir, environ)
+        else:
+            outcome = run_builder(codeset, builder_inputs, environ)
+        outputs = {}
+        for path in (output_file, result_path(environ, "TASK_RESULT")):
+            if path:
+                outputs[path] = outcome.pull_reference
+        for path in (digest_file, result_path(environ, "TASK_RESULT_DIGEST")):
+            if path:
+                outputs[path] = outcome.digest
+        write_outputs(outputs)
+        click.echo(outcome.pull_reference)
 
 
 @cli.command("inspect")
@@ -410,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="mlflow-steps", standalone_mode=False)
     except click.exceptions.Abort:
         _fail("aborted", 130)
+    except Interrupted as exc:
+        exit_now(exc.signum)
     except Exception as exc:  # one line, never a traceback (it could print a secret)
         message, code = _failure(exc)
         _fail(f"error: {message}", code)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from mlflow_steps import interrupt
 from mlflow_steps.cache import (
     cache_root,
     entry_lock,
@@ -116,10 +117,9 @@ def cache_dir(environ: Mapping[str, str]) -> Path:
 def _child(command: str, payload: dict[str, Any], secrets: list[str], source: str) -> Any:
     """Run ``command`` in ``mlflow_steps.rattler_child``; its error becomes one line."""
     try:
-        done = subprocess.run([sys.executable, "-m", "mlflow_steps.rattler_child"],
-                              input=json.dumps({"command": command, **payload}),
-                              capture_output=True, text=True, timeout=SOLVE_TIMEOUT_SECONDS,
-                              check=False)
+        done = interrupt.run([sys.executable, "-m", "mlflow_steps.rattler_child"],
+                             input=json.dumps({"command": command, **payload}), text=True,
+                             timeout=SOLVE_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:
         raise StepError(f"conda {command} did not finish within {SOLVE_TIMEOUT_SECONDS:.0f} s",
                         source=source) from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from mlflow_steps.errors import StepError
+from mlflow_steps.interrupt import on_signals
 from mlflow_steps.parse.project import load_project
 from mlflow_steps.runtime.args import resolve_parameters, select_entry_point, split_args
 from mlflow_steps.runtime.experiment import resolve_experiment
@@ -79,12 +79,8 @@ def _execute(command: str, codeset: Path, env: dict[str, str],
     def forward(signum: int, _frame: object) -> None:
         os.killpg(process.pid, signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with on_signals(forward):
         code = process.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     relay.join(RELAY_GRACE_SECONDS)  # a left-behind child may hold the pipe open
     return code
 
