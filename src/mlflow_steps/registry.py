@@ -59,6 +59,7 @@ from urllib3.exceptions import (
 from urllib3.exceptions import SSLError as TlsError
 from urllib3.util import make_headers
 
+from mlflow_steps.cache import temporary_beside
 from mlflow_steps.errors import StepError
 from mlflow_steps.imageref import DOCKER_HUB, is_insecure
 from mlflow_steps.redaction import redact
@@ -383,7 +384,7 @@ class RegistryClient:
             url = f"{self.base_url}{path}"
             if response.status != 200:
                 raise self._failure(response, f"blob GET {url}", deadline)
-            partial = out.with_name(out.name + ".partial")
+            partial = temporary_beside(out)  # two builds may fetch it at once
             hasher, size = hashlib.new(algorithm), 0
             try:
                 with response, partial.open("wb") as sink:
