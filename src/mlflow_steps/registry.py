@@ -48,12 +48,9 @@ from urllib.parse import urljoin, urlsplit
 
 from urllib3 import BaseHTTPResponse
 from urllib3.exceptions import (
-    ConnectTimeoutError,
     HTTPError,
     MaxRetryError,
-    NewConnectionError,
     ProtocolError,
-    ReadTimeoutError,
     ResponseError,
 )
 from urllib3.exceptions import SSLError as TlsError
@@ -70,7 +67,9 @@ from mlflow_steps.retry import (
     RETRIES,
     Deadline,
     RetryingHttp,
+    causes,
     environment_proxy,
+    is_timeout,
     network_budget,
     retry_after_seconds,
 )
@@ -663,7 +662,7 @@ class RegistryClient:
             if _is_tls(exc):
                 raise _TransportError(_reason(exc), tls=True,
                                       peer_speaks_tls=_peer_speaks_tls(exc)) from None
-            if _is_timeout(exc) or deadline.expired:
+            if is_timeout(exc) or deadline.expired:
                 raise _TransportError(_reason(exc), timed_out=True) from None
             reason = getattr(exc, "reason", None)
             if isinstance(reason, ResponseError) and "too many redirects" in str(reason):
@@ -824,24 +823,9 @@ def _registry_message(response: BaseHTTPResponse) -> str:
     return " ".join("; ".join(part for part in parts if part).split())[:300]
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and every exception it wraps (urllib3 ``reason``, ``args``, causes)."""
-    seen: set[int] = set()
-    pending = [exc]
-    while pending:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        linked = [getattr(current, "reason", None), *current.args, current.__cause__,
-                  current.__context__]
-        pending += [item for item in linked if isinstance(item, BaseException)]
-
-
 def _is_tls(exc: BaseException) -> bool:
     return isinstance(exc, TlsError) or any(
-        isinstance(cause, ssl.SSLError) for cause in _causes(exc))
+        isinstance(cause, ssl.SSLError) for cause in causes(exc))
 
 
 def _peer_speaks_tls(exc: BaseException) -> bool:
@@ -849,28 +833,21 @@ def _peer_speaks_tls(exc: BaseException) -> bool:
     a server answering in something else (plain HTTP, garbage, a close)."""
     return any(isinstance(cause, ssl.SSLCertVerificationError) or re.match(
         r"(SSLV3|TLSV1\d*)_ALERT", str(getattr(cause, "reason", "") or ""))
-        for cause in _causes(exc) if isinstance(cause, ssl.SSLError))
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    return any(isinstance(cause, (ReadTimeoutError, socket.timeout))
-               or (isinstance(cause, ConnectTimeoutError)
-                   and not isinstance(cause, NewConnectionError))
-               for cause in _causes(exc))
+        for cause in causes(exc) if isinstance(cause, ssl.SSLError))
 
 
 def _reason(exc: BaseException) -> str:
     """Why a request got no answer, in a few words (no URL, no OpenSSL source position)."""
-    causes = list(_causes(exc))
-    for cause in causes:
+    found = list(causes(exc))
+    for cause in found:
         if isinstance(cause, ssl.SSLError):
             text = getattr(cause, "verify_message", None) and \
                 f"certificate verify failed: {cause.verify_message}"
             return _short(text or str(cause))
-    for cause in reversed(causes):
+    for cause in reversed(found):
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror.lower()[:200]
-    return _short(str(causes[-1]) or str(exc))
+    return _short(str(found[-1]) or str(exc))
 
 
 def _short(text: str) -> str:
