@@ -81,3 +81,18 @@ def test_escape_shows_every_control_character(text: str, expected: str) -> None:
 
 def test_a_report_keeps_its_own_lines_only() -> None:
     assert report(["first", "second\nFORGED"]) == "first\nsecond\\nFORGED"
+
+
+def test_the_runtime_step_escapes_parameters_in_its_own_lines(mlflow_server, tmp_path) -> None:
+    """`run -v` prints the command with the user's parameters: escaped, one line each."""
+    from helpers import run_cli
+    from test_runtime import scripted, step_env
+
+    job = "import mlflow\nmlflow.log_param('ok', 1)\n"
+    env = step_env(tmp_path, mlflow_server.url, FUSEML_VERBOSE="true",
+                   FUSEML_MLFLOW_ENTRYPOINT_ARGS=f"message='{HOSTILE}'")
+    result = run_cli("run", str(scripted(tmp_path, job)), env=env)
+    ours = [line for line in result.stderr.splitlines() if line.startswith("mlflow-steps:")]
+    assert any("\\x1b[2J" in line for line in ours), result.stderr
+    assert_safe("\n".join(ours))
+    assert not any(line.startswith("FORGED") for line in result.stderr.splitlines())

@@ -26,6 +26,7 @@ from mlflow_steps.runtime.model import (
     register,
 )
 from mlflow_steps.runtime.tracking import bounded_http, check_reachable, redactor, tracking_uri
+from mlflow_steps.terminal import escape
 
 RELAY_GRACE_SECONDS = 5
 
@@ -52,7 +53,8 @@ class RuntimeOutcome:
 
 
 def log(message: str) -> None:
-    print(f"mlflow-steps: {message}", file=sys.stderr, flush=True)
+    """One line of ours on stderr; values in it from outside (parameters, tags) escaped."""
+    print(f"mlflow-steps: {escape(message)}", file=sys.stderr, flush=True)
 
 
 def _relay(stream: IO[bytes], mask: Callable[[str], str]) -> None:
