@@ -153,6 +153,21 @@ def test_two_readers_of_one_blob_into_one_file_both_succeed(tmp_path: Path) -> N
     assert [p.name for p in out.parent.iterdir()] == [out.name]
 
 
+
+def assert_raced_once(processes: list[subprocess.Popen], held: HeldBlob,
+                      hostile: HostileRegistry, path: str, cache: Path) -> None:
+    """Both processes return the one checked entry, after a real race and one download."""
+    held.pids.update(process.pid for process in processes)
+    results = [process.communicate(timeout=2 * HOLD_SECONDS) for process in processes]
+    downloads = len(hostile.requests("GET", path))
+    for process, (_, stderr) in zip(processes, results, strict=True):
+        assert process.returncode == 0, stderr
+    paths = {Path(stdout.strip()) for stdout, _ in results}
+    assert len(paths) == 1
+    assert paths.pop().read_bytes() == held.data
+    assert held.raced and downloads == 1
+    assert not leftovers(cache)
+
 def test_two_builds_needing_one_base_layer_download_it_once(tmp_path: Path) -> None:
     """layer_file from two processes on one cache: one downloads while the other waits on
     the entry's lock, then both return the same complete file."""
@@ -165,16 +180,7 @@ def test_two_builds_needing_one_base_layer_download_it_once(tmp_path: Path) -> N
             [sys.executable, "-c", LAYER_FILE, hostile.address, "race/layer", held.digest,
              str(descriptor["size"]), str(cache)], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True) for _ in range(2)]
-        held.pids.update(process.pid for process in processes)
-        results = [process.communicate(timeout=2 * HOLD_SECONDS) for process in processes]
-        downloads = len(hostile.requests("GET", f"/blobs/{held.digest}$"))
-    for process, (_, stderr) in zip(processes, results, strict=True):
-        assert process.returncode == 0, stderr
-    paths = {Path(stdout.strip()) for stdout, _ in results}
-    assert len(paths) == 1
-    assert paths.pop().read_bytes() == held.data
-    assert held.raced and downloads == 1
-    assert not leftovers(cache)
+        assert_raced_once(processes, held, hostile, f"/blobs/{held.digest}$", cache)
 
 
 def test_two_builds_needing_one_conda_archive_download_it_once(tmp_path: Path) -> None:
@@ -188,16 +194,7 @@ def test_two_builds_needing_one_conda_archive_download_it_once(tmp_path: Path) -
             [sys.executable, "-c", CONDA_FETCH, f"{hostile.url}/conda-forge/noarch/big-1.0-0.conda",
              held.digest.removeprefix("sha256:"), str(cache)], stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True) for _ in range(2)]
-        held.pids.update(process.pid for process in processes)
-        results = [process.communicate(timeout=2 * HOLD_SECONDS) for process in processes]
-        downloads = len(hostile.requests("GET", "/big-1.0-0.conda$"))
-    for process, (_, stderr) in zip(processes, results, strict=True):
-        assert process.returncode == 0, stderr
-    paths = {Path(stdout.strip()) for stdout, _ in results}
-    assert len(paths) == 1
-    assert paths.pop().read_bytes() == held.data
-    assert held.raced and downloads == 1
-    assert not leftovers(cache)
+        assert_raced_once(processes, held, hostile, "/big-1.0-0.conda$", cache)
 
 
 def test_without_a_cache_directory_the_conda_cache_is_private(tmp_path: Path) -> None:
