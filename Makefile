@@ -17,8 +17,8 @@ demo: setup
 
 # On the oldest MLflow: every adapter's contract, the network bounds, and the runtime's
 # main paths (log, register, a model logged outside the run, tracing).
-OLDEST_MLFLOW_TESTS := tests/test_mlflow_compat.py tests/test_runtime_network.py \
-	tests/test_runtime.py -k "not test_runtime.py or logs_model_and_outputs or registration \
+OLDEST_MLFLOW_TESTS := tests/core/test_mlflow_compat.py tests/runtime/test_runtime_network.py \
+	tests/runtime/test_runtime.py -k "not test_runtime.py or logs_model_and_outputs or registration \
 	or outside_the_run or trace_back"
 
 SEED := $(or $(SEED),$(shell od -An -N2 -tu2 /dev/urandom | tr -d ' '))

@@ -43,8 +43,8 @@ from devstack import CACHE, DockerEngine, Registry, docker_cli, push_base_image 
 
 from images import build as build_step_image  # noqa: E402
 from images import pip_secrets  # noqa: E402
-from mlflow_steps.envspec import BuildOptions, resolve_env  # noqa: E402
-from mlflow_steps.render import requirements_text  # noqa: E402
+from mlflow_steps.build.dockerfile import requirements_text  # noqa: E402
+from mlflow_steps.env.spec import BuildOptions, resolve_env  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "sklearn-logreg"
 SKIP_ROUNDS = 9

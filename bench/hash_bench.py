@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlflow_steps.envspec import BuildOptions, resolve_env
-from mlflow_steps.hashing import env_tag
+from mlflow_steps.env.hashing import env_tag
+from mlflow_steps.env.spec import BuildOptions, resolve_env
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sklearn-logreg"
 CHUNK = os.urandom(1 << 20)

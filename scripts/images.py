@@ -21,8 +21,8 @@ from pathlib import Path
 
 from devstack import DockerEngine, Registry, docker_cli, local_stack, push_base_image
 
-from mlflow_steps.backends.base import PIP_CA_SECRET, PIP_CONFIG_SECRET, SECRET_MOUNT_TARGETS
-from mlflow_steps.pipconfig import collect_pip_config
+from mlflow_steps.build.engines.base import PIP_CA_SECRET, PIP_CONFIG_SECRET, SECRET_MOUNT_TARGETS
+from mlflow_steps.env.pipconfig import collect_pip_config
 
 REPO = Path(__file__).resolve().parents[1]
 BUILDER_DIR = REPO / "images" / "builders" / "mlflow"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import MINIMAL_MLPROJECT, write_codeset
+from support.helpers import MINIMAL_MLPROJECT, write_codeset
+from support.synthetic_base import no_engine, synthetic_base  # noqa: F401 - shared fixtures
 
 # Tests that drive a container engine (Docker or Buildah) are marked `engine`: `make test`
 # runs them in one pytest process and the rest in another, side by side.
@@ -77,7 +78,7 @@ def token_registry(stack_root):
     import tempfile
 
     from devstack import Registry
-    from token_server import ISSUER, SERVICE, TokenServer
+    from support.token_server import ISSUER, SERVICE, TokenServer
 
     directory = Path(tempfile.mkdtemp(prefix="token-", dir=stack_root))
     tokens = TokenServer(directory, {"bob": "bob-pass"}, {"refresh-123"}).start()
@@ -116,7 +117,7 @@ def serve_image(builder_image, docker_engine, registry):
 @pytest.fixture(scope="session")
 def trainer_image(docker_engine, registry, base_image) -> str:
     """examples/sklearn-logreg built by the builder step (docker) and pushed: its reference."""
-    from helpers import EXAMPLE, run_cli
+    from support.helpers import EXAMPLE, run_cli
 
     env = {**docker_engine.env(), "FUSEML_REGISTRY": registry.address,
            "FUSEML_PULL_REGISTRY": registry.address, "FUSEML_BASE_IMAGE": base_image,
@@ -186,7 +187,7 @@ def workflow_step_images(docker_engine, registry, base_image):
 @pytest.fixture(scope="session")
 def old_python() -> Path:
     """Python of a venv with an older MLflow (cached under ~/.cache; made when missing)."""
-    from server_testing import older_mlflow_python
+    from support.server_testing import older_mlflow_python
 
     return older_mlflow_python()
 
@@ -195,6 +196,6 @@ def old_python() -> Path:
 def conda_channel():
     """A real local conda channel (python 3.11, pip, six, packaging, markupsafe), served as
     conda-forge through its ``alias_url``."""
-    from conda_channel import build_channel
+    from support.conda_channel import build_channel
 
     return build_channel()

@@ -1,5 +1,5 @@
 """`python -m mlflow_steps` runs the CLI."""
 
-from mlflow_steps.cli import main
+from mlflow_steps.cli.main import main
 
 main()

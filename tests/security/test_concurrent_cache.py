@@ -21,14 +21,14 @@ import threading
 import time
 from pathlib import Path
 
-from faulty_proxy import HOLD_SECONDS
-from helpers import write_codeset
-from hostile_registry import Exchange, HostileRegistry
-from test_direct_builder import push_synthetic_base
+from support.faulty_proxy import HOLD_SECONDS
+from support.helpers import write_codeset
+from support.hostile_registry import Exchange, HostileRegistry
+from support.synthetic_base import push_synthetic_base
 
-from mlflow_steps.image_push import Blob, push_image
-from mlflow_steps.layers import Entry, write_layer
-from mlflow_steps.registry import RegistryClient
+from mlflow_steps.image.layers import Entry, write_layer
+from mlflow_steps.image.push import Blob, push_image
+from mlflow_steps.image.registry import RegistryClient
 
 BIG = 16 << 20
 LAYER_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -36,8 +36,8 @@ PROJECT = "name: concurrent\nentry_points:\n  main:\n    command: python -c pass
 LAYER_FILE = """
 import sys
 from pathlib import Path
-from mlflow_steps.direct.base import layer_file
-from mlflow_steps.registry import RegistryClient
+from mlflow_steps.build.direct.base import layer_file
+from mlflow_steps.image.registry import RegistryClient
 address, repository, digest, size, cache = sys.argv[1:]
 descriptor = {"mediaType": "MEDIA_TYPE", "digest": digest, "size": int(size)}
 print(layer_file(RegistryClient(address), repository, descriptor, Path(cache)))
@@ -45,7 +45,7 @@ print(layer_file(RegistryClient(address), repository, descriptor, Path(cache)))
 CONDA_FETCH = """
 import os, sys
 from pathlib import Path
-from mlflow_steps.conda_stage import fetch
+from mlflow_steps.build.conda_stage import fetch
 url, sha256, cache = sys.argv[1:]
 record = {"name": "big", "url": url, "sha256": sha256}
 print(fetch([record], Path(cache), os.environ, "conda.yaml", [])[0])
@@ -54,8 +54,8 @@ print(fetch([record], Path(cache), os.environ, "conda.yaml", [])[0])
 
 CACHE_DIR = """
 import os, sys
-from mlflow_steps.conda_stage import cache_dir
-from mlflow_steps.errors import StepError
+from mlflow_steps.build.conda_stage import cache_dir
+from mlflow_steps.core.errors import StepError
 try:
     print(cache_dir(os.environ))
 except StepError as error:

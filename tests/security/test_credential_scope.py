@@ -10,13 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import basic, docker_config
-from hostile_registry import HostileRegistry, answer, forward
-from test_image_push import image
+from support.helpers import basic, docker_config
+from support.hostile_registry import HostileRegistry, answer, forward
+from support.images import image
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.image_push import push_image
-from mlflow_steps.registry import RegistryClient
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.image.push import push_image
+from mlflow_steps.image.registry import RegistryClient
 
 ALICE = ("alice", "alice-pass")
 ALICE_BASIC = f"Basic {basic(*ALICE)}"

@@ -10,13 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
-from hostile_registry import HostileRegistry, forward
-from test_image_push import image
+from support.helpers import run_cli
+from support.hostile_registry import HostileRegistry, forward
+from support.images import image
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.image_push import canonical, push_image
-from mlflow_steps.registry import RegistryClient
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.image.push import canonical, push_image
+from mlflow_steps.image.registry import RegistryClient
 
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 WRONG = "sha256:" + "0" * 64
@@ -123,7 +123,7 @@ def test_a_pinned_base_that_does_not_match_fails_the_build(registry, codeset,
                                                            tmp_path: Path) -> None:
     """The direct builder reads a base pinned by digest: other content fails the build
     with one line naming both digests, and no step output is written."""
-    from test_direct_builder import push_synthetic_base
+    from support.synthetic_base import push_synthetic_base
 
     base = push_synthetic_base(RegistryClient(registry.address), tmp_path / "base",
                                repository="security/base")
@@ -148,7 +148,7 @@ def test_a_build_whose_manifest_the_registry_stores_differently_writes_no_output
         registry, codeset, tmp_path: Path) -> None:
     """The direct builder's push: a Docker-Content-Digest other than the manifest's fails
     the step with one line, and no step output is written."""
-    from test_direct_builder import push_synthetic_base
+    from support.synthetic_base import push_synthetic_base
 
     base = push_synthetic_base(RegistryClient(registry.address), tmp_path / "base",
                                repository="security/put-base")

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import certifi
 import pytest
-from faulty_proxy import HOLD_SECONDS
-from helpers import MINIMAL_MLPROJECT, basic, docker_config, make_wheel, write_codeset
-from hostile_registry import Action, Exchange, HostileRegistry
-from test_direct_builder import push_synthetic_base
+from support.faulty_proxy import HOLD_SECONDS
+from support.helpers import MINIMAL_MLPROJECT, basic, docker_config, make_wheel, write_codeset
+from support.hostile_registry import Action, Exchange, HostileRegistry
+from support.synthetic_base import push_synthetic_base
 
-from mlflow_steps.registry import RegistryClient
+from mlflow_steps.image.registry import RegistryClient
 
 PROBE = "mls-interrupt-probe"
 BIG_FILE_BYTES = 160 << 20  # random: a few seconds of compression on any machine we use

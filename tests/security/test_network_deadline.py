@@ -1,6 +1,6 @@
 """Issue 28, point 5: every network wait is bounded in total, not per read.
 
-Slow-loris servers (tests/security/trickle_server.py) send their status line and headers, or
+Slow-loris servers (tests/support/trickle_server.py) send their status line and headers, or
 their body, a byte every 0.25 s: no per-read timeout ever fires, so only a deadline for the
 whole request (MLFLOW_STEPS_NETWORK_TIMEOUT) ends it. Each must fail within the budget plus a
 generous margin (interpreter and MLflow start-up), with one line; the servers give up after
@@ -16,14 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
-from test_runtime import example, results, step_env
-from trickle_server import BODY, HEADERS, TrickleServer
+from support.helpers import run_cli
+from support.runtime_env import example, results, step_env
+from support.trickle_server import BODY, HEADERS, TrickleServer
 
-from mlflow_steps.conda_stage import fetch
-from mlflow_steps.errors import StepError
-from mlflow_steps.registry import RegistryClient
-from mlflow_steps.retry import BUDGET_VARIABLE
+from mlflow_steps.build.conda_stage import fetch
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.retry import BUDGET_VARIABLE
+from mlflow_steps.image.registry import RegistryClient
 
 BUDGET = 3
 BOUND = BUDGET + 12  # the requirement: within the budget; the margin: start-up, a busy CI

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from crafted import run_main
-from helpers import MINIMAL_MLPROJECT, write_codeset
+from support.crafted import run_main
+from support.helpers import MINIMAL_MLPROJECT, write_codeset
 
-from mlflow_steps.redaction import MASK, redact
+from mlflow_steps.core.redaction import MASK, redact
 
 PASSWORD = "Hunter2-pass-9"
 

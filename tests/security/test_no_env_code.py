@@ -15,13 +15,13 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from helpers import basic, docker_config, make_wheel
-from test_direct_builder import build, no_engine, synthetic_base  # noqa: F401 - fixtures
-from test_pinning import local_index
+from support.helpers import basic, docker_config, make_wheel
+from support.index_server import local_index
+from support.synthetic_base import build
 
-from mlflow_steps.direct.installed import distributions, image_markers, unmet_requirements
-from mlflow_steps.registry import RegistryClient
-from mlflow_steps.render import uv_binary
+from mlflow_steps.build.direct.installed import distributions, image_markers, unmet_requirements
+from mlflow_steps.build.dockerfile import uv_binary
+from mlflow_steps.image.registry import RegistryClient
 
 PROBE = "mls_pth_probe"
 SECRETS = {"MLFLOW_TRACKING_TOKEN": "tracking-token-7f3a9c",
@@ -77,7 +77,7 @@ def _image_files(client: RegistryClient, reference: str) -> tuple[list[bytes], d
 
 
 def test_a_direct_build_runs_no_code_of_the_environment(
-        registry, synthetic_base, no_engine, codeset, tmp_path: Path) -> None:  # noqa: F811
+        registry, synthetic_base, no_engine, codeset, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     probe_index(tmp_path / "index", marker)
     project = codeset({"requirements.txt": f"{PROBE}==1.0\n"})

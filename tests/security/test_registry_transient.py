@@ -10,13 +10,13 @@ import os
 from pathlib import Path
 
 import pytest
-from hostile_registry import HostileRegistry, answer, reset, retry_after
-from test_image_push import image
+from support.hostile_registry import HostileRegistry, answer, reset, retry_after
+from support.images import image
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.image_push import push_image
-from mlflow_steps.registry import RegistryClient
-from mlflow_steps.retry import RETRIES
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.retry import RETRIES
+from mlflow_steps.image.push import push_image
+from mlflow_steps.image.registry import RegistryClient
 
 UPLOAD = "/blobs/uploads/"
 

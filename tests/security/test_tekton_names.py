@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from helpers import REPO, run_cli
+from support.helpers import REPO, run_cli
 
 from mlflow_steps.workflow.model import k8s_name
 

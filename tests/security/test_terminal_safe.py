@@ -11,11 +11,11 @@ import subprocess
 import sys
 
 import pytest
-from crafted import LOCK, SBOM, layer, run_main
-from helpers import push_tiny_image
-from hostile_registry import HostileRegistry, answer
+from support.crafted import LOCK, SBOM, layer, run_main
+from support.helpers import push_tiny_image
+from support.hostile_registry import HostileRegistry, answer
 
-from mlflow_steps.terminal import escape, report
+from mlflow_steps.core.terminal import escape, report
 
 # Any control character but the newlines between our own lines; bidi controls too.
 UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -85,8 +85,8 @@ def test_a_report_keeps_its_own_lines_only() -> None:
 
 def test_the_runtime_step_escapes_parameters_in_its_own_lines(mlflow_server, tmp_path) -> None:
     """`run -v` prints the command with the user's parameters: escaped, one line each."""
-    from helpers import run_cli
-    from test_runtime import scripted, step_env
+    from support.helpers import run_cli
+    from support.runtime_env import scripted, step_env
 
     job = "import mlflow\nmlflow.log_param('ok', 1)\n"
     env = step_env(tmp_path, mlflow_server.url, FUSEML_VERBOSE="true",

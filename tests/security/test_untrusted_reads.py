@@ -14,9 +14,9 @@ import sys
 import tarfile
 
 import pytest
-from crafted import LOCK, SBOM, config, layer, run_main
-from helpers import push_tiny_image
-from hostile_registry import HostileRegistry, answer, deep_json
+from support.crafted import LOCK, SBOM, config, layer, run_main
+from support.helpers import push_tiny_image
+from support.hostile_registry import HostileRegistry, answer, deep_json
 
 DEEP = b"[" * 50_000 + b"]" * 50_000
 MEMORY_LIMIT = 1 << 30  # address space of the inspecting process: a 4 GiB bomb cannot fit

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.parse.project import EntryPoint, Project
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.env.project import EntryPoint, Project
 
 FIELD = "mlflow_entrypoint_args"
 

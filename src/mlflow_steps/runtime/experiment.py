@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mlflow_steps.errors import StepError
+from mlflow_steps.core.errors import StepError
 
 FIELD = "mlflow_experiment"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlflow_steps.errors import StepError
+from mlflow_steps.core.errors import StepError
 
 MODEL_FILE = "MLmodel"
 FIELD = "mlflow_artifact_path"

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.interrupt import on_signals
-from mlflow_steps.parse.project import load_project
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.interrupt import on_signals
+from mlflow_steps.core.terminal import escape
+from mlflow_steps.env.project import load_project
 from mlflow_steps.runtime.args import resolve_parameters, select_entry_point, split_args
 from mlflow_steps.runtime.experiment import resolve_experiment
 from mlflow_steps.runtime.model import (
@@ -26,7 +27,6 @@ from mlflow_steps.runtime.model import (
     register,
 )
 from mlflow_steps.runtime.tracking import bounded_http, check_reachable, redactor, tracking_uri
-from mlflow_steps.terminal import escape
 
 RELAY_GRACE_SECONDS = 5
 
@@ -89,7 +89,7 @@ def _execute(command: str, codeset: Path, env: dict[str, str],
 
 def context_tags(environ: dict[str, str]) -> dict:
     """The user's MLFLOW_RUN_CONTEXT tags (MLflow puts them on what a process creates)."""
-    from mlflow_steps.mlflow_compat import RUN_CONTEXT_VARIABLE
+    from mlflow_steps.core.mlflow_compat import RUN_CONTEXT_VARIABLE
 
     raw = environ.get(RUN_CONTEXT_VARIABLE, "").strip()
     try:
@@ -150,7 +150,7 @@ def _run(codeset: Path, inputs: RuntimeInputs, environ: dict[str, str], project,
     import mlflow
     from mlflow.entities import RunStatus
 
-    from mlflow_steps import mlflow_compat
+    from mlflow_steps.core import mlflow_compat
 
     spec = mlflow_compat.load_project_spec(str(codeset))  # MLflow's own checks, before any call
     mlflow.set_tracking_uri(uri)

@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.imageref import ImageRef, check_digest, check_reference
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.image.reference import ImageRef, check_digest, check_reference
 from mlflow_steps.runtime.step import IMAGE_TAG_VARIABLES
 
 TRACE_TAGS = (*IMAGE_TAG_VARIABLES.values(), "mlflow_steps.tooling_version")

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.redaction import Redactor, secret_values
-from mlflow_steps.retry import BUDGET_VARIABLE, REFUSED_RETRIES, is_refused, network_budget
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.redaction import Redactor, secret_values
+from mlflow_steps.core.retry import BUDGET_VARIABLE, REFUSED_RETRIES, is_refused, network_budget
 
 FILE_STORE_SWITCH = "MLFLOW_ALLOW_FILE_STORE"
 SOURCE = "MLFLOW_TRACKING_URI"
@@ -81,7 +81,7 @@ def bounded_http(environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
     """MLflow's HTTP settings derived from the budget, for this process for the duration;
     yields them for the project's process. Settings the user gave are left alone. In this
     process each of MLflow's requests is also bounded in total by the budget."""
-    from mlflow_steps import mlflow_compat
+    from mlflow_steps.core import mlflow_compat
 
     budget = network_budget(environ)
     added = {key: value for key, value in http_settings(budget).items() if key not in environ}
@@ -176,7 +176,7 @@ def check_reachable(client, uri: str, environ: Mapping[str, str]) -> None:
         return
     from mlflow.exceptions import MlflowException
 
-    from mlflow_steps import mlflow_compat
+    from mlflow_steps.core import mlflow_compat
 
     delay, last, refused = 0.5, "no answer", 0
     while (remaining := deadline - time.monotonic()) > 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from mlflow_steps import mlflow_compat
+from mlflow_steps.core import mlflow_compat
 from mlflow_steps.server.auth import TokenGate
 from mlflow_steps.server.config import TOKEN
 

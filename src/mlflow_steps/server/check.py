@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mlflow_steps.errors import StepError
+from mlflow_steps.core.errors import StepError
 from mlflow_steps.server import store
 from mlflow_steps.server.config import (
     ALLOWED_HOSTS,

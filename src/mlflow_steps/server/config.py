@@ -1,7 +1,7 @@
 """Server configuration: the values the CLI read (env vars, flags win), parsed on demand.
 
 Parsing raises :class:`StepError` naming the env var and flag, with any password and the
-token redacted (by :mod:`mlflow_steps.redaction`), so ``check`` can report every bad value
+token redacted (by :mod:`mlflow_steps.core.redaction`), so ``check`` can report every bad value
 and the commands the first one.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.redaction import redact
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.redaction import redact
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -156,7 +156,7 @@ def allowed_hosts() -> AllowedHosts:
     """What MLflow's middleware will do, from the same environment and with its own code."""
     from mlflow.environment_variables import MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE
 
-    from mlflow_steps import mlflow_compat
+    from mlflow_steps.core import mlflow_compat
 
     if MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE.get() == "true":
         return AllowedHosts(None, f"{DISABLE_SECURITY_MIDDLEWARE} is true: no Host check")

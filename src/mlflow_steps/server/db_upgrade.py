@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow_steps import mlflow_compat
-from mlflow_steps.codeset_files import file_sha256
-from mlflow_steps.errors import StepError
+from mlflow_steps.core import mlflow_compat
+from mlflow_steps.core.bounded import file_sha256
+from mlflow_steps.core.errors import StepError
 from mlflow_steps.server import store
 from mlflow_steps.server.check import check_store_exists, writable_dir_problem
 from mlflow_steps.server.config import BACKEND_STORE_URI, BACKUP_DIR, ServerConfig

@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from mlflow_steps import mlflow_compat
+from mlflow_steps.core import mlflow_compat
 from mlflow_steps.server.config import ARTIFACTS_DESTINATION, ServerConfig, one_line
 
 if TYPE_CHECKING:

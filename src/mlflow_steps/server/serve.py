@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from mlflow_steps import mlflow_compat
+from mlflow_steps.core import mlflow_compat
 from mlflow_steps.server.check import SERVE_CHECKS, require
 from mlflow_steps.server.config import TOKEN, ServerConfig, allowed_hosts
 

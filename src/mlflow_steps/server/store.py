@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from mlflow_steps import mlflow_compat
+from mlflow_steps.core import mlflow_compat
 from mlflow_steps.server.config import BACKEND_STORE_URI, ServerConfig
 
 if TYPE_CHECKING:

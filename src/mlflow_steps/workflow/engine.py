@@ -10,8 +10,8 @@ import docker
 import docker.errors
 from docker.types import Mount
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.imageref import ImageRef
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.image.reference import ImageRef
 
 ENGINE_SOCKET_LABEL = "org.mlflow-steps.engine-socket"
 PIP_CONFIG_LABEL = "org.mlflow-steps.pip-config"

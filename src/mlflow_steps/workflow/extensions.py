@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.parse.yaml_file import read_yaml_documents
-from mlflow_steps.redaction import has_credentials, is_secret_name
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.redaction import has_credentials, is_secret_name
+from mlflow_steps.core.yaml_file import read_yaml_documents
 from mlflow_steps.workflow.loader import yaml_nodes
 from mlflow_steps.workflow.model import Selector, Workflow
 from mlflow_steps.workflow.nodes import Node

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.parse.yaml_file import compose_documents, read_yaml_documents
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.yaml_file import compose_documents, read_yaml_documents
 from mlflow_steps.workflow.expressions import (
     CODESET_ATTRIBUTES,
     ExpressionError,

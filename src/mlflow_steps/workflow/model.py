@@ -6,7 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from mlflow_steps.errors import StepError
+from mlflow_steps.core.errors import StepError
 from mlflow_steps.workflow.expressions import Template
 from mlflow_steps.workflow.nodes import Where
 

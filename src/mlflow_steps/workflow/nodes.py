@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from mlflow_steps.errors import StepError
+from mlflow_steps.core.errors import StepError
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mlflow_steps.errors import StepError
+from mlflow_steps.core.errors import StepError
 from mlflow_steps.workflow.expressions import ExtensionRef, InputRef, Ref, StepOutputRef
 from mlflow_steps.workflow.extensions import (
     Access,

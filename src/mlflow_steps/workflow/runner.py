@@ -21,11 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.pipconfig import collect_pip_config
-from mlflow_steps.redaction import Redactor
-from mlflow_steps.registry import docker_config_dir
-from mlflow_steps.steps.builder_plan import (
+from mlflow_steps.build.plan import (
     EXECUTORS,
     PIP_CONFIG_MOUNT,
     PLAN_MOUNT,
@@ -36,6 +32,10 @@ from mlflow_steps.steps.builder_plan import (
     plan_steps,
     substitute,
 )
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.redaction import Redactor
+from mlflow_steps.env.pipconfig import collect_pip_config
+from mlflow_steps.image.registry import docker_config_dir
 from mlflow_steps.workflow.engine import (
     ENGINE_SOCKET_LABEL,
     PIP_CONFIG_LABEL,

@@ -12,8 +12,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.stepio import write_atomically
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.stepio import write_atomically
 
 RUNS_DIR_ENV = "MLFLOW_STEPS_RUNS_DIR"
 RECORD_FILE = "run.json"

@@ -23,9 +23,7 @@ from typing import Any
 
 import yaml
 
-from mlflow_steps.errors import StepError
-from mlflow_steps.stepio import write_atomically
-from mlflow_steps.steps.builder_plan import (
+from mlflow_steps.build.plan import (
     DIRECT,
     DIRECT_CACHE_MOUNT,
     DIRECT_ENV,
@@ -40,6 +38,8 @@ from mlflow_steps.steps.builder_plan import (
     is_builder_image,
     plan_steps,
 )
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.stepio import write_atomically
 from mlflow_steps.workflow.expressions import (
     ExtensionRef,
     InputRef,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from mlflow_steps.errors import StepError
+from mlflow_steps.core.errors import StepError
 
 
 def _semver() -> ModuleType:

@@ -1,0 +1,237 @@
+"""The staged environment as image layers and config, on top of the base's.
+
+Layers, in order: one per large package group (``render.OWN_LAYERS``) the environment has,
+the other distributions in ``BUCKETS`` layers by name, the venv itself, the step tooling,
+the user set-up, the record (env files, lock, SBOM). Every entry's time is the 1980 floor
+and every owner root (the user's home and the workdir: the runtime user), so a layer
+depends on its files only: the numpy layer is one blob for every environment with that
+numpy. Times in the config are the same 1980 epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow_steps.build.direct import NotApplicable
+from mlflow_steps.build.direct.base import BaseFacts
+from mlflow_steps.build.direct.stage import StagedEnv, write_record
+from mlflow_steps.build.dockerfile import (
+    BUILD_ENV,
+    ENV_PREFIX,
+    IMAGE_COMMAND,
+    OWN_LAYERS,
+    RUNTIME_UID,
+    RUNTIME_USER,
+    TOOLING_PREFIX,
+    WORKDIR,
+    image_labels,
+    runtime_env,
+)
+from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
+from mlflow_steps.env.spec import EnvSpec
+from mlflow_steps.image.layers import Entry
+from mlflow_steps.image.push import rfc3339
+
+# The other distributions spread over this many layers: a one-line change remakes one of
+# them, not all (layers in all: at most len(OWN_LAYERS) + BUCKETS + 4)
+BUCKETS = 4
+RUNTIME_NAME = "mlflow"
+TOOLING_DIST = "mlflow-steps"
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer to write: a name for the history and its entries."""
+
+    name: str
+    entries: tuple[Entry, ...]
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _tree_entry(root: Path, path: Path) -> Entry:
+    """The layer entry for a staged path: root-owned, modes normalised."""
+    name = path.relative_to(root).as_posix()
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        return Entry(name, "symlink", target=os.readlink(path), mode=0o777)
+    if stat.S_ISDIR(mode):
+        return Entry(name, "dir", mode=0o755)
+    return Entry(name, "file", data=path, mode=0o755 if mode & 0o111 else 0o644)
+
+
+def _with_parents(root: Path, paths: set[Path], overrides: dict[str, Entry]
+                  ) -> tuple[Entry, ...]:
+    """Entries for ``paths`` and every directory above them up to ``root`` (``overrides``:
+    what the image has at a path instead of the staged file)."""
+    everything = set(paths)
+    for path in paths:
+        parent = path.parent
+        while parent != root and parent not in everything and root in parent.parents:
+            everything.add(parent)
+            parent = parent.parent
+    entries = (_tree_entry(root, p) for p in sorted(everything))
+    return tuple(overrides.get(entry.name, entry) for entry in entries)
+
+
+def _owners(site: Path) -> dict[Path, str]:
+    """Installed file → its distribution (normalised name), from the RECORD files."""
+    owners: dict[Path, str] = {}
+    for record in site.glob("*.dist-info/RECORD"):
+        dist = _normalise(record.parent.name.split("-")[0])
+        for line in record.read_text().splitlines():
+            relative = line.rsplit(",", 2)[0]
+            if relative:
+                owners[Path(os.path.normpath(site / relative))] = dist
+        owners[record.parent] = dist
+    return owners
+
+
+def _owner(path: Path, owners: dict[Path, str]) -> str | None:
+    if path in owners:
+        return owners[path]
+    if path.parent.name == "__pycache__" and path.suffix == ".pyc":
+        source = path.parent.parent / (path.name.split(".", 1)[0] + ".py")
+        return owners.get(source)
+    for parent in path.parents:
+        if parent in owners:  # inside a dist-info directory
+            return owners[parent]
+    return None
+
+
+def environment_groups(staged: StagedEnv) -> list[tuple[str, set[Path]]]:
+    """The environment's files (no bytecode yet) split by distribution into the layer
+    groups: (name, paths), in layer order."""
+    owners = _owners(staged.site_packages)
+    group_of = {name: index for index, group in enumerate(OWN_LAYERS) for name in group}
+    groups: dict[str, set[Path]] = defaultdict(set)
+    for directory, subdirectories, files in os.walk(staged.prefix):
+        # symbolic links to directories are entries too (os.walk does not follow them)
+        links = [d for d in subdirectories if os.path.islink(os.path.join(directory, d))]
+        paths = [Path(directory, name) for name in [*files, *links]]
+        for path in paths:
+            dist = _owner(path, owners)
+            if dist == TOOLING_DIST:
+                groups["tooling"].add(path)
+            elif dist in group_of:
+                groups[" ".join(OWN_LAYERS[group_of[dist]])].add(path)
+            elif dist:
+                groups[_bucket(dist)].add(path)
+            else:  # the venv itself: pyvenv.cfg, bin/python, activate scripts
+                groups["environment"].add(path)
+    link = staged.root / TOOLING_PREFIX.lstrip("/") / "bin" / "mlflow-steps"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(f"{ENV_PREFIX}/bin/mlflow-steps")
+    groups["tooling"].add(link)
+    ordered = [" ".join(group) for group in OWN_LAYERS] + [
+        _bucket_name(index) for index in range(BUCKETS)] + ["environment", "tooling"]
+    return [(name, groups[name]) for name in ordered if groups.get(name)]
+
+
+def _bucket_name(index: int) -> str:
+    return f"packages {index + 1}/{BUCKETS}"
+
+
+def _bucket(dist: str) -> str:
+    """The layer of a distribution without one of its own: by its name's digest, so it
+    stays in the same layer whatever else the environment has."""
+    return _bucket_name(int(hashlib.sha256(dist.encode()).hexdigest(), 16) % BUCKETS)
+
+
+def with_bytecode(staged: StagedEnv, plan: LayerPlan, sources: frozenset[Path]) -> LayerPlan:
+    """``plan`` and the pycs compiled for its ``sources`` (with their __pycache__ dirs)."""
+    tag = staged.python_build.split()[-1]  # sys.implementation.cache_tag
+    pycs = {pyc for source in sources if not source.is_symlink()
+            for pyc in [source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"]
+            if pyc.is_file()}
+    known = {entry.name for entry in plan.entries}
+    added = tuple(entry for entry in _with_parents(staged.root, pycs, staged.overrides)
+                  if entry.name not in known)
+    return LayerPlan(plan.name, plan.entries + added)
+
+
+def tree_plan(staged: StagedEnv, name: str, paths: set[Path]) -> LayerPlan:
+    """A layer of ``paths`` of the staging tree (their directories included)."""
+    return LayerPlan(name, _with_parents(staged.root, paths, staged.overrides))
+
+
+def record_layer(staged: StagedEnv) -> LayerPlan:
+    """The record (env files, lock, SBOM), written now."""
+    return tree_plan(staged, "record", set(write_record(staged).rglob("*")))
+
+
+def _lines(text: str) -> list[list[str]]:
+    return [line.split(":") for line in text.splitlines() if line.strip()]
+
+
+def user_layer(base: BaseFacts) -> LayerPlan:
+    """The runtime user (uid 1000, as `useradd --create-home` adds it, unless the base has
+    that uid) and the workdir it owns."""
+    uid = RUNTIME_UID
+    entries = [Entry("srv", "dir"), Entry(WORKDIR.lstrip("/"), "dir", uid=uid, gid=uid)]
+    passwd = base.accounts.get("etc/passwd", {}).get("text")
+    if passwd is None:
+        raise NotApplicable("the base has no /etc/passwd to add the runtime user to")
+    if not any(len(f) > 2 and f[2] == str(uid) for f in _lines(passwd)):
+        group = base.accounts.get("etc/group", {}).get("text", "")
+        if any(len(f) > 2 and f[2] == str(uid) for f in _lines(group)):
+            raise NotApplicable(f"the base's group {uid} is taken; useradd would pick another")
+        if any(f[0] == RUNTIME_NAME for f in _lines(passwd) + _lines(group)):
+            raise NotApplicable(f"the base has a user or group {RUNTIME_NAME} (not uid {uid})")
+        home = f"home/{RUNTIME_NAME}"
+        added = {
+            "etc/passwd": f"{RUNTIME_NAME}:x:{uid}:{uid}::/{home}:/bin/sh\n",
+            "etc/group": f"{RUNTIME_NAME}:x:{uid}:\n",
+            "etc/shadow": f"{RUNTIME_NAME}:!:{SOURCE_DATE_EPOCH // 86400}:0:99999:7:::\n",
+            "etc/gshadow": f"{RUNTIME_NAME}:!::\n",
+        }
+        for name, line in added.items():
+            if name in base.accounts:
+                known = base.accounts[name]
+                text = known["text"] if known["text"].endswith("\n") or not known["text"] \
+                    else known["text"] + "\n"
+                entries.append(Entry(name, "file", data=(text + line).encode(),
+                                     mode=known["mode"], uid=known["uid"], gid=known["gid"]))
+        entries += [Entry("etc", "dir"), Entry("home", "dir"),
+                    Entry(home, "dir", mode=0o755, uid=uid, gid=uid)]
+        for name, text in base.skeleton.items():
+            entries.append(Entry(f"{home}/{name.removeprefix('etc/skel/')}", "file",
+                                 data=text.encode(), mode=0o644, uid=uid, gid=uid))
+    return LayerPlan("user", tuple(entries))
+
+
+def _env_list(base_env: list[str], spec: EnvSpec) -> list[str]:
+    """The base's Env with ours applied as Docker applies ENV (``$PATH`` expanded)."""
+    values = dict(entry.split("=", 1) for entry in base_env if "=" in entry)
+    values.update(BUILD_ENV)
+    for key, value in runtime_env(spec).items():
+        values[key] = value.replace("$PATH", values.get("PATH", ""))
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def image_config(base: BaseFacts, spec: EnvSpec, layers: list[tuple[str, str]],
+                 labels: dict[str, str]) -> dict:
+    """The image config: the base's with our env, labels, user, workdir, command, and a
+    history entry and diff_id per layer (``layers``: name, diff_id)."""
+    config = dict(base.config)
+    settings = dict(config.get("config") or {})
+    settings["Env"] = _env_list(list(settings.get("Env") or []), spec)
+    settings["Labels"] = {**(settings.get("Labels") or {}), **image_labels(spec), **labels}
+    settings.update(User=RUNTIME_USER, WorkingDir=WORKDIR, Cmd=list(IMAGE_COMMAND))
+    stamp = rfc3339(SOURCE_DATE_EPOCH)
+    history = list(config.get("history") or [])
+    history += [{"created": stamp, "created_by": f"mlflow-steps direct: {name}"}
+                for name, _ in layers]
+    for volatile in ("container", "container_config", "docker_version"):
+        config.pop(volatile, None)
+    diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+    return {**config, "config": settings, "created": stamp, "history": history,
+            "rootfs": {"type": "layers", "diff_ids": diff_ids + [d for _, d in layers]}}

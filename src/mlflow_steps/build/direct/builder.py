@@ -1,0 +1,151 @@
+"""`--builder direct`: stage, lay out and push the runtime image with no engine."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow_steps.build.direct import NotApplicable
+from mlflow_steps.build.direct.assemble import (
+    LayerPlan,
+    environment_groups,
+    image_config,
+    record_layer,
+    tree_plan,
+    user_layer,
+    with_bytecode,
+)
+from mlflow_steps.build.direct.base import facts_summary, layer_file, load_base
+from mlflow_steps.build.direct.stage import StagedEnv, check_files, compile_bytecode, stage
+from mlflow_steps.build.engines.base import Backend, BuildRequest
+from mlflow_steps.core.cache import cache_root
+from mlflow_steps.core.interrupt import ThreadPool, private_directory
+from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
+from mlflow_steps.image.layers import LayerCache, entries_key, write_layer
+from mlflow_steps.image.push import Blob, push_image
+from mlflow_steps.image.registry import RegistryClient
+
+LAYOUT_VERSION = "direct-2"  # part of every layer's cache key
+
+
+@dataclass(frozen=True)
+class LayerJob:
+    """A layer to make: its plan before bytecode, and whether to compile its sources."""
+
+    plan: LayerPlan
+    sources: frozenset[Path] = frozenset()  # .py files to compile into it
+    checked: bool = False  # staged files: check them before they go into a layer
+
+
+class DirectBackend(Backend):
+    """Builds without an engine; NotApplicable when it cannot do so safely."""
+
+    name = "direct"
+
+    def unavailable_reason(self) -> str | None:
+        return None  # needs only the registries, which every build needs
+
+    def _log(self, message: str, started: float) -> None:
+        print(f"[direct] {message} ({time.monotonic() - started:.1f} s)", file=sys.stderr,
+              flush=True)
+
+    def _client(self, host: str, request: BuildRequest) -> RegistryClient:
+        return RegistryClient(host, insecure_registries=request.insecure_registries,
+                              verify=str(request.registry_ca) if request.registry_ca else True,
+                              environ=self.environ)
+
+    def build_and_push(self, request: BuildRequest) -> None:
+        if request.spec is None or request.pip is None:
+            raise NotApplicable("no environment spec was given to it")
+        started = time.monotonic()
+        spec, destination = request.spec, request.destination
+        cache = cache_root(self.environ)
+        client = self._client(destination.registry, request)
+        same_registry = request.base_image.registry == destination.registry
+        base_client = client if same_registry else self._client(request.base_image.registry,
+                                                                 request)
+        base = load_base(str(request.base_image), base_client, cache)
+        self._log(facts_summary(base), started)
+        scratch = cache / "work"  # beside uv's cache, usually: installs hard-link from it
+        scratch.mkdir(parents=True, exist_ok=True)
+        with private_directory("direct-", scratch) as work:
+            staged = stage(spec, request.context, base, request.pip, self.environ, work,
+                           no_cache=request.no_cache)
+            self._log(f"environment staged for {base.interpreters[str(spec.python)]}", started)
+            with ThreadPool(max_workers=os.cpu_count() or 2) as pool:
+                record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
+                jobs = [LayerJob(tree_plan(staged, name, paths),
+                                 frozenset(p for p in paths if p.suffix == ".py"), checked=True)
+                        for name, paths in environment_groups(staged)]
+                jobs.append(LayerJob(user_layer(base)))
+                known = None if request.no_cache else LayerCache(cache / "layers")
+                maker = _LayerMaker(staged, work, known, request.compression, client,
+                                    destination.repository)
+                by_size = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].plan.entries))
+                done = dict(zip(by_size, pool.map(lambda i: maker.make(jobs[i], i), by_size),
+                                strict=True))
+                jobs.append(LayerJob(record.result()))
+                done[len(jobs) - 1] = maker.make(jobs[-1], len(jobs) - 1)
+            made = [done[index] for index in range(len(jobs))]
+            self._log(f"{len(made)} layers ({maker.reused} made before: not remade)", started)
+            config = image_config(base, spec, [(job.plan.name, diff_id) for job, (_, diff_id)
+                                               in zip(jobs, made, strict=True)],
+                                  request.labels)
+            base_blobs = [Blob(dict(layer), mount_from=base.repository) if same_registry else
+                          Blob(dict(layer), path=layer_file(base_client, base.repository,
+                                                            layer, cache))
+                          for layer in base.layers]
+            push_image(client, destination.repository, destination.tag, config,
+                       base_blobs + [blob for blob, _ in made], work)
+        self._log(f"pushed {destination}", started)
+
+
+class _LayerMaker:
+    """Makes a layer unless one made from the same files is in the cache and in the registry
+    (the destination repository, or another to mount it from): else compile its sources,
+    write the tar, compress it."""
+
+    def __init__(self, staged: StagedEnv, work: Path, known: LayerCache | None,
+                 compression: str, client: RegistryClient, repository: str) -> None:
+        self.staged, self.work, self.known = staged, work, known
+        self.compression, self.client, self.repository = compression, client, repository
+        self.reused = 0
+
+    def _reusable(self, cached: dict[str, object]) -> Blob | None:
+        descriptor = {k: cached[k] for k in ("mediaType", "digest", "size")}
+        digest = str(cached["digest"])
+        if self.client.has_blob(self.repository, digest):
+            return Blob(descriptor)
+        registry, _, source = str(cached.get("pushed_to") or "").partition("/")
+        if registry == self.client.host and source and self.client.has_blob(source, digest):
+            return Blob(descriptor, mount_from=source)
+        return None
+
+    def make(self, job: LayerJob, index: int) -> tuple[Blob, str]:
+        key = entries_key(job.plan.entries, LAYOUT_VERSION, self.staged.python_build,
+                          str(SOURCE_DATE_EPOCH), self.compression)
+        cached = self.known.get(key, SOURCE_DATE_EPOCH) if self.known else None
+        reused = self._reusable(cached) if cached else None
+        if cached and reused:
+            self.reused += 1
+            return reused, str(cached["diff_id"])
+        plan = job.plan
+        if job.checked:
+            check_files(self.staged, [self.staged.root / e.name for e in plan.entries
+                                      if e.kind != "dir"])
+        if job.sources:
+            compile_bytecode(self.staged, sorted(job.sources), self.work)
+            plan = with_bytecode(self.staged, plan, job.sources)
+        layer = write_layer(plan.entries, self.work / f"layer-{index}", SOURCE_DATE_EPOCH,
+                            self.compression)
+        if not self.client.has_blob(self.repository, layer.digest):  # now, not after all
+            how = self.client.push_blob(self.repository, layer.digest, layer.path)
+            print(f"[push] {layer.digest[:19]}: {how} ({plan.name})", file=sys.stderr,
+                  flush=True)
+        layer.path.unlink()
+        if self.known:
+            self.known.put(key, SOURCE_DATE_EPOCH, layer, f"{self.client.host}/{self.repository}")
+        return Blob(layer.descriptor()), layer.diff_id

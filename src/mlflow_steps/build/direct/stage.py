@@ -1,0 +1,355 @@
+"""Install the environment into a staging tree as it will be in the image (/opt/env), for the
+base's platform, with uv and no build of any source distribution; then make the tree
+position-independent of the staging path (interpreter, scripts, bytecode, recorded URLs) and
+check it needs nothing the base lacks. Any doubt raises NotApplicable.
+
+Nothing of the staged environment runs here: uv installs into it as a prefix of this machine's
+interpreter (uv never starts the environment's own, whose ``site`` would run the packages'
+``.pth`` files); the tooling check, the lock's input and the SBOM come from its metadata; the
+interpreter runs here (probes, bytecode) start without ``site``, in the work directory, with a
+scrubbed environment (``scrubbed_env``): no credential, registry or pip configuration."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow_steps.build.direct import NotApplicable
+from mlflow_steps.build.direct.base import BaseFacts
+from mlflow_steps.build.direct.elf import missing_libraries
+from mlflow_steps.build.direct.installed import (
+    distributions,
+    image_markers,
+    sbom_json,
+    unmet_requirements,
+)
+from mlflow_steps.build.dockerfile import (
+    BUILD_DIR,
+    ENV_PREFIX,
+    TOOLING_WHEEL,
+    record_hash,
+    uv_binary,
+)
+from mlflow_steps.core import interrupt
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.redaction import redact, secret_values
+from mlflow_steps.core.retry import network_budget
+from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
+from mlflow_steps.env.pipconfig import BuildPipConfig
+from mlflow_steps.env.spec import EnvSpec
+from mlflow_steps.image.layers import Entry
+
+INSTALL_BUDGETS = 20  # an install downloads many files: this many network budgets
+_PLATFORMS = {"amd64": "x86_64", "arm64": "aarch64"}
+_VOLATILE = (".lock",)  # uv's own lock file in the venv
+# What an interpreter run here keeps of the build's environment (see scrubbed_env).
+_KEPT = ("PATH", "LANG", "LANGUAGE", "TZ")
+
+
+@dataclass(frozen=True)
+class StagedEnv:
+    """The staged environment: ``root`` holds opt/env, still run by ``python`` here (the
+    image's interpreter and pyvenv.cfg are ``overrides``); its bytecode is compiled layer by
+    layer (``compile_bytecode``), its record written by ``write_record``."""
+
+    root: Path
+    prefix: Path
+    site_packages: Path
+    python: str  # this machine's interpreter the environment is staged with (not its own)
+    python_build: str  # what the bytecode depends on: the interpreter's version and build
+    stager: Stager
+    context: Path
+    frozen: str  # `uv pip freeze` before local files' URLs were relocated
+    work: Path  # the staging directory: HOME and cwd of the interpreters run here
+    overrides: dict[str, Entry]  # image path (no leading /) -> what the image has there
+    bundled: frozenset[str]  # every file name in the environment
+    base_libraries: frozenset[str]
+    staging_paths: tuple[str, ...]  # no file may name these
+
+
+def platform_tag(base: BaseFacts) -> str:
+    """uv's --python-platform for the base (glibc only; others do not apply)."""
+    if base.libc != "glibc" or not base.glibc_version:
+        raise NotApplicable(f"the base's C library is {base.libc}, not a known glibc")
+    machine = _PLATFORMS.get(base.architecture)
+    if machine is None:
+        raise NotApplicable(f"the base's architecture {base.architecture} is not amd64/arm64")
+    return f"{machine}-manylinux_{base.glibc_version.replace('.', '_')}"
+
+
+def scrubbed_env(environ: dict[str, str], work: Path) -> dict[str, str]:
+    """The environment of an interpreter run here: PATH, locale and time zone of ``environ``,
+    HOME in ``work``, the build's epoch and hash seed; no credential, no registry or pip
+    configuration, no PYTHON* setting."""
+    kept = {key: value for key, value in environ.items()
+            if key in _KEPT or key.startswith("LC_")}
+    return {**kept, "HOME": str(work), "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH),
+            "PYTHONHASHSEED": "0"}
+
+
+class Stager:
+    """Runs uv with the build's pip settings; it installs with this machine's interpreter
+    (``python``) into the environment as a prefix."""
+
+    def __init__(self, spec: EnvSpec, base: BaseFacts, pip: BuildPipConfig,
+                 environ: dict[str, str], work: Path, no_cache: bool = False) -> None:
+        self.spec = spec
+        self.base = base
+        self.minor = str(spec.python or "")
+        self.platform = platform_tag(base)
+        self.interpreter = base.interpreters.get(self.minor)
+        if self.interpreter is None:
+            raise NotApplicable(f"the base has no python{self.minor} on its PATH")
+        self.secrets = [*secret_values(environ), *pip.uv_process_settings().values()]
+        self.env = pip.uv_process_env(environ)
+        # Hard links into uv's cache (a copy across filesystems): every file changed here is
+        # replaced (``_replace``), never written in place.
+        self.env.update(UV_LINK_MODE="hardlink", SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH),
+                        PYTHONHASHSEED="0")
+        if no_cache:  # a package cache of its own: every file downloaded again
+            self.env["UV_CACHE_DIR"] = str(work / "uv-cache")
+        self.timeout = network_budget(environ) * INSTALL_BUDGETS
+        self.uv = str(uv_binary())
+        self.work = work
+        self.scrubbed = scrubbed_env(environ, work)
+        self.python = self._host_python()
+
+    def run(self, argv: list[str], what: str, *, fallback: bool = False,
+            scrubbed: bool = False) -> str:
+        """Run argv (``scrubbed``: an interpreter, with ``scrubbed_env`` in the work
+        directory); its stdout. A failure is NotApplicable (``fallback``) or a StepError."""
+        try:
+            result = interrupt.run(argv, text=True,
+                                   env=self.scrubbed if scrubbed else self.env,
+                                   cwd=self.work if scrubbed else None, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            raise StepError(f"{what} took over {self.timeout:g} s", source="direct") from None
+        if result.returncode != 0:
+            lines = [x.strip() for x in result.stderr.splitlines() if x.strip()]
+            problem = redact(" ".join(lines[-4:]), self.secrets)[-500:]
+            if fallback:
+                raise NotApplicable(f"{what}: {problem}")
+            raise StepError(f"{what} failed: {problem}", source="direct")
+        return result.stdout
+
+    def _host_python(self) -> str:
+        """A CPython of the environment's minor version here, to stage and compile with (its
+        sys.executable: what uv names atop the scripts it installs)."""
+        try:
+            found = self.run([self.uv, "python", "find", "--no-project", self.minor],
+                             "finding python", fallback=True).strip()
+        except NotApplicable:
+            raise NotApplicable(f"no python{self.minor} here to stage the environment with"
+                                ) from None
+        probe = self.run([found, "-S", "-c", "import sys; print(sys.implementation.name); "
+                          "print(sys.executable)"], "probing python", fallback=True,
+                         scrubbed=True).splitlines()
+        if probe[:1] != ["cpython"] or len(probe) != 2:
+            raise NotApplicable(f"{found} is {' '.join(probe[:1])}, not CPython")
+        return probe[1]
+
+    def pip(self, prefix: Path, *args: str, what: str, fallback: bool = True) -> str:
+        """``uv pip`` on the environment at ``prefix`` as a prefix of this machine's
+        interpreter: uv never starts the environment's interpreter."""
+        return self.run([self.uv, "pip", *args, "--python", self.python, "--prefix",
+                         str(prefix)], what, fallback=fallback)
+
+    def targeted(self) -> list[str]:
+        return ["--python-platform", self.platform, "--python-version",
+                self.base.python_versions.get(self.minor, self.minor)]
+
+
+def _requirements(context: Path, name: str, work: Path) -> Path:
+    """The context's env file with its image paths pointed at the context."""
+    out = work / name
+    out.write_text((context / "env" / name).read_text().replace(
+        f"{BUILD_DIR}/env", str(context / "env")))
+    return out
+
+
+def stage(spec: EnvSpec, context: Path, base: BaseFacts, pip: BuildPipConfig,
+          environ: dict[str, str], work: Path, no_cache: bool = False) -> StagedEnv:
+    """Install ``spec`` (rendered into ``context``) into ``work``/root as /opt/env
+    (``no_cache``: with a package cache of its own, every file downloaded again)."""
+    if spec.strategy != "pip":
+        raise NotApplicable(f"a {spec.strategy} environment has conda packages")
+    stager = Stager(spec, base, pip, environ, work, no_cache)
+    python = stager.python
+    root = work / "root"
+    prefix = root / ENV_PREFIX.lstrip("/")
+    stager.run([stager.uv, "venv", "--quiet", "--relocatable", "--python", python, str(prefix)],
+               "creating the environment")
+    flags = ["--quiet", "--no-build", *stager.targeted()]
+    if spec.build_requirements:
+        stager.pip(prefix, "install", *flags, "-r",
+                   str(_requirements(context, "build-requirements.txt", work)),
+                   what="installing the build requirements without building any")
+    stager.pip(prefix, "install", *flags, "-r", str(_requirements(context, "requirements.txt",
+                                                                   work)),
+               what="installing the requirements without building any")
+    stager.pip(prefix, "install", "--quiet", "--no-deps", *stager.targeted(),
+               str(context / "tooling" / TOOLING_WHEEL), what="installing the step tooling")
+    site = next(prefix.glob("lib/python*/site-packages"))
+    unmet = unmet_requirements(distributions(site), image_markers(
+        base.python_versions.get(stager.minor, stager.minor), _PLATFORMS[base.architecture]))
+    if unmet:
+        raise NotApplicable(f"the environment does not satisfy the step tooling "
+                            f"({'; '.join(unmet[:3])})")
+    _drop_install_times(site)
+    _strip_tests(site)
+    frozen = stager.pip(prefix, "freeze", "--quiet", what="listing the environment",
+                        fallback=False)
+    _relocate_direct_urls(prefix, str(context))
+    _rewrite_scripts(prefix, python)
+    build = stager.run([python, "-S", "-c", "import sys; print(sys.version, sys.implementation."
+                        "cache_tag)"], "probing python", scrubbed=True).strip()
+    bundled = frozenset(name for _, directories, files in os.walk(prefix)
+                        for name in (*directories, *files))
+    return StagedEnv(root, prefix, site, python, build, stager, context, frozen, work,
+                     _image_interpreter(root, prefix, stager), bundled, base.libraries,
+                     (str(work), str(context)))
+
+
+def check_files(staged: StagedEnv, paths: list[Path]) -> None:
+    """NotApplicable when one of ``paths`` still names a staging path, or needs a shared
+    library that neither the environment nor the base provides (run per layer, in
+    parallel)."""
+    problem = leaked_paths(staged.root, paths, staged.staging_paths)
+    if problem:
+        raise NotApplicable(problem)
+    missing = missing_libraries(staged.prefix, paths, staged.bundled | staged.base_libraries)
+    if missing:
+        shown = "; ".join(f"{lib} (needed by {user})"
+                          for lib, user in sorted(missing.items())[:3])
+        raise NotApplicable(f"shared libraries neither the environment nor the base "
+                            f"provides: {shown}")
+
+
+def _drop_install_times(site: Path) -> None:
+    """uv records when it installed a local wheel (uv_cache.json, a time): dropped with its
+    RECORD line, as the Dockerfile path does."""
+    for marker in site.glob("*.dist-info/uv_cache.json"):
+        record = marker.parent / "RECORD"
+        lines = record.read_text().splitlines(keepends=True)
+        _replace(record, "".join(x for x in lines if not x.startswith(
+            f"{marker.parent.name}/uv_cache.json,")).encode())
+        marker.unlink()
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Give ``path`` new content as a new file (same mode): a hard link into uv's cache
+    keeps the cached content."""
+    fresh = path.with_name(path.name + ".mlflow-steps-new")
+    fresh.write_bytes(data)
+    fresh.chmod(path.stat().st_mode & 0o7777)
+    fresh.replace(path)
+
+
+def _strip_tests(site: Path) -> None:
+    for tests in sorted(site.rglob("tests"), key=lambda p: len(p.parts)):
+        if tests.is_dir() and not tests.is_symlink() and tests.exists():
+            shutil.rmtree(tests)
+
+
+def write_record(staged: StagedEnv) -> Path:
+    """lock.txt (with hashes), sbom.cdx.json and the env files, as the Dockerfile path
+    records them (paths of the context become the image's); the record directory."""
+    stager, context = staged.stager, staged.context
+    record = staged.root / BUILD_DIR.lstrip("/")
+    record.mkdir(parents=True)
+    shutil.copytree(context / "env", record / "env")
+    frozen = record.parent / "installed.txt"
+    frozen.write_text(staged.frozen)
+    lock = stager.run([stager.uv, "pip", "compile", "--quiet", "--no-header", "--no-annotate",
+                       "--no-deps", "--generate-hashes", "--python", stager.python,
+                       *stager.targeted(), str(frozen)],
+                      "hashing the installed packages", fallback=False)
+    frozen.unlink()
+    (record / "lock.txt").write_text(lock.replace(str(context), BUILD_DIR))
+    (record / "sbom.cdx.json").write_text(sbom_json(distributions(staged.site_packages),
+                                                    SOURCE_DATE_EPOCH))
+    problem = leaked_paths(staged.root, [p for p in record.rglob("*") if p.is_file()],
+                            staged.staging_paths)
+    if problem:
+        raise NotApplicable(problem)
+    return record
+
+
+def _relocate_direct_urls(prefix: Path, context: str) -> None:
+    """Local files were installed from the context: their recorded URL (and its RECORD
+    line) names the image's path instead."""
+    for direct_url in prefix.glob("lib/python*/site-packages/*.dist-info/direct_url.json"):
+        data = direct_url.read_bytes().replace(context.encode(), BUILD_DIR.encode())
+        _replace(direct_url, data)
+        entry = f"{direct_url.parent.name}/{direct_url.name},"
+        record = direct_url.parent / "RECORD"
+        _replace(record, "".join(
+            f"{entry}{record_hash(data)},{len(data)}\n" if line.startswith(entry) else line
+            for line in record.read_text().splitlines(keepends=True)).encode())
+
+
+def compile_bytecode(staged: StagedEnv, sources: list[Path], work: Path) -> None:
+    """Bytecode of ``sources`` as the image's interpreter would write it (unchecked-hash
+    pycs, recording /opt/env paths)."""
+    listing = work / f"compile-{os.getpid()}-{id(sources)}.txt"
+    listing.write_text("".join(f"{path}\n" for path in sources))
+    result = interrupt.run(  # this machine's interpreter, without site: nothing is run
+        [staged.python, "-S", "-m", "compileall", "-q", "--invalidation-mode",
+         "unchecked-hash", "-s", str(staged.prefix), "-p", ENV_PREFIX, "-i", str(listing)],
+        text=True, env=staged.stager.scrubbed, cwd=staged.work)
+    listing.unlink()
+    if result.returncode != 0:  # a file that is not Python 3 (a package's template, ...)
+        lines = [x for x in result.stdout.splitlines() if x.strip()]
+        print(f"[direct] bytecode: {len(lines)} line(s) from compileall, e.g. "
+              f"{lines[0][:200] if lines else result.stderr[-200:]}", file=sys.stderr)
+
+
+def _image_interpreter(root: Path, prefix: Path, stager: Stager) -> dict[str, Entry]:
+    """In the image, bin/python is the base's interpreter and pyvenv.cfg says so."""
+    interpreter = str(stager.interpreter)
+    version = stager.base.python_versions.get(stager.minor, stager.minor)
+    config = (f"home = {os.path.dirname(interpreter)}\nimplementation = CPython\n"
+              f"version_info = {version}\ninclude-system-site-packages = false\n")
+    for name in _VOLATILE:
+        (prefix / name).unlink(missing_ok=True)
+    relative = prefix.relative_to(root).as_posix()
+    return {f"{relative}/bin/python": Entry(f"{relative}/bin/python", "symlink",
+                                            target=interpreter, mode=0o777),
+            f"{relative}/pyvenv.cfg": Entry(f"{relative}/pyvenv.cfg", "file",
+                                            data=config.encode(), mode=0o644)}
+
+
+def _rewrite_scripts(prefix: Path, python: str) -> None:
+    """Entry point scripts (uv names the installing interpreter, ``python``) name
+    /opt/env/bin/python, as the Dockerfile path's do (any other mention of ``python`` at the
+    top, as in the /bin/sh form for a long path, is NotApplicable)."""
+    installer = f"#!{python}\n".encode()
+    for script in (prefix / "bin").iterdir():
+        if script.is_file() and not script.is_symlink():
+            data = script.read_bytes()
+            if data.startswith(installer):
+                _replace(script, f"#!{ENV_PREFIX}/bin/python\n".encode() + data[len(installer):])
+            elif python.encode() in data[:1024]:
+                raise NotApplicable(f"the script {script.name} names {python} in a form not "
+                                    f"rewritten here")
+
+
+def leaked_paths(root: Path, paths: list[Path], needles: tuple[str, ...]) -> str | None:
+    """One of ``paths`` that still names a staging path (it would not work in the image).
+    A file hard-linked from uv's cache is a wheel's file as published, made before any
+    staging path existed: only the files written here are read."""
+    encoded = [n.encode() for n in needles]
+    for path in sorted(paths):
+        status = path.lstat()
+        if stat.S_ISLNK(status.st_mode):
+            if any(os.readlink(path).startswith(n) for n in needles):
+                return f"{path.relative_to(root)} links into the staging path"
+        elif (stat.S_ISREG(status.st_mode) and status.st_nlink == 1
+              and any(n in path.read_bytes() for n in encoded)):
+            return f"{path.relative_to(root)} names the staging path"
+    return None

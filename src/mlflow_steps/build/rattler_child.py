@@ -1,0 +1,77 @@
+"""py-rattler work in a child process: ``python -m mlflow_steps.build.rattler_child`` (JSON in/out).
+
+py-rattler can abort the interpreter while it finalises, so every call runs here and the
+child leaves with ``os._exit`` once its answer is flushed. Only the standard library and
+rattler are imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+# The image's platform, described to the solver (it must not look at this machine).
+VIRTUAL_PACKAGES = (("__unix", "0", "0"), ("__linux", "5.10", "0"), ("__glibc", "2.36", "0"),
+                    ("__archspec", "1", "x86_64"))
+
+
+async def solve(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Solve ``specs`` against ``channels`` (names resolved through ``alias``)."""
+    from rattler import (
+        BuildString,
+        Channel,
+        ChannelConfig,
+        Gateway,
+        GenericVirtualPackage,
+        PackageName,
+        Version,
+    )
+    from rattler import solve as rattler_solve
+
+    config = ChannelConfig(channel_alias=payload["alias"])
+    virtual = [GenericVirtualPackage(PackageName(name), Version(version), BuildString(build))
+               for name, version, build in VIRTUAL_PACKAGES]
+    records = await rattler_solve(
+        [Channel(name, config) for name in payload["channels"]], payload["specs"],
+        gateway=Gateway(cache_dir=payload["cache"]), platforms=["linux-64", "noarch"],
+        virtual_packages=virtual)
+    return [{"name": r.name.normalized, "version": str(r.version), "build": str(r.build),
+             "url": r.url, "file_name": r.file_name,
+             "sha256": r.sha256.hex() if r.sha256 else None,
+             "md5": r.md5.hex() if r.md5 else None} for r in records]
+
+
+async def install(payload: dict[str, Any]) -> None:
+    """Install package archives into ``staging`` as if it were ``prefix`` (paths, shebangs
+    and placeholders name ``prefix``); nothing is downloaded."""
+    from rattler import Platform, RepoDataRecord
+    from rattler import install as rattler_install
+
+    records = [await RepoDataRecord.from_package_archive(path) for path in payload["archives"]]
+    await rattler_install(records, payload["staging"], cache_dir=payload["cache"],
+                          platform=Platform("linux-64"), show_progress=False,
+                          alternative_target_prefix=payload["prefix"],
+                          execute_link_scripts=False)
+
+
+COMMANDS = {"solve": solve, "install": install}
+
+
+def main() -> None:
+    request = json.loads(sys.stdin.read())
+    try:
+        result = asyncio.run(COMMANDS[request["command"]](request))
+        answer = {"result": result}
+    except Exception as exc:  # reported to the parent as one line
+        answer = {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0]}
+    sys.stdout.write(json.dumps(answer))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

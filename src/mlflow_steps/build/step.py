@@ -1,0 +1,279 @@
+"""The builder step: env tag → registry check → render → build + push → verify → output."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlflow_steps.build.fuseml import DEFAULT_REPOSITORY, FUSEML_PULL_REGISTRY, FUSEML_REGISTRY
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.terminal import shown
+from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH, env_tag, template_version
+from mlflow_steps.env.pipconfig import BuildPipConfig, collect_pip_config
+from mlflow_steps.env.spec import BuildOptions, EnvSpec, resolve_env
+from mlflow_steps.image.reference import ImageRef, check_destination
+from mlflow_steps.image.registry import RegistryClient, docker_config_dir
+
+if TYPE_CHECKING:
+    from mlflow_steps.build.engines.base import Backend, BuildRequest
+
+# The skip decision (resolve_target, existing_digest) imports no engine, template or image
+# code: functions that build import those when they run.
+
+
+@dataclass(frozen=True)
+class BuilderInputs:
+    """The builder step's inputs (FuseML names plus ours)."""
+
+    registry: str | None = None
+    pull_registry: str | None = None
+    repository: str = DEFAULT_REPOSITORY
+    builder: str = "auto"
+    compression: str = "gzip"  # of the direct builder's layers
+    force: bool = False
+    verbose: bool = False
+    compressed_caching: bool = False
+    cache_repo: str | None = None
+    reproducible: bool | None = None  # None: yes, except with Kaniko (its cost: README)
+    check_reproducible: bool = False
+    insecure_registries: tuple[str, ...] = ()
+    conda_channel_alias: str | None = None
+    registry_ca: Path | None = None
+    forward_pip_config: bool = True
+    options: BuildOptions = field(default_factory=BuildOptions)
+
+    def push_registry(self) -> str:
+        return self.registry or FUSEML_REGISTRY
+
+    def pull_prefix(self) -> str:
+        """pull_registry; empty means registry (FuseML's in-cluster default when neither)."""
+        if self.pull_registry:
+            return self.pull_registry
+        return self.registry or FUSEML_PULL_REGISTRY
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    """What the step reports."""
+
+    pull_reference: str
+    digest: str
+    built: bool
+    backend: str | None
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout carries only the result: one line, credentials masked
+    and control characters escaped (``terminal.shown``)."""
+    print(f"mlflow-steps: {shown(message)}", file=sys.stderr, flush=True)
+
+
+def resolve_spec(codeset: Path, options: BuildOptions, environ: dict[str, str],
+                 forward_pip_config: bool = True) -> tuple[EnvSpec, BuildPipConfig]:
+    """The codeset's environment spec with the pip indexes a build would use folded in
+    (without credentials): the one spec path of `hash`, `render` and `build`."""
+    pip = collect_pip_config(environ) if forward_pip_config else BuildPipConfig()
+    index, extras = pip.public_urls()
+    _, spec = resolve_env(codeset, replace(options, index_url=index, extra_index_urls=extras))
+    if options.resolve:
+        from mlflow_steps.env.pinning import pinned_spec
+
+        spec = pinned_spec(spec, pip, environ)
+    return spec, pip
+
+
+def _write_private(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return path
+
+
+def write_pip_secrets(directory: Path, pip: BuildPipConfig) -> dict[str, Path]:
+    """pip.conf, its uv equivalent (+ the CA bundle) as private files for the engine's
+    secret mounts."""
+    from mlflow_steps.build.engines.base import (
+        PIP_CA_SECRET,
+        PIP_CONFIG_SECRET,
+        SECRET_MOUNT_TARGETS,
+        UV_CONFIG_SECRET,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_target = SECRET_MOUNT_TARGETS[PIP_CA_SECRET] if pip.ca_bundle else None
+    secrets = {PIP_CONFIG_SECRET: _write_private(directory / "pip.conf", pip.pip_conf(ca_target)),
+               UV_CONFIG_SECRET: _write_private(directory / "uv.env", pip.uv_env(ca_target))}
+    if pip.ca_bundle:
+        ca = directory / "pip-ca.pem"
+        shutil.copyfile(pip.ca_bundle, ca)
+        ca.chmod(0o600)
+        secrets[PIP_CA_SECRET] = ca
+    return secrets
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """What the builder decided before any engine runs: spec, tag, where it goes."""
+
+    spec: EnvSpec
+    destination: ImageRef
+    pull_reference: str
+    pip: BuildPipConfig
+    client: RegistryClient
+
+
+def resolve_target(codeset: Path, inputs: BuilderInputs, environ: dict[str, str]) -> BuildTarget:
+    """Hash the codeset's environment and name its image; nothing is built or pushed."""
+    check_destination(inputs.push_registry(), inputs.repository, source="input")
+    spec, pip = resolve_spec(codeset, inputs.options, environ, inputs.forward_pip_config)
+    tag = env_tag(spec)
+    destination = ImageRef(inputs.push_registry(), inputs.repository, tag)
+    if inputs.verbose:
+        log("environment spec:")
+        for line in spec.explain(template_version()).splitlines():
+            log(line)
+        log(pip.describe())
+    client = RegistryClient(
+        destination.registry, insecure_registries=inputs.insecure_registries,
+        verify=str(inputs.registry_ca) if inputs.registry_ca else True, environ=environ)
+    return BuildTarget(spec, destination, f"{inputs.pull_prefix()}/{inputs.repository}:{tag}",
+                       pip, client)
+
+
+def existing_digest(target: BuildTarget, force: bool) -> str | None:
+    """The digest under the target's tag, or None when it must be built."""
+    if force:
+        return None
+    digest = target.client.manifest_digest(target.destination.repository,
+                                           target.destination.tag)
+    if digest:
+        log(f"{target.destination} already exists ({digest}); build skipped")
+    return digest
+
+
+def pushed_digest(client: RegistryClient, destination: ImageRef, engine: str) -> str:
+    """The digest the registry now serves for ``destination``; fails when it has none."""
+    digest = client.manifest_digest(destination.repository, destination.tag)
+    if not digest:
+        raise StepError(f"{engine} reported success but {destination} is not in the "
+                        "registry", source="push")
+    log(f"pushed {destination} ({digest})")
+    return digest
+
+
+def run_builder(codeset: Path, inputs: BuilderInputs,
+                environ: dict[str, str] | None = None) -> BuildOutcome:
+    """Build and push the codeset's environment image unless the registry has it."""
+    environ = dict(os.environ if environ is None else environ)
+    target = resolve_target(codeset, inputs, environ)
+    digest = existing_digest(target, inputs.force or inputs.check_reproducible)
+    if digest:
+        return BuildOutcome(target.pull_reference, digest, built=False, backend=None)
+    from mlflow_steps.build.direct import NotApplicable
+    from mlflow_steps.build.engines import select_backend
+
+    backend = select_backend(inputs.builder, environ)
+    log(f"building {target.destination} with {backend.name} ({target.spec.strategy}, "
+        f"base {target.spec.base_image})")
+    try:
+        _build(backend, target, inputs, environ)
+    except NotApplicable as exc:
+        try:
+            backend = select_backend("auto", environ, engines_only=True)
+        except StepError as error:
+            raise StepError(f"the direct builder does not apply ({exc}) and {error.detail}",
+                            source=error.source, field=error.field) from None
+        log(f"the direct builder does not apply: {exc}; building with {backend.name}")
+        _build(backend, target, inputs, environ)
+    digest = pushed_digest(target.client, target.destination, backend.name)
+    if inputs.check_reproducible:
+        check_reproducible(backend, target, inputs, environ, digest)
+    elif inputs.reproducible is not False:
+        log(f"built reproducibly (every time clamped to epoch {SOURCE_DATE_EPOCH}"
+            "); a dependency compiled from source may still vary: --check-reproducible "
+            "verifies")
+    return BuildOutcome(target.pull_reference, digest, built=True, backend=backend.name)
+
+
+def check_reproducible(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
+                       environ: dict[str, str], first_digest: str) -> None:
+    """Build again without any engine cache (Buildah: a fresh store); a different digest fails
+    the step with what differs, file by file (both images read back from the registry)."""
+    from mlflow_steps.image.diff import diff_images
+
+    repository = target.destination.repository
+    _, first = target.client.manifest(repository, first_digest)
+    log(f"checking reproducibility: building {target.destination} again without cache")
+    _build(backend, target, inputs, environ, no_cache=True)
+    second_digest = pushed_digest(target.client, target.destination, backend.name)
+    if second_digest == first_digest:
+        log(f"reproducible: the second build gave the same digest ({first_digest})")
+        return
+    _, second = target.client.manifest(repository, second_digest)
+    report = diff_images(target.client, repository, first, second)
+    for line in report:
+        log(f"  {line}")
+    hint = " (--no-reproducible was given)" if inputs.reproducible is False else ""
+    raise StepError(f"not reproducible{hint}: two builds gave {first_digest} and "
+                    f"{second_digest}; what differs is listed above", source="build",
+                    exit_code=1)
+
+
+def base_labels(base_image: str, inputs: BuilderInputs, environ: dict[str, str]
+                ) -> dict[str, str]:
+    """org.opencontainers.image.base.digest: the digest the base's registry serves now
+    (none, with a log line, when that registry cannot say)."""
+    base = ImageRef.parse(base_image)
+    if base.tag.startswith("sha256:"):
+        return {"org.opencontainers.image.base.digest": base.tag}
+    client = RegistryClient(
+        base.registry, insecure_registries=inputs.insecure_registries,
+        verify=str(inputs.registry_ca) if inputs.registry_ca else True, environ=environ)
+    try:
+        digest = client.manifest_digest(base.repository, base.tag)
+    except StepError as exc:
+        digest = None
+        log(f"the base image's digest is not recorded: {exc}")
+    return {"org.opencontainers.image.base.digest": digest} if digest else {}
+
+
+def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
+                  docker_config: Path, secrets: dict[str, Path],
+                  environ: dict[str, str]) -> BuildRequest:
+    """The engine-neutral build request for ``target``."""
+    from mlflow_steps.build.engines.base import BuildRequest
+
+    return BuildRequest(
+        labels=base_labels(target.spec.base_image, inputs, environ),
+        context=context, destination=target.destination,
+        base_image=ImageRef.parse(target.spec.base_image), docker_config=docker_config,
+        secrets=secrets, insecure_registries=inputs.insecure_registries,
+        registry_ca=inputs.registry_ca, compressed_caching=inputs.compressed_caching,
+        cache_repo=inputs.cache_repo, verbose=inputs.verbose,
+        source_date_epoch=None if inputs.reproducible is False else SOURCE_DATE_EPOCH,
+        spec=target.spec, pip=target.pip, compression=inputs.compression,
+    )
+
+
+def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
+           environ: dict[str, str], no_cache: bool = False) -> None:
+    if inputs.compression != "gzip" and backend.name != "direct":
+        log(f"compression {inputs.compression} is the direct builder's; {backend.name} "
+            "compresses as it does")
+    from mlflow_steps.build.dockerfile import PipConfigDelivery, write_context
+    from mlflow_steps.build.engines.base import secret_delivery
+    from mlflow_steps.core import interrupt
+
+    pip = target.pip
+    with interrupt.private_directory("mlflow-steps-build-") as workspace:
+        delivery = PipConfigDelivery() if pip.empty else secret_delivery(pip.ca_bundle is not None)
+        context = write_context(target.spec, workspace / "context", delivery,
+                                inputs.conda_channel_alias, environ)
+        secrets = {} if pip.empty else write_pip_secrets(workspace / "secrets", pip)
+        request = build_request(target, inputs, context, docker_config_dir(environ), secrets,
+                                environ)
+        backend.build_and_push(replace(request, no_cache=no_cache))

@@ -1,0 +1,1 @@
+"""The `mlflow-steps` command line: thin click commands over the stages."""

@@ -1,0 +1,212 @@
+"""Codeset + build options → the frozen environment spec that is hashed and rendered."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from packaging.version import Version
+
+from mlflow_steps import __version__
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.redaction import has_credentials, redact
+from mlflow_steps.env.conda import parse_conda_env, parse_conda_lock
+from mlflow_steps.env.project import Project, load_project
+from mlflow_steps.env.python_env import parse_python_env
+from mlflow_steps.env.requirements import RequirementsParser, parse_requirements_file
+from mlflow_steps.image.reference import check_reference
+
+DEFAULT_PYTHON = "3.11"
+MIN_PIP_PYTHON = Version("3.10")
+STRATEGIES = ("auto", "pip", "conda")
+MLFLOW_NAMES = {"mlflow", "mlflow-skinny"}
+ADDED_MLFLOW = "mlflow-skinny<4"
+ADDED_S3 = "boto3"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Build inputs that shape the environment (the rest of the step inputs do not)."""
+
+    env_strategy: str = "auto"
+    base_image: str | None = None
+    base_image_digest: str | None = None
+    miniconda_version: str | None = None
+    index_url: str | None = None
+    extra_index_urls: tuple[str, ...] = ()
+    resolve: bool = False  # lock mode: hash the resolved pins (pinning.py)
+
+    def __post_init__(self) -> None:
+        if self.env_strategy not in STRATEGIES:
+            raise StepError(f"'{self.env_strategy}' is not one of {', '.join(STRATEGIES)}",
+                            source="input", field="env_strategy")
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """The normalised environment. ``canonical()`` is exactly what the tag hashes."""
+
+    strategy: str  # pip | conda | conda-lock
+    source: str  # codeset-relative env file, or "" for docker_env images
+    base_image: str
+    base_image_digest: str | None
+    python: str | None
+    conda_channels: tuple[str, ...] = ()
+    conda_dependencies: tuple[str, ...] = ()
+    pip: dict[str, Any] = field(default_factory=dict)
+    build_requirements: tuple[str, ...] = ()
+    added_requirements: tuple[str, ...] = ()
+    locked_conda: tuple[dict[str, str], ...] = ()
+    locked_pip: tuple[dict[str, str], ...] = ()
+    build_index_urls: tuple[str, ...] = ()
+    local_files: dict[str, Path] = field(default_factory=dict, compare=False)
+
+    def canonical(self, template_version: str) -> dict[str, Any]:
+        """JSON-ready dict of every build-relevant input; no paths, no credentials."""
+        return {
+            "strategy": self.strategy,
+            "base_image": self.base_image,
+            "base_image_digest": self.base_image_digest,
+            "python": self.python,
+            "conda": {"channels": list(self.conda_channels),
+                      "dependencies": sorted(self.conda_dependencies)},
+            "pip": self.pip,
+            "build_requirements": sorted(self.build_requirements),
+            "added_requirements": list(self.added_requirements),
+            "locked": {"conda": list(self.locked_conda), "pip": list(self.locked_pip)},
+            "build_index_urls": list(self.build_index_urls),
+            "template_version": template_version,
+            "tooling_version": __version__,
+        }
+
+    def explain(self, template_version: str) -> str:
+        """The hashed spec, pretty-printed for humans."""
+        return json.dumps(self.canonical(template_version), indent=2, sort_keys=True)
+
+
+def strip_credentials(url: str) -> str:
+    """Drop credentials from a URL (build-time index URLs may carry them): user:password@,
+    and query parameters that carry one (?access_token=, ?X-Amz-Signature=, ...). A URL that
+    does not parse is masked whole rather than shown."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        query = [(key, value) for key, value in parse_qsl(parts.query, keep_blank_values=True)
+                 if not has_credentials(f"?{key}=x")]
+        kept = urlencode(query) if len(query) != len(parse_qsl(parts.query, True)) \
+            else parts.query
+    except ValueError:
+        return redact(url)
+    stripped = urlunsplit(parts._replace(netloc=netloc, query=kept))
+    return stripped if stripped != urlunsplit(parts) else url
+
+
+def _with_added(pip: RequirementsParser) -> tuple[str, ...]:
+    names = pip.spec.names()
+    added = []
+    if not names & MLFLOW_NAMES:
+        added.append(ADDED_MLFLOW)
+    if ADDED_S3 not in names:
+        added.append(ADDED_S3)
+    return tuple(added)
+
+
+def _given_base(options: BuildOptions, docker_image: str | None) -> str | None:
+    """base_image, else MLproject's docker_env.image, each checked as an image reference."""
+    if options.base_image:
+        return check_reference(options.base_image, source="input", field="base_image")
+    if docker_image:
+        return check_reference(docker_image, source="MLproject", field="docker_env.image")
+    return None
+
+
+def _pip_base(python: str, options: BuildOptions, docker_image: str | None) -> str:
+    given = _given_base(options, docker_image)
+    if given:
+        return given
+    if Version(python) < MIN_PIP_PYTHON:
+        raise StepError(f"python {python} is older than {MIN_PIP_PYTHON}; the step tooling "
+                        "needs 3.10+ (or pass base_image)", source="environment", field="python")
+    return f"python:{python}-slim"
+
+
+def _conda_base(options: BuildOptions, docker_image: str | None) -> str:
+    """The given base; else miniconda when its version is asked for; else the pip base (the
+    conda packages bring their own python: the base needs no conda and no python)."""
+    given = _given_base(options, docker_image)
+    if given:
+        return given
+    if options.miniconda_version:
+        return check_reference(f"continuumio/miniconda3:{options.miniconda_version}",
+                               source="input", field="miniconda_version")
+    return f"python:{DEFAULT_PYTHON}-slim"
+
+
+def resolve_env(codeset: Path, options: BuildOptions) -> tuple[Project, EnvSpec]:
+    """Parse the codeset and decide strategy, base image and package lists."""
+    project = load_project(codeset)
+    common = {
+        "base_image_digest": options.base_image_digest,
+        "build_index_urls": tuple(
+            strip_credentials(u)
+            for u in ((options.index_url,) if options.index_url else ()) + options.extra_index_urls
+        ),
+    }
+    kind, env_file = project.env_kind, project.env_file
+    source = env_file.relative_to(codeset.resolve()).as_posix() if env_file else ""
+    if kind == "conda-lock":
+        locked = parse_conda_lock(codeset, env_file)
+        return project, EnvSpec(
+            strategy="conda-lock", source=source, python=locked.python_version,
+            base_image=_conda_base(options, project.docker_image),
+            locked_conda=tuple(locked.conda), locked_pip=tuple(locked.pip),
+            added_requirements=(ADDED_MLFLOW, ADDED_S3)
+            if not {p["name"] for p in locked.conda + locked.pip} & MLFLOW_NAMES
+            else (ADDED_S3,), **common,
+        )
+    if kind == "conda":
+        conda = parse_conda_env(codeset, env_file)
+        minor = conda.python_minor()
+        as_pip = options.env_strategy == "pip" or (
+            options.env_strategy == "auto" and conda.only_python_and_pip() and minor
+        )
+        if as_pip:
+            if not conda.only_python_and_pip():
+                extra = [d for d in conda.dependencies if d.split(" ")[0] not in ("python", "pip")]
+                raise StepError(f"env_strategy pip cannot install conda packages {extra}",
+                                source=source, field="dependencies")
+            python = minor or DEFAULT_PYTHON
+            return project, _pip_spec(source, python, conda.pip, options, project, common)
+        return project, EnvSpec(
+            strategy="conda", source=source, python=conda.python_spec,
+            base_image=_conda_base(options, project.docker_image),
+            conda_channels=tuple(conda.channels),
+            conda_dependencies=tuple(conda.dependencies),
+            pip=conda.pip.spec.canonical(), added_requirements=_with_added(conda.pip),
+            local_files=dict(conda.pip.local_files), **common,
+        )
+    if options.env_strategy == "conda":
+        raise StepError("env_strategy conda needs a conda.yaml or conda-lock.yml",
+                        source=source or "MLproject", field="env_strategy")
+    if kind == "python_env":
+        env = parse_python_env(codeset, env_file)
+        return project, _pip_spec(source, env.python_minor(), env.runtime, options, project,
+                                  common, build_requirements=tuple(env.build.spec.requirements))
+    parser = (parse_requirements_file(codeset, env_file) if kind == "requirements"
+              else RequirementsParser(codeset))
+    return project, _pip_spec(source, DEFAULT_PYTHON, parser, options, project, common)
+
+
+def _pip_spec(source: str, python: str, pip: RequirementsParser, options: BuildOptions,
+              project: Project, common: dict[str, Any],
+              build_requirements: tuple[str, ...] = ()) -> EnvSpec:
+    return EnvSpec(
+        build_requirements=build_requirements,
+        strategy="pip", source=source, python=python,
+        base_image=_pip_base(python, options, project.docker_image),
+        pip=pip.spec.canonical(), added_requirements=_with_added(pip),
+        local_files=dict(pip.local_files), **common,
+    )

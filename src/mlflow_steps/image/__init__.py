@@ -1,0 +1,1 @@
+"""OCI images: references, the registry client, deterministic layers, push, diff."""

@@ -1,1 +1,0 @@
-"""Parsers for the files of a codeset: MLproject and environment files."""

@@ -1,1 +1,0 @@
-"""Step definitions that run as more than one container (the in-cluster builder plan)."""

@@ -1,0 +1,264 @@
+"""Conda environments with real conda packages, solved and installed with rattler (no conda)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from support.helpers import EXAMPLE, run_cli
+from support.image_checks import check_runtime_image
+
+from mlflow_steps.build.conda_stage import CondaChannels, cache_dir
+from mlflow_steps.build.dockerfile import write_context
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.env.hashing import env_tag
+from mlflow_steps.env.spec import BuildOptions, resolve_env
+
+MLPROJECT = "conda_env: conda.yaml\nentry_points:\n  main:\n    command: python train.py\n"
+CONDA_PACKAGES = ["python=3.11", "pip", "six>=1.17", "markupsafe"]
+TOKEN = "chan-tok-" + os.urandom(6).hex()
+
+
+def conda_yaml(*pip: str, packages: list[str] = CONDA_PACKAGES) -> str:
+    dependencies: list = [*packages, {"pip": list(pip)}] if pip else list(packages)
+    return yaml.safe_dump({"channels": ["conda-forge"], "dependencies": dependencies})
+
+
+def lock_yaml(records: list[dict]) -> str:
+    """A conda-lock v1 lockfile of ``records`` (as conda-lock writes it)."""
+    packages = [{"name": r["name"], "version": r["version"], "manager": "conda",
+                 "platform": "linux-64", "dependencies": {}, "url": r["url"],
+                 "hash": {"md5": r["md5"], "sha256": r["sha256"]}, "category": "main",
+                 "optional": False} for r in records]
+    return yaml.safe_dump({"version": 1, "metadata": {
+        "content_hash": {"linux-64": "0" * 64}, "channels": [{"url": "conda-forge",
+                                                             "used_env_vars": []}],
+        "platforms": ["linux-64"], "sources": ["environment.yml"]}, "package": packages})
+
+
+def staged(codeset_files: dict[str, str], tmp_path: Path, channel) -> tuple[Path, str]:
+    codeset = tmp_path / "cs"
+    codeset.mkdir()
+    for name, text in {"MLproject": MLPROJECT, **codeset_files}.items():
+        (codeset / name).write_text(text)
+    _, spec = resolve_env(codeset, BuildOptions())
+    out = write_context(spec, tmp_path / "ctx", conda_channel_alias=channel.alias_url)
+    return out, env_tag(spec)
+
+
+def test_conda_yaml_is_installed_as_the_image_prefix(conda_channel, tmp_path: Path) -> None:
+    out, _ = staged({"conda.yaml": conda_yaml("requests")}, tmp_path, conda_channel)
+    env = out / "conda-env"
+    names = {json.loads(p.read_text())["name"] for p in (env / "conda-meta").glob("*.json")}
+    assert names == {"python", "python_abi", "pip", "six", "markupsafe"}
+    assert (env / "bin/pip").read_text().startswith("#!/opt/env/bin/python")
+    assert (env / "lib/python3.11/site-packages/six.py").is_file()
+    builder_paths = [str(tmp_path).encode(), f"{cache_dir(os.environ)}/".encode()]
+    for path in env.rglob("*"):  # no builder path anywhere: only /opt/env
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            assert not [p for p in builder_paths if p in data], path
+    six = json.loads(next((env / "conda-meta").glob("six-*.json")).read_text())
+    assert six["url"] == f"{conda_channel.url}/noarch/{six['fn']}"
+    dockerfile = (out / "Dockerfile").read_text()
+    assert "COPY conda-env/ /opt/env/" in dockerfile and "conda create" not in dockerfile
+    assert "FROM python:3.11-slim" in dockerfile
+    assert "requests" in (out / "env/requirements.txt").read_text()
+
+
+def test_conda_lock_installs_exactly_the_locked_packages(conda_channel, tmp_path: Path) -> None:
+    from support.conda_channel import solve
+
+    records = solve(conda_channel, ["python=3.11", "six==1.16.0"])
+    out, tag = staged({"conda-lock.yml": lock_yaml(records)}, tmp_path, conda_channel)
+    metas = [json.loads(p.read_text()) for p in (out / "conda-env/conda-meta").glob("*.json")]
+    assert {(m["name"], m["version"]) for m in metas} >= {("six", "1.16.0")}
+    assert {m["sha256"] for m in metas} == {r["sha256"] for r in records}
+    # The tag is the locked packages with their hashes: another hash, another tag.
+    changed = [dict(r, sha256="0" * 64) if r["name"] == "six" else r for r in records]
+    codeset = tmp_path / "cs"
+    (codeset / "conda-lock.yml").write_text(lock_yaml(changed))
+    _, spec = resolve_env(codeset, BuildOptions())
+    assert env_tag(spec) != tag
+    with pytest.raises(StepError, match=r"six-1\.16\.0-.*: downloaded file does not match its "
+                                        r"sha256"):
+        write_context(spec, tmp_path / "ctx2", conda_channel_alias=conda_channel.alias_url)
+    assert not (tmp_path / "ctx2").exists()
+
+
+@pytest.mark.parametrize("packages, words", [
+    (["python=3.11", "six>=99"], ("conda solve failed", "six")),
+    (["python=3.11", "not-a-package-here"], ("conda solve failed", "not-a-package-here")),
+])
+def test_unsatisfiable_or_missing_is_one_line(conda_channel, tmp_path: Path, packages,
+                                              words) -> None:
+    codeset = tmp_path / "cs"
+    codeset.mkdir()
+    (codeset / "MLproject").write_text(MLPROJECT)
+    (codeset / "conda.yaml").write_text(conda_yaml(packages=packages))
+    result = run_cli("render", str(codeset), "-o", str(tmp_path / "out"),
+                     env={**os.environ, "CONDA_CHANNEL_ALIAS": conda_channel.alias_url})
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("style", ["token path", "basic auth"])
+def test_channel_alias_credentials_stay_on_the_builder(conda_channel, tmp_path: Path,
+                                                       style: str) -> None:
+    """A token in the alias (anaconda.org style) or user:password@ (a private mirror)
+    reaches the channel, not the output."""
+    from support.conda_channel import serve_channel
+
+    codeset = tmp_path / "cs"
+    codeset.mkdir()
+    (codeset / "MLproject").write_text(MLPROJECT)
+    (codeset / "conda.yaml").write_text(conda_yaml())
+    server = serve_channel(conda_channel, token=TOKEN) if style == "token path" else \
+        serve_channel(conda_channel, basic_auth=f"alice:{TOKEN}")
+    with server as alias:
+        if style == "basic auth":
+            alias = alias.replace("http://", f"http://alice:{TOKEN}@")
+            wrong = alias.replace(TOKEN, "wrong-password")
+            refused = run_cli("render", str(codeset), "-o", str(tmp_path / "x"),
+                              "--conda-channel-alias", wrong)
+            assert refused.returncode == 2 and "conda solve failed" in refused.stderr
+            assert "wrong-password" not in refused.stderr and len(refused.stderr.splitlines()) == 1
+        assert TOKEN in alias
+        result = run_cli("render", str(codeset), "-o", str(tmp_path / "out"),
+                         "--conda-channel-alias", alias)
+    assert result.returncode == 0, result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+    hashed = run_cli("hash", str(codeset), env={**os.environ, "CONDA_CHANNEL_ALIAS": alias})
+    plain = run_cli("hash", str(codeset))
+    assert hashed.stdout == plain.stdout  # the channel configuration is not in the tag
+
+
+def test_conda_image_builds_trains_and_skips(docker_engine, registry, base_image,
+                                              conda_channel, mlflow_server,
+                                              tmp_path: Path) -> None:
+    from test_runtime_image import run_step
+
+    codeset = Path(shutil.copytree(EXAMPLE, tmp_path / "codeset"))
+    example = yaml.safe_load((codeset / "conda.yaml").read_text())
+    pip = next(d["pip"] for d in example["dependencies"] if isinstance(d, dict))
+    (codeset / "conda.yaml").write_text(conda_yaml(*pip))
+    env = {**docker_engine.env(), "FUSEML_REGISTRY": registry.address,
+           "FUSEML_BASE_IMAGE": base_image, "FUSEML_BUILDER": "docker",
+           "CONDA_CHANNEL_ALIAS": conda_channel.alias_url}
+    first = run_cli("build", str(codeset), env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    reference = first.stdout.strip()
+    labels = check_runtime_image(docker_engine, reference)
+    assert labels["io.mlflow-steps.strategy"] == "conda"
+    probe = docker_engine.cli(
+        "run", "--rm", reference, "python", "-c",
+        "import sys, six, markupsafe, sklearn; print(sys.prefix, sys.version.split()[0], "
+        "six.__version__, markupsafe.__file__)", check=False)
+    assert probe.returncode == 0, probe.stderr
+    prefix, version, six_version, markupsafe = probe.stdout.split()
+    assert (prefix, version, six_version) == ("/opt/env", "3.11.2", "1.17.0")
+    assert markupsafe.startswith("/opt/env/lib/python3.11/site-packages/markupsafe/")
+    run = run_step(docker_engine, reference, codeset, tmp_path / "results",
+                   f"MLFLOW_TRACKING_URI={mlflow_server.url}",
+                   "FUSEML_MLFLOW_ENTRYPOINT_ARGS=C=0.5 max_iter=100")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "/models/m-" in (tmp_path / "results" / "model-url").read_text()
+    again = run_cli("build", str(codeset), env={**env, "CONDA_CHANNEL_ALIAS": "file:///absent/"})
+    assert again.returncode == 0 and "build skipped" in again.stderr
+    assert again.stdout.strip() == reference
+
+
+LOCKED_JOB = """\
+import os, tempfile, mlflow, markupsafe, six
+with mlflow.start_run():  # a model without numpy (not in this lock): an MLmodel of its own
+    mlflow.log_param("six", six.__version__)
+    model = mlflow.initialize_logged_model(name="model")
+    with tempfile.TemporaryDirectory() as directory:
+        with open(os.path.join(directory, "MLmodel"), "w") as handle:
+            handle.write("artifact_path: model\\nflavors: {}\\n")
+        mlflow.MlflowClient().log_model_artifacts(model.model_id, directory)
+    mlflow.finalize_logged_model(model.model_id, "READY")
+"""
+
+
+def test_conda_lock_image_has_exactly_the_locked_packages(docker_engine, registry, base_image,
+                                                          conda_channel, mlflow_server,
+                                                          tmp_path: Path) -> None:
+    import mlflow
+    from support.conda_channel import solve
+    from test_runtime_image import run_step
+
+    records = solve(conda_channel, ["python=3.11", "pip", "six==1.16.0", "markupsafe"])
+    codeset = tmp_path / "cs"
+    codeset.mkdir()
+    (codeset / "MLproject").write_text(MLPROJECT.replace("conda.yaml", "conda-lock.yml"))
+    (codeset / "conda-lock.yml").write_text(lock_yaml(records))
+    (codeset / "train.py").write_text(LOCKED_JOB)
+    env = {**docker_engine.env(), "FUSEML_REGISTRY": registry.address,
+           "FUSEML_BASE_IMAGE": base_image, "FUSEML_BUILDER": "docker"}
+    first = run_cli("build", str(codeset), env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    reference = first.stdout.strip()
+    probe = docker_engine.cli(
+        "run", "--rm", reference, "sh", "-c",
+        "python -c 'import six, markupsafe, mlflow; print(six.__version__)' && "
+        "ls /opt/env/conda-meta && /opt/mlflow-steps/bin/mlflow-steps --version", check=False)
+    assert probe.returncode == 0, probe.stderr
+    lines = probe.stdout.split()
+    assert lines[0] == "1.16.0"
+    assert sorted(name for name in lines if name.endswith(".json")) == sorted(
+        r["file_name"].removesuffix(".tar.bz2") + ".json" for r in records)
+    # The runtime step runs the entry point in the locked environment and finds its model.
+    run = run_step(docker_engine, reference, codeset, tmp_path / "results",
+                   f"MLFLOW_TRACKING_URI={mlflow_server.url}",
+                   "FUSEML_MLFLOW_EXPERIMENT=conda-lock")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "/models/m-" in (tmp_path / "results" / "model-url").read_text()
+    run_id = re.search(r"mlflow-steps: run ([0-9a-f]{32}): ", run.stderr)[1]
+    client = mlflow.MlflowClient(mlflow_server.url, mlflow_server.url)
+    assert client.get_run(run_id).data.params["six"] == "1.16.0"
+    again = run_cli("build", str(codeset), env=env)
+    assert again.returncode == 0 and "build skipped" in again.stderr
+
+
+def test_channel_alias_precedence_and_bad_values(tmp_path: Path) -> None:
+    condarc = tmp_path / "condarc"
+    condarc.write_text("channel_alias: https://rc.example/\n")
+    base = {"HOME": str(tmp_path / "home"), "CONDARC": str(condarc)}
+    assert CondaChannels.collect(base).alias == "https://rc.example/"
+    assert CondaChannels.collect({**base, "CONDA_CHANNEL_ALIAS": "https://env.example"}).alias \
+        == "https://env.example/"
+    assert CondaChannels.collect(base, "file:///srv/mirror").alias == "file:///srv/mirror/"
+    condarc.write_text("# channel_alias: commented out\n")
+    assert CondaChannels.collect(base) == CondaChannels()
+    for text, words in [("channel_alias: [1]\n", "expected a URL string"),
+                        ("- a\n", "expected a YAML mapping"),
+                        ("channel_alias: ftp://u:pw-123456@x/\n", r"not an http\(s\) or file"),
+                        ("channel_alias: http://u:pw-123456@x:99999/\n", r"not an http\(s\)")]:
+        condarc.write_text(text)
+        with pytest.raises(StepError, match=words) as caught:
+            CondaChannels.collect(base)
+        assert "pw-123456" not in str(caught.value)
+
+
+def test_pip_environments_never_read_the_conda_configuration(tmp_path: Path) -> None:
+    """Only conda strategies resolve channels: a broken condarc does not stop a pip build."""
+    (tmp_path / "condarc").write_text("- not a mapping\n")
+    codeset = tmp_path / "cs"
+    codeset.mkdir()
+    (codeset / "MLproject").write_text(MLPROJECT.replace("conda_env: conda.yaml\n", ""))
+    (codeset / "requirements.txt").write_text("six\n")
+    result = run_cli("render", str(codeset), "-o", str(tmp_path / "out"),
+                     env={**os.environ, "CONDARC": str(tmp_path / "condarc")})
+    assert result.returncode == 0, result.stderr

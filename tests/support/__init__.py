@@ -1,0 +1,1 @@
+"""What the tests share: servers, engines, registries, corpora and helpers."""

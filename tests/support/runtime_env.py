@@ -1,0 +1,33 @@
+"""The runtime step run from this venv: its environment, the example codeset, its results."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from support.helpers import EXAMPLE
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def step_env(tmp_path: Path, tracking_uri: str | None, **extra: str) -> dict[str, str]:
+    """The step's environment: the project's python first on PATH, results declared."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(
+        ("MLFLOW_", "FUSEML_", "TASK_RESULT", "AWS_"))}
+    env.update({"PATH": f"{VENV_BIN}:{env['PATH']}", "TASK_RESULT": "model-url",
+                "TASK_RESULT_RUN_ID": "run-id", "TASK_RESULT_MODEL_URI": "model-uri",
+                "MLFLOW_STEPS_RESULTS_DIR": str(tmp_path / "results"), **extra})
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+def example(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(EXAMPLE, tmp_path / "codeset"))
+
+
+def results(tmp_path: Path) -> dict[str, str]:
+    directory = tmp_path / "results"
+    return {p.name: p.read_text() for p in directory.iterdir()} if directory.exists() else {}

@@ -1,0 +1,103 @@
+"""A base image made without an engine, and direct builds on a machine without one."""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlflow_steps.image.layers import Entry, write_layer
+from mlflow_steps.image.push import Blob, push_image
+from mlflow_steps.image.registry import RegistryClient
+from support.helpers import (
+    run_cli,
+)
+
+ENGINES = ("buildah", "docker", "dockerd", "podman")
+
+
+GLIBC_LIBRARIES = ("ld-linux-x86-64.so.2", "libdl.so.2", "libgcc_s.so.1", "libm.so.6",
+                   "libpthread.so.0", "librt.so.1", "libstdc++.so.6", "libz.so.1",
+                   "libutil.so.1")
+
+
+PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n"
+
+
+GROUP = "root:x:0:\nshadow:x:42:\n"
+
+
+def elf_needing(library: str) -> bytes:
+    """A minimal x86-64 shared object whose only dynamic entry is DT_NEEDED ``library``."""
+    dynstr = b"\0" + library.encode() + b"\0"
+    dynamic = struct.pack("<qQqQ", 1, 1, 0, 0)  # DT_NEEDED -> dynstr[1], DT_NULL
+    shstrtab = b"\0.dynstr\0.dynamic\0.shstrtab\0"
+    offsets, blob = [], b""
+    for part in (dynstr, dynamic, shstrtab):
+        blob += b"\0" * (-(64 + len(blob)) % 8)
+        offsets.append(64 + len(blob))
+        blob += part
+    shoff = 64 + len(blob) + (-(64 + len(blob)) % 8)
+    blob += b"\0" * (shoff - 64 - len(blob))
+
+    def section(name: int, kind: int, offset: int, size: int, link: int = 0, entsize: int = 0):
+        return struct.pack("<IIQQQQIIQQ", name, kind, 0, 0, offset, size, link, 0, 8, entsize)
+
+    sections = (section(0, 0, 0, 0) + section(1, 3, offsets[0], len(dynstr))
+                + section(9, 6, offsets[1], len(dynamic), link=1, entsize=16)
+                + section(18, 3, offsets[2], len(shstrtab)))
+    header = (b"\x7fELF\x02\x01\x01" + b"\0" * 9
+              + struct.pack("<HHIQQQIHHHHHH", 3, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, 4, 3))
+    return header + blob + sections
+
+
+def push_synthetic_base(client: RegistryClient, work: Path, compression: str = "gzip",
+                        repository: str = "synthetic/python") -> str:
+    """Push a base made here (no engine): account files, glibc's version string and a
+    python3.11 on PATH; enough for the builder to stage against, not to run."""
+    entries = [Entry("etc", "dir"), Entry("etc/passwd", "file", data=PASSWD.encode(), mode=0o644),
+               Entry("etc/group", "file", data=GROUP.encode(), mode=0o644),
+               Entry("usr", "dir"), Entry("usr/bin", "dir"),
+               Entry("usr/bin/python3.11", "file", data=b"", mode=0o755),
+               Entry("usr/lib", "dir"), Entry("usr/lib/x86_64-linux-gnu", "dir"),
+               Entry("usr/lib/x86_64-linux-gnu/libc.so.6", "file", mode=0o755,
+                     data=b"\0GNU C Library (Test) stable release version 2.36.\n\0"),
+               Entry("lib", "symlink", target="usr/lib"),
+               *(Entry(f"usr/lib/x86_64-linux-gnu/{name}", "file", data=b"")
+                 for name in GLIBC_LIBRARIES)]
+    work.mkdir(parents=True, exist_ok=True)
+    layer = write_layer(entries, work / "layer.tar.gz", 0, compression)
+    config = {"architecture": "amd64", "os": "linux",
+              "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"]},
+              "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}, "history": [{}]}
+    push_image(client, repository, "3.11", config,
+               [Blob(layer.descriptor(), path=layer.path)], work)
+    return f"{client.host}/{repository}:3.11"
+
+
+@pytest.fixture(scope="module")
+def synthetic_base(registry, tmp_path_factory) -> str:
+    return push_synthetic_base(RegistryClient(registry.address),
+                               tmp_path_factory.mktemp("synthetic-base"))
+
+
+@pytest.fixture(scope="module")
+def no_engine(tmp_path_factory) -> dict[str, str]:
+    """An environment as on a machine without engines: no engine answers, and PATH has this
+    machine's tools but no engine (python3.11 too, for staging)."""
+    tools = tmp_path_factory.mktemp("tools")
+    for directory in ("/usr/local/bin", "/usr/bin"):
+        for program in Path(directory).iterdir():
+            if program.name not in ENGINES and not (tools / program.name).exists():
+                (tools / program.name).symlink_to(program)
+    return {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+            "PATH": f"{Path(sys.executable).parent}:{tools}"}
+
+
+def build(codeset: Path, registry, base: str, repository: str, *extra: str,
+          env: dict[str, str]):
+    return run_cli("build", str(codeset), "--builder", "direct", "--registry", registry.address,
+                   "--base-image", base, "--repository", repository, *extra, env=env)
