@@ -13,7 +13,7 @@ import yaml
 from support.helpers import EXAMPLE, run_cli
 from support.image_checks import check_runtime_image
 
-from mlflow_steps.build.conda_stage import CondaChannels, cache_dir
+from mlflow_steps.build.conda_install import CondaChannels, cache_dir
 from mlflow_steps.build.dockerfile import write_context
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.hashing import env_tag

@@ -31,9 +31,9 @@ from support.synthetic_base import (
 )
 
 from mlflow_steps.build.direct.assemble import user_layer
-from mlflow_steps.build.direct.base import load_base, read_facts
+from mlflow_steps.build.direct.base_image import load_base, read_facts
 from mlflow_steps.build.direct.elf import needed_libraries
-from mlflow_steps.build.direct.stage import leaked_paths
+from mlflow_steps.build.direct.install import leaked_paths
 from mlflow_steps.image.layers import GZIP_MEMBER, Entry, write_layer
 from mlflow_steps.image.registry import RegistryClient
 

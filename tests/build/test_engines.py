@@ -9,8 +9,8 @@ import pytest
 from support.helpers import docker_config
 
 from mlflow_steps.build.engines import select_backend
-from mlflow_steps.build.engines.base import BuildRequest
 from mlflow_steps.build.engines.buildah import buildah_args, registries_conf
+from mlflow_steps.build.engines.engine import BuildRequest
 from mlflow_steps.build.engines.kaniko import kaniko_args
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.image.reference import ImageRef
@@ -133,7 +133,7 @@ echo "pushed"
 def test_push_retries_only_transient_registry_races(tmp_path: Path, failures: int, error: str,
                                                     attempts: int, succeeds: bool,
                                                     monkeypatch) -> None:
-    monkeypatch.setattr("mlflow_steps.build.engines.base.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("mlflow_steps.build.engines.engine.time.sleep", lambda seconds: None)
     push = tmp_path / "push"
     push.write_text(FLAKY_PUSH)
     push.chmod(0o755)

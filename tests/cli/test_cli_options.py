@@ -23,9 +23,9 @@ def test_network_timeout_is_validated(args: list[str], env: dict[str, str]) -> N
 # is the interpreter, parsing the environment files and one manifest HEAD.
 SKIP_PATH_NEVER_IMPORTS = ("mlflow", "jinja2", "conda_lock", "rattler", "docker", "tarfile",
                            "requests",
-                           "mlflow_steps.build.dockerfile", "mlflow_steps.build.engines.base",
+                           "mlflow_steps.build.dockerfile", "mlflow_steps.build.engines.engine",
                            "mlflow_steps.build.direct", "mlflow_steps.image.diff",
-                           "mlflow_steps.build.stages")
+                           "mlflow_steps.build.plan_stages")
 _LIST_MODULES = """\
 import atexit, json, sys
 listing = sys.argv.pop(1)

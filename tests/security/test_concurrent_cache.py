@@ -36,7 +36,7 @@ PROJECT = "name: concurrent\nentry_points:\n  main:\n    command: python -c pass
 LAYER_FILE = """
 import sys
 from pathlib import Path
-from mlflow_steps.build.direct.base import layer_file
+from mlflow_steps.build.direct.base_image import layer_file
 from mlflow_steps.image.registry import RegistryClient
 address, repository, digest, size, cache = sys.argv[1:]
 descriptor = {"mediaType": "MEDIA_TYPE", "digest": digest, "size": int(size)}
@@ -45,7 +45,7 @@ print(layer_file(RegistryClient(address), repository, descriptor, Path(cache)))
 CONDA_FETCH = """
 import os, sys
 from pathlib import Path
-from mlflow_steps.build.conda_stage import fetch
+from mlflow_steps.build.conda_install import fetch
 url, sha256, cache = sys.argv[1:]
 record = {"name": "big", "url": url, "sha256": sha256}
 print(fetch([record], Path(cache), os.environ, "conda.yaml", [])[0])
@@ -54,7 +54,7 @@ print(fetch([record], Path(cache), os.environ, "conda.yaml", [])[0])
 
 CACHE_DIR = """
 import os, sys
-from mlflow_steps.build.conda_stage import cache_dir
+from mlflow_steps.build.conda_install import cache_dir
 from mlflow_steps.core.errors import StepError
 try:
     print(cache_dir(os.environ))

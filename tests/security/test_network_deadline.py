@@ -20,7 +20,7 @@ from support.helpers import run_cli
 from support.runtime_env import example, results, step_env
 from support.trickle_server import BODY, HEADERS, TrickleServer
 
-from mlflow_steps.build.conda_stage import fetch
+from mlflow_steps.build.conda_install import fetch
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.retry import BUDGET_VARIABLE
 from mlflow_steps.image.registry import RegistryClient

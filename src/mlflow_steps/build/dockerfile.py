@@ -273,7 +273,7 @@ def write_context(spec: EnvSpec, out_dir: Path,
             env_prefix=ENV_PREFIX))
         script.chmod(0o755)
         if spec.strategy in CONDA_STRATEGIES:
-            from mlflow_steps.build.conda_stage import CondaChannels, stage_environment
+            from mlflow_steps.build.conda_install import CondaChannels, stage_environment
 
             environ = os.environ if environ is None else environ
             stage_environment(spec, staging / "conda-env", ENV_PREFIX,

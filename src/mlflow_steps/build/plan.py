@@ -11,7 +11,7 @@ manifest and writes the step results, so a failed build leaves none.
 
 One definition (:data:`EXECUTORS`, :func:`plan_steps`) serves the Tekton export and the
 local runner, so in-cluster behaviour can be reproduced on one machine; the stages'
-work is in :mod:`mlflow_steps.build.stages`.
+work is in :mod:`mlflow_steps.build.plan_stages`.
 """
 
 from __future__ import annotations

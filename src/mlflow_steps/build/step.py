@@ -19,7 +19,7 @@ from mlflow_steps.image.reference import ImageRef, check_destination
 from mlflow_steps.image.registry import RegistryClient, docker_config_dir
 
 if TYPE_CHECKING:
-    from mlflow_steps.build.engines.base import Backend, BuildRequest
+    from mlflow_steps.build.engines.engine import Backend, BuildRequest
 
 # The skip decision (resolve_target, existing_digest) imports no engine, template or image
 # code: functions that build import those when they run.
@@ -96,7 +96,7 @@ def _write_private(path: Path, text: str) -> Path:
 def write_pip_secrets(directory: Path, pip: BuildPipConfig) -> dict[str, Path]:
     """pip.conf, its uv equivalent (+ the CA bundle) as private files for the engine's
     secret mounts."""
-    from mlflow_steps.build.engines.base import (
+    from mlflow_steps.build.engines.engine import (
         PIP_CA_SECRET,
         PIP_CONFIG_SECRET,
         SECRET_MOUNT_TARGETS,
@@ -245,7 +245,7 @@ def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
                   docker_config: Path, secrets: dict[str, Path],
                   environ: dict[str, str]) -> BuildRequest:
     """The engine-neutral build request for ``target``."""
-    from mlflow_steps.build.engines.base import BuildRequest
+    from mlflow_steps.build.engines.engine import BuildRequest
 
     return BuildRequest(
         labels=base_labels(target.spec.base_image, inputs, environ),
@@ -265,7 +265,7 @@ def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
         log(f"compression {inputs.compression} is the direct builder's; {backend.name} "
             "compresses as it does")
     from mlflow_steps.build.dockerfile import PipConfigDelivery, write_context
-    from mlflow_steps.build.engines.base import secret_delivery
+    from mlflow_steps.build.engines.engine import secret_delivery
     from mlflow_steps.core import interrupt
 
     pip = target.pip

@@ -248,14 +248,14 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
             raise StepError("builds twice here, so it needs --stage all (the builder plan "
                             "builds once, in the executor)", field="check_reproducible")
         if stage != "all":
-            from mlflow_steps.build import stages as builder_stages
+            from mlflow_steps.build import plan_stages
         if stage == "prepare":
-            plan = builder_stages.prepare(codeset, builder_inputs, executor, plan_dir, environ,
+            plan = plan_stages.prepare(codeset, builder_inputs, executor, plan_dir, environ,
                                         skip_result, args_result)
             click.echo("skip" if plan.skip else "build")
             return
         if stage == "verify":
-            outcome = builder_stages.verify(plan_dir, environ)
+            outcome = plan_stages.verify(plan_dir, environ)
         else:
             outcome = run_builder(codeset, builder_inputs, environ)
         outputs = {}

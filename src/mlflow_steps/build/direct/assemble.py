@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_steps.build.direct import NotApplicable
-from mlflow_steps.build.direct.base import BaseFacts
-from mlflow_steps.build.direct.stage import StagedEnv, write_record
+from mlflow_steps.build.direct.base_image import BaseFacts
+from mlflow_steps.build.direct.install import StagedEnv, write_record
 from mlflow_steps.build.dockerfile import (
     BUILD_ENV,
     ENV_PREFIX,

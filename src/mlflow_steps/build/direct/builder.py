@@ -18,9 +18,9 @@ from mlflow_steps.build.direct.assemble import (
     user_layer,
     with_bytecode,
 )
-from mlflow_steps.build.direct.base import facts_summary, layer_file, load_base
-from mlflow_steps.build.direct.stage import StagedEnv, check_files, compile_bytecode, stage
-from mlflow_steps.build.engines.base import Backend, BuildRequest
+from mlflow_steps.build.direct.base_image import facts_summary, layer_file, load_base
+from mlflow_steps.build.direct.install import StagedEnv, check_files, compile_bytecode, stage
+from mlflow_steps.build.engines.engine import Backend, BuildRequest
 from mlflow_steps.core.cache import cache_root
 from mlflow_steps.core.interrupt import ThreadPool, private_directory
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH

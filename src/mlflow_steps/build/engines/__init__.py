@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from mlflow_steps.core.errors import StepError
 
 if TYPE_CHECKING:
-    from mlflow_steps.build.engines.base import Backend
+    from mlflow_steps.build.engines.engine import Backend
 
 # name → "module:class", in `auto` order
 BACKENDS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mlflow_steps.build.engines.base import Backend, BuildRequest
+from mlflow_steps.build.engines.engine import Backend, BuildRequest
 from mlflow_steps.core import interrupt
 
 

@@ -8,8 +8,8 @@ import shutil
 import subprocess
 import sys
 
-from mlflow_steps.build.engines.base import Backend, BuildRequest
 from mlflow_steps.build.engines.docker_archive import BaseImage, normalised_parts
+from mlflow_steps.build.engines.engine import Backend, BuildRequest
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.cache import cache_root
 from mlflow_steps.core.errors import StepError

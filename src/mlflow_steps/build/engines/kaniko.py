@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlflow_steps.build.engines.base import PUSH_ATTEMPTS, BuildRequest
+from mlflow_steps.build.engines.engine import PUSH_ATTEMPTS, BuildRequest
 
 
 def kaniko_args(request: BuildRequest, digest_file: Path, ca_file: Path | None) -> list[str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_steps.build.direct import NotApplicable
-from mlflow_steps.build.direct.base import BaseFacts
+from mlflow_steps.build.direct.base_image import BaseFacts
 from mlflow_steps.build.direct.elf import missing_libraries
 from mlflow_steps.build.direct.installed import (
     distributions,

@@ -8,8 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from mlflow_steps.build.dockerfile import PipConfigDelivery, write_context
-from mlflow_steps.build.engines.base import BuildRequest, secret_delivery
 from mlflow_steps.build.engines.buildah import buildah_args, registries_conf
+from mlflow_steps.build.engines.engine import BuildRequest, secret_delivery
 from mlflow_steps.build.engines.kaniko import kaniko_args
 from mlflow_steps.build.plan import (
     BUILDAH_STORAGE_DRIVER,
