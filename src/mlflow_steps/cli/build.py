@@ -1,0 +1,182 @@
+"""`mlflow-steps hash`, `render` and `build`: the environment tag, the build context and the
+image of a codeset (`build --stage prepare/verify`: the builder plan's steps)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlflow_steps.build.engines import BUILDER_CHOICES, COMPRESSIONS
+from mlflow_steps.build.fuseml import DEFAULT_REPOSITORY
+from mlflow_steps.build.plan import DEFAULT_EXECUTOR, EXECUTORS, PLAN_MOUNT
+from mlflow_steps.cli.inputs import codeset_argument, hosts, step_input
+from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.interrupt import interruptible
+from mlflow_steps.core.stepio import result_path, write_outputs
+from mlflow_steps.env.hashing import env_tag, template_version
+from mlflow_steps.env.spec import STRATEGIES, BuildOptions
+
+# Each command imports what only it needs when it runs (the builder's skip path must not
+# pay for jinja2, the engines or the builder plan's steps).
+
+
+def build_inputs(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Inputs that shape the environment, shared by hash/render/build."""
+    for decorator in reversed((
+        step_input("env_strategy", "auto", type=click.Choice(STRATEGIES),
+                   help="auto: pip for conda envs that only hold python/pip, else conda."),
+        step_input("base_image", help="Base image (default: python:X.Y-slim)."),
+        step_input("miniconda_version",
+                   help="Base conda environments on continuumio/miniconda3:TAG (not needed: "
+                        "conda packages are installed without conda)."),
+        step_input("resolve", False, type=bool,
+                   help="Lock mode: resolve the requirements first and hash the pins, so a "
+                        "new upstream release gives a new image (default: hash what the "
+                        "codeset declares)."),
+    )):
+        func = decorator(func)
+    return func
+
+
+def _options(env_strategy: str, base_image: str | None, miniconda_version: str | None,
+             resolve: bool) -> BuildOptions:
+    return BuildOptions(env_strategy=env_strategy, base_image=base_image,
+                        miniconda_version=miniconda_version, resolve=resolve)
+
+
+forward_pip_config_input = step_input(
+    "forward_pip_config", True, type=bool,
+    help="Forward this machine's pip index/CA config into the build (as a secret); its index "
+         "URLs, without credentials, are part of the environment tag.")
+
+
+conda_channel_alias_input = step_input(
+    "conda_channel_alias",
+    help="Where conda channel names resolve (a mirror; may carry credentials, which never "
+         "reach a layer, a log or the tag) [default: CONDA_CHANNEL_ALIAS, the condarc's "
+         "channel_alias, else https://conda.anaconda.org/].")
+
+
+@click.command("hash")
+@codeset_argument
+@build_inputs
+@forward_pip_config_input
+@click.option("--explain", is_flag=True, help="Print the normalised spec that is hashed.")
+def hash_command(codeset: Path, explain: bool, forward_pip_config: bool, **inputs: Any) -> None:
+    """Print the environment tag of CODESET (the tag `build` pushes)."""
+    from mlflow_steps.build.step import resolve_spec
+
+    spec, _ = resolve_spec(codeset, _options(**inputs), dict(os.environ), forward_pip_config)
+    if explain:
+        click.echo(spec.explain(template_version()))
+    click.echo(env_tag(spec))
+
+
+@click.command("render")
+@codeset_argument
+@build_inputs
+@forward_pip_config_input
+@conda_channel_alias_input
+@click.option("-o", "--output-dir", type=click.Path(path_type=Path), required=True,
+              help="New or empty directory for the build context.")
+def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
+                   conda_channel_alias: str | None, **inputs: Any) -> None:
+    """Write the build context (Dockerfile, env files, tooling; conda packages installed)
+    for CODESET."""
+    from mlflow_steps.build.dockerfile import write_context
+    from mlflow_steps.build.image_plan import image_plan
+    from mlflow_steps.build.step import resolve_spec
+
+    spec, _ = resolve_spec(codeset, _options(**inputs), dict(os.environ), forward_pip_config)
+    write_context(image_plan(spec), output_dir, conda_channel_alias=conda_channel_alias)
+    click.echo(f"{output_dir}/Dockerfile ({spec.strategy}, tag {env_tag(spec)})")
+
+
+@click.command("build")
+@codeset_argument
+@build_inputs
+@step_input("registry", help="Registry to push to [default: registry.fuseml-registry].")
+@step_input("pull_registry", help="Registry consumers pull from (empty: same as registry).")
+@step_input("repository", DEFAULT_REPOSITORY, help="Repository inside the registry.")
+@step_input("builder", "auto", type=click.Choice(BUILDER_CHOICES),
+            help="How to build here; auto: direct (no engine) where it applies, else docker, "
+                 "then buildah (Kaniko: --stage).")
+@step_input("compression", "gzip", type=click.Choice(COMPRESSIONS),
+            help="Layer compression of the direct builder (zstd: OCI media types, smaller "
+                 "and faster; pullers need zstd support, e.g. Docker 23+).")
+@step_input("force", False, type=bool, help="Rebuild even if the tag exists.")
+@step_input("verbose", False, type=bool, help="Log the hashed spec and build details.")
+@step_input("compressed_caching", False, type=bool, help="Kaniko --compressed-caching.")
+@step_input("cache_repo", help="Kaniko layer cache repository (enables --cache).")
+@step_input("reproducible", None, type=bool,
+            help="Same environment, same digest: every time in the image is clamped to an "
+                 "epoch, 1980-01-01 (Docker: layers rewritten and pushed by us; "
+                 "Buildah --timestamp; Kaniko --reproducible). Default: on, except for the "
+                 "Kaniko plan (where it costs 1.6x).")
+@step_input("check_reproducible", False, type=bool,
+            help="Build twice (the second without the engine's layer cache) and fail with a "
+                 "file-level report when the digests differ.")
+@step_input("insecure_registries", "", help="Comma-separated registries reached over HTTP.")
+@step_input("registry_ca", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="CA bundle for a TLS registry with a private CA.")
+@forward_pip_config_input
+@conda_channel_alias_input
+@click.option("--stage", type=click.Choice(("all", "prepare", "verify")), default="all",
+              show_default=True,
+              help="all: build here; prepare/verify: the builder plan's steps around an "
+                   "executor container (see --plan-dir).")
+@click.option("--executor", type=click.Choice(tuple(EXECUTORS)), default=DEFAULT_EXECUTOR,
+              show_default=True, help="With --stage prepare: the executor the plan is for.")
+@click.option("--plan-dir", type=click.Path(path_type=Path, file_okay=False),
+              default=PLAN_MOUNT, show_default=True,
+              help="With --stage: the directory the plan's steps share.")
+@click.option("--skip-result", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --stage prepare: write true/false here (a Tekton step result).")
+@click.option("--args-result", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --stage prepare: write the executor's arguments here (JSON array).")
+@click.option("--output-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the pull reference here (default: /tekton/results/$TASK_RESULT).")
+@click.option("--digest-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the image digest here (default: results/$TASK_RESULT_DIGEST).")
+def build_command(codeset: Path, output_file: Path | None, digest_file: Path | None,
+                  env_strategy: str, base_image: str | None, miniconda_version: str | None,
+                  resolve: bool, insecure_registries: str, stage: str, executor: str,
+                  plan_dir: Path, skip_result: Path | None, args_result: Path | None,
+                  **inputs: Any) -> None:
+    """Build and push CODESET's environment image unless the registry already has it."""
+    with interruptible():  # SIGTERM/SIGINT: the build's files and children gone, no output
+        from mlflow_steps.build.step import BuilderInputs, run_builder
+
+        environ = dict(os.environ)
+        builder_inputs = BuilderInputs(
+            options=_options(env_strategy, base_image, miniconda_version, resolve),
+            insecure_registries=hosts(insecure_registries),
+            **inputs,
+        )
+        if stage != "all" and builder_inputs.check_reproducible:
+            raise StepError("builds twice here, so it needs --stage all (the builder plan "
+                            "builds once, in the executor)", field="check_reproducible")
+        if stage != "all":
+            from mlflow_steps.build import plan_stages
+        if stage == "prepare":
+            plan = plan_stages.prepare(codeset, builder_inputs, executor, plan_dir, environ,
+                                        skip_result, args_result)
+            click.echo("skip" if plan.skip else "build")
+            return
+        if stage == "verify":
+            outcome = plan_stages.verify(plan_dir, environ)
+        else:
+            outcome = run_builder(codeset, builder_inputs, environ)
+        outputs = {}
+        for path in (output_file, result_path(environ, "TASK_RESULT")):
+            if path:
+                outputs[path] = outcome.pull_reference
+        for path in (digest_file, result_path(environ, "TASK_RESULT_DIGEST")):
+            if path:
+                outputs[path] = outcome.digest
+        write_outputs(outputs)
+        click.echo(outcome.pull_reference)

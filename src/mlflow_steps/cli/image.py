@@ -1,0 +1,41 @@
+"""`mlflow-steps inspect`: what a runtime image holds, read from the registry alone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from mlflow_steps.cli.inputs import hosts
+from mlflow_steps.core.terminal import report, shown
+
+
+@click.command("inspect")
+@click.argument("image")
+@click.option("--codeset", type=click.Path(path_type=Path, file_okay=False),
+              help="Also say whether this codeset hashes to the image's environment "
+                   "[default: the current directory when it has an MLproject].")
+@click.option("--insecure-registries", default="",
+              help="Comma-separated registries reached over HTTP.")
+@click.option("--registry-ca", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="CA bundle for a TLS registry with a private CA.")
+def inspect_command(image: str, codeset: Path | None, insecure_registries: str,
+                    registry_ca: Path | None) -> None:
+    """What runtime IMAGE holds (env tag, spec, strategy, base, lock), from the registry
+    alone: no pull, no engine."""
+    from mlflow_steps.build.inspect import codeset_matches, read_image
+    from mlflow_steps.image.client import RegistryClient
+    from mlflow_steps.image.reference import ImageRef, check_reference
+
+    check_reference(image, source="inspect", field="IMAGE")
+    client = RegistryClient(
+        ImageRef.parse(image).registry,
+        insecure_registries=hosts(insecure_registries),
+        verify=str(registry_ca) if registry_ca else True)
+    record = read_image(image, client)
+    click.echo(report(record.lines()))
+    if codeset is None and Path("MLproject").is_file():
+        codeset = Path(".")
+    if codeset is not None:
+        click.echo(shown(codeset_matches(record, codeset, dict(os.environ))))

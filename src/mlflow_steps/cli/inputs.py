@@ -1,0 +1,45 @@
+"""What the step commands share: a step input (a flag and its FUSEML_* variable), the
+CODESET argument, and host lists."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _empty_is_default(default: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        return default if value in ("", None) else value
+
+    return callback
+
+
+def step_input(name: str, default: Any = None, **kwargs: Any) -> Callable[[Any], Any]:
+    """A step input: flag ``--name-with-dashes`` and env var ``FUSEML_NAME`` (empty = unset)."""
+    flag = f"--{name.replace('_', '-')}"
+    if kwargs.get("type") is bool:
+        flag = f"{flag}/--no-{name.replace('_', '-')}"
+    return click.option(
+        flag,
+        name,
+        envvar=f"FUSEML_{name.upper()}",
+        default=default,
+        callback=_empty_is_default(default),
+        show_envvar=True,
+        show_default=default is not None,
+        **kwargs,
+    )
+
+
+codeset_argument = click.argument(
+    "codeset", type=click.Path(path_type=Path, file_okay=False), envvar="FUSEML_CODESET_PATH",
+    default="/project",
+)
+
+
+def hosts(text: str) -> tuple[str, ...]:
+    """A comma-separated host list (insecure_registries), blanks dropped."""
+    return tuple(host.strip() for host in text.split(",") if host.strip())
