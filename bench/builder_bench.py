@@ -40,16 +40,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from devstack import CACHE, DockerEngine, Registry, docker_cli, push_base_image  # noqa: E402
+from result import docker_engine, ratio, table, write_result  # noqa: E402
 
 from images import build as build_step_image  # noqa: E402
 from images import pip_secrets  # noqa: E402
-from mlflow_steps.build.dockerfile import requirements_text  # noqa: E402
+from mlflow_steps.build.image_plan import requirements_text  # noqa: E402
 from mlflow_steps.env.spec import BuildOptions, resolve_env  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "sklearn-logreg"
 SKIP_ROUNDS = 9
 IMAGE_SKIP = "(builder image, docker run)"
 FLOOR_SKIP = "floor (python + one HEAD)"
+LABELS = {
+    "direct": "`mlflow-steps build` (auto: `--builder direct`, no engine)",
+    "direct-zstd": "the same with `--compression zstd`",
+    "ours": "`mlflow-steps build --builder docker` (Dockerfile path)",
+    "careful": "careful Dockerfile (one venv, pip `--no-cache-dir`)",
+    "naive": "FuseML-style Dockerfile (git, pip upgrade, codeset copied)",
+}
 CAREFUL_DOCKERFILE = """\
 FROM {base}
 COPY requirements.txt /tmp/requirements.txt
@@ -210,7 +218,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.skip_only:
         with fresh_stack() as (root, engine, registry, base, _):
-            print_skip(skip_times(engine, registry, base, root))
+            skip = skip_times(engine, registry, base, root)
+            print_skip(skip)
+            write_result("builder-skip", __doc__.splitlines()[0], vars(args),
+                         [skip_table(skip)], [], engine=docker_engine(engine.cli))
         return
     names = ["direct", "direct-zstd", "ours", "careful", "naive"]
     cold: dict[str, list[float]] = {name: [] for name in names}
@@ -230,6 +241,7 @@ def main() -> None:
                 warm_new[name] = pushed_bytes(registry, contenders[name].reference,
                                               base_layers | cold_layers)
         skip = skip_times(engine, registry, base, root)
+        engine_facts = docker_engine(engine.cli)
     careful = statistics.median(cold["careful"])
     careful_warm = statistics.median(warm["careful"])
     mb = 1e6
@@ -256,6 +268,37 @@ def main() -> None:
     print(f"ours / naive:   cold {statistics.median(cold['ours']) / naive:.2f}x, "
           f"pushed {size['ours'] / size['naive']:.2f}x")
     print_skip(skip)
+    ours, ours_warm = statistics.median(cold["ours"]), statistics.median(warm["ours"])
+    write_result("builder", __doc__.splitlines()[0], vars(args), [
+        table("Build and push of examples/sklearn-logreg",
+              {"cold": "s", "warm": "s", "pushed": "MB", "warm pushed": "MB"},
+              {name: {"cold": cold[name], "warm": warm[name], "pushed": size[name] / mb,
+                      "warm pushed": warm_new[name] / mb} for name in names}, LABELS),
+        skip_table(skip)], [
+        ratio("direct / careful, cold", direct / careful, goal=0.4),
+        ratio("direct warm / careful cold", direct_warm / careful, goal=0.25),
+        ratio("direct warm / careful warm", direct_warm / careful_warm),
+        ratio("direct / careful, pushed", size["direct"] / size["careful"], goal=0.8),
+        ratio("direct / ours (docker), cold", direct / ours),
+        ratio("direct-zstd / careful, cold", zstd / careful),
+        ratio("direct-zstd warm / careful cold",
+              statistics.median(warm["direct-zstd"]) / careful),
+        ratio("direct-zstd / careful, pushed", size["direct-zstd"] / size["careful"]),
+        ratio("ours / careful, cold", ours / careful, goal=0.5),
+        ratio("ours warm / careful warm", ours_warm / careful_warm),
+        ratio("ours warm / careful cold", ours_warm / careful, goal=0.25),
+        ratio("ours / careful, pushed", size["ours"] / size["careful"], goal=0.8),
+        ratio("ours / naive, cold", ours / naive),
+        ratio("ours / naive, pushed", size["ours"] / size["naive"]),
+        ], engine=engine_facts)
+
+
+def skip_table(skip: dict[str, float]) -> dict:
+    return table(f"Skip decision once the tag exists (median of {SKIP_ROUNDS} rounds)",
+                 {"skip": "s", "vs floor": "x"},
+                 {label: {"skip": seconds,
+                          "vs floor": seconds / skip[FLOOR_SKIP]}
+                  for label, seconds in skip.items()})
 
 
 def print_skip(skip: dict[str, float]) -> None:

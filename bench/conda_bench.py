@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests"), str(REPO / "bench")]
 
 from builder_bench import fresh_stack, pushed_bytes, run, spread  # noqa: E402
-from conda_channel import build_channel  # noqa: E402
+from result import docker_engine, ratio, table, write_result  # noqa: E402
+from support.conda_channel import build_channel  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "sklearn-logreg"
 CONDA_PACKAGES = ["six", "markupsafe"]
@@ -71,12 +72,19 @@ def main() -> None:
                                  str(codeset(root, kind, round_)), "--force"], env).strip()
                 times[kind].append(time.perf_counter() - start)
                 size[kind] = pushed_bytes(registry, reference, base_layers)
+        engine_facts = docker_engine(engine.cli)
     print(f"{'':<7}{'cold build+push':>26}{'pushed':>12}")
     for kind in kinds:
         print(f"{kind:<7}{spread(times[kind]):>26}{size[kind] / 1e6:>9.1f} MB")
-    ratio = statistics.median(times["conda"]) / statistics.median(times["pip"])
-    print(f"conda / pip: time {ratio:.2f}x, pushed {size['conda'] / size['pip']:.2f}x "
+    time_ratio = statistics.median(times["conda"]) / statistics.median(times["pip"])
+    print(f"conda / pip: time {time_ratio:.2f}x, pushed {size['conda'] / size['pip']:.2f}x "
           f"({os.uname().machine}, the channel's python is Debian's, {args.rounds} rounds)")
+    write_result("conda", __doc__.splitlines()[0], vars(args), [table(
+        "Cold build+push, the same packages as conda packages (rattler) and from PyPI",
+        {"cold": "s", "pushed": "MB"},
+        {kind: {"cold": times[kind], "pushed": size[kind] / 1e6} for kind in kinds})],
+        [ratio("conda / pip, cold", time_ratio),
+         ratio("conda / pip, pushed", size["conda"] / size["pip"])], engine=engine_facts)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from devstack import DockerEngine, Registry, push_base_image, push_buildah_image  # noqa: E402
+from result import docker_engine, ratio, table, write_result  # noqa: E402
 
 from images import build as build_step_image  # noqa: E402
 
@@ -70,13 +71,14 @@ def main() -> None:
             inputs = ["--input", f"builder-image={builder}", "--input", f"base-image={base}"]
             cold = {name: run_workflow(env, registries[name], extra, inputs)
                     for name, extra in contenders.items()}
-            skip = {name: statistics.median(
-                        run_workflow(env, registries[name], extra, inputs) for _ in range(3))
-                    for name, extra in contenders.items()}
+            skip_samples = {name: [run_workflow(env, registries[name], extra, inputs)
+                                   for _ in range(3)] for name, extra in contenders.items()}
+            engine_facts = docker_engine(engine.cli)
         finally:
             for service in started:
                 service.stop()
             engine.stop()
+    skip = {name: statistics.median(samples) for name, samples in skip_samples.items()}
     reference = cold["engine (docker)"]
     print(f"{'executor':<18}{'cold build+push':>16}{'vs engine':>11}{'skip (median 3)':>17}")
     for name in contenders:
@@ -84,6 +86,14 @@ def main() -> None:
               f"{skip[name]:>15.2f} s")
     if not kaniko:
         print("kaniko: not measured (set MLFLOW_STEPS_KANIKO_IMAGE to a Kaniko executor image)")
+    write_result("executor", __doc__.splitlines()[0], {"kaniko image": kaniko or None}, [table(
+        "Builder executors through the local runner",
+        {"cold": "s", "skip": "s"},
+        {name: {"cold": cold[name], "skip": skip_samples[name]} for name in contenders})],
+        [ratio(f"{name} / engine, cold", cold[name] / reference)
+         for name in contenders if name != "engine (docker)"],
+        engine=engine_facts,
+        checks={} if kaniko else {"kaniko plan": "not measured: set MLFLOW_STEPS_KANIKO_IMAGE"})
 
 
 if __name__ == "__main__":

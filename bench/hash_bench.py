@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from result import ratio, table, write_result
+
 from mlflow_steps.env.hashing import env_tag
 from mlflow_steps.env.spec import BuildOptions, resolve_env
 
@@ -64,6 +66,12 @@ def main() -> None:
         print(f"codeset {args.big_mb} MB data: {big_ms:8.2f} ms (median of {args.rounds})")
         print(f"ratio big/small:        {big_ms / small_ms:8.2f}")
         print(f"same tag for both:      {len(tags) == 1}")
+    ms = {name: [seconds * 1000 for seconds in values] for name, values in times.items()}
+    write_result("hash", __doc__.splitlines()[0], vars(args), [table(
+        "Hash time (the example codeset plus data files)", {"hash": "ms"},
+        {"1 MB data": {"hash": ms["small"]}, f"{args.big_mb} MB data": {"hash": ms["big"]}})],
+        [ratio("big / small", big_ms / small_ms)],
+        checks={"same tag for both": "yes" if len(tags) == 1 else "no"})
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from devservices import MlflowServer  # noqa: E402
+from result import ratio, table, write_result  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "sklearn-logreg"
 VENV_BIN = Path(sys.executable).parent
@@ -67,6 +68,12 @@ def main() -> None:
           f"{max(step_times):.2f})")
     print(f"overhead               {step_median - plain_median:+6.2f} s")
     print(f"overhead ratio         {step_median / plain_median:6.3f}   (target <= 1.10)")
+    write_result("runtime", __doc__.splitlines()[0], vars(args), [table(
+        "One training run of the example against a local MLflow server",
+        {"time": "s"}, {"mlflow run --env-manager local": {"time": plain_times},
+                        "mlflow-steps run": {"time": step_times}})],
+        [ratio("mlflow-steps run / mlflow run", step_median / plain_median, goal=1.10),
+         ratio("overhead", step_median - plain_median, unit="s")])
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from devservices import Postgres, TrackingServer
+from result import ratio, table, write_result
 
 TOKEN = "bench-token-5f4e3d2c1b0a99887766"
 LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
@@ -118,15 +119,16 @@ def main() -> int:
               f"log-batch requests of {args.batch} metrics per server, "
               f"{args.workers} uvicorn workers, PostgreSQL store")
         rate = {}
+        stored = {}
+        written = sent_requests * args.batch
         ok = not failures
         for name, (url, headers, run_id) in servers.items():
             rate[name] = sent_requests / sum(seconds[name])
-            stored = stored_metrics(url, headers, run_id, args.clients)
-            written = sent_requests * args.batch
-            ok &= stored == written
+            stored[name] = stored_metrics(url, headers, run_id, args.clients)
+            ok &= stored[name] == written
             print(f"  {name:5}  {rate[name]:8.1f} requests/s  {rate[name] * args.batch:9.0f} "
-                  f"metrics/s  written {written}  stored {stored}"
-                  f"  {'equal' if stored == written else 'MISMATCH'}")
+                  f"metrics/s  written {written}  stored {stored[name]}"
+                  f"  {'equal' if stored[name] == written else 'MISMATCH'}")
         overall = (1 - rate["token"] / rate["open"]) * 100
         per_round = statistics.median(
             (1 - open_seconds / gated_seconds) * 100
@@ -136,6 +138,18 @@ def main() -> int:
               f"{'met' if max(overall, per_round) <= 5 else 'not met'})")
         for failure in failures[:5]:
             print(f"  failed request: {failure}")
+        write_result("server", __doc__.splitlines()[0], vars(args), [table(
+            f"{args.clients} clients posting log-batch requests of {args.batch} metrics, "
+            f"{args.workers} uvicorn workers, PostgreSQL store",
+            {"requests/s": "requests/s", "round": "s", "written": "metrics", "stored": "metrics"},
+            {name: {"requests/s": rate[name], "round": seconds[name], "written": written,
+                    "stored": stored[name]} for name in servers},
+            {"open": "no token", "token": "MLFLOW_TRACKING_TOKEN set"})],
+            [ratio("token gate overhead, overall", overall, goal=5, unit="%"),
+             ratio("token gate overhead, median of paired rounds", per_round, goal=5, unit="%")],
+            checks={"stored = written": "yes" if all(
+                        count == written for count in stored.values()) else "no",
+                    "failed requests": str(len(failures))})
         return 0 if ok else 1
     finally:
         for service in reversed(started):
