@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from builder_bench import EXAMPLE, fresh_stack, run, spread
 from devstack import buildah_env
 
+from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.diff import diff_images
-from mlflow_steps.image.registry import RegistryClient
 
 MODES = ("--reproducible", "--no-reproducible")
 

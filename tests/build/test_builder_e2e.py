@@ -124,7 +124,7 @@ def test_docker_digest_is_the_same_on_a_fresh_engine(trainer_image, registry, ba
     """Another engine, empty caches, another day for all it knows: the same image bytes."""
     from devstack import DockerEngine
 
-    from mlflow_steps.image.registry import RegistryClient
+    from mlflow_steps.image.client import RegistryClient
 
     client = RegistryClient(registry.address)
     tag = trainer_image.rsplit(":", 1)[1]

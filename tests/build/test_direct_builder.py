@@ -34,8 +34,8 @@ from mlflow_steps.build.direct.assemble import user_layer
 from mlflow_steps.build.direct.base_image import load_base, read_facts
 from mlflow_steps.build.direct.elf import needed_libraries
 from mlflow_steps.build.direct.install import leaked_paths
+from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import GZIP_MEMBER, Entry, write_layer
-from mlflow_steps.image.registry import RegistryClient
 
 
 def test_base_facts_follow_whiteouts_links_and_path(tmp_path: Path) -> None:

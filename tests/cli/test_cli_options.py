@@ -53,6 +53,6 @@ def test_skip_decision_imports_no_engine_template_or_mlflow(registry, tmp_path) 
                             check=False)
     assert result.returncode == 0 and "build skipped" in result.stderr, result.stderr
     loaded = json.loads(listing.read_text())
-    assert "mlflow_steps.image.registry" in loaded  # the listing is the skip's own
+    assert "mlflow_steps.image.client" in loaded  # the listing is the skip's own
     assert not [name for name in loaded if name in SKIP_PATH_NEVER_IMPORTS
                 or name.startswith(tuple(f"{never}." for never in SKIP_PATH_NEVER_IMPORTS))]

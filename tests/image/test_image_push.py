@@ -12,9 +12,9 @@ from support.helpers import basic, docker_config
 from support.images import image
 
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.diff import diff_images
 from mlflow_steps.image.push import Blob, push_image
-from mlflow_steps.image.registry import RegistryClient
 
 
 def test_push_read_back_skip_and_mount(registry, tmp_path: Path, capfd) -> None:

@@ -11,8 +11,9 @@ from support.faulty_proxy import FaultyProxy
 from support.helpers import basic, docker_config, push_tiny_image
 
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.image.client import RegistryClient
+from mlflow_steps.image.credentials import load_credentials
 from mlflow_steps.image.reference import ImageRef, is_insecure
-from mlflow_steps.image.registry import RegistryClient, load_credentials
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -65,7 +66,7 @@ def test_plain_registry_exists_and_missing(registry) -> None:
     digest = push_tiny_image(registry.url, "probe/plain", "v1")
     client = RegistryClient(registry.address)
     assert client.manifest_digest("probe/plain", "v1") == digest
-    assert client.scheme == "http"  # loopback registry without TLS: plain HTTP fallback
+    assert client.transport.scheme == "http"  # loopback registry without TLS: plain HTTP fallback
     assert client.manifest_digest("probe/plain", "v2") is None
     assert client.manifest_digest("probe/never-pushed", "v1") is None
 
@@ -77,7 +78,7 @@ def test_tls_basic_auth(tls_registry, tmp_path: Path) -> None:
         tls_registry.address: {"auth": basic("alice", "s3cret-pass")}}))}
     client = RegistryClient(tls_registry.address, verify=str(tls_registry.ca_file), environ=good)
     assert client.manifest_digest("probe/tls", "v1") == digest
-    assert client.scheme == "https"
+    assert client.transport.scheme == "https"
     bad = {"DOCKER_CONFIG": str(docker_config(tmp_path / "bad", {
         tls_registry.address: {"auth": basic("alice", "wrong")}}))}
     with pytest.raises(StepError, match=r"HTTP 401.*check the credentials") as caught:

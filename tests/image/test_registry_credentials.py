@@ -14,7 +14,7 @@ from support.helpers import basic
 
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.retry import BUDGET_VARIABLE
-from mlflow_steps.image.registry import HUB_INDEX, Credentials, load_credentials
+from mlflow_steps.image.credentials import HUB_INDEX, Credentials, load_credentials
 
 HOST = "reg.example:5000"
 
@@ -205,7 +205,7 @@ def test_helper_and_registry_share_one_budget(tmp_path: Path) -> None:
     """A helper that hangs during a manifest check gets what is left of the check's budget."""
     from support.faulty_proxy import ScriptedServer
 
-    from mlflow_steps.image.registry import RegistryClient
+    from mlflow_steps.image.client import RegistryClient
 
     def slow_challenge(srv: ScriptedServer, handler) -> None:
         time.sleep(0.5)  # the challenge itself spends part of the budget

@@ -18,7 +18,7 @@ from support.helpers import push_tiny_image
 
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.retry import BUDGET_VARIABLE
-from mlflow_steps.image.registry import RegistryClient
+from mlflow_steps.image.client import RegistryClient
 
 BOUND = 15.0  # generous: proves a 3 s budget bounds the wait, not how fast it is
 BUDGET_ENV = {BUDGET_VARIABLE: "3"}
@@ -259,7 +259,7 @@ def test_insecure_registry_falls_back_on_any_tls_failure(registry, tmp_path: Pat
         # The unverified probe completes a handshake only with a certificate; the verified
         # request then fails on it. Every other failure is the probe's own.
         handshakes = 2 if mode == "untrusted-certificate" else 1
-        assert client.scheme == "http" and sniffer.handshakes == handshakes
+        assert client.transport.scheme == "http" and sniffer.handshakes == handshakes
         assert client.manifest_digest("probe/sniffed", "v2") is None
         assert sniffer.handshakes == handshakes  # the fallback is remembered
     finally:
@@ -280,7 +280,7 @@ def test_plain_http_registry_costs_no_ca_bundle(registry, monkeypatch) -> None:
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
     client = RegistryClient(registry.address, budget=10)
     assert client.manifest_digest("probe/no-ca", "v1") == digest
-    assert client.scheme == "http" and loads == []
+    assert client.transport.scheme == "http" and loads == []
 
 
 @pytest.mark.parametrize("mode", TLS_MODES)
@@ -288,13 +288,13 @@ def test_secure_registry_never_falls_back(registry, tmp_path: Path, mode: str) -
     sniffer = TlsSniffer(registry.address, mode, tmp_path)
     try:
         client = RegistryClient(sniffer.address, budget=10)
-        client.allow_plain_http = False  # as for a registry not listed insecure
+        client.transport.allow_plain_http = False  # as for a registry not listed insecure
         text, _ = failing(client, "probe/sniffed")
     finally:
         sniffer.stop()
     assert re.search(r"manifest HEAD https://\S+: TLS failure \([^)]+\); give its CA with "
                      r"--registry-ca or list it in --insecure-registries$", text), text
-    assert client.scheme == "https" and sniffer.handshakes == 1
+    assert client.transport.scheme == "https" and sniffer.handshakes == 1
 
 
 def test_tls_failure_reasons_are_specific(registry, tmp_path: Path) -> None:
@@ -303,7 +303,7 @@ def test_tls_failure_reasons_are_specific(registry, tmp_path: Path) -> None:
         sniffer = TlsSniffer(registry.address, mode, tmp_path)
         try:
             client = RegistryClient(sniffer.address, budget=10)
-            client.allow_plain_http = False
+            client.transport.allow_plain_http = False
             text, _ = failing(client)
         finally:
             sniffer.stop()

@@ -15,7 +15,7 @@ from support.helpers import docker_config
 from support.token_server import SERVICE, TokenServer
 
 from mlflow_steps.core.errors import StepError
-from mlflow_steps.image.registry import RegistryClient
+from mlflow_steps.image.client import RegistryClient
 
 USER, PASSWORD, REFRESH = "alice", "pw-Zq9xK2-registry-secret", "refresh-7Hq-identity-secret"
 BASIC = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

@@ -26,9 +26,9 @@ from support.helpers import write_codeset
 from support.hostile_registry import Exchange, HostileRegistry
 from support.synthetic_base import push_synthetic_base
 
+from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import Entry, write_layer
 from mlflow_steps.image.push import Blob, push_image
-from mlflow_steps.image.registry import RegistryClient
 
 BIG = 16 << 20
 LAYER_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -37,7 +37,7 @@ LAYER_FILE = """
 import sys
 from pathlib import Path
 from mlflow_steps.build.direct.base_image import layer_file
-from mlflow_steps.image.registry import RegistryClient
+from mlflow_steps.image.client import RegistryClient
 address, repository, digest, size, cache = sys.argv[1:]
 descriptor = {"mediaType": "MEDIA_TYPE", "digest": digest, "size": int(size)}
 print(layer_file(RegistryClient(address), repository, descriptor, Path(cache)))

@@ -15,8 +15,8 @@ from support.hostile_registry import HostileRegistry, answer, forward
 from support.images import image
 
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.push import push_image
-from mlflow_steps.image.registry import RegistryClient
 
 ALICE = ("alice", "alice-pass")
 ALICE_BASIC = f"Basic {basic(*ALICE)}"
@@ -92,7 +92,7 @@ def test_redirects_to_another_host_or_to_plain_http_drop_credentials(registry,
         client = RegistryClient(origin.address, verify=str(origin.ca_file),
                                 environ=login(tmp_path, origin.address))
         assert client.blob("scope/redirect", digest, 1000) == path.read_bytes()
-        assert client.base_url == f"https://{origin.address}"
+        assert client.transport.base_url == f"https://{origin.address}"
         origin.on("GET", blob, answer(307, headers={"Location": origin.url + blob}), times=None)
         with pytest.raises(StepError, match="answered HTTP 401"):
             client.blob("scope/redirect", digest, 1000)

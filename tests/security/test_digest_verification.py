@@ -15,8 +15,8 @@ from support.hostile_registry import HostileRegistry, forward
 from support.images import image
 
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.push import canonical, push_image
-from mlflow_steps.image.registry import RegistryClient
 
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 WRONG = "sha256:" + "0" * 64

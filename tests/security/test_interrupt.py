@@ -25,7 +25,7 @@ from support.helpers import MINIMAL_MLPROJECT, basic, docker_config, make_wheel,
 from support.hostile_registry import Action, Exchange, HostileRegistry
 from support.synthetic_base import push_synthetic_base
 
-from mlflow_steps.image.registry import RegistryClient
+from mlflow_steps.image.client import RegistryClient
 
 PROBE = "mls-interrupt-probe"
 BIG_FILE_BYTES = 160 << 20  # random: a few seconds of compression on any machine we use

@@ -23,7 +23,7 @@ from support.trickle_server import BODY, HEADERS, TrickleServer
 from mlflow_steps.build.conda_install import fetch
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.retry import BUDGET_VARIABLE
-from mlflow_steps.image.registry import RegistryClient
+from mlflow_steps.image.client import RegistryClient
 
 BUDGET = 3
 BOUND = BUDGET + 12  # the requirement: within the budget; the margin: start-up, a busy CI

@@ -21,7 +21,7 @@ from support.synthetic_base import build
 
 from mlflow_steps.build.direct.installed import distributions, image_markers, unmet_requirements
 from mlflow_steps.build.dockerfile import uv_binary
-from mlflow_steps.image.registry import RegistryClient
+from mlflow_steps.image.client import RegistryClient
 
 PROBE = "mls_pth_probe"
 SECRETS = {"MLFLOW_TRACKING_TOKEN": "tracking-token-7f3a9c",

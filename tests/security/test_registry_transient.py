@@ -15,8 +15,8 @@ from support.images import image
 
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.retry import RETRIES
+from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.push import push_image
-from mlflow_steps.image.registry import RegistryClient
 
 UPLOAD = "/blobs/uploads/"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import Entry, write_layer
 from mlflow_steps.image.push import Blob, push_image
-from mlflow_steps.image.registry import RegistryClient
 from support.helpers import (
     run_cli,
 )

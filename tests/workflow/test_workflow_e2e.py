@@ -230,7 +230,7 @@ def test_kaniko_builds_the_plan_and_trains(workflow, docker_engine, stack_root,
                     "Kaniko executor image the test engine can pull")
 def test_kaniko_reproducible_plans_give_one_digest(workflow, stack_root) -> None:
     """Kaniko with --reproducible, twice, into two empty registries: one digest."""
-    from mlflow_steps.image.registry import RegistryClient
+    from mlflow_steps.image.client import RegistryClient
 
     digests = []
     for name in ("kaniko-repro-a", "kaniko-repro-b"):

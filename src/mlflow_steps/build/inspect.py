@@ -8,8 +8,8 @@ from pathlib import Path
 
 from mlflow_steps.core.bounded import decompressed, load_json, read_limited
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.reference import ImageRef
-from mlflow_steps.image.registry import RegistryClient
 
 LABEL_PREFIX = "io.mlflow-steps."
 MAX_LAYER_BYTES = 64 << 20  # the lock is in a small top layer; environment layers are skipped

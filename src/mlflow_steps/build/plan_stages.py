@@ -30,8 +30,9 @@ from mlflow_steps.build.step import (
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.stepio import write_atomically
+from mlflow_steps.image.client import RegistryClient
+from mlflow_steps.image.credentials import docker_config_dir
 from mlflow_steps.image.reference import ImageRef
-from mlflow_steps.image.registry import RegistryClient, docker_config_dir
 
 
 def prepare(codeset: Path, inputs: BuilderInputs, executor_name: str, plan_dir: Path,

@@ -15,8 +15,9 @@ from mlflow_steps.core.terminal import shown
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH, env_tag, template_version
 from mlflow_steps.env.pipconfig import BuildPipConfig, collect_pip_config
 from mlflow_steps.env.spec import BuildOptions, EnvSpec, resolve_env
+from mlflow_steps.image.client import RegistryClient
+from mlflow_steps.image.credentials import docker_config_dir
 from mlflow_steps.image.reference import ImageRef, check_destination
-from mlflow_steps.image.registry import RegistryClient, docker_config_dir
 
 if TYPE_CHECKING:
     from mlflow_steps.build.engines.engine import Backend, BuildRequest

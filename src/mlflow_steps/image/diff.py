@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from mlflow_steps.core.bounded import decompressed, load_json
 from mlflow_steps.core.errors import StepError
-from mlflow_steps.image.registry import RegistryClient
+from mlflow_steps.image.client import RegistryClient
 
 MAX_LAYER_BYTES = 2 << 30
 MAX_LAYER_TAR_BYTES = 16 << 30  # what a layer may decompress to (read as a stream)

@@ -11,8 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import LAYER_MEDIA_TYPE
-from mlflow_steps.image.registry import RegistryClient
 
 # Docker's schema 2 types, what `docker push` writes: every client and registry takes them
 # (a registry may hide an OCI manifest from a client that does not ask for OCI).

@@ -35,7 +35,7 @@ from mlflow_steps.build.plan import (
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import Redactor
 from mlflow_steps.env.pipconfig import collect_pip_config
-from mlflow_steps.image.registry import docker_config_dir
+from mlflow_steps.image.credentials import docker_config_dir
 from mlflow_steps.workflow.engine import (
     ENGINE_SOCKET_LABEL,
     PIP_CONFIG_LABEL,

@@ -19,8 +19,8 @@ from mlflow_steps.build.direct import NotApplicable
 from mlflow_steps.core.cache import entry_lock
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.stepio import write_atomically
+from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.reference import ImageRef
-from mlflow_steps.image.registry import RegistryClient
 
 MAX_BASE_LAYER = 8 << 30
 MAX_CONFIG = 4 << 20

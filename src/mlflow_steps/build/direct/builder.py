@@ -24,9 +24,9 @@ from mlflow_steps.build.engines.engine import Backend, BuildRequest
 from mlflow_steps.core.cache import cache_root
 from mlflow_steps.core.interrupt import ThreadPool, private_directory
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
+from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import LayerCache, entries_key, write_layer
 from mlflow_steps.image.push import Blob, push_image
-from mlflow_steps.image.registry import RegistryClient
 
 LAYOUT_VERSION = "direct-2"  # part of every layer's cache key
 

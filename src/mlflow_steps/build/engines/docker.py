@@ -13,9 +13,9 @@ from mlflow_steps.build.engines.engine import Backend, BuildRequest
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.cache import cache_root
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import LayerCache
 from mlflow_steps.image.push import Blob, push_image
-from mlflow_steps.image.registry import RegistryClient
 
 MAX_CONFIG_BYTES = 4 << 20
 
