@@ -10,18 +10,19 @@ from typing import Any
 
 import click
 
+from mlflow_steps.build import builder_plan
+from mlflow_steps.build.builder_plan import DEFAULT_EXECUTOR, EXECUTORS, PLAN_MOUNT
 from mlflow_steps.build.engines import BUILDER_CHOICES, COMPRESSIONS
 from mlflow_steps.build.fuseml import DEFAULT_REPOSITORY
-from mlflow_steps.build.plan import DEFAULT_EXECUTOR, EXECUTORS, PLAN_MOUNT
-from mlflow_steps.cli.inputs import codeset_argument, hosts, step_input
+from mlflow_steps.build.step import BuilderInputs, resolve_spec, run_builder
+from mlflow_steps.cli.inputs import codeset_argument, hosts, step_input, write_results
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.interrupt import interruptible
-from mlflow_steps.core.stepio import result_path, write_outputs
 from mlflow_steps.env.hashing import env_tag, template_version
 from mlflow_steps.env.spec import STRATEGIES, BuildOptions
 
-# Each command imports what only it needs when it runs (the builder's skip path must not
-# pay for jinja2, the engines or the builder plan's steps).
+# `render` imports its modules when it runs (and the builder plan when it builds): the
+# builder's skip path (`build` when the tag exists) must not pay for jinja2 or the engines.
 
 
 def build_inputs(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -68,8 +69,6 @@ conda_channel_alias_input = step_input(
 @click.option("--explain", is_flag=True, help="Print the normalised spec that is hashed.")
 def hash_command(codeset: Path, explain: bool, forward_pip_config: bool, **inputs: Any) -> None:
     """Print the environment tag of CODESET (the tag `build` pushes)."""
-    from mlflow_steps.build.step import resolve_spec
-
     spec, _ = resolve_spec(codeset, _options(**inputs), dict(os.environ), forward_pip_config)
     if explain:
         click.echo(spec.explain(template_version()))
@@ -89,7 +88,6 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
     for CODESET."""
     from mlflow_steps.build.dockerfile import write_context
     from mlflow_steps.build.image_plan import image_plan
-    from mlflow_steps.build.step import resolve_spec
 
     spec, _ = resolve_spec(codeset, _options(**inputs), dict(os.environ), forward_pip_config)
     write_context(image_plan(spec), output_dir, conda_channel_alias=conda_channel_alias)
@@ -149,8 +147,6 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
                   **inputs: Any) -> None:
     """Build and push CODESET's environment image unless the registry already has it."""
     with interruptible():  # SIGTERM/SIGINT: the build's files and children gone, no output
-        from mlflow_steps.build.step import BuilderInputs, run_builder
-
         environ = dict(os.environ)
         builder_inputs = BuilderInputs(
             options=_options(env_strategy, base_image, miniconda_version, resolve),
@@ -160,23 +156,15 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
         if stage != "all" and builder_inputs.check_reproducible:
             raise StepError("builds twice here, so it needs --stage all (the builder plan "
                             "builds once, in the executor)", field="check_reproducible")
-        if stage != "all":
-            from mlflow_steps.build import plan_stages
         if stage == "prepare":
-            plan = plan_stages.prepare(codeset, builder_inputs, executor, plan_dir, environ,
+            plan = builder_plan.prepare(codeset, builder_inputs, executor, plan_dir, environ,
                                         skip_result, args_result)
             click.echo("skip" if plan.skip else "build")
             return
         if stage == "verify":
-            outcome = plan_stages.verify(plan_dir, environ)
+            outcome = builder_plan.verify(plan_dir, environ)
         else:
             outcome = run_builder(codeset, builder_inputs, environ)
-        outputs = {}
-        for path in (output_file, result_path(environ, "TASK_RESULT")):
-            if path:
-                outputs[path] = outcome.pull_reference
-        for path in (digest_file, result_path(environ, "TASK_RESULT_DIGEST")):
-            if path:
-                outputs[path] = outcome.digest
-        write_outputs(outputs)
+        write_results(environ, (output_file, "TASK_RESULT", outcome.pull_reference),
+                      (digest_file, "TASK_RESULT_DIGEST", outcome.digest))
         click.echo(outcome.pull_reference)

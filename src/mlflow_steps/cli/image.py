@@ -7,8 +7,11 @@ from pathlib import Path
 
 import click
 
+from mlflow_steps.build.inspect import codeset_matches, read_image
 from mlflow_steps.cli.inputs import hosts
 from mlflow_steps.core.terminal import report, shown
+from mlflow_steps.image.client import RegistryClient
+from mlflow_steps.image.reference import ImageRef, check_reference
 
 
 @click.command("inspect")
@@ -24,10 +27,6 @@ def inspect_command(image: str, codeset: Path | None, insecure_registries: str,
                     registry_ca: Path | None) -> None:
     """What runtime IMAGE holds (env tag, spec, strategy, base, lock), from the registry
     alone: no pull, no engine."""
-    from mlflow_steps.build.inspect import codeset_matches, read_image
-    from mlflow_steps.image.client import RegistryClient
-    from mlflow_steps.image.reference import ImageRef, check_reference
-
     check_reference(image, source="inspect", field="IMAGE")
     client = RegistryClient(
         ImageRef.parse(image).registry,

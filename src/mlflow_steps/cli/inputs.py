@@ -1,5 +1,5 @@
 """What the step commands share: a step input (a flag and its FUSEML_* variable), the
-CODESET argument, and host lists."""
+CODESET argument, host lists, and writing the step's results."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from mlflow_steps.core.stepio import result_path, write_outputs
 
 
 def _empty_is_default(default: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -43,3 +45,13 @@ codeset_argument = click.argument(
 def hosts(text: str) -> tuple[str, ...]:
     """A comma-separated host list (insecure_registries), blanks dropped."""
     return tuple(host.strip() for host in text.split(",") if host.strip())
+
+
+def write_results(environ: dict[str, str], *results: tuple[Path | None, str, str]) -> None:
+    """Each (file flag, result variable, value): the value goes to the flag's file and to the
+    step result the variable names (``result_path``); all files are written or none."""
+    outputs: dict[Path, str] = {}
+    for path, variable, value in results:
+        outputs.update({target: value for target in (path, result_path(environ, variable))
+                        if target})
+    write_outputs(outputs)

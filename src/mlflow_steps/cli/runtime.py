@@ -5,25 +5,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from mlflow_steps.cli.inputs import codeset_argument, hosts, step_input
+from mlflow_steps.cli.inputs import codeset_argument, hosts, step_input, write_results
 from mlflow_steps.core.errors import StepError
-from mlflow_steps.core.stepio import result_path, write_outputs
 from mlflow_steps.core.terminal import report
+from mlflow_steps.runtime.model import Registration, parse_tags
 
-if TYPE_CHECKING:
-    from mlflow_steps.runtime.model import Registration
-
-# Each command imports what only it needs when it runs (MLflow, requests, the registry).
+# Each command imports its step's modules when it runs: `run` does not pay for requests
+# (serve), `serve` not for MLflow, and `mlflow-steps --help` for neither.
 
 
 def _registration(name: str | None, alias: str | None, tags: str | None,
                   description: str | None) -> Registration | None:
-    from mlflow_steps.runtime.model import Registration, parse_tags
-
     if not name:
         for field, value in (("mlflow_model_alias", alias), ("mlflow_model_tags", tags),
                              ("mlflow_model_description", description)):
@@ -62,15 +58,10 @@ def run_command(codeset: Path, output_file: Path | None, run_id_file: Path | Non
     registration = _registration(mlflow_register_model, mlflow_model_alias, mlflow_model_tags,
                                  mlflow_model_description)
     outcome = run_runtime(codeset, RuntimeInputs(registration=registration, **inputs), environ)
-    models_uri = outcome.registered_uri or outcome.model.models_uri
-    outputs = {}
-    for paths, value in (
-        ((output_file, result_path(environ, "TASK_RESULT")), outcome.model.url),
-        ((run_id_file, result_path(environ, "TASK_RESULT_RUN_ID")), outcome.run_id),
-        ((model_uri_file, result_path(environ, "TASK_RESULT_MODEL_URI")), models_uri),
-    ):
-        outputs.update({path: value for path in paths if path})
-    write_outputs(outputs)
+    write_results(environ, (output_file, "TASK_RESULT", outcome.model.url),
+                  (run_id_file, "TASK_RESULT_RUN_ID", outcome.run_id),
+                  (model_uri_file, "TASK_RESULT_MODEL_URI",
+                   outcome.registered_uri or outcome.model.models_uri))
     click.echo(f"mlflow-steps: run {outcome.run_id} logged {outcome.model.models_uri}"
                + (f", registered as {outcome.registered_uri}" if outcome.registered_uri else ""),
                err=True)
@@ -95,8 +86,7 @@ def serve_command(output_file: Path | None, model: str | None, runtime_image: st
     environ = dict(os.environ)
     url = serve_model(ServeInputs(model=model or "", runtime_image=runtime_image or "",
                                   **inputs), environ)
-    write_outputs({path: url for path in (output_file, result_path(environ, "TASK_RESULT"))
-                   if path})
+    write_results(environ, (output_file, "TASK_RESULT", url))
     click.echo(url)
 
 
