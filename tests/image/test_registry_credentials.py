@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -193,12 +195,55 @@ def test_hanging_credential_helper_is_bounded(tmp_path: Path) -> None:
     assert time.monotonic() - started < 15
     assert str(caught.value).endswith(f"credsStore: docker-credential-slow get did not finish "
                                       f"within 2 s ({BUDGET_VARIABLE} sets the budget)")
+    assert ended(pid_file), "the helper's child lives"
+
+
+def ended(pid_file: Path, within: float = 5) -> bool:
+    """Whether the process whose pid ``pid_file`` holds is gone (or a zombie) within
+    ``within`` seconds."""
     stat = Path(f"/proc/{pid_file.read_text().strip()}/stat")
-    deadline = time.monotonic() + 5
-    while stat.exists() and re.search(r"\) [^Z] ", stat.read_text()) and \
-            time.monotonic() < deadline:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            state = stat.read_text().rsplit(") ", 1)[1][:1]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X") or time.monotonic() > deadline:
+            return state in ("Z", "X")
         time.sleep(0.1)
-    assert not stat.exists() or re.search(r"\) Z ", stat.read_text()), "helper's child lives"
+
+
+def test_interrupted_credential_helper_is_ended(tmp_path: Path) -> None:
+    """SIGTERM while the skip check waits on a credential helper: the build exits with
+    128 + SIGTERM at once, and the helper's process group is gone with it."""
+    from support.faulty_proxy import ScriptedServer
+    from support.helpers import EXAMPLE
+
+    def challenge(srv: ScriptedServer, handler) -> None:
+        srv.answer(handler, 401, headers={"WWW-Authenticate": 'Basic realm="x"'})
+
+    registry = ScriptedServer(challenge)
+    pid_file = tmp_path / "sleeper.pid"
+    env = {**os.environ, **environment(tmp_path, {"credsStore": "slow"},
+                                       slow=f'sleep 60 & echo $! > "{pid_file}"; wait'),
+           "FUSEML_REGISTRY": registry.address, "FUSEML_REPOSITORY": "helper/interrupted",
+           "FUSEML_BUILDER": "docker", "DOCKER_HOST": "unix:///nonexistent.sock"}
+    build = subprocess.Popen([sys.executable, "-m", "mlflow_steps", "build", str(EXAMPLE)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            assert build.poll() is None and time.monotonic() < deadline, build.stderr
+            time.sleep(0.05)
+        signalled = time.monotonic()
+        build.send_signal(signal.SIGTERM)
+        _, stderr = build.communicate(timeout=30)
+    finally:
+        build.kill()
+        registry.stop()
+    assert build.returncode == 128 + signal.SIGTERM, stderr
+    assert time.monotonic() - signalled < 5
+    assert ended(pid_file), "the helper's child lives"
 
 
 def test_helper_and_registry_share_one_budget(tmp_path: Path) -> None:
