@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from builder_bench import EXAMPLE, fresh_stack, run, spread
 from devstack import buildah_env
+from result import buildah_version, docker_engine, ratio, table, write_result
 
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.diff import diff_images
@@ -68,15 +69,28 @@ def main() -> None:
                         digests[backend].setdefault(str(digest), repository)
         differing = {backend: what_differs(client, found)
                      for backend, found in digests.items() if len(found) > 1}
+        engine_facts = f"{docker_engine(engine.cli)}; {buildah_version()}"
     print(f"{'':<9}{'reproducible':>26}{'not reproducible':>26}{'ratio':>8}  digests")
+    cost = {}  # reproducible / not, per backend
     for backend in environments:
         on, off = times[(backend, MODES[0])], times[(backend, MODES[1])]
-        ratio = statistics.median(on) / statistics.median(off)
+        cost[backend] = statistics.median(on) / statistics.median(off)
         same = "one" if len(digests[backend]) == 1 else f"{len(digests[backend])} different"
-        print(f"{backend:<9}{spread(on):>26}{spread(off):>26}{ratio:>7.2f}x  {same}")
+        print(f"{backend:<9}{spread(on):>26}{spread(off):>26}{cost[backend]:>7.2f}x  {same}")
     for backend, found in differing.items():
         print(f"{backend}: what differs between its reproducible builds:")
         print("\n".join(f"  {line}" for line in found))
+    write_result("reproducible", __doc__.splitlines()[0], vars(args), [table(
+        "Cold build+push of the example, every build cold",
+        {"reproducible": "s", "not reproducible": "s"},
+        {backend: {"reproducible": times[(backend, MODES[0])],
+                   "not reproducible": times[(backend, MODES[1])]}
+         for backend in environments})],
+        [ratio(f"{backend}: reproducible / not", cost[backend]) for backend in environments],
+        engine=engine_facts,
+        checks={f"{backend}: digests of the reproducible builds":
+                "one" if len(found) == 1 else f"{len(found)} different"
+                for backend, found in digests.items()})
 
 
 if __name__ == "__main__":
