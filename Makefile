@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 EXAMPLE := examples/sklearn-logreg
 OUT := out
 
-.PHONY: setup demo test lint bench images push
+.PHONY: setup demo test lint bench perf-report images push
 
 setup:
 	./scripts/setup.sh
@@ -49,6 +49,11 @@ bench: setup
 	$(BIN)/python bench/reproducible_bench.py
 	$(BIN)/python bench/runtime_bench.py
 	$(BIN)/python bench/server_bench.py
+	$(BIN)/python bench/report.py
+
+# docs/performance.md (and its chart) from the results the benches wrote in bench/results/.
+perf-report: setup
+	$(BIN)/python bench/report.py
 
 images: setup
 	$(BIN)/python scripts/images.py
