@@ -9,10 +9,10 @@ import pytest
 from support.faulty_proxy import ScriptedServer
 from urllib3.exceptions import MaxRetryError
 
+from mlflow_steps.core.deadline import Deadline
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.retry import (
     BUDGET_VARIABLE,
-    Deadline,
     RetryingHttp,
     environment_proxy,
     network_budget,

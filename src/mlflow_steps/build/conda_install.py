@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from mlflow_steps.build.image_plan import EnvironmentInstall
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.bounded import file_digest
 from mlflow_steps.core.cache import (
@@ -28,16 +29,16 @@ from mlflow_steps.core.cache import (
     temporary_beside,
     users_temp_directory,
 )
+from mlflow_steps.core.deadline import Deadline
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import redact
 from mlflow_steps.core.retry import (
     BUDGET_VARIABLE,
-    Deadline,
     RetryingHttp,
     is_timeout,
     network_budget,
 )
-from mlflow_steps.env.spec import EnvSpec, strip_credentials
+from mlflow_steps.env.spec import strip_credentials
 
 DEFAULT_CHANNEL_ALIAS = "https://conda.anaconda.org/"
 DEFAULT_CHANNELS = ("conda-forge",)
@@ -135,12 +136,13 @@ def _child(command: str, payload: dict[str, Any], secrets: list[str], source: st
     return answer["result"]
 
 
-def solve(spec: EnvSpec, channels: CondaChannels, cache: Path) -> list[dict[str, Any]]:
+def solve(install: EnvironmentInstall, channels: CondaChannels, cache: Path
+          ) -> list[dict[str, Any]]:
     """The packages of the conda.yaml's conda part, solved for linux-64."""
-    return _child("solve", {"channels": list(spec.conda_channels or DEFAULT_CHANNELS),
-                            "specs": list(spec.conda_dependencies), "alias": channels.alias,
+    return _child("solve", {"channels": list(install.conda_channels or DEFAULT_CHANNELS),
+                            "specs": list(install.conda_dependencies), "alias": channels.alias,
                             "cache": str(cache / "repodata")},
-                  [channels.alias], spec.source or "conda.yaml")
+                  [channels.alias], install.source or "conda.yaml")
 
 
 def _archive_name(record: Mapping[str, Any]) -> str:
@@ -219,14 +221,16 @@ def _download(url: str, target: Path, http: RetryingHttp, budget: float,
                         source="conda channel") from None
 
 
-def stage_environment(spec: EnvSpec, staging: Path, prefix: str, channels: CondaChannels,
-                      environ: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Install the spec's conda packages into ``staging`` as ``prefix``; return the records."""
+def stage_environment(install: EnvironmentInstall, staging: Path, prefix: str,
+                      channels: CondaChannels, environ: Mapping[str, str]
+                      ) -> list[dict[str, Any]]:
+    """Install the plan's conda packages into ``staging`` as ``prefix``; return the
+    records."""
     cache = cache_dir(environ)
-    source = spec.source or "conda environment"
+    source = install.source or "conda environment"
     secrets = [channels.alias]
-    records = (list(spec.locked_conda) if spec.strategy == "conda-lock"
-               else solve(spec, channels, cache))
+    records = ([dict(record) for record in install.locked_conda]
+               if install.strategy == "conda-lock" else solve(install, channels, cache))
     archives = fetch(records, cache, environ, source, secrets)
     _child("install", {"archives": [str(a) for a in archives], "staging": str(staging),
                        "prefix": prefix, "cache": str(cache / "extracted")}, secrets, source)

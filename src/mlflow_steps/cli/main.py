@@ -17,10 +17,11 @@ from typing import NoReturn
 import click
 
 from mlflow_steps import __version__
+from mlflow_steps.core.deadline import DEFAULT_BUDGET_SECONDS
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.interrupt import Interrupted, exit_now
 from mlflow_steps.core.redaction import secret_values
-from mlflow_steps.core.retry import BUDGET_VARIABLE, DEFAULT_BUDGET_SECONDS
+from mlflow_steps.core.retry import BUDGET_VARIABLE
 from mlflow_steps.core.terminal import shown
 
 DEBUG_VARIABLE = "MLFLOW_STEPS_DEBUG"

@@ -30,8 +30,28 @@ UPLOAD_CHUNK = 64 << 20  # larger blobs go up in chunks of this size (bounded me
 _VERIFIABLE = ("sha256", "sha512")  # digest algorithms content is checked against (OCI's)
 
 
+class RegistryClients:
+    """A command's registry clients: one per registry host, made when first asked for, all
+    with the command's options; passed down, so a token or a TLS fallback learnt once
+    serves the whole command."""
+
+    def __init__(self, *, insecure_registries: tuple[str, ...] = (),
+                 verify: bool | str = True, environ: dict[str, str] | None = None) -> None:
+        self.insecure_registries, self.verify = insecure_registries, verify
+        self.environ = environ
+        self._clients: dict[str, RegistryClient] = {}
+
+    def client(self, host: str) -> RegistryClient:
+        """The client of the registry at ``host``."""
+        if host not in self._clients:
+            self._clients[host] = RegistryClient(
+                host, insecure_registries=self.insecure_registries, verify=self.verify,
+                environ=self.environ)
+        return self._clients[host]
+
+
 class RegistryClient:
-    """One registry's manifests and blobs (a command makes one per registry host)."""
+    """One registry's manifests and blobs (a command makes one per host: RegistryClients)."""
 
     def __init__(self, host: str, *, insecure_registries: tuple[str, ...] = (),
                  verify: bool | str = True, environ: dict[str, str] | None = None,
