@@ -21,7 +21,7 @@ from pathlib import Path
 
 from devstack import DockerEngine, Registry, docker_cli, local_stack, push_base_image
 
-from mlflow_steps.build.engines.base import PIP_CA_SECRET, PIP_CONFIG_SECRET, SECRET_MOUNT_TARGETS
+from mlflow_steps.env.pip_secrets import secret_arguments, write_secret_files
 from mlflow_steps.env.pipconfig import collect_pip_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,16 +52,7 @@ def write_context(dockerfile_dir: Path, target: Path) -> Path:
 
 def pip_secrets(directory: Path) -> list[str]:
     """`--secret` arguments carrying this machine's pip config (files in ``directory``)."""
-    pip = collect_pip_config(dict(os.environ))
-    if pip.empty:
-        return []
-    config = directory / "pip.conf"
-    ca_target = SECRET_MOUNT_TARGETS[PIP_CA_SECRET] if pip.ca_bundle else None
-    config.write_text(pip.pip_conf(ca_target))
-    args = ["--secret", f"id={PIP_CONFIG_SECRET},src={config}"]
-    if pip.ca_bundle:
-        args += ["--secret", f"id={PIP_CA_SECRET},src={pip.ca_bundle}"]
-    return args
+    return secret_arguments(write_secret_files(directory, collect_pip_config(dict(os.environ))))
 
 
 def push_docker_cli_image(engine: DockerEngine, registry: Registry) -> str:

@@ -14,12 +14,12 @@ from support.helpers import EXAMPLE, REPO, run_cli
 from mlflow_steps.build.dockerfile import (
     OWN_LAYERS,
     TOOLING_WHEEL,
-    PipConfigDelivery,
     render_dockerfile,
     write_context,
 )
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.hashing import env_tag
+from mlflow_steps.env.pip_secrets import PipConfigDelivery
 from mlflow_steps.env.spec import BuildOptions, resolve_env
 
 LOCK = (REPO / "tests/data/conda-lock.yml").read_text()

@@ -1,4 +1,5 @@
-"""Build-time pip configuration: sources, precedence, what is forwarded and what is shown."""
+"""Build-time pip configuration: sources, precedence, what is forwarded and what is shown
+(how it is delivered: test_pip_secrets.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.env.pip_secrets import pip_conf
 from mlflow_steps.env.pipconfig import collect_pip_config, pip_config_files
 
 
@@ -47,7 +49,7 @@ def test_credentials_stay_in_the_secret_file_only(tmp_path: Path) -> None:
     pip = collect(environ(
         tmp_path, PIP_INDEX_URL="https://bob:tok3n@mirror.example/simple",
         PIP_EXTRA_INDEX_URL="https://amy:pw9@extra.example/simple"))
-    assert "tok3n" in pip.pip_conf(None) and "pw9" in pip.pip_conf(None)
+    assert "tok3n" in pip_conf(pip, None) and "pw9" in pip_conf(pip, None)
     index, extras = pip.public_urls()
     assert index == "https://mirror.example/simple"
     assert extras == ("https://extra.example/simple",)
@@ -59,38 +61,9 @@ def test_ca_target_and_empty(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("CA")
     pip = collect(environ(tmp_path, PIP_CERT=str(ca)))
-    assert pip.pip_conf("/run/secrets/pip-ca.pem") == "[global]\ncert = /run/secrets/pip-ca.pem\n"
+    assert pip_conf(pip, "/run/secrets/pip-ca.pem") == "[global]\ncert = /run/secrets/pip-ca.pem\n"
     with pytest.raises(StepError, match=r"CA bundle '/nope\.pem' not found"):
         collect(environ(tmp_path, PIP_CERT="/nope.pem"))
-
-
-def test_uv_env_carries_the_same_settings_quoted(tmp_path: Path) -> None:
-    from mlflow_steps.env.pipconfig import BuildPipConfig
-
-    ca = tmp_path / "ca.pem"
-    ca.write_text("CA")
-    config = BuildPipConfig(index_url="https://u:p$w'd@mirror.example/simple",
-                            extra_index_urls=("https://a.example/s", "https://b.example/s"),
-                            trusted_hosts=("mirror.example",), ca_bundle=ca)
-    text = config.uv_env("/run/secrets/pip-ca.pem")
-    assert text.splitlines() == [
-        "UV_INDEX_URL='https://u:p$w'\"'\"'d@mirror.example/simple'",
-        "UV_EXTRA_INDEX_URL='https://a.example/s https://b.example/s'",
-        "UV_INSECURE_HOST=mirror.example", "SSL_CERT_FILE=/run/secrets/pip-ca.pem"]
-    assert BuildPipConfig().uv_env(None) == ""
-
-
-def test_uv_process_env_keeps_the_cache_and_drops_the_hosts_index() -> None:
-    """uv runs here with the forwarded index only; the host's cache directory is kept (the
-    direct builder hard-links from it, a bench gives each build an empty one)."""
-    from mlflow_steps.env.pipconfig import BuildPipConfig
-
-    env = BuildPipConfig(index_url="https://mirror.example/simple").uv_process_env(
-        {"UV_CACHE_DIR": "/caches/uv", "UV_INDEX_URL": "https://host.example/simple",
-         "UV_EXTRA_INDEX_URL": "https://other.example/simple", "HOME": "/home/x"})
-    assert env["UV_CACHE_DIR"] == "/caches/uv" and env["HOME"] == "/home/x"
-    assert env["UV_INDEX_URL"] == "https://mirror.example/simple"
-    assert "other.example" not in env.get("UV_EXTRA_INDEX_URL", "")
 
 
 @pytest.mark.parametrize("variable, value", [

@@ -11,7 +11,6 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +26,7 @@ from mlflow_steps.env.hashing import (
     spec_digest,
     tooling_files,
 )
+from mlflow_steps.env.pip_secrets import NO_MOUNTS, UV_CONFIG_TARGET, PipConfigDelivery
 from mlflow_steps.env.spec import EnvSpec
 
 if TYPE_CHECKING:
@@ -40,8 +40,6 @@ SBOM_TOOL = "cyclonedx-bom==7.5.0"  # run from the build cache, never in a layer
 # Reproducible output; no schema validation of the generator's own output (it takes 5-12 s
 # per environment, and the output is the same)
 SBOM_ARGS = ("environment", "--no-validate", "--output-reproducible", "--of", "JSON")
-# Where RUN steps find the build-time uv settings (a secret mount; absent without any).
-UV_CONFIG_TARGET = "/run/secrets/uv.env"
 TOOLING_PREFIX = "/opt/mlflow-steps"
 # Owned by the runtime user in the image itself; never the codeset mount (/project), which
 # only exists when a step runs, nor any path a builder uses.
@@ -73,18 +71,6 @@ IMAGE_COMMAND = (f"{TOOLING_PREFIX}/bin/mlflow-steps", "run", CODESET_PATH)
 CONDA_STRATEGIES = ("conda", "conda-lock")
 TEMPLATES = {"pip": "pip.Dockerfile.j2", "conda": "conda.Dockerfile.j2",
              "conda-lock": "conda-lock.Dockerfile.j2"}
-
-
-@dataclass(frozen=True)
-class PipConfigDelivery:
-    """How pip-using RUN steps see the build-time pip config without it entering a layer:
-    secret mounts (``mounts``: id → target)."""
-
-    mounts: tuple[tuple[str, str], ...] = ()
-
-    def prefix(self) -> str:
-        """Words to put right after RUN in pip-using steps."""
-        return "".join(f"--mount=type=secret,id={i},target={t} " for i, t in self.mounts)
 
 
 def _environment() -> jinja2.Environment:
@@ -207,7 +193,7 @@ def image_labels(spec: EnvSpec) -> dict[str, str]:
             "io.mlflow-steps.sbom": SBOM_PATH}
 
 
-def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDelivery()) -> str:
+def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = NO_MOUNTS) -> str:
     """The Dockerfile text for ``spec``."""
     template = _environment().get_template(TEMPLATES[spec.strategy])
     return template.render(
@@ -243,7 +229,7 @@ def render_dockerfile(spec: EnvSpec, delivery: PipConfigDelivery = PipConfigDeli
 
 
 def write_context(spec: EnvSpec, out_dir: Path,
-                  delivery: PipConfigDelivery = PipConfigDelivery(),
+                  delivery: PipConfigDelivery = NO_MOUNTS,
                   conda_channel_alias: str | None = None,
                   environ: Mapping[str, str] | None = None) -> Path:
     """Write Dockerfile, env/, tooling/ (the tooling wheel), tools/ (uv) and, for conda

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,6 +12,7 @@ from mlflow_steps.build.fuseml import DEFAULT_REPOSITORY, FUSEML_PULL_REGISTRY, 
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.terminal import shown
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH, env_tag, template_version
+from mlflow_steps.env.pip_secrets import run_mounts, write_secret_files
 from mlflow_steps.env.pipconfig import BuildPipConfig, collect_pip_config
 from mlflow_steps.env.spec import BuildOptions, EnvSpec, resolve_env
 from mlflow_steps.image.client import RegistryClient
@@ -85,35 +85,6 @@ def resolve_spec(codeset: Path, options: BuildOptions, environ: dict[str, str],
 
         spec = pinned_spec(spec, pip, environ)
     return spec, pip
-
-
-def _write_private(path: Path, text: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    return path
-
-
-def write_pip_secrets(directory: Path, pip: BuildPipConfig) -> dict[str, Path]:
-    """pip.conf, its uv equivalent (+ the CA bundle) as private files for the engine's
-    secret mounts."""
-    from mlflow_steps.build.engines.engine import (
-        PIP_CA_SECRET,
-        PIP_CONFIG_SECRET,
-        SECRET_MOUNT_TARGETS,
-        UV_CONFIG_SECRET,
-    )
-
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ca_target = SECRET_MOUNT_TARGETS[PIP_CA_SECRET] if pip.ca_bundle else None
-    secrets = {PIP_CONFIG_SECRET: _write_private(directory / "pip.conf", pip.pip_conf(ca_target)),
-               UV_CONFIG_SECRET: _write_private(directory / "uv.env", pip.uv_env(ca_target))}
-    if pip.ca_bundle:
-        ca = directory / "pip-ca.pem"
-        shutil.copyfile(pip.ca_bundle, ca)
-        ca.chmod(0o600)
-        secrets[PIP_CA_SECRET] = ca
-    return secrets
 
 
 @dataclass(frozen=True)
@@ -265,16 +236,13 @@ def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
     if inputs.compression != "gzip" and backend.name != "direct":
         log(f"compression {inputs.compression} is the direct builder's; {backend.name} "
             "compresses as it does")
-    from mlflow_steps.build.dockerfile import PipConfigDelivery, write_context
-    from mlflow_steps.build.engines.engine import secret_delivery
+    from mlflow_steps.build.dockerfile import write_context
     from mlflow_steps.core import interrupt
 
-    pip = target.pip
     with interrupt.private_directory("mlflow-steps-build-") as workspace:
-        delivery = PipConfigDelivery() if pip.empty else secret_delivery(pip.ca_bundle is not None)
-        context = write_context(target.spec, workspace / "context", delivery,
+        context = write_context(target.spec, workspace / "context", run_mounts(target.pip),
                                 inputs.conda_channel_alias, environ)
-        secrets = {} if pip.empty else write_pip_secrets(workspace / "secrets", pip)
+        secrets = write_secret_files(workspace / "secrets", target.pip)
         request = build_request(target, inputs, context, docker_config_dir(environ), secrets,
                                 environ)
         backend.build_and_push(replace(request, no_cache=no_cache))

@@ -16,6 +16,7 @@ from mlflow_steps.core import interrupt
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import redact, secret_values
 from mlflow_steps.core.retry import network_budget
+from mlflow_steps.env.pip_secrets import uv_process_env, uv_process_secrets
 from mlflow_steps.env.pipconfig import BuildPipConfig
 from mlflow_steps.env.spec import EnvSpec
 
@@ -38,7 +39,7 @@ def pinned_spec(spec: EnvSpec, pip: BuildPipConfig, environ: dict[str, str]) -> 
     with interrupt.private_directory("mlflow-steps-resolve-") as tmp:
         requirements = tmp / "requirements.txt"
         requirements.write_text(requirements_text(spec))
-        env = pip.uv_process_env(environ)
+        env = uv_process_env(pip, environ)
         # --refresh: the index's answer now, not a cached page (its point is seeing releases)
         argv = [str(uv_binary()), "pip", "compile", "--quiet", "--no-header", "--no-annotate",
                 "--refresh",
@@ -52,7 +53,7 @@ def pinned_spec(spec: EnvSpec, pip: BuildPipConfig, environ: dict[str, str]) -> 
                             source="input", field="resolve") from None
     if result.returncode != 0:
         problem = " ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
-        secrets = [*secret_values(environ), *pip.uv_process_settings().values()]
+        secrets = [*secret_values(environ), *uv_process_secrets(pip)]
         raise StepError(f"the requirements do not resolve: {redact(problem, secrets)[-600:]}",
                         source="input", field="resolve")
     pins = [line.strip() for line in result.stdout.splitlines()

@@ -1,16 +1,14 @@
-"""Build-time pip configuration (mirrors, trusted hosts, CA bundle) forwarded into builds.
+"""Build-time pip configuration (mirrors, trusted hosts, CA bundle): what it says.
 
 It is read from pip's own config files and ``PIP_*`` variables of the builder's
-environment, overridden by step inputs, and handed to the engine as a secret file —
-never as a build arg, a layer, or a log line.
+environment, overridden by step inputs. How it reaches a build (secret files, never a build
+arg, a layer or a log line) is :mod:`mlflow_steps.env.pip_secrets`.
 """
 
 from __future__ import annotations
 
 import configparser
 import os
-import shlex
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,7 +19,6 @@ from mlflow_steps.env.spec import strip_credentials
 
 CONFIG_SECTIONS = ("global", "install")
 SETTINGS = ("index-url", "extra-index-url", "trusted-host", "cert")
-UV_KEPT = ("UV_CACHE_DIR",)  # the host's uv settings that never change what is installed
 
 
 def pip_config_files(environ: dict[str, str]) -> list[Path]:
@@ -62,45 +59,6 @@ class BuildPipConfig:
         """Index URLs without credentials (what the environment hash may see)."""
         return (strip_credentials(self.index_url) if self.index_url else None,
                 tuple(strip_credentials(u) for u in self.extra_index_urls))
-
-    def pip_conf(self, ca_target: str | None) -> str:
-        """pip.conf text for the build (may contain credentials: treat as a secret)."""
-        lines = ["[global]"]
-        if self.index_url:
-            lines.append(f"index-url = {self.index_url}")
-        if self.extra_index_urls:
-            lines.append("extra-index-url = " + " ".join(self.extra_index_urls))
-        if self.trusted_hosts:
-            lines.append("trusted-host = " + " ".join(self.trusted_hosts))
-        if self.ca_bundle and ca_target:
-            lines.append(f"cert = {ca_target}")
-        return "\n".join(lines) + "\n"
-
-    def uv_settings(self, ca_target: str | None) -> dict[str, str]:
-        """The same settings for uv, as environment variables (secrets too)."""
-        values = {"UV_INDEX_URL": self.index_url or "",
-                  "UV_EXTRA_INDEX_URL": " ".join(self.extra_index_urls),
-                  "UV_INSECURE_HOST": " ".join(self.trusted_hosts),
-                  "SSL_CERT_FILE": ca_target if self.ca_bundle and ca_target else ""}
-        return {key: value for key, value in values.items() if value}
-
-    def uv_process_settings(self) -> dict[str, str]:
-        """``uv_settings`` for uv run here (the CA bundle where it is; secrets too)."""
-        return self.uv_settings(str(self.ca_bundle) if self.ca_bundle else None)
-
-    def uv_process_env(self, environ: Mapping[str, str]) -> dict[str, str]:
-        """``environ`` for running uv here: its own UV_* settings replaced by the forwarded
-        ones (its cache directory kept: where files are kept does not change what is
-        installed), no progress bars, no Python downloads."""
-        env = {key: value for key, value in environ.items()
-               if not key.startswith("UV_") or key in UV_KEPT}
-        env.update(self.uv_process_settings(), UV_NO_PROGRESS="1", UV_PYTHON_DOWNLOADS="never")
-        return env
-
-    def uv_env(self, ca_target: str | None) -> str:
-        """``uv_settings`` as a shell env file (a secret too)."""
-        return "".join(f"{key}={shlex.quote(value)}\n"
-                       for key, value in self.uv_settings(ca_target).items())
 
     def describe(self) -> str:
         """One safe line for logs: hosts and CA path, never credentials."""

@@ -40,6 +40,7 @@ from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import redact, secret_values
 from mlflow_steps.core.retry import network_budget
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
+from mlflow_steps.env.pip_secrets import uv_process_env, uv_process_secrets
 from mlflow_steps.env.pipconfig import BuildPipConfig
 from mlflow_steps.env.spec import EnvSpec
 from mlflow_steps.image.layers import Entry
@@ -105,8 +106,8 @@ class Stager:
         self.interpreter = base.interpreters.get(self.minor)
         if self.interpreter is None:
             raise NotApplicable(f"the base has no python{self.minor} on its PATH")
-        self.secrets = [*secret_values(environ), *pip.uv_process_settings().values()]
-        self.env = pip.uv_process_env(environ)
+        self.secrets = [*secret_values(environ), *uv_process_secrets(pip)]
+        self.env = uv_process_env(pip, environ)
         # Hard links into uv's cache (a copy across filesystems): every file changed here is
         # replaced (``_replace``), never written in place.
         self.env.update(UV_LINK_MODE="hardlink", SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH),

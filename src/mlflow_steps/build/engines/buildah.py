@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mlflow_steps.build.engines.engine import Backend, BuildRequest
 from mlflow_steps.core import interrupt
+from mlflow_steps.env.pip_secrets import secret_arguments
 
 
 def registries_conf(request: BuildRequest) -> str:
@@ -34,8 +35,7 @@ def buildah_args(request: BuildRequest, digest_file: Path, cert_dir: Path | None
         build += ["--isolation", isolation]
     if request.source_date_epoch is not None:
         build += ["--timestamp", str(request.source_date_epoch)]
-    for secret_id, path in sorted(request.secrets.items()):
-        build += ["--secret", f"id={secret_id},src={path}"]
+    build += secret_arguments(request.secrets)
     for key, value in sorted(request.labels.items()):
         build += ["--label", f"{key}={value}"]
     push = ["push", *tls, "--digestfile", str(digest_file), str(request.destination),

@@ -11,21 +11,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow_steps.build.dockerfile import UV_CONFIG_TARGET, PipConfigDelivery
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.pipconfig import BuildPipConfig
 from mlflow_steps.env.spec import EnvSpec
 from mlflow_steps.image.reference import ImageRef, is_insecure
 
-PIP_CONFIG_SECRET = "pip-config"
-UV_CONFIG_SECRET = "uv-config"
-PIP_CA_SECRET = "pip-ca"
-SECRET_MOUNT_TARGETS = {
-    PIP_CONFIG_SECRET: "/etc/pip.conf",
-    UV_CONFIG_SECRET: UV_CONFIG_TARGET,
-    PIP_CA_SECRET: "/run/secrets/pip-ca.pem",
-}
 TAIL_LINES = 12
 PUSH_ATTEMPTS = 3
 # What a registry answers while another push of the same blobs is still in flight (the
@@ -66,13 +57,6 @@ class BuildRequest:
 
     def insecure(self, ref: ImageRef) -> bool:
         return is_insecure(ref.registry, self.insecure_registries)
-
-
-def secret_delivery(with_ca: bool) -> PipConfigDelivery:
-    """How pip config reaches RUN steps: secret mounts, with every engine (BuildKit, Buildah,
-    Kaniko's ``--secret``), so it never enters a layer."""
-    ids = [PIP_CONFIG_SECRET, UV_CONFIG_SECRET] + ([PIP_CA_SECRET] if with_ca else [])
-    return PipConfigDelivery(mounts=tuple((i, SECRET_MOUNT_TARGETS[i]) for i in ids))
 
 
 class Backend(ABC):
