@@ -9,7 +9,7 @@ import requests
 from support.helpers import EXAMPLE
 from support.image_checks import check_runtime_image
 
-from mlflow_steps.build.plan import DIRECT_CACHE_MOUNT, DIRECT_ENV, DIRECT_USER
+from mlflow_steps.build.builder_plan import DIRECT_CACHE_MOUNT, DIRECT_ENV, DIRECT_USER
 
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json,"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from support.helpers import EXAMPLE, push_tiny_image, run_cli
 
-from mlflow_steps.build.plan import (
+from mlflow_steps.build.builder_plan import (
     EXECUTORS,
     PLAN_MOUNT,
     plan_steps,

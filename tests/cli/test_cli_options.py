@@ -25,7 +25,7 @@ SKIP_PATH_NEVER_IMPORTS = ("mlflow", "jinja2", "conda_lock", "rattler", "docker"
                            "requests",
                            "mlflow_steps.build.dockerfile", "mlflow_steps.build.engines.engine",
                            "mlflow_steps.build.direct", "mlflow_steps.image.diff",
-                           "mlflow_steps.build.plan_stages")
+                           "mlflow_steps.build.image_plan")
 _LIST_MODULES = """\
 import atexit, json, sys
 listing = sys.argv.pop(1)

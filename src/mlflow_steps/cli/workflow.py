@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from mlflow_steps.build.plan import DIRECT, EXECUTORS
+from mlflow_steps.build.builder_plan import DIRECT, EXECUTORS
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.stepio import write_atomically
 from mlflow_steps.core.terminal import shown

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mlflow_steps.build.plan import (
+from mlflow_steps.build.builder_plan import (
+    AUTH_VOLUME,
     EXECUTORS,
-    PIP_CONFIG_MOUNT,
     PLAN_MOUNT,
-    REGISTRY_AUTH_MOUNT,
+    PLAN_VOLUME,
     SKIP_RESULT,
     is_builder_image,
     local_step_results,
@@ -34,6 +34,7 @@ from mlflow_steps.build.plan import (
 )
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import Redactor
+from mlflow_steps.env.pip_secrets import CONFIG_MOUNT, CONFIG_MOUNT_ENV, write_config_mount
 from mlflow_steps.env.pipconfig import collect_pip_config
 from mlflow_steps.image.credentials import docker_config_dir
 from mlflow_steps.workflow.engine import (
@@ -194,18 +195,19 @@ class Runner:
                     self.emit(f"[{step.name}] {plan_step.name}: not run (the plan skips it)")
                     continue
                 words = substitute(plan_step.command + plan_step.args, results, PLAN_MOUNT)
-                mounts = [(plan_dir, PLAN_MOUNT)]
-                if plan_step.step_inputs:
+                paths = dict(plan_step.mounts)  # volume → where the step sees it
+                mounts = [(plan_dir, paths[PLAN_VOLUME])]
+                if plan_step.step_inputs:  # its results, codeset and package configuration
                     env = dict(spec.env)
                     mounts += list(spec.mounts)
                     if auth.is_file():
-                        mounts.append((auth, f"{REGISTRY_AUTH_MOUNT}/config.json"))
-                        env["DOCKER_CONFIG"] = REGISTRY_AUTH_MOUNT
+                        mounts.append((auth, f"{paths[AUTH_VOLUME]}/config.json"))
+                        env["DOCKER_CONFIG"] = paths[AUTH_VOLUME]
                     container = replace(spec, name=f"{spec.name}-{plan_step.name}", env=env,
                                         mounts=tuple(mounts), command=tuple(words))
                 else:
                     if auth.is_file():
-                        mounts.append((auth, f"{executor.auth_mount}/config.json"))
+                        mounts.append((auth, f"{paths[AUTH_VOLUME]}/config.json"))
                     container = ContainerSpec(
                         f"{spec.name}-{plan_step.name}", executor.image, {}, tuple(mounts),
                         None, spec.network, spec.labels, tuple(words),
@@ -229,9 +231,10 @@ class Runner:
         env.update({"MLFLOW_STEPS_IMAGE": image, "MLFLOW_STEPS_IMAGE_DIGEST": info.digest})
         pip_dir = pip_config_dir(run_dir, step)
         if (options.forward_pip_config and info.labels.get(PIP_CONFIG_LABEL) == "true"
-                and write_pip_config(pip_dir, info.user)):
-            mounts.append((pip_dir, PIP_CONFIG_MOUNT))
-            env["PIP_CONFIG_FILE"] = f"{PIP_CONFIG_MOUNT}/pip.conf"
+                and write_config_mount(pip_dir, collect_pip_config(dict(os.environ)),
+                                       info.user)):
+            mounts.append((pip_dir, CONFIG_MOUNT))
+            env.update(CONFIG_MOUNT_ENV)
         if engine_socket and info.labels.get(ENGINE_SOCKET_LABEL) == "true":
             socket = self.engine.socket()
             if socket is None:
@@ -261,26 +264,3 @@ def pip_config_dir(run_dir: Path, step: Step) -> Path:
     """Where ``step``'s forwarded pip configuration lives while it runs."""
     return run_dir / "pip" / step.name
 
-
-def write_pip_config(directory: Path, image_user: str) -> bool:
-    """This machine's build-time pip config as ``pip.conf`` (+ ``ca.pem``) in ``directory``,
-    private to the image's user (given to a numeric ``uid[:gid]`` when we can chown).
-
-    False (nothing written) when there is none to forward.
-    """
-    config = collect_pip_config(dict(os.environ))
-    if config.empty:
-        return False
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True, mode=0o700)
-    ca_target = f"{PIP_CONFIG_MOUNT}/ca.pem" if config.ca_bundle else None
-    if config.ca_bundle:
-        shutil.copyfile(config.ca_bundle, directory / "ca.pem")
-    pip_conf = directory / "pip.conf"
-    pip_conf.touch(mode=0o600)
-    pip_conf.write_text(config.pip_conf(ca_target))
-    uid, _, gid = image_user.partition(":")
-    if uid.isdigit() and int(uid) != os.geteuid() and os.geteuid() == 0:
-        for path in (directory, *directory.iterdir()):
-            os.chown(path, int(uid), int(gid) if gid.isdigit() else -1)
-    return True

@@ -32,7 +32,7 @@ def select_backend(name: str, environ: dict[str, str], *, engines_only: bool = F
     first engine).
 
     Kaniko is not a backend: it owns its container, so it runs as the `build` step of
-    the builder plan (:mod:`mlflow_steps.build.plan`).
+    the builder plan (:mod:`mlflow_steps.build.builder_plan`).
     """
     if name != "auto":
         backend = _backend(name, environ)
