@@ -110,7 +110,9 @@ def section(name: str, result: dict | None, chart: bool) -> list[str]:
     lines = [f"## {heading}", "", f"[`{command}`](../{script})"
              + (f": {result['title']}" if result else ""), ""]
     if result is None:
-        return [*lines, "Not measured yet: run `make bench`.", ""]
+        # `make bench` runs each script as is; a mode of one (--skip-only) is run by hand
+        how = "make bench" if command == script else f".venv/bin/python {command}"
+        return [*lines, f"Not measured yet: run `{how}`.", ""]
     lines += [machine_line(result), ""]
     if chart:
         lines += [f"![{heading}]({CHART})", ""]

@@ -68,7 +68,8 @@ def test_without_results_every_bench_is_not_measured_and_no_chart_stays(tmp_path
     (docs / "performance-builder.png").write_bytes(b"an old chart")
     assert report(tmp_path / "none", docs).returncode == 0
     page = (docs / "performance.md").read_text()
-    assert page.count("Not measured yet: run `make bench`.") == 8
+    assert page.count("Not measured yet: run `make bench`.") == 7
+    assert "Not measured yet: run `.venv/bin/python bench/builder_bench.py --skip-only`." in page
     assert "Measured" not in page
     assert not (docs / "performance-builder.png").exists()
 
@@ -88,3 +89,9 @@ def test_a_file_no_bench_wrote_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "docs" / "performance.md").exists()
+
+
+def test_docs_performance_is_the_report_of_the_committed_results(tmp_path: Path) -> None:
+    assert report(REPO / "bench" / "results", tmp_path).returncode == 0
+    assert (tmp_path / "performance.md").read_text() == \
+        (REPO / "docs" / "performance.md").read_text(), "run make perf-report"
