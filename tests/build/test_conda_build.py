@@ -15,6 +15,7 @@ from support.image_checks import check_runtime_image
 
 from mlflow_steps.build.conda_install import CondaChannels, cache_dir
 from mlflow_steps.build.dockerfile import write_context
+from mlflow_steps.build.image_plan import image_plan
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.hashing import env_tag
 from mlflow_steps.env.spec import BuildOptions, resolve_env
@@ -47,7 +48,8 @@ def staged(codeset_files: dict[str, str], tmp_path: Path, channel) -> tuple[Path
     for name, text in {"MLproject": MLPROJECT, **codeset_files}.items():
         (codeset / name).write_text(text)
     _, spec = resolve_env(codeset, BuildOptions())
-    out = write_context(spec, tmp_path / "ctx", conda_channel_alias=channel.alias_url)
+    out = write_context(image_plan(spec), tmp_path / "ctx",
+                        conda_channel_alias=channel.alias_url)
     return out, env_tag(spec)
 
 
@@ -87,7 +89,8 @@ def test_conda_lock_installs_exactly_the_locked_packages(conda_channel, tmp_path
     assert env_tag(spec) != tag
     with pytest.raises(StepError, match=r"six-1\.16\.0-.*: downloaded file does not match its "
                                         r"sha256"):
-        write_context(spec, tmp_path / "ctx2", conda_channel_alias=conda_channel.alias_url)
+        write_context(image_plan(spec), tmp_path / "ctx2",
+                      conda_channel_alias=conda_channel.alias_url)
     assert not (tmp_path / "ctx2").exists()
 
 

@@ -34,6 +34,7 @@ from mlflow_steps.build.direct.assemble import user_layer
 from mlflow_steps.build.direct.base_image import load_base, read_facts
 from mlflow_steps.build.direct.elf import needed_libraries
 from mlflow_steps.build.direct.install import leaked_paths
+from mlflow_steps.build.image_plan import RuntimeUser
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import GZIP_MEMBER, Entry, write_layer
 
@@ -92,7 +93,7 @@ def test_staging_paths_left_in_written_files_are_found(tmp_path: Path) -> None:
 def test_user_layer_adds_the_runtime_user_as_useradd_does(registry, synthetic_base,
                                                          tmp_path: Path) -> None:
     base = load_base(synthetic_base, RegistryClient(registry.address), tmp_path)
-    entries = {e.name: e for e in user_layer(base).entries}
+    entries = {e.name: e for e in user_layer(base, RuntimeUser()).entries}
     passwd = entries["etc/passwd"].data
     assert isinstance(passwd, bytes) and passwd.decode() == PASSWD + (
         "mlflow:x:1000:1000::/home/mlflow:/bin/sh\n")

@@ -11,12 +11,8 @@ from pathlib import Path
 import pytest
 from support.helpers import EXAMPLE, REPO, run_cli
 
-from mlflow_steps.build.dockerfile import (
-    OWN_LAYERS,
-    TOOLING_WHEEL,
-    render_dockerfile,
-    write_context,
-)
+from mlflow_steps.build.dockerfile import render_dockerfile, write_context
+from mlflow_steps.build.image_plan import OWN_LAYERS, TOOLING_WHEEL, image_plan
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.hashing import env_tag
 from mlflow_steps.env.pip_secrets import PipConfigDelivery
@@ -35,6 +31,10 @@ def spec_for(codeset, files, **options):
     return resolve_env(codeset(files), BuildOptions(**options))[1]
 
 
+def plan_for(codeset, files, **options):
+    return image_plan(spec_for(codeset, files, **options))
+
+
 @pytest.mark.parametrize("files", [
     {"requirements.txt": "numpy\n"},
     {"conda.yaml": "dependencies: [python=3.11, numpy]\n"},
@@ -42,7 +42,7 @@ def spec_for(codeset, files, **options):
 ])
 def test_layout_is_cache_friendly_and_non_root(codeset, files) -> None:
     spec = spec_for(codeset, files)
-    dockerfile = render_dockerfile(spec)
+    dockerfile = render_dockerfile(image_plan(spec))
     keywords = instructions(dockerfile)
     runtime = dockerfile[dockerfile.index(f"\nFROM {spec.base_image}\n"):]
     assert keywords[0] == "FROM"
@@ -73,7 +73,7 @@ def test_layout_is_cache_friendly_and_non_root(codeset, files) -> None:
 def test_pip_environment_is_layered_by_package(codeset) -> None:
     """Large packages get layers of their own, before the rest; the environment files are
     not a parent of those layers, so a one-line change reuses them."""
-    dockerfile = render_dockerfile(spec_for(codeset, {"requirements.txt": "numpy\n"}))
+    dockerfile = render_dockerfile(plan_for(codeset, {"requirements.txt": "numpy\n"}))
     runtime = dockerfile[dockerfile.index("\nFROM python:3.11-slim\n"):]
     layers = re.findall(r"COPY --from=resolve /layers/(\w+)\.txt", runtime)
     assert layers == [str(i) for i in range(1, len(OWN_LAYERS) + 1)] + ["rest"]
@@ -84,7 +84,7 @@ def test_pip_environment_is_layered_by_package(codeset) -> None:
 
 
 def test_install_layer_script(codeset, tmp_path: Path) -> None:
-    out = write_context(spec_for(codeset, {"requirements.txt": "numpy\n"}), tmp_path / "ctx")
+    out = write_context(plan_for(codeset, {"requirements.txt": "numpy\n"}), tmp_path / "ctx")
     script = out / "tools" / "install-layer"
     assert os.access(script, os.X_OK)
     text = script.read_text()
@@ -95,9 +95,9 @@ def test_install_layer_script(codeset, tmp_path: Path) -> None:
 
 def test_context_files(codeset, tmp_path: Path) -> None:
     wheel = "./w/x-1.0-py3-none-any.whl"
-    spec = spec_for(codeset, {"requirements.txt": f"-c pins.txt\nnumpy\n{wheel}\n",
+    plan = plan_for(codeset, {"requirements.txt": f"-c pins.txt\nnumpy\n{wheel}\n",
                               "pins.txt": "numpy==1.26.4\n", "w/x-1.0-py3-none-any.whl": b"PK"})
-    out = write_context(spec, tmp_path / "ctx")
+    out = write_context(plan, tmp_path / "ctx")
     requirements = (out / "env/requirements.txt").read_text().splitlines()
     assert requirements == ["-c /opt/mlflow-steps-build/env/constraints.txt", "numpy",
                             "/opt/mlflow-steps-build/env/wheels/x-1.0-py3-none-any.whl",
@@ -115,20 +115,18 @@ def test_context_files(codeset, tmp_path: Path) -> None:
         assert b"mlflow-steps = mlflow_steps.cli.main:main" in entry_points
         assert b"Requires-Dist: mlflow-skinny>=2.10,<4" in archive.read(f"{info}/METADATA")
         assert archive.testzip() is None and names[-1] == f"{info}/RECORD"
-    again = write_context(spec, tmp_path / "ctx2")
+    again = write_context(plan, tmp_path / "ctx2")
     assert (again / "tooling" / TOOLING_WHEEL).read_bytes() == wheel.read_bytes()
     assert os.access(out / "tools" / "uv", os.X_OK)
 
 
 def test_conda_and_lock_env_files(codeset) -> None:
-    from mlflow_steps.build.dockerfile import _env_files
-
-    conda = spec_for(codeset, {"conda.yaml": "channels: [conda-forge]\n"
+    conda = plan_for(codeset, {"conda.yaml": "channels: [conda-forge]\n"
                                              "dependencies: [python=3.11, numpy]\n"})
-    assert _env_files(conda)["environment.yml"] == (
+    assert conda.install.files("/x")["environment.yml"] == (
         "channels:\n- conda-forge\ndependencies:\n- numpy\n- python 3.11.*\n- pip\n")
-    lock = resolve_env(codeset({"conda-lock.yml": LOCK}, "lock"), BuildOptions())[1]
-    files = _env_files(lock)
+    lock = image_plan(resolve_env(codeset({"conda-lock.yml": LOCK}, "lock"), BuildOptions())[1])
+    files = lock.install.files("/x")
     explicit = files["conda-explicit.txt"].splitlines()
     assert explicit[0] == "@EXPLICIT" and len(explicit) == 3
     assert all(re.search(r"\.conda#[0-9a-f]{32}$", line) for line in explicit[1:])
@@ -137,9 +135,9 @@ def test_conda_and_lock_env_files(codeset) -> None:
 
 
 def test_secret_mounts_prefix_pip_runs(codeset) -> None:
-    spec = spec_for(codeset, {"requirements.txt": "numpy\n"})
+    plan = plan_for(codeset, {"requirements.txt": "numpy\n"})
     mounts = PipConfigDelivery(mounts=(("pip-config", "/etc/pip.conf"),))
-    dockerfile = render_dockerfile(spec, mounts)
+    dockerfile = render_dockerfile(plan, mounts)
     runs = [line for line in dockerfile.splitlines() if line.startswith("RUN ")
             and "source=tools/uv" in line]
     # resolve, venv, one per own layer, the rest, the tooling
@@ -152,12 +150,12 @@ def test_secret_mounts_prefix_pip_runs(codeset) -> None:
 def test_output_dir_must_be_new_or_empty(tmp_path: Path) -> None:
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
-    _, spec = resolve_env(EXAMPLE, BuildOptions())
+    plan = image_plan(resolve_env(EXAMPLE, BuildOptions())[1])
     with pytest.raises(StepError, match="not empty"):
-        write_context(spec, tmp_path / "busy")
+        write_context(plan, tmp_path / "busy")
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
     (tmp_path / "empty").mkdir()
-    assert (write_context(spec, tmp_path / "empty") / "Dockerfile").is_file()
+    assert (write_context(plan, tmp_path / "empty") / "Dockerfile").is_file()
 
 
 def test_render_cli(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def make_wheel(directory: Path, name: str, version: str, files: dict[str, bytes]
     """A wheel of ``files`` (with METADATA, WHEEL and RECORD) for platform ``tag``."""
     import zipfile
 
-    from mlflow_steps.build.dockerfile import record_hash
+    from mlflow_steps.build.image_plan import record_hash
 
     info = f"{name}-{version}.dist-info"
     files = {**files,

@@ -21,6 +21,7 @@ from mlflow_steps.image.reference import ImageRef, check_destination
 
 if TYPE_CHECKING:
     from mlflow_steps.build.engines.engine import Backend, BuildRequest
+    from mlflow_steps.build.image_plan import ImagePlan
 
 # The skip decision (resolve_target, existing_digest) imports no engine, template or image
 # code: functions that build import those when they run.
@@ -147,12 +148,14 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
         return BuildOutcome(target.pull_reference, digest, built=False, backend=None)
     from mlflow_steps.build.direct import NotApplicable
     from mlflow_steps.build.engines import select_backend
+    from mlflow_steps.build.image_plan import image_plan
 
+    plan = image_plan(target.spec)  # the one description of the image, for every builder
     backend = select_backend(inputs.builder, environ)
     log(f"building {target.destination} with {backend.name} ({target.spec.strategy}, "
         f"base {target.spec.base_image})")
     try:
-        _build(backend, target, inputs, environ)
+        _build(backend, target, plan, inputs, environ)
     except NotApplicable as exc:
         try:
             backend = select_backend("auto", environ, engines_only=True)
@@ -160,10 +163,10 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
             raise StepError(f"the direct builder does not apply ({exc}) and {error.detail}",
                             source=error.source, field=error.field) from None
         log(f"the direct builder does not apply: {exc}; building with {backend.name}")
-        _build(backend, target, inputs, environ)
+        _build(backend, target, plan, inputs, environ)
     digest = pushed_digest(target.client, target.destination, backend.name)
     if inputs.check_reproducible:
-        check_reproducible(backend, target, inputs, environ, digest)
+        check_reproducible(backend, target, plan, inputs, environ, digest)
     elif inputs.reproducible is not False:
         log(f"built reproducibly (every time clamped to epoch {SOURCE_DATE_EPOCH}"
             "); a dependency compiled from source may still vary: --check-reproducible "
@@ -171,8 +174,9 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
     return BuildOutcome(target.pull_reference, digest, built=True, backend=backend.name)
 
 
-def check_reproducible(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
-                       environ: dict[str, str], first_digest: str) -> None:
+def check_reproducible(backend: Backend, target: BuildTarget, plan: ImagePlan,
+                       inputs: BuilderInputs, environ: dict[str, str], first_digest: str
+                       ) -> None:
     """Build again without any engine cache (Buildah: a fresh store); a different digest fails
     the step with what differs, file by file (both images read back from the registry)."""
     from mlflow_steps.image.diff import diff_images
@@ -180,7 +184,7 @@ def check_reproducible(backend: Backend, target: BuildTarget, inputs: BuilderInp
     repository = target.destination.repository
     _, first = target.client.manifest(repository, first_digest)
     log(f"checking reproducibility: building {target.destination} again without cache")
-    _build(backend, target, inputs, environ, no_cache=True)
+    _build(backend, target, plan, inputs, environ, no_cache=True)
     second_digest = pushed_digest(target.client, target.destination, backend.name)
     if second_digest == first_digest:
         log(f"reproducible: the second build gave the same digest ({first_digest})")
@@ -213,10 +217,11 @@ def base_labels(base_image: str, inputs: BuilderInputs, environ: dict[str, str]
     return {"org.opencontainers.image.base.digest": digest} if digest else {}
 
 
-def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
-                  docker_config: Path, secrets: dict[str, Path],
+def build_request(target: BuildTarget, plan: ImagePlan, inputs: BuilderInputs,
+                  context: Path | None, docker_config: Path, secrets: dict[str, Path],
                   environ: dict[str, str]) -> BuildRequest:
-    """The engine-neutral build request for ``target``."""
+    """The engine-neutral build request for ``target`` (``plan``, rendered as ``context``
+    for an engine)."""
     from mlflow_steps.build.engines.engine import BuildRequest
 
     return BuildRequest(
@@ -227,11 +232,11 @@ def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
         registry_ca=inputs.registry_ca, compressed_caching=inputs.compressed_caching,
         cache_repo=inputs.cache_repo, verbose=inputs.verbose,
         source_date_epoch=None if inputs.reproducible is False else SOURCE_DATE_EPOCH,
-        spec=target.spec, pip=target.pip, compression=inputs.compression,
+        plan=plan, pip=target.pip, compression=inputs.compression,
     )
 
 
-def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
+def _build(backend: Backend, target: BuildTarget, plan: ImagePlan, inputs: BuilderInputs,
            environ: dict[str, str], no_cache: bool = False) -> None:
     if inputs.compression != "gzip" and backend.name != "direct":
         log(f"compression {inputs.compression} is the direct builder's; {backend.name} "
@@ -240,9 +245,10 @@ def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
     from mlflow_steps.core import interrupt
 
     with interrupt.private_directory("mlflow-steps-build-") as workspace:
-        context = write_context(target.spec, workspace / "context", run_mounts(target.pip),
-                                inputs.conda_channel_alias, environ)
+        context = write_context(plan, workspace / "context", run_mounts(target.pip),
+                                inputs.conda_channel_alias, environ
+                                ) if backend.needs_context else None
         secrets = write_secret_files(workspace / "secrets", target.pip)
-        request = build_request(target, inputs, context, docker_config_dir(environ), secrets,
-                                environ)
+        request = build_request(target, plan, inputs, context, docker_config_dir(environ),
+                                secrets, environ)
         backend.build_and_push(replace(request, no_cache=no_cache))

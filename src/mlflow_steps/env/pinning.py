@@ -26,7 +26,7 @@ RESOLVE_ATTEMPTS_BUDGET = 4  # a resolution may take several index round trips p
 
 def pinned_spec(spec: EnvSpec, pip: BuildPipConfig, environ: dict[str, str]) -> EnvSpec:
     """``spec`` with its requirements (the added ones included) replaced by exact pins."""
-    from mlflow_steps.build.dockerfile import requirements_text, uv_binary
+    from mlflow_steps.build.image_plan import requirements_text, uv_binary
 
     if spec.strategy != "pip":
         raise StepError(f"applies to pip environments; a {spec.strategy} environment is "

@@ -1,6 +1,6 @@
 """The staged environment as image layers and config, on top of the base's.
 
-Layers, in order: one per large package group (``render.OWN_LAYERS``) the environment has,
+Layers, in order: one per large package group (the plan's ``own_layers``) the environment has,
 the other distributions in ``BUCKETS`` layers by name, the venv itself, the step tooling,
 the user set-up, the record (env files, lock, SBOM). Every entry's time is the 1980 floor
 and every owner root (the user's home and the workdir: the runtime user), so a layer
@@ -21,27 +21,14 @@ from pathlib import Path
 from mlflow_steps.build.direct import NotApplicable
 from mlflow_steps.build.direct.base_image import BaseFacts
 from mlflow_steps.build.direct.install import StagedEnv, write_record
-from mlflow_steps.build.dockerfile import (
-    BUILD_ENV,
-    ENV_PREFIX,
-    IMAGE_COMMAND,
-    OWN_LAYERS,
-    RUNTIME_UID,
-    RUNTIME_USER,
-    TOOLING_PREFIX,
-    WORKDIR,
-    image_labels,
-    runtime_env,
-)
+from mlflow_steps.build.image_plan import ImagePlan, RuntimeUser
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
-from mlflow_steps.env.spec import EnvSpec
 from mlflow_steps.image.layers import Entry
 from mlflow_steps.image.push import rfc3339
 
 # The other distributions spread over this many layers: a one-line change remakes one of
-# them, not all (layers in all: at most len(OWN_LAYERS) + BUCKETS + 4)
+# them, not all (layers in all: at most len(own_layers) + BUCKETS + 4)
 BUCKETS = 4
-RUNTIME_NAME = "mlflow"
 TOOLING_DIST = "mlflow-steps"
 
 
@@ -110,8 +97,10 @@ def _owner(path: Path, owners: dict[Path, str]) -> str | None:
 def environment_groups(staged: StagedEnv) -> list[tuple[str, set[Path]]]:
     """The environment's files (no bytecode yet) split by distribution into the layer
     groups: (name, paths), in layer order."""
+    plan = staged.plan
+    own_layers = plan.install.own_layers
     owners = _owners(staged.site_packages)
-    group_of = {name: index for index, group in enumerate(OWN_LAYERS) for name in group}
+    group_of = {name: index for index, group in enumerate(own_layers) for name in group}
     groups: dict[str, set[Path]] = defaultdict(set)
     for directory, subdirectories, files in os.walk(staged.prefix):
         # symbolic links to directories are entries too (os.walk does not follow them)
@@ -122,16 +111,16 @@ def environment_groups(staged: StagedEnv) -> list[tuple[str, set[Path]]]:
             if dist == TOOLING_DIST:
                 groups["tooling"].add(path)
             elif dist in group_of:
-                groups[" ".join(OWN_LAYERS[group_of[dist]])].add(path)
+                groups[" ".join(own_layers[group_of[dist]])].add(path)
             elif dist:
                 groups[_bucket(dist)].add(path)
             else:  # the venv itself: pyvenv.cfg, bin/python, activate scripts
                 groups["environment"].add(path)
-    link = staged.root / TOOLING_PREFIX.lstrip("/") / "bin" / "mlflow-steps"
+    link = staged.root / plan.tooling_prefix.lstrip("/") / "bin" / "mlflow-steps"
     link.parent.mkdir(parents=True)
-    link.symlink_to(f"{ENV_PREFIX}/bin/mlflow-steps")
+    link.symlink_to(f"{plan.env_prefix}/bin/mlflow-steps")
     groups["tooling"].add(link)
-    ordered = [" ".join(group) for group in OWN_LAYERS] + [
+    ordered = [" ".join(group) for group in own_layers] + [
         _bucket_name(index) for index in range(BUCKETS)] + ["environment", "tooling"]
     return [(name, groups[name]) for name in ordered if groups.get(name)]
 
@@ -172,11 +161,14 @@ def _lines(text: str) -> list[list[str]]:
     return [line.split(":") for line in text.splitlines() if line.strip()]
 
 
-def user_layer(base: BaseFacts) -> LayerPlan:
-    """The runtime user (uid 1000, as `useradd --create-home` adds it, unless the base has
-    that uid) and the workdir it owns."""
-    uid = RUNTIME_UID
-    entries = [Entry("srv", "dir"), Entry(WORKDIR.lstrip("/"), "dir", uid=uid, gid=uid)]
+def user_layer(base: BaseFacts, user: RuntimeUser) -> LayerPlan:
+    """The runtime user (as `useradd --create-home` adds it, unless the base has its uid)
+    and the workdir it owns."""
+    uid, name = user.uid, user.name
+    workdir = Path(user.workdir.lstrip("/"))
+    entries = [*(Entry(parent.as_posix(), "dir") for parent in reversed(workdir.parents)
+                 if parent != Path(".")),
+               Entry(workdir.as_posix(), "dir", uid=uid, gid=uid)]
     passwd = base.accounts.get("etc/passwd", {}).get("text")
     if passwd is None:
         raise NotApplicable("the base has no /etc/passwd to add the runtime user to")
@@ -184,48 +176,49 @@ def user_layer(base: BaseFacts) -> LayerPlan:
         group = base.accounts.get("etc/group", {}).get("text", "")
         if any(len(f) > 2 and f[2] == str(uid) for f in _lines(group)):
             raise NotApplicable(f"the base's group {uid} is taken; useradd would pick another")
-        if any(f[0] == RUNTIME_NAME for f in _lines(passwd) + _lines(group)):
-            raise NotApplicable(f"the base has a user or group {RUNTIME_NAME} (not uid {uid})")
-        home = f"home/{RUNTIME_NAME}"
+        if any(f[0] == name for f in _lines(passwd) + _lines(group)):
+            raise NotApplicable(f"the base has a user or group {name} (not uid {uid})")
+        home = f"home/{name}"
         added = {
-            "etc/passwd": f"{RUNTIME_NAME}:x:{uid}:{uid}::/{home}:/bin/sh\n",
-            "etc/group": f"{RUNTIME_NAME}:x:{uid}:\n",
-            "etc/shadow": f"{RUNTIME_NAME}:!:{SOURCE_DATE_EPOCH // 86400}:0:99999:7:::\n",
-            "etc/gshadow": f"{RUNTIME_NAME}:!::\n",
+            "etc/passwd": f"{name}:x:{uid}:{uid}::/{home}:/bin/sh\n",
+            "etc/group": f"{name}:x:{uid}:\n",
+            "etc/shadow": f"{name}:!:{SOURCE_DATE_EPOCH // 86400}:0:99999:7:::\n",
+            "etc/gshadow": f"{name}:!::\n",
         }
-        for name, line in added.items():
-            if name in base.accounts:
-                known = base.accounts[name]
+        for account, line in added.items():
+            if account in base.accounts:
+                known = base.accounts[account]
                 text = known["text"] if known["text"].endswith("\n") or not known["text"] \
                     else known["text"] + "\n"
-                entries.append(Entry(name, "file", data=(text + line).encode(),
+                entries.append(Entry(account, "file", data=(text + line).encode(),
                                      mode=known["mode"], uid=known["uid"], gid=known["gid"]))
         entries += [Entry("etc", "dir"), Entry("home", "dir"),
                     Entry(home, "dir", mode=0o755, uid=uid, gid=uid)]
-        for name, text in base.skeleton.items():
-            entries.append(Entry(f"{home}/{name.removeprefix('etc/skel/')}", "file",
+        for skeleton, text in base.skeleton.items():
+            entries.append(Entry(f"{home}/{skeleton.removeprefix('etc/skel/')}", "file",
                                  data=text.encode(), mode=0o644, uid=uid, gid=uid))
     return LayerPlan("user", tuple(entries))
 
 
-def _env_list(base_env: list[str], spec: EnvSpec) -> list[str]:
+def _env_list(base_env: list[str], plan: ImagePlan) -> list[str]:
     """The base's Env with ours applied as Docker applies ENV (``$PATH`` expanded)."""
     values = dict(entry.split("=", 1) for entry in base_env if "=" in entry)
-    values.update(BUILD_ENV)
-    for key, value in runtime_env(spec).items():
+    values.update(plan.build_env)
+    for key, value in plan.runtime_env.items():
         values[key] = value.replace("$PATH", values.get("PATH", ""))
     return [f"{key}={value}" for key, value in values.items()]
 
 
-def image_config(base: BaseFacts, spec: EnvSpec, layers: list[tuple[str, str]],
+def image_config(base: BaseFacts, plan: ImagePlan, layers: list[tuple[str, str]],
                  labels: dict[str, str]) -> dict:
-    """The image config: the base's with our env, labels, user, workdir, command, and a
-    history entry and diff_id per layer (``layers``: name, diff_id)."""
+    """The image config: the base's with the plan's env, labels, user, workdir, command,
+    and a history entry and diff_id per layer (``layers``: name, diff_id)."""
     config = dict(base.config)
     settings = dict(config.get("config") or {})
-    settings["Env"] = _env_list(list(settings.get("Env") or []), spec)
-    settings["Labels"] = {**(settings.get("Labels") or {}), **image_labels(spec), **labels}
-    settings.update(User=RUNTIME_USER, WorkingDir=WORKDIR, Cmd=list(IMAGE_COMMAND))
+    settings["Env"] = _env_list(list(settings.get("Env") or []), plan)
+    settings["Labels"] = {**(settings.get("Labels") or {}), **plan.labels, **labels}
+    settings.update(User=str(plan.user.uid), WorkingDir=plan.user.workdir,
+                    Cmd=list(plan.command))
     stamp = rfc3339(SOURCE_DATE_EPOCH)
     history = list(config.get("history") or [])
     history += [{"created": stamp, "created_by": f"mlflow-steps direct: {name}"}

@@ -28,12 +28,11 @@ from mlflow_steps.build.direct.installed import (
     sbom_json,
     unmet_requirements,
 )
-from mlflow_steps.build.dockerfile import (
-    BUILD_DIR,
-    ENV_PREFIX,
-    TOOLING_WHEEL,
+from mlflow_steps.build.image_plan import (
+    ImagePlan,
     record_hash,
     uv_binary,
+    write_tooling_wheel,
 )
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.errors import StepError
@@ -42,7 +41,6 @@ from mlflow_steps.core.retry import network_budget
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
 from mlflow_steps.env.pip_secrets import uv_process_env, uv_process_secrets
 from mlflow_steps.env.pipconfig import BuildPipConfig
-from mlflow_steps.env.spec import EnvSpec
 from mlflow_steps.image.layers import Entry
 
 INSTALL_BUDGETS = 20  # an install downloads many files: this many network budgets
@@ -58,13 +56,14 @@ class StagedEnv:
     image's interpreter and pyvenv.cfg are ``overrides``); its bytecode is compiled layer by
     layer (``compile_bytecode``), its record written by ``write_record``."""
 
+    plan: ImagePlan
     root: Path
     prefix: Path
     site_packages: Path
     python: str  # this machine's interpreter the environment is staged with (not its own)
     python_build: str  # what the bytecode depends on: the interpreter's version and build
     stager: Stager
-    context: Path
+    inputs: Path  # the plan's env files and tooling wheel, here for the record directory
     frozen: str  # `uv pip freeze` before local files' URLs were relocated
     work: Path  # the staging directory: HOME and cwd of the interpreters run here
     overrides: dict[str, Entry]  # image path (no leading /) -> what the image has there
@@ -97,11 +96,10 @@ class Stager:
     """Runs uv with the build's pip settings; it installs with this machine's interpreter
     (``python``) into the environment as a prefix."""
 
-    def __init__(self, spec: EnvSpec, base: BaseFacts, pip: BuildPipConfig,
+    def __init__(self, python: str | None, base: BaseFacts, pip: BuildPipConfig,
                  environ: dict[str, str], work: Path, no_cache: bool = False) -> None:
-        self.spec = spec
         self.base = base
-        self.minor = str(spec.python or "")
+        self.minor = str(python or "")
         self.platform = platform_tag(base)
         self.interpreter = base.interpreters.get(self.minor)
         if self.interpreter is None:
@@ -165,36 +163,33 @@ class Stager:
                 self.base.python_versions.get(self.minor, self.minor)]
 
 
-def _requirements(context: Path, name: str, work: Path) -> Path:
-    """The context's env file with its image paths pointed at the context."""
-    out = work / name
-    out.write_text((context / "env" / name).read_text().replace(
-        f"{BUILD_DIR}/env", str(context / "env")))
-    return out
-
-
-def stage(spec: EnvSpec, context: Path, base: BaseFacts, pip: BuildPipConfig,
-          environ: dict[str, str], work: Path, no_cache: bool = False) -> StagedEnv:
-    """Install ``spec`` (rendered into ``context``) into ``work``/root as /opt/env
-    (``no_cache``: with a package cache of its own, every file downloaded again)."""
-    if spec.strategy != "pip":
-        raise NotApplicable(f"a {spec.strategy} environment has conda packages")
-    stager = Stager(spec, base, pip, environ, work, no_cache)
+def stage(plan: ImagePlan, base: BaseFacts, pip: BuildPipConfig, environ: dict[str, str],
+          work: Path, no_cache: bool = False) -> StagedEnv:
+    """Install the plan's environment into ``work``/root as its prefix (``no_cache``: with a
+    package cache of its own, every file downloaded again). Its env files and the tooling
+    wheel are written to ``work``/inputs, which stands for the record directory (where a
+    Dockerfile build mounts them): what uv records of their paths names that directory."""
+    install = plan.install
+    if install.strategy != "pip":
+        raise NotApplicable(f"a {install.strategy} environment has conda packages")
+    stager = Stager(install.python, base, pip, environ, work, no_cache)
     python = stager.python
+    inputs = work / "inputs"
+    env_dir = install.write(inputs / "env", str(inputs / "env"), mkdir_parents=True)
+    (inputs / "tooling").mkdir()
+    tooling = write_tooling_wheel(inputs / "tooling")
     root = work / "root"
-    prefix = root / ENV_PREFIX.lstrip("/")
+    prefix = root / plan.env_prefix.lstrip("/")
     stager.run([stager.uv, "venv", "--quiet", "--relocatable", "--python", python, str(prefix)],
                "creating the environment")
     flags = ["--quiet", "--no-build", *stager.targeted()]
-    if spec.build_requirements:
-        stager.pip(prefix, "install", *flags, "-r",
-                   str(_requirements(context, "build-requirements.txt", work)),
+    if install.build_requirements:
+        stager.pip(prefix, "install", *flags, "-r", str(env_dir / "build-requirements.txt"),
                    what="installing the build requirements without building any")
-    stager.pip(prefix, "install", *flags, "-r", str(_requirements(context, "requirements.txt",
-                                                                   work)),
+    stager.pip(prefix, "install", *flags, "-r", str(env_dir / "requirements.txt"),
                what="installing the requirements without building any")
-    stager.pip(prefix, "install", "--quiet", "--no-deps", *stager.targeted(),
-               str(context / "tooling" / TOOLING_WHEEL), what="installing the step tooling")
+    stager.pip(prefix, "install", "--quiet", "--no-deps", *stager.targeted(), str(tooling),
+               what="installing the step tooling")
     site = next(prefix.glob("lib/python*/site-packages"))
     unmet = unmet_requirements(distributions(site), image_markers(
         base.python_versions.get(stager.minor, stager.minor), _PLATFORMS[base.architecture]))
@@ -205,15 +200,15 @@ def stage(spec: EnvSpec, context: Path, base: BaseFacts, pip: BuildPipConfig,
     _strip_tests(site)
     frozen = stager.pip(prefix, "freeze", "--quiet", what="listing the environment",
                         fallback=False)
-    _relocate_direct_urls(prefix, str(context))
-    _rewrite_scripts(prefix, python)
+    _relocate_direct_urls(prefix, str(inputs), plan.record.directory)
+    _rewrite_scripts(prefix, python, plan.env_prefix)
     build = stager.run([python, "-S", "-c", "import sys; print(sys.version, sys.implementation."
                         "cache_tag)"], "probing python", scrubbed=True).strip()
     bundled = frozenset(name for _, directories, files in os.walk(prefix)
                         for name in (*directories, *files))
-    return StagedEnv(root, prefix, site, python, build, stager, context, frozen, work,
+    return StagedEnv(plan, root, prefix, site, python, build, stager, inputs, frozen, work,
                      _image_interpreter(root, prefix, stager), bundled, base.libraries,
-                     (str(work), str(context)))
+                     (str(work),))
 
 
 def check_files(staged: StagedEnv, paths: list[Path]) -> None:
@@ -258,12 +253,12 @@ def _strip_tests(site: Path) -> None:
 
 
 def write_record(staged: StagedEnv) -> Path:
-    """lock.txt (with hashes), sbom.cdx.json and the env files, as the Dockerfile path
-    records them (paths of the context become the image's); the record directory."""
-    stager, context = staged.stager, staged.context
-    record = staged.root / BUILD_DIR.lstrip("/")
-    record.mkdir(parents=True)
-    shutil.copytree(context / "env", record / "env")
+    """The plan's record files: the env files, lock.txt (with hashes) and sbom.cdx.json, as
+    the Dockerfile path records them; the record directory."""
+    stager, files = staged.stager, staged.plan.record
+    record = staged.root / files.directory.lstrip("/")
+    staged.plan.install.write(staged.root / files.env_dir.lstrip("/"), files.env_dir,
+                              mkdir_parents=True)
     frozen = record.parent / "installed.txt"
     frozen.write_text(staged.frozen)
     lock = stager.run([stager.uv, "pip", "compile", "--quiet", "--no-header", "--no-annotate",
@@ -271,9 +266,10 @@ def write_record(staged: StagedEnv) -> Path:
                        *stager.targeted(), str(frozen)],
                       "hashing the installed packages", fallback=False)
     frozen.unlink()
-    (record / "lock.txt").write_text(lock.replace(str(context), BUILD_DIR))
-    (record / "sbom.cdx.json").write_text(sbom_json(distributions(staged.site_packages),
-                                                    SOURCE_DATE_EPOCH))
+    (staged.root / files.lock.lstrip("/")).write_text(
+        lock.replace(str(staged.inputs), files.directory))
+    (staged.root / files.sbom.lstrip("/")).write_text(
+        sbom_json(distributions(staged.site_packages), SOURCE_DATE_EPOCH))
     problem = leaked_paths(staged.root, [p for p in record.rglob("*") if p.is_file()],
                             staged.staging_paths)
     if problem:
@@ -281,11 +277,11 @@ def write_record(staged: StagedEnv) -> Path:
     return record
 
 
-def _relocate_direct_urls(prefix: Path, context: str) -> None:
-    """Local files were installed from the context: their recorded URL (and its RECORD
-    line) names the image's path instead."""
+def _relocate_direct_urls(prefix: Path, inputs: str, record_dir: str) -> None:
+    """Local files were installed from ``inputs``: their recorded URL (and its RECORD line)
+    names ``record_dir``, where a Dockerfile build mounts them, instead."""
     for direct_url in prefix.glob("lib/python*/site-packages/*.dist-info/direct_url.json"):
-        data = direct_url.read_bytes().replace(context.encode(), BUILD_DIR.encode())
+        data = direct_url.read_bytes().replace(inputs.encode(), record_dir.encode())
         _replace(direct_url, data)
         entry = f"{direct_url.parent.name}/{direct_url.name},"
         record = direct_url.parent / "RECORD"
@@ -301,7 +297,8 @@ def compile_bytecode(staged: StagedEnv, sources: list[Path], work: Path) -> None
     listing.write_text("".join(f"{path}\n" for path in sources))
     result = interrupt.run(  # this machine's interpreter, without site: nothing is run
         [staged.python, "-S", "-m", "compileall", "-q", "--invalidation-mode",
-         "unchecked-hash", "-s", str(staged.prefix), "-p", ENV_PREFIX, "-i", str(listing)],
+         "unchecked-hash", "-s", str(staged.prefix), "-p", staged.plan.env_prefix, "-i",
+         str(listing)],
         text=True, env=staged.stager.scrubbed, cwd=staged.work)
     listing.unlink()
     if result.returncode != 0:  # a file that is not Python 3 (a package's template, ...)
@@ -325,16 +322,16 @@ def _image_interpreter(root: Path, prefix: Path, stager: Stager) -> dict[str, En
                                             data=config.encode(), mode=0o644)}
 
 
-def _rewrite_scripts(prefix: Path, python: str) -> None:
-    """Entry point scripts (uv names the installing interpreter, ``python``) name
-    /opt/env/bin/python, as the Dockerfile path's do (any other mention of ``python`` at the
-    top, as in the /bin/sh form for a long path, is NotApplicable)."""
+def _rewrite_scripts(prefix: Path, python: str, env_prefix: str) -> None:
+    """Entry point scripts (uv names the installing interpreter, ``python``) name the
+    image's ``env_prefix``/bin/python, as the Dockerfile path's do (any other mention of
+    ``python`` at the top, as in the /bin/sh form for a long path, is NotApplicable)."""
     installer = f"#!{python}\n".encode()
     for script in (prefix / "bin").iterdir():
         if script.is_file() and not script.is_symlink():
             data = script.read_bytes()
             if data.startswith(installer):
-                _replace(script, f"#!{ENV_PREFIX}/bin/python\n".encode() + data[len(installer):])
+                _replace(script, f"#!{env_prefix}/bin/python\n".encode() + data[len(installer):])
             elif python.encode() in data[:1024]:
                 raise NotApplicable(f"the script {script.name} names {python} in a form not "
                                     f"rewritten here")

@@ -11,10 +11,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow_steps.build.image_plan import ImagePlan
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.pipconfig import BuildPipConfig
-from mlflow_steps.env.spec import EnvSpec
 from mlflow_steps.image.reference import ImageRef, is_insecure
 
 TAIL_LINES = 12
@@ -32,7 +32,7 @@ TRANSIENT_PUSH_ERRORS = ("blob unknown", "digest invalid", "blob upload unknown"
 class BuildRequest:
     """One build-and-push: everything an engine needs, secrets as file paths only."""
 
-    context: Path
+    context: Path | None  # the rendered Dockerfile context (none for the direct builder)
     destination: ImageRef
     base_image: ImageRef
     docker_config: Path
@@ -46,8 +46,8 @@ class BuildRequest:
     source_date_epoch: int | None = None  # set: reproducible, every time clamped to it
     labels: dict[str, str] = field(default_factory=dict)  # added to the Dockerfile's
     verbose: bool = False
-    # What the engine-free builder installs itself (engines read the rendered context)
-    spec: EnvSpec | None = field(default=None, compare=False)
+    # What the engine-free builder lays out itself (engines read the rendered context)
+    plan: ImagePlan | None = field(default=None, compare=False)
     pip: BuildPipConfig | None = field(default=None, compare=False)
     compression: str = "gzip"
 
@@ -63,6 +63,7 @@ class Backend(ABC):
     """A container engine that builds a context and pushes the result."""
 
     name = "abstract"
+    needs_context = True  # builds the rendered Dockerfile context
 
     def __init__(self, environ: dict[str, str]) -> None:
         self.environ = environ
