@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,16 +13,14 @@ from mlflow_steps.build.fuseml import DEFAULT_REPOSITORY, FUSEML_PULL_REGISTRY, 
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.terminal import shown
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH, env_tag, template_version
-from mlflow_steps.env.pip_secrets import run_mounts, write_secret_files
 from mlflow_steps.env.pipconfig import BuildPipConfig, collect_pip_config
 from mlflow_steps.env.spec import BuildOptions, EnvSpec, resolve_env
-from mlflow_steps.image.client import RegistryClient
+from mlflow_steps.image.client import RegistryClient, RegistryClients
 from mlflow_steps.image.credentials import docker_config_dir
 from mlflow_steps.image.reference import ImageRef, check_destination
 
 if TYPE_CHECKING:
     from mlflow_steps.build.engines.engine import Backend, BuildRequest
-    from mlflow_steps.build.image_plan import ImagePlan
 
 # The skip decision (resolve_target, existing_digest) imports no engine, template or image
 # code: functions that build import those when they run.
@@ -88,6 +87,35 @@ def resolve_spec(codeset: Path, options: BuildOptions, environ: dict[str, str],
     return spec, pip
 
 
+def _write_private(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return path
+
+
+def write_pip_secrets(directory: Path, pip: BuildPipConfig) -> dict[str, Path]:
+    """pip.conf, its uv equivalent (+ the CA bundle) as private files for the engine's
+    secret mounts."""
+    from mlflow_steps.build.engines.engine import (
+        PIP_CA_SECRET,
+        PIP_CONFIG_SECRET,
+        SECRET_MOUNT_TARGETS,
+        UV_CONFIG_SECRET,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca_target = SECRET_MOUNT_TARGETS[PIP_CA_SECRET] if pip.ca_bundle else None
+    secrets = {PIP_CONFIG_SECRET: _write_private(directory / "pip.conf", pip.pip_conf(ca_target)),
+               UV_CONFIG_SECRET: _write_private(directory / "uv.env", pip.uv_env(ca_target))}
+    if pip.ca_bundle:
+        ca = directory / "pip-ca.pem"
+        shutil.copyfile(pip.ca_bundle, ca)
+        ca.chmod(0o600)
+        secrets[PIP_CA_SECRET] = ca
+    return secrets
+
+
 @dataclass(frozen=True)
 class BuildTarget:
     """What the builder decided before any engine runs: spec, tag, where it goes."""
@@ -96,7 +124,12 @@ class BuildTarget:
     destination: ImageRef
     pull_reference: str
     pip: BuildPipConfig
-    client: RegistryClient
+    registries: RegistryClients  # the command's registry clients, one per host
+
+    @property
+    def client(self) -> RegistryClient:
+        """The destination registry's client."""
+        return self.registries.client(self.destination.registry)
 
 
 def resolve_target(codeset: Path, inputs: BuilderInputs, environ: dict[str, str]) -> BuildTarget:
@@ -110,11 +143,11 @@ def resolve_target(codeset: Path, inputs: BuilderInputs, environ: dict[str, str]
         for line in spec.explain(template_version()).splitlines():
             log(line)
         log(pip.describe())
-    client = RegistryClient(
-        destination.registry, insecure_registries=inputs.insecure_registries,
+    registries = RegistryClients(
+        insecure_registries=inputs.insecure_registries,
         verify=str(inputs.registry_ca) if inputs.registry_ca else True, environ=environ)
     return BuildTarget(spec, destination, f"{inputs.pull_prefix()}/{inputs.repository}:{tag}",
-                       pip, client)
+                       pip, registries)
 
 
 def existing_digest(target: BuildTarget, force: bool) -> str | None:
@@ -148,14 +181,12 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
         return BuildOutcome(target.pull_reference, digest, built=False, backend=None)
     from mlflow_steps.build.direct import NotApplicable
     from mlflow_steps.build.engines import select_backend
-    from mlflow_steps.build.image_plan import image_plan
 
-    plan = image_plan(target.spec)  # the one description of the image, for every builder
     backend = select_backend(inputs.builder, environ)
     log(f"building {target.destination} with {backend.name} ({target.spec.strategy}, "
         f"base {target.spec.base_image})")
     try:
-        _build(backend, target, plan, inputs, environ)
+        _build(backend, target, inputs, environ)
     except NotApplicable as exc:
         try:
             backend = select_backend("auto", environ, engines_only=True)
@@ -163,10 +194,10 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
             raise StepError(f"the direct builder does not apply ({exc}) and {error.detail}",
                             source=error.source, field=error.field) from None
         log(f"the direct builder does not apply: {exc}; building with {backend.name}")
-        _build(backend, target, plan, inputs, environ)
+        _build(backend, target, inputs, environ)
     digest = pushed_digest(target.client, target.destination, backend.name)
     if inputs.check_reproducible:
-        check_reproducible(backend, target, plan, inputs, environ, digest)
+        check_reproducible(backend, target, inputs, environ, digest)
     elif inputs.reproducible is not False:
         log(f"built reproducibly (every time clamped to epoch {SOURCE_DATE_EPOCH}"
             "); a dependency compiled from source may still vary: --check-reproducible "
@@ -174,9 +205,8 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
     return BuildOutcome(target.pull_reference, digest, built=True, backend=backend.name)
 
 
-def check_reproducible(backend: Backend, target: BuildTarget, plan: ImagePlan,
-                       inputs: BuilderInputs, environ: dict[str, str], first_digest: str
-                       ) -> None:
+def check_reproducible(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
+                       environ: dict[str, str], first_digest: str) -> None:
     """Build again without any engine cache (Buildah: a fresh store); a different digest fails
     the step with what differs, file by file (both images read back from the registry)."""
     from mlflow_steps.image.diff import diff_images
@@ -184,7 +214,7 @@ def check_reproducible(backend: Backend, target: BuildTarget, plan: ImagePlan,
     repository = target.destination.repository
     _, first = target.client.manifest(repository, first_digest)
     log(f"checking reproducibility: building {target.destination} again without cache")
-    _build(backend, target, plan, inputs, environ, no_cache=True)
+    _build(backend, target, inputs, environ, no_cache=True)
     second_digest = pushed_digest(target.client, target.destination, backend.name)
     if second_digest == first_digest:
         log(f"reproducible: the second build gave the same digest ({first_digest})")
@@ -199,56 +229,52 @@ def check_reproducible(backend: Backend, target: BuildTarget, plan: ImagePlan,
                     exit_code=1)
 
 
-def base_labels(base_image: str, inputs: BuilderInputs, environ: dict[str, str]
-                ) -> dict[str, str]:
+def base_labels(base_image: str, registries: RegistryClients) -> dict[str, str]:
     """org.opencontainers.image.base.digest: the digest the base's registry serves now
     (none, with a log line, when that registry cannot say)."""
     base = ImageRef.parse(base_image)
     if base.tag.startswith("sha256:"):
         return {"org.opencontainers.image.base.digest": base.tag}
-    client = RegistryClient(
-        base.registry, insecure_registries=inputs.insecure_registries,
-        verify=str(inputs.registry_ca) if inputs.registry_ca else True, environ=environ)
     try:
-        digest = client.manifest_digest(base.repository, base.tag)
+        digest = registries.client(base.registry).manifest_digest(base.repository, base.tag)
     except StepError as exc:
         digest = None
         log(f"the base image's digest is not recorded: {exc}")
     return {"org.opencontainers.image.base.digest": digest} if digest else {}
 
 
-def build_request(target: BuildTarget, plan: ImagePlan, inputs: BuilderInputs,
-                  context: Path | None, docker_config: Path, secrets: dict[str, Path],
-                  environ: dict[str, str]) -> BuildRequest:
-    """The engine-neutral build request for ``target`` (``plan``, rendered as ``context``
-    for an engine)."""
+def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
+                  docker_config: Path, secrets: dict[str, Path]) -> BuildRequest:
+    """The engine-neutral build request for ``target``."""
     from mlflow_steps.build.engines.engine import BuildRequest
 
     return BuildRequest(
-        labels=base_labels(target.spec.base_image, inputs, environ),
+        labels=base_labels(target.spec.base_image, target.registries),
         context=context, destination=target.destination,
         base_image=ImageRef.parse(target.spec.base_image), docker_config=docker_config,
+        registries=target.registries,
         secrets=secrets, insecure_registries=inputs.insecure_registries,
         registry_ca=inputs.registry_ca, compressed_caching=inputs.compressed_caching,
         cache_repo=inputs.cache_repo, verbose=inputs.verbose,
         source_date_epoch=None if inputs.reproducible is False else SOURCE_DATE_EPOCH,
-        plan=plan, pip=target.pip, compression=inputs.compression,
+        spec=target.spec, pip=target.pip, compression=inputs.compression,
     )
 
 
-def _build(backend: Backend, target: BuildTarget, plan: ImagePlan, inputs: BuilderInputs,
+def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
            environ: dict[str, str], no_cache: bool = False) -> None:
     if inputs.compression != "gzip" and backend.name != "direct":
         log(f"compression {inputs.compression} is the direct builder's; {backend.name} "
             "compresses as it does")
-    from mlflow_steps.build.dockerfile import write_context
+    from mlflow_steps.build.dockerfile import PipConfigDelivery, write_context
+    from mlflow_steps.build.engines.engine import secret_delivery
     from mlflow_steps.core import interrupt
 
+    pip = target.pip
     with interrupt.private_directory("mlflow-steps-build-") as workspace:
-        context = write_context(plan, workspace / "context", run_mounts(target.pip),
-                                inputs.conda_channel_alias, environ
-                                ) if backend.needs_context else None
-        secrets = write_secret_files(workspace / "secrets", target.pip)
-        request = build_request(target, plan, inputs, context, docker_config_dir(environ),
-                                secrets, environ)
+        delivery = PipConfigDelivery() if pip.empty else secret_delivery(pip.ca_bundle is not None)
+        context = write_context(target.spec, workspace / "context", delivery,
+                                inputs.conda_channel_alias, environ)
+        secrets = {} if pip.empty else write_pip_secrets(workspace / "secrets", pip)
+        request = build_request(target, inputs, context, docker_config_dir(environ), secrets)
         backend.build_and_push(replace(request, no_cache=no_cache))

@@ -1,5 +1,4 @@
-"""`--builder direct`: install the image plan's environment, lay it out as layers and push
-the image, with no engine."""
+"""`--builder direct`: stage, lay out and push the runtime image with no engine."""
 
 from __future__ import annotations
 
@@ -45,7 +44,6 @@ class DirectBackend(Backend):
     """Builds without an engine; NotApplicable when it cannot do so safely."""
 
     name = "direct"
-    needs_context = False  # reads the image plan itself
 
     def unavailable_reason(self) -> str | None:
         return None  # needs only the registries, which every build needs
@@ -54,36 +52,29 @@ class DirectBackend(Backend):
         print(f"[direct] {message} ({time.monotonic() - started:.1f} s)", file=sys.stderr,
               flush=True)
 
-    def _client(self, host: str, request: BuildRequest) -> RegistryClient:
-        return RegistryClient(host, insecure_registries=request.insecure_registries,
-                              verify=str(request.registry_ca) if request.registry_ca else True,
-                              environ=self.environ)
-
     def build_and_push(self, request: BuildRequest) -> None:
-        if request.plan is None or request.pip is None:
-            raise NotApplicable("no image plan was given to it")
+        if request.spec is None or request.pip is None:
+            raise NotApplicable("no environment spec was given to it")
         started = time.monotonic()
-        plan, destination = request.plan, request.destination
+        spec, destination = request.spec, request.destination
         cache = cache_root(self.environ)
-        client = self._client(destination.registry, request)
+        client = request.registries.client(destination.registry)
         same_registry = request.base_image.registry == destination.registry
-        base_client = client if same_registry else self._client(request.base_image.registry,
-                                                                 request)
+        base_client = request.registries.client(request.base_image.registry)
         base = load_base(str(request.base_image), base_client, cache)
         self._log(facts_summary(base), started)
         scratch = cache / "work"  # beside uv's cache, usually: installs hard-link from it
         scratch.mkdir(parents=True, exist_ok=True)
         with private_directory("direct-", scratch) as work:
-            staged = stage(plan, base, request.pip, self.environ, work,
+            staged = stage(spec, request.context, base, request.pip, self.environ, work,
                            no_cache=request.no_cache)
-            self._log(f"environment staged for "
-                      f"{base.interpreters[str(plan.install.python)]}", started)
+            self._log(f"environment staged for {base.interpreters[str(spec.python)]}", started)
             with ThreadPool(max_workers=os.cpu_count() or 2) as pool:
                 record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
                 jobs = [LayerJob(tree_plan(staged, name, paths),
                                  frozenset(p for p in paths if p.suffix == ".py"), checked=True)
                         for name, paths in environment_groups(staged)]
-                jobs.append(LayerJob(user_layer(base, plan.user)))
+                jobs.append(LayerJob(user_layer(base)))
                 known = None if request.no_cache else LayerCache(cache / "layers")
                 maker = _LayerMaker(staged, work, known, request.compression, client,
                                     destination.repository)
@@ -94,7 +85,7 @@ class DirectBackend(Backend):
                 done[len(jobs) - 1] = maker.make(jobs[-1], len(jobs) - 1)
             made = [done[index] for index in range(len(jobs))]
             self._log(f"{len(made)} layers ({maker.reused} made before: not remade)", started)
-            config = image_config(base, plan, [(job.plan.name, diff_id) for job, (_, diff_id)
+            config = image_config(base, spec, [(job.plan.name, diff_id) for job, (_, diff_id)
                                                in zip(jobs, made, strict=True)],
                                   request.labels)
             base_blobs = [Blob(dict(layer), mount_from=base.repository) if same_registry else

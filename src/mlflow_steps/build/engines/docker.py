@@ -13,7 +13,6 @@ from mlflow_steps.build.engines.engine import Backend, BuildRequest
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.cache import cache_root
 from mlflow_steps.core.errors import StepError
-from mlflow_steps.env.pip_secrets import secret_arguments
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import LayerCache
 from mlflow_steps.image.push import Blob, push_image
@@ -73,7 +72,8 @@ class DockerBackend(Backend):
         argv = [self.cli, "build", "--progress", "plain", "--pull=false",
                 *(["--no-cache"] if request.no_cache else []),
                 "-f", str(request.context / "Dockerfile"), "-t", str(request.destination)]
-        argv += secret_arguments(request.secrets)
+        for secret_id, path in sorted(request.secrets.items()):
+            argv += ["--secret", f"id={secret_id},src={path}"]
         for key, value in sorted(request.labels.items()):
             argv += ["--label", f"{key}={value}"]
         argv.append(str(request.context))
@@ -85,9 +85,7 @@ class DockerBackend(Backend):
 
     def push_reproducibly(self, request: BuildRequest, epoch: int, env: dict[str, str]) -> None:
         """Save the image, rewrite its own layers deterministically, push them ourselves."""
-        client = RegistryClient(
-            request.destination.registry, insecure_registries=request.insecure_registries,
-            verify=str(request.registry_ca) if request.registry_ca else True, environ=env)
+        client = request.registries.client(request.destination.registry)
         base = self._base_image(request, client, env)
         with interrupt.private_directory("docker-save-") as workdir:
             archive = workdir / "image.tar"
