@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from support.helpers import docker_config
 
+from mlflow_steps.build.builder_plan import kaniko_args
 from mlflow_steps.build.engines import select_backend
 from mlflow_steps.build.engines.buildah import buildah_args, registries_conf
 from mlflow_steps.build.engines.engine import BuildRequest
-from mlflow_steps.build.engines.kaniko import kaniko_args
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.image.client import RegistryClients
 from mlflow_steps.image.reference import ImageRef

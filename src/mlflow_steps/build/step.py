@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,6 +12,7 @@ from mlflow_steps.build.fuseml import DEFAULT_REPOSITORY, FUSEML_PULL_REGISTRY, 
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.terminal import shown
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH, env_tag, template_version
+from mlflow_steps.env.pip_secrets import run_mounts, write_secret_files
 from mlflow_steps.env.pipconfig import BuildPipConfig, collect_pip_config
 from mlflow_steps.env.spec import BuildOptions, EnvSpec, resolve_env
 from mlflow_steps.image.client import RegistryClient, RegistryClients
@@ -21,6 +21,7 @@ from mlflow_steps.image.reference import ImageRef, check_destination
 
 if TYPE_CHECKING:
     from mlflow_steps.build.engines.engine import Backend, BuildRequest
+    from mlflow_steps.build.image_plan import ImagePlan
 
 # The skip decision (resolve_target, existing_digest) imports no engine, template or image
 # code: functions that build import those when they run.
@@ -85,35 +86,6 @@ def resolve_spec(codeset: Path, options: BuildOptions, environ: dict[str, str],
 
         spec = pinned_spec(spec, pip, environ)
     return spec, pip
-
-
-def _write_private(path: Path, text: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    return path
-
-
-def write_pip_secrets(directory: Path, pip: BuildPipConfig) -> dict[str, Path]:
-    """pip.conf, its uv equivalent (+ the CA bundle) as private files for the engine's
-    secret mounts."""
-    from mlflow_steps.build.engines.engine import (
-        PIP_CA_SECRET,
-        PIP_CONFIG_SECRET,
-        SECRET_MOUNT_TARGETS,
-        UV_CONFIG_SECRET,
-    )
-
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ca_target = SECRET_MOUNT_TARGETS[PIP_CA_SECRET] if pip.ca_bundle else None
-    secrets = {PIP_CONFIG_SECRET: _write_private(directory / "pip.conf", pip.pip_conf(ca_target)),
-               UV_CONFIG_SECRET: _write_private(directory / "uv.env", pip.uv_env(ca_target))}
-    if pip.ca_bundle:
-        ca = directory / "pip-ca.pem"
-        shutil.copyfile(pip.ca_bundle, ca)
-        ca.chmod(0o600)
-        secrets[PIP_CA_SECRET] = ca
-    return secrets
 
 
 @dataclass(frozen=True)
@@ -181,12 +153,14 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
         return BuildOutcome(target.pull_reference, digest, built=False, backend=None)
     from mlflow_steps.build.direct import NotApplicable
     from mlflow_steps.build.engines import select_backend
+    from mlflow_steps.build.image_plan import image_plan
 
+    plan = image_plan(target.spec)  # the one description of the image, for every builder
     backend = select_backend(inputs.builder, environ)
     log(f"building {target.destination} with {backend.name} ({target.spec.strategy}, "
         f"base {target.spec.base_image})")
     try:
-        _build(backend, target, inputs, environ)
+        _build(backend, target, plan, inputs, environ)
     except NotApplicable as exc:
         try:
             backend = select_backend("auto", environ, engines_only=True)
@@ -194,10 +168,10 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
             raise StepError(f"the direct builder does not apply ({exc}) and {error.detail}",
                             source=error.source, field=error.field) from None
         log(f"the direct builder does not apply: {exc}; building with {backend.name}")
-        _build(backend, target, inputs, environ)
+        _build(backend, target, plan, inputs, environ)
     digest = pushed_digest(target.client, target.destination, backend.name)
     if inputs.check_reproducible:
-        check_reproducible(backend, target, inputs, environ, digest)
+        check_reproducible(backend, target, plan, inputs, environ, digest)
     elif inputs.reproducible is not False:
         log(f"built reproducibly (every time clamped to epoch {SOURCE_DATE_EPOCH}"
             "); a dependency compiled from source may still vary: --check-reproducible "
@@ -205,8 +179,9 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
     return BuildOutcome(target.pull_reference, digest, built=True, backend=backend.name)
 
 
-def check_reproducible(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
-                       environ: dict[str, str], first_digest: str) -> None:
+def check_reproducible(backend: Backend, target: BuildTarget, plan: ImagePlan,
+                       inputs: BuilderInputs, environ: dict[str, str], first_digest: str
+                       ) -> None:
     """Build again without any engine cache (Buildah: a fresh store); a different digest fails
     the step with what differs, file by file (both images read back from the registry)."""
     from mlflow_steps.image.diff import diff_images
@@ -214,7 +189,7 @@ def check_reproducible(backend: Backend, target: BuildTarget, inputs: BuilderInp
     repository = target.destination.repository
     _, first = target.client.manifest(repository, first_digest)
     log(f"checking reproducibility: building {target.destination} again without cache")
-    _build(backend, target, inputs, environ, no_cache=True)
+    _build(backend, target, plan, inputs, environ, no_cache=True)
     second_digest = pushed_digest(target.client, target.destination, backend.name)
     if second_digest == first_digest:
         log(f"reproducible: the second build gave the same digest ({first_digest})")
@@ -243,9 +218,11 @@ def base_labels(base_image: str, registries: RegistryClients) -> dict[str, str]:
     return {"org.opencontainers.image.base.digest": digest} if digest else {}
 
 
-def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
-                  docker_config: Path, secrets: dict[str, Path]) -> BuildRequest:
-    """The engine-neutral build request for ``target``."""
+def build_request(target: BuildTarget, plan: ImagePlan, inputs: BuilderInputs,
+                  context: Path | None, docker_config: Path, secrets: dict[str, Path]
+                  ) -> BuildRequest:
+    """The engine-neutral build request for ``target`` (``plan``, rendered as ``context``
+    for an engine)."""
     from mlflow_steps.build.engines.engine import BuildRequest
 
     return BuildRequest(
@@ -257,24 +234,23 @@ def build_request(target: BuildTarget, inputs: BuilderInputs, context: Path,
         registry_ca=inputs.registry_ca, compressed_caching=inputs.compressed_caching,
         cache_repo=inputs.cache_repo, verbose=inputs.verbose,
         source_date_epoch=None if inputs.reproducible is False else SOURCE_DATE_EPOCH,
-        spec=target.spec, pip=target.pip, compression=inputs.compression,
+        plan=plan, pip=target.pip, compression=inputs.compression,
     )
 
 
-def _build(backend: Backend, target: BuildTarget, inputs: BuilderInputs,
+def _build(backend: Backend, target: BuildTarget, plan: ImagePlan, inputs: BuilderInputs,
            environ: dict[str, str], no_cache: bool = False) -> None:
     if inputs.compression != "gzip" and backend.name != "direct":
         log(f"compression {inputs.compression} is the direct builder's; {backend.name} "
             "compresses as it does")
-    from mlflow_steps.build.dockerfile import PipConfigDelivery, write_context
-    from mlflow_steps.build.engines.engine import secret_delivery
+    from mlflow_steps.build.dockerfile import write_context
     from mlflow_steps.core import interrupt
 
-    pip = target.pip
     with interrupt.private_directory("mlflow-steps-build-") as workspace:
-        delivery = PipConfigDelivery() if pip.empty else secret_delivery(pip.ca_bundle is not None)
-        context = write_context(target.spec, workspace / "context", delivery,
-                                inputs.conda_channel_alias, environ)
-        secrets = {} if pip.empty else write_pip_secrets(workspace / "secrets", pip)
-        request = build_request(target, inputs, context, docker_config_dir(environ), secrets)
+        context = write_context(plan, workspace / "context", run_mounts(target.pip),
+                                inputs.conda_channel_alias, environ
+                                ) if backend.needs_context else None
+        secrets = write_secret_files(workspace / "secrets", target.pip)
+        request = build_request(target, plan, inputs, context, docker_config_dir(environ),
+                                secrets)
         backend.build_and_push(replace(request, no_cache=no_cache))

@@ -1,4 +1,5 @@
-"""`--builder direct`: stage, lay out and push the runtime image with no engine."""
+"""`--builder direct`: install the image plan's environment, lay it out as layers and push
+the image, with no engine."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class DirectBackend(Backend):
     """Builds without an engine; NotApplicable when it cannot do so safely."""
 
     name = "direct"
+    needs_context = False  # reads the image plan itself
 
     def unavailable_reason(self) -> str | None:
         return None  # needs only the registries, which every build needs
@@ -53,10 +55,10 @@ class DirectBackend(Backend):
               flush=True)
 
     def build_and_push(self, request: BuildRequest) -> None:
-        if request.spec is None or request.pip is None:
-            raise NotApplicable("no environment spec was given to it")
+        if request.plan is None or request.pip is None:
+            raise NotApplicable("no image plan was given to it")
         started = time.monotonic()
-        spec, destination = request.spec, request.destination
+        plan, destination = request.plan, request.destination
         cache = cache_root(self.environ)
         client = request.registries.client(destination.registry)
         same_registry = request.base_image.registry == destination.registry
@@ -66,15 +68,16 @@ class DirectBackend(Backend):
         scratch = cache / "work"  # beside uv's cache, usually: installs hard-link from it
         scratch.mkdir(parents=True, exist_ok=True)
         with private_directory("direct-", scratch) as work:
-            staged = stage(spec, request.context, base, request.pip, self.environ, work,
+            staged = stage(plan, base, request.pip, self.environ, work,
                            no_cache=request.no_cache)
-            self._log(f"environment staged for {base.interpreters[str(spec.python)]}", started)
+            self._log(f"environment staged for "
+                      f"{base.interpreters[str(plan.install.python)]}", started)
             with ThreadPool(max_workers=os.cpu_count() or 2) as pool:
                 record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
                 jobs = [LayerJob(tree_plan(staged, name, paths),
                                  frozenset(p for p in paths if p.suffix == ".py"), checked=True)
                         for name, paths in environment_groups(staged)]
-                jobs.append(LayerJob(user_layer(base)))
+                jobs.append(LayerJob(user_layer(base, plan.user)))
                 known = None if request.no_cache else LayerCache(cache / "layers")
                 maker = _LayerMaker(staged, work, known, request.compression, client,
                                     destination.repository)
@@ -85,7 +88,7 @@ class DirectBackend(Backend):
                 done[len(jobs) - 1] = maker.make(jobs[-1], len(jobs) - 1)
             made = [done[index] for index in range(len(jobs))]
             self._log(f"{len(made)} layers ({maker.reused} made before: not remade)", started)
-            config = image_config(base, spec, [(job.plan.name, diff_id) for job, (_, diff_id)
+            config = image_config(base, plan, [(job.plan.name, diff_id) for job, (_, diff_id)
                                                in zip(jobs, made, strict=True)],
                                   request.labels)
             base_blobs = [Blob(dict(layer), mount_from=base.repository) if same_registry else

@@ -13,6 +13,7 @@ from mlflow_steps.build.engines.engine import Backend, BuildRequest
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.cache import cache_root
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.env.pip_secrets import secret_arguments
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import LayerCache
 from mlflow_steps.image.push import Blob, push_image
@@ -72,8 +73,7 @@ class DockerBackend(Backend):
         argv = [self.cli, "build", "--progress", "plain", "--pull=false",
                 *(["--no-cache"] if request.no_cache else []),
                 "-f", str(request.context / "Dockerfile"), "-t", str(request.destination)]
-        for secret_id, path in sorted(request.secrets.items()):
-            argv += ["--secret", f"id={secret_id},src={path}"]
+        argv += secret_arguments(request.secrets)
         for key, value in sorted(request.labels.items()):
             argv += ["--label", f"{key}={value}"]
         argv.append(str(request.context))

@@ -11,22 +11,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow_steps.build.dockerfile import UV_CONFIG_TARGET, PipConfigDelivery
+from mlflow_steps.build.image_plan import ImagePlan
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.pipconfig import BuildPipConfig
-from mlflow_steps.env.spec import EnvSpec
 from mlflow_steps.image.client import RegistryClients
 from mlflow_steps.image.reference import ImageRef, is_insecure
 
-PIP_CONFIG_SECRET = "pip-config"
-UV_CONFIG_SECRET = "uv-config"
-PIP_CA_SECRET = "pip-ca"
-SECRET_MOUNT_TARGETS = {
-    PIP_CONFIG_SECRET: "/etc/pip.conf",
-    UV_CONFIG_SECRET: UV_CONFIG_TARGET,
-    PIP_CA_SECRET: "/run/secrets/pip-ca.pem",
-}
 TAIL_LINES = 12
 PUSH_ATTEMPTS = 3
 # What a registry answers while another push of the same blobs is still in flight (the
@@ -42,7 +33,7 @@ TRANSIENT_PUSH_ERRORS = ("blob unknown", "digest invalid", "blob upload unknown"
 class BuildRequest:
     """One build-and-push: everything an engine needs, secrets as file paths only."""
 
-    context: Path
+    context: Path | None  # the rendered Dockerfile context (none for the direct builder)
     destination: ImageRef
     base_image: ImageRef
     docker_config: Path
@@ -57,8 +48,8 @@ class BuildRequest:
     source_date_epoch: int | None = None  # set: reproducible, every time clamped to it
     labels: dict[str, str] = field(default_factory=dict)  # added to the Dockerfile's
     verbose: bool = False
-    # What the engine-free builder installs itself (engines read the rendered context)
-    spec: EnvSpec | None = field(default=None, compare=False)
+    # What the engine-free builder lays out itself (engines read the rendered context)
+    plan: ImagePlan | None = field(default=None, compare=False)
     pip: BuildPipConfig | None = field(default=None, compare=False)
     compression: str = "gzip"
 
@@ -70,17 +61,11 @@ class BuildRequest:
         return is_insecure(ref.registry, self.insecure_registries)
 
 
-def secret_delivery(with_ca: bool) -> PipConfigDelivery:
-    """How pip config reaches RUN steps: secret mounts, with every engine (BuildKit, Buildah,
-    Kaniko's ``--secret``), so it never enters a layer."""
-    ids = [PIP_CONFIG_SECRET, UV_CONFIG_SECRET] + ([PIP_CA_SECRET] if with_ca else [])
-    return PipConfigDelivery(mounts=tuple((i, SECRET_MOUNT_TARGETS[i]) for i in ids))
-
-
 class Backend(ABC):
     """A container engine that builds a context and pushes the result."""
 
     name = "abstract"
+    needs_context = True  # builds the rendered Dockerfile context
 
     def __init__(self, environ: dict[str, str]) -> None:
         self.environ = environ
