@@ -87,13 +87,13 @@ def tracking_request(tracking_uri: str, endpoint: str, method: str, *, timeout: 
 @contextmanager
 def bounded_requests(budget: float) -> Iterator[None]:
     """For the duration, every request MLflow's REST client sends from this process is
-    bounded in total by ``budget`` seconds (``retry.BoundedAdapter``: MLflow's retries and a
+    bounded in total by ``budget`` seconds (``deadline.BoundedAdapter``: MLflow's retries and a
     server trickling its answer included). MLflow makes its sessions in
     ``request_utils._get_request_session``; their adapters get bounded copies, and the
     originals are put back afterwards."""
     from mlflow.utils import request_utils
 
-    from mlflow_steps.core.retry import BoundedAdapter
+    from mlflow_steps.core.deadline import BoundedAdapter
 
     original = request_utils._get_request_session
     swapped: list[tuple[Any, str, Any]] = []
