@@ -81,7 +81,7 @@ def token_registry(stack_root):
     from support.token_server import ISSUER, SERVICE, TokenServer
 
     directory = Path(tempfile.mkdtemp(prefix="token-", dir=stack_root))
-    tokens = TokenServer(directory, {"bob": "bob-pass"}, {"refresh-123"}).start()
+    tokens = TokenServer(directory, {"bob": "bob-pass"}, {"refresh-123"})
     reg = Registry(directory / "registry", token_auth={
         "realm": tokens.realm, "service": SERVICE, "issuer": ISSUER,
         "rootcertbundle": str(tokens.bundle)}).start()

@@ -43,7 +43,7 @@ def echoing(status: int):
 
 @pytest.fixture
 def tokens(tmp_path: Path):
-    server = TokenServer(tmp_path, {USER: PASSWORD}, {REFRESH}).start()
+    server = TokenServer(tmp_path, {USER: PASSWORD}, {REFRESH})
     yield server
     server.stop()
 

@@ -15,15 +15,16 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import requests
 
+from support.http_server import HOLD_SECONDS, LoopbackServer
+
 # Not relayed: hop-by-hop headers, and the encoding requests has already undone.
 HOP_HEADERS = {"connection", "transfer-encoding", "keep-alive", "content-length",
                "content-encoding"}
-HOLD_SECONDS = 60  # the longest any fake keeps a client waiting (stop() releases it sooner)
 
 
 def forward(handler: BaseHTTPRequestHandler, target: str, body: bytes = b"",
@@ -43,9 +44,11 @@ def forward(handler: BaseHTTPRequestHandler, target: str, body: bytes = b"",
         handler.wfile.write(upstream.content)
 
 
-class FaultyProxy:
+class FaultyProxy(LoopbackServer):
     """Answers ``status`` (with ``headers``) to the first ``failures`` requests, then
     forwards to ``target``."""
+
+    protocol = "HTTP/1.0"
 
     def __init__(self, target: str, failures: int, status: int = 500,
                  headers: dict[str, str] | None = None) -> None:
@@ -54,41 +57,24 @@ class FaultyProxy:
         self.status = status
         self.headers = dict(headers or {})
         self.seen = 0
-        proxy = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def _serve(self) -> None:
-                proxy.seen += 1
-                if proxy.seen <= proxy.failures:
-                    self.send_response(proxy.status)
-                    for key, value in proxy.headers.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                forward(self, proxy.target)
-
-            do_GET = do_HEAD = _serve
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.httpd.server_address[1]}"
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def serve(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        self.seen += 1
+        if self.seen <= self.failures:
+            handler.send_response(self.status)
+            for key, value in self.headers.items():
+                handler.send_header(key, value)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        forward(handler, self.target, body)
 
 
 Script = Callable[["ScriptedServer", BaseHTTPRequestHandler], None]
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackServer):
     """Every request is answered by ``script(server, handler)`` (its body in
     ``handler.body``); ``requests`` records (method, path, headers). ``answer`` writes a
     response; ``hold`` never answers."""
@@ -96,34 +82,12 @@ class ScriptedServer:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.requests: list[tuple[str, str, dict[str, str]]] = []
-        self.released = threading.Event()
-        server = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                self.body = self.rfile.read(length) if length else b""
-                server.requests.append((self.command, self.path, dict(self.headers)))
-                server.script(server, self)
-
-            do_GET = do_HEAD = do_POST = do_PUT = _serve
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.httpd.server_address[1]}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
+    def serve(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        handler.body = body  # type: ignore[attr-defined]
+        self.requests.append((handler.command, handler.path, dict(handler.headers)))
+        self.script(self, handler)
 
     @staticmethod
     def answer(handler: BaseHTTPRequestHandler, status: int, body: bytes | str = b"",
@@ -141,11 +105,6 @@ class ScriptedServer:
         """Keep the connection open without answering (until stop)."""
         self.released.wait(HOLD_SECONDS)
         handler.close_connection = True
-
-    def stop(self) -> None:
-        self.released.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 class SilentServer:

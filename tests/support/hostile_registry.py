@@ -37,7 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from support.faulty_proxy import HOLD_SECONDS, HOP_HEADERS, _untrusted_context
+from support.faulty_proxy import HOP_HEADERS, _untrusted_context
+from support.http_server import HOLD_SECONDS, LoopbackServer
 
 Action = Callable[["Exchange"], None]
 
@@ -239,22 +240,22 @@ class _Server(ThreadingHTTPServer):
         pass  # a client that hung up, or a reset we made: nothing to report
 
 
-class HostileRegistry:
+class HostileRegistry(LoopbackServer):
     """A scripted loopback registry (see the module docstring)."""
+
+    server_class = _Server
 
     def __init__(self, upstream: str | None = None, *,
                  credentials: tuple[str, str] | None = None, tls: bool = False) -> None:
         self.upstream = upstream
         self.credentials = credentials
         self.seen: list[Seen] = []
-        self.released = threading.Event()
         self._rules: list[_Rule] = []
         self._lock = threading.Lock()
         self._directory = tempfile.TemporaryDirectory(prefix="hostile-")
-        self.httpd = _Server(("127.0.0.1", 0), self._handler())
+        super().__init__()
         if tls:
             self.httpd.tls_context = _untrusted_context(Path(self._directory.name))
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def on(self, method: str, path: str, action: Action, times: int | None = 1) -> None:
         """Answer requests of ``method`` (``*``: any) whose path matches the regular
@@ -268,29 +269,13 @@ class HostileRegistry:
                 and re.search(path, one.path)]
 
     @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.httpd.server_address[1]}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-    @property
     def ca_file(self) -> Path:
         """The certificate a client must trust to speak HTTPS to it (``tls=True``)."""
         return Path(self._directory.name) / "untrusted.crt"
 
     def stop(self) -> None:
-        self.released.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().stop()
         self._directory.cleanup()
-
-    def __enter__(self) -> HostileRegistry:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _take(self, method: str, path: str) -> Action | None:
         with self._lock:
@@ -308,30 +293,15 @@ class HostileRegistry:
         token = base64.b64encode(":".join(self.credentials).encode()).decode()
         return seen.authorization == f"Basic {token}"
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
-                pass
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                seen = Seen(self.command, self.path, dict(self.headers), body,
-                            tls=hasattr(self.connection, "cipher"))
-                server.seen.append(seen)
-                exchange = Exchange(server, self, seen)
-                if not server._authorised(seen):
-                    exchange.send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', {
-                        "WWW-Authenticate": 'Basic realm="hostile"',
-                        "Content-Type": "application/json"})
-                    return
-                action = server._take(self.command, self.path) or forward()
-                action(exchange)
-
-            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
-        return Handler
+    def serve(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        seen = Seen(handler.command, handler.path, dict(handler.headers), body,
+                    tls=hasattr(handler.connection, "cipher"))
+        self.seen.append(seen)
+        exchange = Exchange(self, handler, seen)
+        if not self._authorised(seen):
+            exchange.send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', {
+                "WWW-Authenticate": 'Basic realm="hostile"',
+                "Content-Type": "application/json"})
+            return
+        action = self._take(handler.command, handler.path) or forward()
+        action(exchange)

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
+from support.http_server import LoopbackServer, QuietHandler
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
+
+class _IndexHandler(QuietHandler, SimpleHTTPRequestHandler):
+    """Files under the served directory, nothing logged."""
 
 
 @contextlib.contextmanager
-def local_index(root: Path):
+def local_index(root: Path) -> Iterator[str]:
     """A PEP 503 index over ``root/simple`` on a loopback port; its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0),
-                                 functools.partial(QuietHandler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/simple/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with LoopbackServer(functools.partial(_IndexHandler, directory=str(root))) as server:
+        yield f"{server.url}/simple/"

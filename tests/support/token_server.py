@@ -10,9 +10,8 @@ import base64
 import datetime
 import json
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+
+from support.http_server import LoopbackServer
 
 ISSUER = "mlflow-steps-test-issuer"
 SERVICE = "mlflow-steps-test-registry"
@@ -29,8 +30,10 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class TokenServer:
+class TokenServer(LoopbackServer):
     """Serves GET/POST /token on 127.0.0.1; records requests."""
+
+    protocol = "HTTP/1.0"  # its answers carry no Content-Length
 
     def __init__(self, directory: Path, users: dict[str, str], refresh_tokens: set[str]):
         self.users = users
@@ -47,20 +50,11 @@ class TokenServer:
                      .sign(self.key, hashes.SHA256()))
         self.bundle = directory / "token-signer.crt"
         self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-        server = self
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__()
 
     @property
     def realm(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
-
-    def start(self) -> TokenServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
+        return f"{self.url}/token"
 
     def issue(self, subject: str, scope: str | list[str]) -> str:
         access = []
@@ -80,43 +74,38 @@ class TokenServer:
         return f"{signing_input}.{b64url(signature)}"
 
 
-def _handler(server: TokenServer):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-        def _answer(self, params: dict[str, str], subject: str | None) -> None:
-            server.requests.append({"method": self.command, **params, "subject": subject})
-            if subject is None:
-                self.send_response(401)
-                self.end_headers()
-                return
-            body = json.dumps({"token": server.issue(subject, params.get("scopes", []))})
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body.encode())
-
-        def do_GET(self) -> None:
-            query = parse_qs(urlsplit(self.path).query)
+    def serve(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        if handler.command == "GET":  # Basic credentials
+            query = parse_qs(urlsplit(handler.path).query)
             params = {k: v[0] for k, v in query.items()}
             params["scopes"] = query.get("scope", [])
             subject = None
-            header = self.headers.get("Authorization", "")
+            header = handler.headers.get("Authorization", "")
             if header.startswith("Basic "):
                 user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-                if server.users.get(user) == password:
+                if self.users.get(user) == password:
                     subject = user
-            self._answer(params, subject)
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", 0))
-            form = parse_qs(self.rfile.read(length).decode())
+            self._answer(handler, params, subject)
+        elif handler.command == "POST":  # a refresh token
+            form = parse_qs(body.decode())
             params = {k: v[0] for k, v in form.items()}
             params["scopes"] = form.get("scope", [])
             ok = (params.get("grant_type") == "refresh_token"
-                  and params.get("refresh_token") in server.refresh_tokens)
-            self._answer({k: v for k, v in params.items() if k != "refresh_token"},
+                  and params.get("refresh_token") in self.refresh_tokens)
+            self._answer(handler, {k: v for k, v in params.items() if k != "refresh_token"},
                          "token-user" if ok else None)
+        else:
+            handler.send_error(501)
 
-    return Handler
+    def _answer(self, handler: BaseHTTPRequestHandler, params: dict[str, str],
+                subject: str | None) -> None:
+        self.requests.append({"method": handler.command, **params, "subject": subject})
+        if subject is None:
+            handler.send_response(401)
+            handler.end_headers()
+            return
+        body = json.dumps({"token": self.issue(subject, params.get("scopes", []))})
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.end_headers()
+        handler.wfile.write(body.encode())

@@ -16,11 +16,11 @@ server), or answered 404 without one. A trickle stops after HOLD_SECONDS or at `
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
-from support.faulty_proxy import HOLD_SECONDS, forward
+from support.faulty_proxy import forward
+from support.http_server import HOLD_SECONDS, LoopbackServer
 
 HEADERS = "headers"
 BODY = "body"
@@ -28,43 +28,17 @@ INTERVAL = 0.25
 Rule = str | Callable[[BaseHTTPRequestHandler], None]
 
 
-class TrickleServer:
+class TrickleServer(LoopbackServer):
     """A loopback HTTP server whose matching requests are answered a byte at a time."""
 
     def __init__(self, rules: Mapping[str, Rule], upstream: str | None = None) -> None:
         self.rules = dict(rules)
         self.upstream = upstream
         self.seen: list[tuple[str, str]] = []
-        self.released = threading.Event()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                server.seen.append((self.command, self.path))
-                server.serve(self, body)
-
-            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.httpd.server_address[1]}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
+        super().__init__()
 
     def serve(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        self.seen.append((handler.command, handler.path))
         rule = next((rule for pattern, rule in self.rules.items()
                      if re.search(pattern, handler.path)), None)
         if rule == HEADERS:
@@ -93,14 +67,3 @@ class TrickleServer:
                 return
             if self.released.wait(INTERVAL):
                 return
-
-    def stop(self) -> None:
-        self.released.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def __enter__(self) -> TrickleServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
