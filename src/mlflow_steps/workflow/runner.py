@@ -35,6 +35,7 @@ from mlflow_steps.build.builder_plan import (
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import Redactor
 from mlflow_steps.env.pip_secrets import CONFIG_MOUNT, CONFIG_MOUNT_ENV, write_config_mount
+from mlflow_steps.env.pip_secrets import CONFIG_MOUNT, CONFIG_MOUNT_ENV, write_config_mount
 from mlflow_steps.env.pipconfig import collect_pip_config
 from mlflow_steps.image.credentials import docker_config_dir
 from mlflow_steps.workflow.engine import (
@@ -211,7 +212,7 @@ class Runner:
                     container = ContainerSpec(
                         f"{spec.name}-{plan_step.name}", executor.image, {}, tuple(mounts),
                         None, spec.network, spec.labels, tuple(words),
-                        executor.security_options)
+                        plan_step.security_options)
                 self.emit(f"[{step.name}] {plan_step.name} ({container.image})")
                 exit_code = self.engine.run(container, on_line)
                 if exit_code != 0:
