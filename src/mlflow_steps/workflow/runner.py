@@ -35,7 +35,6 @@ from mlflow_steps.build.builder_plan import (
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import Redactor
 from mlflow_steps.env.pip_secrets import CONFIG_MOUNT, CONFIG_MOUNT_ENV, write_config_mount
-from mlflow_steps.env.pip_secrets import CONFIG_MOUNT, CONFIG_MOUNT_ENV, write_config_mount
 from mlflow_steps.env.pipconfig import collect_pip_config
 from mlflow_steps.image.credentials import docker_config_dir
 from mlflow_steps.workflow.engine import (
