@@ -233,7 +233,7 @@ def prepare(codeset: Path, inputs: BuilderInputs, executor_name: str, plan_dir: 
         if digest is None:
             # Imported when building: the skip path loads no template or engine code.
             from mlflow_steps.build.dockerfile import write_context
-            from mlflow_steps.build.image_plan import image_plan
+            from mlflow_steps.build.image_plan import image_plan  # likewise: when building
 
             image = image_plan(target.spec)
             context = write_context(image, plan_dir / "context", run_mounts(target.pip),
