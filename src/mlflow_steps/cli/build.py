@@ -86,8 +86,8 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
                    conda_channel_alias: str | None, **inputs: Any) -> None:
     """Write the build context (Dockerfile, env files, tooling; conda packages installed)
     for CODESET."""
-    from mlflow_steps.build.dockerfile import write_context
-    from mlflow_steps.build.image_plan import image_plan
+    from mlflow_steps.build.dockerfile import write_context  # jinja2: not on the skip path
+    from mlflow_steps.build.image_plan import image_plan  # nor the image plan
 
     spec, _ = resolve_spec(codeset, _options(**inputs), dict(os.environ), forward_pip_config)
     write_context(image_plan(spec), output_dir, conda_channel_alias=conda_channel_alias)

@@ -104,7 +104,7 @@ def _failure(exc: Exception) -> tuple[str, int]:
         return (f"Python module {exc.name!r} is not installed here (needed by this store or "
                 "feature): pip install it", 2)
     if type(exc).__module__.startswith("mlflow."):
-        from mlflow_steps.runtime.tracking import mlflow_error_line
+        from mlflow_steps.runtime.tracking import mlflow_error_line  # MLflow's errors only
 
         return f"mlflow: {mlflow_error_line(exc)}", 2
     if os.environ.get(DEBUG_VARIABLE):

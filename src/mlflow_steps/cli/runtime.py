@@ -9,13 +9,15 @@ from typing import Any
 
 import click
 
+from mlflow_steps.build.inspect import read_image
 from mlflow_steps.cli.inputs import codeset_argument, hosts, step_input, write_results
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.terminal import report
+from mlflow_steps.image.client import RegistryClient
+from mlflow_steps.image.reference import ImageRef
 from mlflow_steps.runtime.model import Registration, parse_tags
-
-# Each command imports its step's modules when it runs: `run` does not pay for requests
-# (serve), `serve` not for MLflow, and `mlflow-steps --help` for neither.
+from mlflow_steps.runtime.step import RuntimeInputs, run_runtime
+from mlflow_steps.runtime.trace import trace_model
 
 
 def _registration(name: str | None, alias: str | None, tags: str | None,
@@ -52,8 +54,6 @@ def run_command(codeset: Path, output_file: Path | None, run_id_file: Path | Non
                 mlflow_model_alias: str | None, mlflow_model_tags: str | None,
                 mlflow_model_description: str | None, **inputs: Any) -> None:
     """Run CODESET's MLflow project here (the image is the environment); print the model URL."""
-    from mlflow_steps.runtime.step import RuntimeInputs, run_runtime
-
     environ = dict(os.environ)
     registration = _registration(mlflow_register_model, mlflow_model_alias, mlflow_model_tags,
                                  mlflow_model_description)
@@ -68,8 +68,6 @@ def run_command(codeset: Path, output_file: Path | None, run_id_file: Path | Non
     click.echo(outcome.model.url)
 
 
-
-
 @click.command("serve")
 @step_input("model", help="Model URL to serve (e.g. the trainer's model-url output).")
 @step_input("runtime_image", help="Image with the model's environment (the builder's output).")
@@ -81,7 +79,7 @@ def run_command(codeset: Path, output_file: Path | None, run_id_file: Path | Non
 def serve_command(output_file: Path | None, model: str | None, runtime_image: str | None,
                   **inputs: Any) -> None:
     """Serve MODEL with `mlflow models serve` in RUNTIME_IMAGE; print the prediction URL."""
-    from mlflow_steps.runtime.serving import ServeInputs, serve_model
+    from mlflow_steps.runtime.serving import ServeInputs, serve_model  # requests: serve's only
 
     environ = dict(os.environ)
     url = serve_model(ServeInputs(model=model or "", runtime_image=runtime_image or "",
@@ -99,17 +97,11 @@ def serve_command(output_file: Path | None, model: str | None, runtime_image: st
 def trace_command(model_uri: str, lock: bool, insecure_registries: str) -> None:
     """From MODEL_URI back to its run, the image that trained it (digest), its env tag and
     the environment's lock. The tracking server comes from MLFLOW_TRACKING_URI."""
-    import mlflow
-
-    from mlflow_steps.runtime.trace import trace_model
+    import mlflow  # ~1 s to import: only trace needs it here (not --help, not serve)
 
     trace = trace_model(model_uri, mlflow.MlflowClient())
     click.echo(report(trace.lines()))
     if lock and trace.image:
-        from mlflow_steps.build.inspect import read_image
-        from mlflow_steps.image.client import RegistryClient
-        from mlflow_steps.image.reference import ImageRef
-
         client = RegistryClient(
             ImageRef.parse(trace.image).registry,
             insecure_registries=hosts(insecure_registries))

@@ -16,6 +16,9 @@ from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.interrupt import on_signals
 from mlflow_steps.server import check as checks
 from mlflow_steps.server import config as cfg
+from mlflow_steps.server.db_upgrade import upgrade
+from mlflow_steps.server.gc import collect, collect_every
+from mlflow_steps.server.serve import serve
 
 MIN_EVERY = timedelta(seconds=1)
 MAX_EVERY = timedelta(days=365)
@@ -142,8 +145,6 @@ def check_command(**values: Any) -> None:
 @serve_options
 def serve_command(**values: Any) -> None:
     """Serve the tracking server, model registry and proxied artifacts (token-gated if set)."""
-    from mlflow_steps.server.serve import serve
-
     config = cfg.ServerConfig(**values)
     with config.reported("serve"):
         serve(config, dict(os.environ))
@@ -157,8 +158,6 @@ def serve_command(**values: Any) -> None:
 def gc_command(dry_run: bool, every: str | None, **values: Any) -> None:
     """Purge runs and experiments deleted longer ago than the TTL (rows and artifacts)."""
     _maintenance()
-    from mlflow_steps.server.gc import collect, collect_every
-
     config = cfg.ServerConfig(**values)
     interval = _check_every(every)
     with config.reported("gc"):
@@ -183,8 +182,6 @@ def db_upgrade_command(dry_run: bool, no_backup: bool, backup_dir: Path,
                        **values: Any) -> None:
     """Upgrade the store's schema to this MLflow's, after a verified backup."""
     _maintenance()
-    from mlflow_steps.server.db_upgrade import upgrade
-
     config = cfg.ServerConfig(**values)
     with config.reported("db-upgrade"):
         upgrade(config, backup_dir=None if no_backup else backup_dir.absolute(),

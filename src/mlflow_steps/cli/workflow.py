@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -97,11 +98,11 @@ def run_command(file: Path, codeset_dir: Path | None, codeset_name: str | None, 
                 executor_image: str | None, verbose: bool) -> None:
     """Run workflow FILE locally, each step a container, in order."""
     try:  # the Docker SDK (the `workflow` extra) is only needed to run
-        from mlflow_steps.workflow.engine import DockerEngine
+        from mlflow_steps.workflow.engine import DockerEngine  # the Docker SDK: run's only
     except ImportError:
         raise StepError("the local runner needs the Docker SDK: "
                         "pip install 'mlflow-steps[workflow]'") from None
-    from mlflow_steps.workflow.runner import Runner, RunOptions
+    from mlflow_steps.workflow.runner import Runner, RunOptions  # the Docker SDK too
 
     workflow = load_workflow(file)
     codeset_input = next((i.name for i in workflow.inputs if i.type == "codeset"), None)
@@ -143,8 +144,6 @@ def runs_command(runs_dir: Path, as_json: bool) -> None:
     """List recorded local runs, oldest first."""
     records = RunStore(runs_dir).list()
     if as_json:
-        from dataclasses import asdict
-
         click.echo(json.dumps([asdict(record) for record in records], indent=2))
         return
     for record in records:
