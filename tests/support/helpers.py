@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import traceback
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+
+import click
+from click.testing import CliRunner
+
+from mlflow_steps.cli import main as entry
+from mlflow_steps.env.hashing import template_version
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "sklearn-logreg"
@@ -26,13 +38,111 @@ def write_codeset(root: Path, files: dict[str, str | bytes]) -> Path:
     return root
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """Run the real `mlflow-steps` console entry in a subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "mlflow_steps", *args],
-        capture_output=True, text=True, env=env, timeout=timeout, check=False,
-    )
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 900, process: bool = False) -> subprocess.CompletedProcess[str]:
+    """`mlflow-steps ARGS` through its console entry point, with ``env`` as the whole
+    environment (default: this one) and ``cwd``: in this process under click's CliRunner, or
+    with ``process`` in a child of its own, for what only a process shows: signals, the
+    `python -m` entry, what a command leaves in its process or does on its way out, a command
+    that replaces its process (`server serve` execs the MLflow server). Past ``timeout``
+    seconds: subprocess.TimeoutExpired, either way."""
+    argv = [sys.executable, "-m", "mlflow_steps", *args]
+    if process:
+        return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd,
+                              timeout=timeout, check=False)
+    try:
+        with _like_a_child(env, cwd), _alarm(timeout):
+            # fd capture: what child processes (engines, uv, the project) write is output too
+            result = CliRunner(capture="fd").invoke(_ENTRY, list(args), prog_name="mlflow-steps")
+    except _TimedOut:
+        raise subprocess.TimeoutExpired(argv, timeout) from None
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))  # as the interpreter
+    return subprocess.CompletedProcess(argv, result.exit_code, result.stdout, stderr)
+
+
+class _ConsoleEntry(click.Command):
+    """CliRunner calls a command's ``main``: this one is the console entry point's (one-line
+    failures, exit codes), not the bare click group's."""
+
+    def main(self, args: list[str], prog_name: str | None = None, **_: object) -> None:
+        entry.main(list(args))
+
+
+_ENTRY = _ConsoleEntry("mlflow-steps")
+# The warning filters of a fresh interpreter (pytest's own would hide what a user sees).
+_PYTHON_WARNINGS = (("ignore", ResourceWarning), ("ignore", ImportWarning),
+                    ("ignore", PendingDeprecationWarning), ("ignore", DeprecationWarning))
+
+
+class _TimedOut(BaseException):
+    """The in-process command ran past its timeout (a BaseException: the entry point's
+    one-line failure handling does not catch it)."""
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """_TimedOut raised in the main thread after ``seconds``."""
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise _TimedOut
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def _like_a_child(env: dict[str, str] | None, cwd: Path | None) -> Iterator[None]:
+    """What a child process would start with and this one gets back after: ``env`` as all of
+    os.environ (CliRunner's env only overlays), the working directory, the SIGTERM/SIGINT
+    handlers, Python's warnings printed on stderr, no MLflow tracking URI set in-process (`run`
+    sets MLflow's global one), and the tooling digest computed afresh (cached per process)."""
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    tracking_uri = _mlflow_tracking_uri(None)  # (MLflow unsets its variable: set again below)
+    os.environ.clear()
+    os.environ.update(saved_env if env is None else env)
+    template_version.cache_clear()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        with warnings.catch_warnings():
+            warnings.resetwarnings()
+            for action, category in _PYTHON_WARNINGS:
+                warnings.simplefilter(action, category)
+            warnings.showwarning = _print_warning
+            yield
+    finally:
+        _mlflow_tracking_uri(tracking_uri)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _print_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   file: object = None, line: str | None = None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _mlflow_tracking_uri(uri: str | None) -> str | None:
+    """Set MLflow's in-process tracking URI (if MLflow is loaded); the one it replaced."""
+    if "mlflow" not in sys.modules:
+        return None
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    previous = utils._tracking_uri
+    if previous != uri:
+        mlflow.set_tracking_uri(uri)
+    return previous
 
 
 def push_tiny_image(base_url: str, repository: str, tag: str, *, auth=None, verify=True,
