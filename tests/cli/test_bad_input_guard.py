@@ -8,7 +8,7 @@ nothing written (no render output, no staging directory, no new file anywhere in
 
 All of them run through the console entry point in a process of their own (cli_batch.py
 forks one warm child per command: the whole corpus takes seconds, not minutes); a
-representative subset also runs as a fresh `python -m mlflow_steps` (helpers.run_cli), and
+representative subset also runs as a fresh `python -m mlflow_steps` (run_cli, process=True), and
 must give byte-identical results, which keeps the batch runner honest.
 """
 
@@ -160,7 +160,7 @@ def test_representative_cases_give_the_same_result_as_a_fresh_interpreter(
     assert set(REPRESENTATIVE) <= set(ran)
     for case in REPRESENTATIVE:
         job, batched = ran[case]
-        fresh = run_cli(*job.argv, env=ENV, timeout=TIMEOUT)
+        fresh = run_cli(*job.argv, env=ENV, timeout=TIMEOUT, process=True)
         assert (fresh.returncode, fresh.stdout, fresh.stderr) == (
             batched["code"], batched["stdout"], batched["stderr"]), case
         assert not _problems(job, {"code": fresh.returncode, "stdout": fresh.stdout,

@@ -44,8 +44,10 @@ def one_line_failure(result, *fragments: str) -> str:
 
 
 def timed_cli(*args: str, env: dict[str, str]):
+    """In a process of its own: the bound holds until the process has ended (a call left
+    waiting, MLflow's exit hooks)."""
     started = time.monotonic()
-    result = run_cli(*args, env=env, timeout=120)
+    result = run_cli(*args, env=env, timeout=120, process=True)
     return result, time.monotonic() - started
 
 

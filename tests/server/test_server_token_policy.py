@@ -85,7 +85,7 @@ def test_loopback_addresses(host: str, loopback: bool) -> None:
 def test_no_token_on_every_interface_is_refused(tmp_path: Path, command: str,
                                                 token_env: dict[str, str]) -> None:
     line = refused(run_cli("server", command, "--port", str(free_port()),
-                           env=env(tmp_path, **token_env)),
+                           env=env(tmp_path, **token_env), process=command == "serve"),
                    "MLFLOW_TRACKING_TOKEN / --token: not set", "0.0.0.0", "--no-auth",
                    "MLFLOW_SERVER_NO_AUTH", GENERATE)
     assert line.startswith("mlflow-steps: ")
@@ -99,7 +99,8 @@ def test_bad_tokens_are_refused(tmp_path: Path, command: str, token: str) -> Non
              "contradiction": GOOD_TOKEN}[token]
     extra = {"MLFLOW_SERVER_NO_AUTH": "true"} if token == "contradiction" else {}
     result = run_cli("server", command, "--host", "127.0.0.1", "--port", str(free_port()),
-                     env=env(tmp_path, MLFLOW_TRACKING_TOKEN=value, **extra))
+                     env=env(tmp_path, MLFLOW_TRACKING_TOKEN=value, **extra),
+                     process=command == "serve")
     needle = {"placeholder": "is a placeholder, not a secret",
               "short": f"too short to be a secret (at least {TOKEN_MIN_LENGTH})",
               "contradiction": "--no-auth (MLFLOW_SERVER_NO_AUTH) contradicts"}[token]
