@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 from support.crafted import LOCK, SBOM, layer, run_main
-from support.helpers import push_tiny_image
+from support.helpers import push_tiny_image, run_cli
 from support.hostile_registry import HostileRegistry, answer
 
 from mlflow_steps.core.terminal import escape, report
@@ -63,9 +61,8 @@ def test_trace_escapes_run_tags(mlflow_server) -> None:
     run = client.create_run(experiment, tags={"mlflow_steps.env_tag": f"abc{HOSTILE}",
                                               "mlflow_steps.tooling_version": HOSTILE})
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url}
-    result = subprocess.run([sys.executable, "-m", "mlflow_steps", "trace",
-                             f"runs:/{run.info.run_id}/model", "--no-lock"], env=env,
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = run_cli("trace", f"runs:/{run.info.run_id}/model", "--no-lock", env=env,
+                     timeout=300)
     assert result.returncode == 0, result.stderr
     assert_safe(result.stdout)
     assert len(result.stdout.splitlines()) == 4  # model, run, env tag, tooling

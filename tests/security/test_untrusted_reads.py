@@ -15,7 +15,7 @@ import tarfile
 
 import pytest
 from support.crafted import LOCK, SBOM, config, layer, run_main
-from support.helpers import push_tiny_image
+from support.helpers import push_tiny_image, run_cli
 from support.hostile_registry import HostileRegistry, answer, deep_json
 
 DEEP = b"[" * 50_000 + b"]" * 50_000
@@ -116,9 +116,7 @@ def traced_run(mlflow_server):
     def trace(tags: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
         run = client.create_run(experiment, tags=tags)
         env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url}
-        return subprocess.run([sys.executable, "-m", "mlflow_steps", "trace",
-                               f"runs:/{run.info.run_id}/model", *extra], env=env,
-                              capture_output=True, text=True, timeout=300, check=False)
+        return run_cli("trace", f"runs:/{run.info.run_id}/model", *extra, env=env, timeout=300)
 
     return trace
 

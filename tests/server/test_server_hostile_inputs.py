@@ -1,4 +1,5 @@
-"""Hostile inputs to `mlflow-steps server ...`, each through the real CLI in a subprocess.
+"""Hostile inputs to `mlflow-steps server ...`, each through the real CLI (`serve`, which
+execs the MLflow server, in a process of its own).
 
 Every entry must end in exit 2 with exactly one stderr line naming what to fix: no
 traceback, no secret (store passwords, tokens, cloud keys), nothing created. Entries are
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 from devstack import free_port
+from support.helpers import run_cli
 from support.server_testing import clean_env, create_store
 
 PASSWORD = "hostile-pw-8d7c6b5a"
@@ -221,9 +223,8 @@ def test_hostile_input_is_one_clean_line(world: dict[str, str], name: str) -> No
             env[key] = fill(value, world)
     root = Path(world["root"])
     before = tree(root)
-    result = subprocess.run([sys.executable, "-m", "mlflow_steps", "server",
-                             *(fill(arg, world) for arg in hostile.args)],
-                            env=env, capture_output=True, text=True, timeout=300, check=False)
+    result = run_cli("server", *(fill(arg, world) for arg in hostile.args), env=env,
+                     timeout=300, process=hostile.args[:1] == ("serve",))
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     lines = result.stderr.strip().splitlines()

@@ -6,8 +6,6 @@ nothing: one line naming the store (password redacted), exit 2. Only `serve` cre
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,12 +23,6 @@ MAINTENANCE = [("gc",), ("gc", "--dry-run"), ("db-upgrade",), ("db-upgrade", "--
 def tree(root: Path) -> list[str]:
     """Every path under ``root``, relative, sorted."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def run_in(cwd: Path, args, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """The real CLI, in ``cwd`` (where relative default paths resolve)."""
-    return subprocess.run([sys.executable, "-m", "mlflow_steps", "server", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def one_line(result) -> str:
@@ -70,7 +62,7 @@ def test_mistyped_sqlite_path_is_refused_and_nothing_created(served_before, tmp_
 @pytest.mark.parametrize("args", MAINTENANCE, ids=" ".join)
 def test_default_store_is_not_created_by_maintenance(tmp_path: Path, args) -> None:
     """The default (relative) store, e.g. a container started without its volume."""
-    result = run_in(tmp_path, args, clean_env())
+    result = run_cli("server", *args, env=clean_env(), cwd=tmp_path)  # relative paths: here
     assert "mlflow/standalone/store/mydb.sqlite does not exist" in one_line(result)
     assert tree(tmp_path) == []
 
@@ -162,5 +154,6 @@ def test_maintenance_leaves_nothing_in_home(tmp_path: Path, args) -> None:
     env = {key: value for key, value in clean_env(HOME=str(home)).items()
            if key not in CI_VARIABLES and key != "XDG_CONFIG_HOME"}
     env["MLFLOW_BACKEND_STORE_URI"] = f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}"
-    run_in(tmp_path, args, env)
+    # a process of its own: MLflow reads its telemetry switch when it is imported
+    run_cli("server", *args, env=env, cwd=tmp_path, process=True)
     assert tree(home) == []
