@@ -8,32 +8,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from support.helpers import run_cli, write_codeset
-from support.runtime_env import example, results, step_env
+from support.helpers import run_cli
+from support.runtime_env import example, results, scripted, step_env
 
 SECRET = "tok-" + os.urandom(8).hex()
-SCRIPT_PROJECT = """\
-name: scripted
-python_env: python_env.yaml
-entry_points:
-  main:
-    parameters:
-      message: {type: string, default: hi}
-      code: {type: int, default: 0}
-    command: "python job.py --message {message} --code {code}"
-"""
-PYTHON_ENV = "python: '3.11'\ndependencies: [mlflow]\n"
-
-
-
-
-
-
-def scripted(tmp_path: Path, job: str) -> Path:
-    return write_codeset(tmp_path / "scripted", {
-        "MLproject": SCRIPT_PROJECT, "python_env.yaml": PYTHON_ENV, "job.py": job})
-
-
 
 
 def predicts(model_uri: str) -> None:

@@ -7,9 +7,20 @@ import shutil
 import sys
 from pathlib import Path
 
-from support.helpers import EXAMPLE
+from support.helpers import EXAMPLE, write_codeset
 
 VENV_BIN = str(Path(sys.executable).parent)
+SCRIPT_PROJECT = """\
+name: scripted
+python_env: python_env.yaml
+entry_points:
+  main:
+    parameters:
+      message: {type: string, default: hi}
+      code: {type: int, default: 0}
+    command: "python job.py --message {message} --code {code}"
+"""
+PYTHON_ENV = "python: '3.11'\ndependencies: [mlflow]\n"
 
 
 def step_env(tmp_path: Path, tracking_uri: str | None, **extra: str) -> dict[str, str]:
@@ -26,6 +37,12 @@ def step_env(tmp_path: Path, tracking_uri: str | None, **extra: str) -> dict[str
 
 def example(tmp_path: Path) -> Path:
     return Path(shutil.copytree(EXAMPLE, tmp_path / "codeset"))
+
+
+def scripted(tmp_path: Path, job: str) -> Path:
+    """A codeset whose entry point runs ``job`` (Python) with --message and --code."""
+    return write_codeset(tmp_path / "scripted", {
+        "MLproject": SCRIPT_PROJECT, "python_env.yaml": PYTHON_ENV, "job.py": job})
 
 
 def results(tmp_path: Path) -> dict[str, str]:
