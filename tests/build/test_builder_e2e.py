@@ -31,8 +31,8 @@ def copy_example(tmp_path: Path, name: str = "codeset") -> Path:
     return Path(shutil.copytree(EXAMPLE, tmp_path / name))
 
 
-def build(codeset: Path, env: dict[str, str], *args: str):
-    return run_cli("build", str(codeset), *args, env=env)
+def build(codeset: Path, env: dict[str, str], *args: str, process: bool = False):
+    return run_cli("build", str(codeset), *args, env=env, process=process)
 
 
 def test_docker_build_skip_and_rebuild(docker_engine, registry, base_image, secret_pip_env,
@@ -77,7 +77,8 @@ def test_docker_build_skip_and_rebuild(docker_engine, registry, base_image, secr
 
     def racer(index: int) -> None:
         outcomes[index] = build(codeset, {**env, "MLFLOW_STEPS_RESULTS_DIR":
-                                          str(tmp_path / f"race{index}")}, "--force")
+                                          str(tmp_path / f"race{index}")}, "--force",
+                                process=True)  # two builders at once: two processes
 
     threads = [threading.Thread(target=racer, args=(i,)) for i in range(2)]
     for thread in threads:

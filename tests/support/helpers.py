@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -50,6 +51,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     if process:
         return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd,
                               timeout=timeout, check=False)
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("run_cli runs in-process in the main thread only (it swaps the "
+                           "process's environment, streams and signals): pass process=True")
     try:
         with _like_a_child(env, cwd), _alarm(timeout):
             # fd capture: what child processes (engines, uv, the project) write is output too
