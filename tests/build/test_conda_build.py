@@ -150,7 +150,7 @@ def test_channel_alias_credentials_stay_on_the_builder(conda_channel, tmp_path: 
 def test_conda_image_builds_trains_and_skips(docker_engine, registry, base_image,
                                               conda_channel, mlflow_server,
                                               tmp_path: Path) -> None:
-    from test_runtime_image import run_step
+    from support.runtime_env import run_step
 
     codeset = Path(shutil.copytree(EXAMPLE, tmp_path / "codeset"))
     example = yaml.safe_load((codeset / "conda.yaml").read_text())
@@ -200,7 +200,7 @@ def test_conda_lock_image_has_exactly_the_locked_packages(docker_engine, registr
                                                           tmp_path: Path) -> None:
     import mlflow
     from support.conda_channel import solve
-    from test_runtime_image import run_step
+    from support.runtime_env import run_step
 
     records = solve(conda_channel, ["python=3.11", "pip", "six==1.16.0", "markupsafe"])
     codeset = tmp_path / "cs"

@@ -292,7 +292,7 @@ dependencies:
 def test_a_python_env_codeset_built_directly_trains(docker_engine, registry, base_image,
                                                     no_engine, mlflow_server,
                                                     tmp_path: Path) -> None:
-    from test_runtime_image import run_step
+    from support.runtime_env import run_step
 
     project = write_codeset(tmp_path / "codeset", {
         "MLproject": PYTHON_ENV_PROJECT, "python_env.yaml": PYTHON_ENV,

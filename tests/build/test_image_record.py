@@ -58,7 +58,7 @@ def test_a_trained_model_traces_back_to_its_image_and_lock(docker_engine, traine
     import os
 
     import requests
-    from test_runtime_image import run_step
+    from support.runtime_env import run_step
 
     repository, tag = trainer_image.split("/", 1)[1].rsplit(":", 1)
     digest = requests.head(

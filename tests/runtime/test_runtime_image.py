@@ -14,16 +14,7 @@ import pytest
 import requests
 from devstack import free_port, wait_until
 from support.helpers import EXAMPLE, IRIS_ROWS, predictions
-
-
-def run_step(docker_engine, image: str, codeset: Path, results: Path, *env: str):
-    results.mkdir(mode=0o777, exist_ok=True)
-    results.chmod(0o777)  # the step runs as the image's non-root user
-    argv = ["run", "--rm", "--network", "host", "-v", f"{codeset}:/project",
-            "-v", f"{results}:/tekton/results", "-e", "TASK_RESULT=model-url"]
-    for item in env:
-        argv += ["-e", item]
-    return docker_engine.cli(*argv, image, check=False, timeout=600)
+from support.runtime_env import run_step
 
 
 @pytest.fixture(scope="module")

@@ -48,3 +48,13 @@ def scripted(tmp_path: Path, job: str) -> Path:
 def results(tmp_path: Path) -> dict[str, str]:
     directory = tmp_path / "results"
     return {p.name: p.read_text() for p in directory.iterdir()} if directory.exists() else {}
+
+
+def run_step(docker_engine, image: str, codeset: Path, results: Path, *env: str):
+    results.mkdir(mode=0o777, exist_ok=True)
+    results.chmod(0o777)  # the step runs as the image's non-root user
+    argv = ["run", "--rm", "--network", "host", "-v", f"{codeset}:/project",
+            "-v", f"{results}:/tekton/results", "-e", "TASK_RESULT=model-url"]
+    for item in env:
+        argv += ["-e", item]
+    return docker_engine.cli(*argv, image, check=False, timeout=600)

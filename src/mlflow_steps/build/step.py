@@ -82,7 +82,7 @@ def resolve_spec(codeset: Path, options: BuildOptions, environ: dict[str, str],
     index, extras = pip.public_urls()
     _, spec = resolve_env(codeset, replace(options, index_url=index, extra_index_urls=extras))
     if options.resolve:
-        from mlflow_steps.env.pinning import pinned_spec
+        from mlflow_steps.build.pinning import pinned_spec
 
         spec = pinned_spec(spec, pip, environ)
     return spec, pip

@@ -17,8 +17,8 @@ The files go away with the scratch directory they are written into, which its ow
 removes (the build's workspace, the plan's ``secrets`` directory at ``verify``, the
 runner's directory when the step ends).
 
-It lives in ``env/`` beside the parser (not in ``build/``) because ``--resolve``
-(:mod:`mlflow_steps.env.pinning`) runs uv with it too, and imports only go downward.
+It lives in ``env/`` beside the parser of that configuration; the builders, ``--resolve``
+(:mod:`mlflow_steps.build.pinning`) and the workflow runner deliver through it.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ StepError naming the registry and the endpoint, with every credential masked
 (``retry.retry_policy``): request bodies are bytes, so a retried PATCH resends the same
 chunk with the same ``Content-Range``.
 
+Size: a little over 400 lines, because the auth challenge and token exchange sit here with
+the TLS fallback and retries they run under; apart, each half would need the other's state.
+
 Where credentials go (as go-containerregistry scopes them; Docker and containerd send them
 wherever the challenge points): the registry's Authorization (Basic, or the Bearer token it
 issued) only to the registry's own scheme, host and port; a blob-upload ``Location`` or a

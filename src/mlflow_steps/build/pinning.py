@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 
+from mlflow_steps.build.image_plan import requirements_text, uv_binary
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import redact, secret_values
@@ -26,8 +27,6 @@ RESOLVE_ATTEMPTS_BUDGET = 4  # a resolution may take several index round trips p
 
 def pinned_spec(spec: EnvSpec, pip: BuildPipConfig, environ: dict[str, str]) -> EnvSpec:
     """``spec`` with its requirements (the added ones included) replaced by exact pins."""
-    from mlflow_steps.build.image_plan import requirements_text, uv_binary
-
     if spec.strategy != "pip":
         raise StepError(f"applies to pip environments; a {spec.strategy} environment is "
                         + ("locked already" if spec.strategy == "conda-lock" else
