@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 from mlflow_steps.build.image_plan import EnvironmentInstall
 from mlflow_steps.core import interrupt
-from mlflow_steps.core.bounded import file_digest
+from mlflow_steps.core.bounded import MAX_FILE_BYTES, file_digest, read_bounded_text
 from mlflow_steps.core.cache import (
     cache_root,
     entry_lock,
@@ -38,6 +38,7 @@ from mlflow_steps.core.retry import (
     is_timeout,
     network_budget,
 )
+from mlflow_steps.core.yaml_file import load_yaml_text
 from mlflow_steps.env.spec import strip_credentials
 
 DEFAULT_CHANNEL_ALIAS = "https://conda.anaconda.org/"
@@ -91,9 +92,6 @@ def _condarc_files(environ: Mapping[str, str]) -> list[Path]:
 
 def _condarc_alias(path: Path) -> str | None:
     """``channel_alias`` of a condarc file (bounded read; empty or comments only: none)."""
-    from mlflow_steps.core.bounded import MAX_FILE_BYTES, read_bounded_text
-    from mlflow_steps.core.yaml_file import load_yaml_text
-
     data = load_yaml_text(read_bounded_text(path, source=str(path), limit=MAX_FILE_BYTES,
                                             what="condarc files"), str(path))
     if data is not None and not isinstance(data, dict):

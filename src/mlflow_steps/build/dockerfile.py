@@ -104,6 +104,7 @@ def write_context(plan: ImagePlan, out_dir: Path,
             env_prefix=plan.env_prefix))
         script.chmod(0o755)
         if plan.install.strategy in CONDA_STRATEGIES:
+            # only conda environments load the conda installer
             from mlflow_steps.build.conda_install import CondaChannels, stage_environment
 
             environ = os.environ if environ is None else environ

@@ -256,6 +256,6 @@ def write_tooling_wheel(directory: Path) -> Path:
 def uv_binary() -> Path:
     """The uv that installs every environment (bind-mounted by RUN, never in a layer; run by
     the direct builder and by pinning)."""
-    import uv
+    import uv  # uv's package is looked up only when a build runs uv
 
     return Path(uv.find_uv_bin())

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from mlflow_steps.core.bounded import decompressed, load_json, read_limited
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.env.hashing import env_tag
+from mlflow_steps.env.spec import BuildOptions
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.reference import ImageRef
 
@@ -148,9 +150,8 @@ def _members(blob: bytes, paths: dict[str, str], source: str) -> dict[str, str]:
 
 def codeset_matches(record: ImageRecord, codeset: Path, environ: dict[str, str]) -> str:
     """One line: whether ``codeset`` (on the image's base) hashes to the image's env tag."""
+    # the builder step loads only for a codeset comparison
     from mlflow_steps.build.step import resolve_spec
-    from mlflow_steps.env.hashing import env_tag
-    from mlflow_steps.env.spec import BuildOptions
 
     base = record.labels.get("org.opencontainers.image.base.name")
     strategy = record.labels.get(f"{LABEL_PREFIX}strategy", "")

@@ -20,6 +20,7 @@ VIRTUAL_PACKAGES = (("__unix", "0", "0"), ("__linux", "5.10", "0"), ("__glibc", 
 
 async def solve(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """Solve ``specs`` against ``channels`` (names resolved through ``alias``)."""
+    # only the child process needs rattler
     from rattler import (
         BuildString,
         Channel,
@@ -29,7 +30,7 @@ async def solve(payload: dict[str, Any]) -> list[dict[str, Any]]:
         PackageName,
         Version,
     )
-    from rattler import solve as rattler_solve
+    from rattler import solve as rattler_solve  # only the child process needs rattler
 
     config = ChannelConfig(channel_alias=payload["alias"])
     virtual = [GenericVirtualPackage(PackageName(name), Version(version), BuildString(build))
@@ -47,8 +48,8 @@ async def solve(payload: dict[str, Any]) -> list[dict[str, Any]]:
 async def install(payload: dict[str, Any]) -> None:
     """Install package archives into ``staging`` as if it were ``prefix`` (paths, shebangs
     and placeholders name ``prefix``); nothing is downloaded."""
-    from rattler import Platform, RepoDataRecord
-    from rattler import install as rattler_install
+    from rattler import Platform, RepoDataRecord  # only the child process needs rattler
+    from rattler import install as rattler_install  # only the child process needs rattler
 
     records = [await RepoDataRecord.from_package_archive(path) for path in payload["archives"]]
     await rattler_install(records, payload["staging"], cache_dir=payload["cache"],

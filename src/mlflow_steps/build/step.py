@@ -82,7 +82,7 @@ def resolve_spec(codeset: Path, options: BuildOptions, environ: dict[str, str],
     index, extras = pip.public_urls()
     _, spec = resolve_env(codeset, replace(options, index_url=index, extra_index_urls=extras))
     if options.resolve:
-        from mlflow_steps.build.pinning import pinned_spec
+        from mlflow_steps.build.pinning import pinned_spec  # only --resolve loads the pinning
 
         spec = pinned_spec(spec, pip, environ)
     return spec, pip
@@ -151,9 +151,9 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
     digest = existing_digest(target, inputs.force or inputs.check_reproducible)
     if digest:
         return BuildOutcome(target.pull_reference, digest, built=False, backend=None)
-    from mlflow_steps.build.direct import NotApplicable
-    from mlflow_steps.build.engines import select_backend
-    from mlflow_steps.build.image_plan import image_plan
+    from mlflow_steps.build.direct import NotApplicable  # the skip path never loads the engines
+    from mlflow_steps.build.engines import select_backend  # the skip path never loads the engines
+    from mlflow_steps.build.image_plan import image_plan  # the skip path never loads the engines
 
     plan = image_plan(target.spec)  # the one description of the image, for every builder
     backend = select_backend(inputs.builder, environ)
@@ -184,7 +184,7 @@ def check_reproducible(backend: Backend, target: BuildTarget, plan: ImagePlan,
                        ) -> None:
     """Build again without any engine cache (Buildah: a fresh store); a different digest fails
     the step with what differs, file by file (both images read back from the registry)."""
-    from mlflow_steps.image.diff import diff_images
+    from mlflow_steps.image.diff import diff_images  # only --check-reproducible compares images
 
     repository = target.destination.repository
     _, first = target.client.manifest(repository, first_digest)
@@ -223,6 +223,7 @@ def build_request(target: BuildTarget, plan: ImagePlan, inputs: BuilderInputs,
                   ) -> BuildRequest:
     """The engine-neutral build request for ``target`` (``plan``, rendered as ``context``
     for an engine)."""
+    # the skip path never loads the engines
     from mlflow_steps.build.engines.engine import BuildRequest
 
     return BuildRequest(
@@ -243,8 +244,9 @@ def _build(backend: Backend, target: BuildTarget, plan: ImagePlan, inputs: Build
     if inputs.compression != "gzip" and backend.name != "direct":
         log(f"compression {inputs.compression} is the direct builder's; {backend.name} "
             "compresses as it does")
+    # the skip path never loads the templates
     from mlflow_steps.build.dockerfile import write_context
-    from mlflow_steps.core import interrupt
+    from mlflow_steps.core import interrupt  # the skip path never needs it
 
     with interrupt.private_directory("mlflow-steps-build-") as workspace:
         context = write_context(plan, workspace / "context", run_mounts(target.pip),

@@ -186,7 +186,7 @@ def decompressed(data: bytes, *, limit: int, source: str, what: str) -> IO[bytes
     if data[:2] == _GZIP_MAGIC:
         raw = gzip.GzipFile(fileobj=raw, mode="rb")
     elif data[:4] == _ZSTD_MAGIC:
-        import zstandard
+        import zstandard  # zstd layers only; most are gzip
 
         raw = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
         errors = (zstandard.ZstdError,)

@@ -34,7 +34,7 @@ RUN_CONTEXT_VARIABLE = "MLFLOW_RUN_CONTEXT"
 
 def load_project_spec(directory: str) -> Any:
     """MLflow's own parse of ``directory``'s MLproject (its checks, its command rendering)."""
-    from mlflow.projects import _project_spec
+    from mlflow.projects import _project_spec  # MLflow loads only when a step talks to it
 
     return _project_spec.load_project(directory)
 
@@ -42,6 +42,7 @@ def load_project_spec(directory: str) -> Any:
 def entry_point_command(spec: Any, entry_point: str, parameters: Mapping[str, str],
                         storage_dir: str) -> str:
     """The shell command MLflow runs for ``entry_point`` with ``parameters`` (quoted)."""
+    # MLflow loads only when a step talks to it
     from mlflow.projects.utils import get_entry_point_command
 
     return " ".join(get_entry_point_command(spec, entry_point, dict(parameters), storage_dir))
@@ -50,7 +51,7 @@ def entry_point_command(spec: Any, entry_point: str, parameters: Mapping[str, st
 def create_project_run(project_uri: str, experiment_id: str, work_dir: str,
                        entry_point: str, parameters: Mapping[str, str]) -> Any:
     """A new run tagged as MLflow's project runner tags it (source, entry point, params)."""
-    from mlflow.projects.utils import get_or_create_run
+    from mlflow.projects.utils import get_or_create_run  # MLflow loads only when a step talks to it
 
     return get_or_create_run(None, project_uri, experiment_id, work_dir, None, entry_point,
                              dict(parameters))
@@ -58,7 +59,7 @@ def create_project_run(project_uri: str, experiment_id: str, work_dir: str,
 
 def project_run_environment(run_id: str, experiment_id: str) -> dict[str, str]:
     """The variables MLflow gives a project's process (MLFLOW_RUN_ID, _EXPERIMENT_ID, ...)."""
-    from mlflow.projects.utils import get_run_env_vars
+    from mlflow.projects.utils import get_run_env_vars  # MLflow loads only when a step talks to it
 
     return dict(get_run_env_vars(run_id, experiment_id))
 
@@ -67,6 +68,7 @@ def project_run_environment(run_id: str, experiment_id: str) -> dict[str, str]:
 
 def tracking_host_creds(tracking_uri: str) -> Any:
     """MLflow's credentials for an http(s) tracking URI (token, basic auth, TLS settings)."""
+    # MLflow loads only when a step talks to it
     from mlflow.utils.credentials import get_default_host_creds
 
     return get_default_host_creds(tracking_uri)
@@ -77,7 +79,7 @@ def tracking_request(tracking_uri: str, endpoint: str, method: str, *, timeout: 
     """One HTTP request to the tracking server through MLflow's REST layer (its auth
     headers, TLS settings and request-header plugins), without MLflow's retries: the
     response comes back whatever its status, so the caller sees 429 and Retry-After."""
-    from mlflow.utils.rest_utils import http_request
+    from mlflow.utils.rest_utils import http_request  # MLflow loads only when a step talks to it
 
     return http_request(tracking_host_creds(tracking_uri), endpoint, method, max_retries=0,
                         backoff_factor=0, backoff_jitter=0, timeout=timeout,
@@ -91,8 +93,9 @@ def bounded_requests(budget: float) -> Iterator[None]:
     server trickling its answer included). MLflow makes its sessions in
     ``request_utils._get_request_session``; their adapters get bounded copies, and the
     originals are put back afterwards."""
-    from mlflow.utils import request_utils
+    from mlflow.utils import request_utils  # MLflow loads only when a step talks to it
 
+    # requests' adapter loads only with MLflow
     from mlflow_steps.core.deadline import BoundedAdapter
 
     original = request_utils._get_request_session
@@ -124,6 +127,7 @@ def bounded_requests(budget: float) -> Iterator[None]:
 
 def sql_tracking_store(store_uri: str, default_artifact_root: str) -> Any:
     """MLflow's SQLAlchemy tracking store on ``store_uri``."""
+    # MLflow loads only when a step talks to it
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     return SqlAlchemyStore(store_uri, default_artifact_root)
@@ -163,6 +167,7 @@ def hard_delete_experiment(store: Any, experiment_id: str) -> None:
 
 def artifact_repository(artifact_uri: str) -> Any:
     """MLflow's artifact repository for ``artifact_uri`` (local, S3, ...)."""
+    # MLflow loads only when a step talks to it
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     return get_artifact_repository(artifact_uri)
@@ -170,6 +175,7 @@ def artifact_repository(artifact_uri: str) -> Any:
 
 def alembic_config(db_url: str = "") -> Any:
     """The alembic Config of MLflow's tracking-store migrations."""
+    # MLflow loads only when a step talks to it
     from mlflow.store.db.utils import _get_alembic_config
 
     return _get_alembic_config(db_url)
@@ -177,6 +183,7 @@ def alembic_config(db_url: str = "") -> Any:
 
 def schema_revision(engine: Engine) -> str | None:
     """The store's alembic revision; None when it has no MLflow schema yet."""
+    # MLflow loads only when a step talks to it
     from mlflow.store.db.utils import _get_schema_version
 
     return _get_schema_version(engine)
@@ -184,6 +191,7 @@ def schema_revision(engine: Engine) -> str | None:
 
 def head_schema_revision() -> str:
     """The schema revision the installed MLflow needs."""
+    # MLflow loads only when a step talks to it
     from mlflow.store.db.utils import _get_latest_schema_revision
 
     return _get_latest_schema_revision()
@@ -191,7 +199,7 @@ def head_schema_revision() -> str:
 
 def upgrade_schema(engine: Engine) -> None:
     """Run MLflow's migrations on the store up to the head revision."""
-    from mlflow.store.db.utils import _upgrade_db
+    from mlflow.store.db.utils import _upgrade_db  # MLflow loads only when a step talks to it
 
     _upgrade_db(engine)
 
@@ -204,9 +212,9 @@ def server_environment(*, backend_store_uri: str, registry_store_uri: str,
                        ) -> dict[str, str]:
     """The variables MLflow's server app reads its settings from (as `mlflow server` sets)."""
     try:
-        from mlflow.server import constants
+        from mlflow.server import constants  # MLflow loads only when a step talks to it
     except ImportError:  # before 3.8 the names lived in mlflow.server itself
-        import mlflow.server as constants
+        import mlflow.server as constants  # MLflow loads only when a step talks to it
 
     return {constants.BACKEND_STORE_URI_ENV_VAR: backend_store_uri,
             constants.REGISTRY_STORE_URI_ENV_VAR: registry_store_uri,
@@ -223,8 +231,12 @@ def initialize_backend_stores(backend_store_uri: str, registry_store_uri: str,
     MLflow's initialiser also caches both stores in its handlers and points this process's
     tracking and registry URIs (and their variables) at the store; all of that is put back
     afterwards, so the caller's client keeps talking to the server it chose."""
-    from mlflow.server import handlers
+    from mlflow.server import handlers  # MLflow loads only when a step talks to it
+
+    # MLflow loads only when a step talks to it
     from mlflow.tracking._model_registry import utils as registry_utils
+
+    # MLflow loads only when a step talks to it
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     saved = {module: module.__dict__[name] for module, name in (
@@ -248,6 +260,7 @@ def initialize_backend_stores(backend_store_uri: str, registry_store_uri: str,
 def allowed_hosts_from_env() -> list[str] | None:
     """The Host patterns MLflow's security middleware takes from MLFLOW_SERVER_ALLOWED_HOSTS;
     None when that is not set."""
+    # MLflow loads only when a step talks to it
     from mlflow.server.security_utils import get_allowed_hosts_from_env
 
     return get_allowed_hosts_from_env()
@@ -256,6 +269,7 @@ def allowed_hosts_from_env() -> list[str] | None:
 def default_allowed_hosts() -> list[str]:
     """The Host patterns MLflow's security middleware allows by default (loopback, private
     networks)."""
+    # MLflow loads only when a step talks to it
     from mlflow.server.security_utils import get_default_allowed_hosts
 
     return list(get_default_allowed_hosts())
@@ -263,6 +277,6 @@ def default_allowed_hosts() -> list[str]:
 
 def server_asgi_app() -> Any:
     """MLflow's tracking server as an ASGI app (its FastAPI app wrapping the Flask one)."""
-    from mlflow.server.fastapi_app import app
+    from mlflow.server.fastapi_app import app  # MLflow loads only when a step talks to it
 
     return app

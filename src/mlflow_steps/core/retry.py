@@ -242,6 +242,7 @@ def environment_proxy(url: str, environ: Mapping[str, str]) -> str | None:
         return None
     no_proxy = variable("no_proxy")
     if no_proxy:
+        # urllib.request is heavy; only no_proxy needs it
         from urllib.request import proxy_bypass_environment
 
         if proxy_bypass_environment(parts.netloc, {"no": no_proxy}):
@@ -255,7 +256,7 @@ def _tls_options(verify: bool | str, environ: Mapping[str, str]) -> dict[str, ob
     if verify is True:
         verify = environ.get("REQUESTS_CA_BUNDLE") or environ.get("CURL_CA_BUNDLE") or ""
         if not verify:
-            import certifi
+            import certifi  # certifi loads only when no CA bundle is given
 
             verify = certifi.where()
     if os.path.isdir(verify):

@@ -80,6 +80,7 @@ def normalise_conda_spec(spec: str, *, source: str, field: str) -> str:
 
 def matchspec_text(spec: str, *, source: str, field: str) -> str:
     """Canonical 'channel::name version build' via conda-lock's MatchSpec parser."""
+    # conda-lock loads only for conda environments
     from conda_lock.src_parser.conda_common import conda_spec_to_versioned_dep
 
     try:
@@ -161,6 +162,7 @@ def _mapping_spec(item: dict, *, source: str, field: str) -> StepError:
 
 def parse_conda_lock(codeset: Path, path: Path) -> LockedEnv:
     """Read a conda-lock lockfile with conda-lock's own model; keep linux-64 packages."""
+    # conda-lock loads only for conda environments
     from conda_lock.lockfile import parse_conda_lock_file
 
     name = relative_name(codeset, path)

@@ -39,7 +39,7 @@ def uv_version() -> str:
         found = list(Path(spec.origin).parent.parent.glob("uv-*.dist-info"))
         if len(found) == 1:
             return found[0].name.removeprefix("uv-").removesuffix(".dist-info")
-    from importlib.metadata import version
+    from importlib.metadata import version  # only when uv's dist-info is not beside it
 
     return version("uv")
 

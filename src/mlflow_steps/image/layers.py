@@ -157,7 +157,7 @@ class _LayerWriter:
         self.media_type = LAYER_MEDIA_TYPE
         self._zipped: IO[bytes] | _GzipMembers
         if compression == "zstd":  # one thread: the same bytes on every machine
-            import zstandard
+            import zstandard  # zstd layers only; most are gzip
 
             self.media_type = ZSTD_MEDIA_TYPE
             self._zipped = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(

@@ -29,7 +29,7 @@ def default_experiment_name(codeset: Path, project_name: str | None) -> str:
 def resolve_experiment(client, requested: str | None, codeset: Path,
                        project_name: str | None) -> str:
     """The experiment id to run in; created when missing, restored when deleted."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # MLflow loads only when a step talks to it
 
     requested = (requested or "").strip()
     if requested.isdigit():

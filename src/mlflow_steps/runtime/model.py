@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.runtime.args import split_args
 
 MODEL_FILE = "MLmodel"
 FIELD = "mlflow_artifact_path"
@@ -99,8 +100,6 @@ class Registration:
 
 def parse_tags(text: str | None) -> tuple[tuple[str, str], ...]:
     """``k=v,k2=v2`` (or space separated, shell quoting) → pairs."""
-    from mlflow_steps.runtime.args import split_args
-
     try:
         return tuple(split_args(text or ""))
     except StepError as exc:
@@ -109,7 +108,7 @@ def parse_tags(text: str | None) -> tuple[tuple[str, str], ...]:
 
 def register(client, model: LoggedModelRef, registration: Registration) -> str:
     """Create a model version with the alias/tags/description; its `models:/` URI."""
-    import mlflow
+    import mlflow  # MLflow loads only when a step talks to it
 
     version = mlflow.register_model(model.models_uri, registration.name,
                                     tags=dict(registration.tags) or None)

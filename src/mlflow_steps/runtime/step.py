@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from mlflow_steps import __version__
+from mlflow_steps.core import mlflow_compat
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.interrupt import on_signals
 from mlflow_steps.core.terminal import escape
@@ -26,7 +28,13 @@ from mlflow_steps.runtime.model import (
     find_model,
     register,
 )
-from mlflow_steps.runtime.tracking import bounded_http, check_reachable, redactor, tracking_uri
+from mlflow_steps.runtime.tracking import (
+    bounded_http,
+    check_reachable,
+    mlflow_error_line,
+    redactor,
+    tracking_uri,
+)
 
 RELAY_GRACE_SECONDS = 5
 
@@ -89,15 +97,13 @@ def _execute(command: str, codeset: Path, env: dict[str, str],
 
 def context_tags(environ: dict[str, str]) -> dict:
     """The user's MLFLOW_RUN_CONTEXT tags (MLflow puts them on what a process creates)."""
-    from mlflow_steps.core.mlflow_compat import RUN_CONTEXT_VARIABLE
-
-    raw = environ.get(RUN_CONTEXT_VARIABLE, "").strip()
+    raw = environ.get(mlflow_compat.RUN_CONTEXT_VARIABLE, "").strip()
     try:
         tags = json.loads(raw) if raw else {}
     except ValueError:
         tags = None
     if not isinstance(tags, dict):
-        raise StepError("is not a JSON object of tags", source=RUN_CONTEXT_VARIABLE)
+        raise StepError("is not a JSON object of tags", source=mlflow_compat.RUN_CONTEXT_VARIABLE)
     return tags
 
 
@@ -109,8 +115,6 @@ IMAGE_TAG_VARIABLES = {"MLFLOW_STEPS_ENV_TAG": "mlflow_steps.env_tag",
 
 def image_tags(environ: dict[str, str]) -> dict[str, str]:
     """Tags tracing a run and its models back to the image: env tag, image, digest, tooling."""
-    from mlflow_steps import __version__
-
     tags = {tag: environ[name].strip() for name, tag in IMAGE_TAG_VARIABLES.items()
             if environ.get(name, "").strip()}
     return {**tags, "mlflow_steps.tooling_version": __version__}
@@ -119,9 +123,8 @@ def image_tags(environ: dict[str, str]) -> dict[str, str]:
 def _mark_failed(client, run_id: str) -> None:
     """After a failure of ours (a tracking server that stopped answering, ...): the run we
     created is not left RUNNING, as far as the server still answers (within the budget)."""
-    from mlflow.entities import RunStatus
+    from mlflow.entities import RunStatus  # MLflow loads only when a step talks to it
 
-    from mlflow_steps.runtime.tracking import mlflow_error_line
 
     try:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
@@ -147,10 +150,9 @@ def run_runtime(codeset: Path, inputs: RuntimeInputs,
 def _run(codeset: Path, inputs: RuntimeInputs, environ: dict[str, str], project,
          entry_point: str, parameters: dict[str, str], uri: str,
          http: dict[str, str]) -> RuntimeOutcome:
-    import mlflow
-    from mlflow.entities import RunStatus
+    import mlflow  # MLflow loads only when a step talks to it
+    from mlflow.entities import RunStatus  # MLflow loads only when a step talks to it
 
-    from mlflow_steps.core import mlflow_compat
 
     spec = mlflow_compat.load_project_spec(str(codeset))  # MLflow's own checks, before any call
     mlflow.set_tracking_uri(uri)

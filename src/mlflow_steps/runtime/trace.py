@@ -49,7 +49,7 @@ class Trace:
 def trace_model(model_uri: str, client: Any) -> Trace:
     """The run and image tags of ``model_uri`` (models:/<id>, models:/<name>/<version>,
     models:/<name>@<alias>, runs:/<run>/<path>)."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # MLflow loads only when a step talks to it
 
     try:
         return _trace(model_uri.strip(), client)

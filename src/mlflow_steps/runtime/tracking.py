@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mlflow_steps.core import mlflow_compat
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import Redactor, secret_values
 from mlflow_steps.core.retry import BUDGET_VARIABLE, REFUSED_RETRIES, is_refused, network_budget
@@ -81,8 +82,6 @@ def bounded_http(environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
     """MLflow's HTTP settings derived from the budget, for this process for the duration;
     yields them for the project's process. Settings the user gave are left alone. In this
     process each of MLflow's requests is also bounded in total by the budget."""
-    from mlflow_steps.core import mlflow_compat
-
     budget = network_budget(environ)
     added = {key: value for key, value in http_settings(budget).items() if key not in environ}
     previous = {key: os.environ.get(key) for key in added}
@@ -141,7 +140,7 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 def _transient(exc: BaseException) -> bool:
     """A connection failure or timeout (worth another try), not a malformed URL or TLS."""
-    import requests
+    import requests  # requests comes with MLflow, loaded only to talk to it
 
     cause = exc.__cause__ or exc.__context__
     return isinstance(cause, requests.ConnectionError | requests.Timeout) and not isinstance(
@@ -150,7 +149,7 @@ def _transient(exc: BaseException) -> bool:
 
 def _reason(exc: BaseException) -> str:
     """A connection failure in a few words: 'Connection refused', 'no answer', ..."""
-    import requests
+    import requests  # requests comes with MLflow, loaded only to talk to it
 
     cause = exc.__cause__ or exc.__context__
     text = str(getattr(exc, "message", None) or exc)
@@ -174,9 +173,8 @@ def check_reachable(client, uri: str, environ: Mapping[str, str]) -> None:
     if not uri.lower().startswith(("http://", "https://")):
         _check_store(client, shown, mask, deadline, budget)
         return
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # MLflow loads only when a step talks to it
 
-    from mlflow_steps.core import mlflow_compat
 
     delay, last, refused = 0.5, "no answer", 0
     while (remaining := deadline - time.monotonic()) > 0:
@@ -242,7 +240,7 @@ def _refusal(response, shown: str, mask: Redactor) -> str:
 
 def _check_store(client, shown: str, mask: Redactor, deadline: float, budget: float) -> None:
     """A store MLflow reaches without HTTP (file, sqlite, databricks, ...): one search."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # MLflow loads only when a step talks to it
 
     try:
         _before(deadline, lambda: client.search_experiments(max_results=1))

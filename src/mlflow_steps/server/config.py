@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
+from mlflow_steps.core import mlflow_compat
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import redact
 
@@ -100,7 +101,7 @@ def format_duration(value: timedelta) -> str:
 
 def _store_password(uri: str) -> str | None:
     """The password in a store URI, as SQLAlchemy reads it (else as a URL would have it)."""
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url  # the server extra loads only when a server command runs
 
     try:
         return make_url(uri).password
@@ -154,9 +155,9 @@ class AllowedHosts:
 
 def allowed_hosts() -> AllowedHosts:
     """What MLflow's middleware will do, from the same environment and with its own code."""
+    # MLflow loads only when the server uses it
     from mlflow.environment_variables import MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE
 
-    from mlflow_steps.core import mlflow_compat
 
     if MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE.get() == "true":
         return AllowedHosts(None, f"{DISABLE_SECURITY_MIDDLEWARE} is true: no Host check")
@@ -205,7 +206,9 @@ class ServerConfig:
     @contextmanager
     def reported(self, command: str) -> Iterator[None]:
         """Turn MLflow and database errors raised inside into one redacted line."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # MLflow loads only when the server uses it
+
+        # the server extra loads only when a server command runs
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
@@ -217,7 +220,10 @@ class ServerConfig:
 
     def store_url(self) -> URL:
         """The store as a SQLAlchemy URL (relative sqlite paths made absolute)."""
+        # the server extra loads only when a server command runs
         from sqlalchemy.engine import make_url
+
+        # the server extra loads only when a server command runs
         from sqlalchemy.exc import ArgumentError
 
         try:

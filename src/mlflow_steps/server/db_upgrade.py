@@ -41,8 +41,9 @@ class UpgradePlan:
 
 def plan_upgrade(current: str | None, head: str) -> UpgradePlan:
     """The migrations between ``current`` (exclusive) and ``head``."""
+    # the server extra loads only when a server command runs
     from alembic.script import ScriptDirectory
-    from alembic.util import CommandError
+    from alembic.util import CommandError  # the server extra loads only when a server command runs
     if current is None or current == head:
         return UpgradePlan(current, head, ())
     script = ScriptDirectory.from_config(mlflow_compat.alembic_config(""))

@@ -79,7 +79,7 @@ def open_store(config: ServerConfig) -> SqlAlchemyStore:
 
 def plan(tracking_store: SqlAlchemyStore, ttl: timedelta, now_ms: int) -> list[Purge]:
     """Runs, logged models, then experiments, deleted at or before ``now_ms - ttl``."""
-    from mlflow.entities import ViewType
+    from mlflow.entities import ViewType  # MLflow loads only when the server uses it
 
     ttl_ms = min(int(ttl.total_seconds() * 1000), now_ms)  # nothing was deleted before 1970
     experiments = _all_pages(lambda token: tracking_store.search_experiments(

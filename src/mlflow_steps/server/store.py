@@ -25,8 +25,8 @@ def _reason(exc: Exception) -> str:
 @contextmanager
 def engine(config: ServerConfig) -> Iterator[Engine]:
     """An unpooled engine on a store it could read; database errors become one redacted line."""
-    import sqlalchemy
-    from sqlalchemy.pool import NullPool
+    import sqlalchemy  # the server extra loads only when a server command runs
+    from sqlalchemy.pool import NullPool  # the server extra loads only when a server command runs
 
     url = config.store_url()
     try:
@@ -73,6 +73,6 @@ def head_revision() -> str:
 
 def table_names(db_engine: Engine) -> list[str]:
     """Tables in the store's default schema."""
-    import sqlalchemy
+    import sqlalchemy  # the server extra loads only when a server command runs
 
     return sqlalchemy.inspect(db_engine).get_table_names()

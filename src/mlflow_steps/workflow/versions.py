@@ -16,7 +16,7 @@ from mlflow_steps.core.errors import StepError
 
 def _semver() -> ModuleType:
     try:
-        import nodesemver
+        import nodesemver  # optional: only version ranges need node-semver
     except ImportError:
         raise StepError("version ranges need node-semver: "
                         "pip install 'mlflow-steps[workflow]'") from None
