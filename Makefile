@@ -26,16 +26,20 @@ SEED := $(or $(SEED),$(shell od -An -N2 -tu2 /dev/urandom | tr -d ' '))
 test: setup
 	$(BIN)/ruff check src tests bench scripts
 	@echo "test order: seed $(SEED) (the same order again: make test SEED=$(SEED))"
-	@# Engine tests and the rest run side by side (two processes, own temp dirs); the rest's
-	@# report follows the engine tests' one.
-	@status=0; \
-	$(BIN)/pytest -q -p no:cacheprovider -m "not engine" --randomly-seed=$(SEED) \
-		--basetemp=/tmp/mlflow-steps-tests-rest > .test-rest.log 2>&1 & rest=$$!; \
-	$(BIN)/pytest -q -p no:cacheprovider -m engine --randomly-seed=$(SEED) \
-		--basetemp=/tmp/mlflow-steps-tests-engine || status=$$?; \
+	@echo "engine tests and the rest run side by side: a line per test file from each while they"
+	@echo "run (tests/support/progress.py), then both pytest reports"
+	@# fd 3 is the terminal: the progress lines go there, each report to its log.
+	@status=0; export MLFLOW_STEPS_TEST_PROGRESS_FD=3; \
+	MLFLOW_STEPS_TEST_PROGRESS_LABEL=rest $(BIN)/pytest -q -p no:cacheprovider -m "not engine" \
+		--randomly-seed=$(SEED) --basetemp=/tmp/mlflow-steps-tests-rest \
+		3>&1 > .test-rest.log 2>&1 & rest=$$!; \
+	MLFLOW_STEPS_TEST_PROGRESS_LABEL=engine $(BIN)/pytest -q -p no:cacheprovider -m engine \
+		--randomly-seed=$(SEED) --basetemp=/tmp/mlflow-steps-tests-engine \
+		3>&1 > .test-engine.log 2>&1 || status=$$?; \
 	wait $$rest || status=$$?; \
-	echo "--- tests without an engine:"; cat .test-rest.log; rm -f .test-rest.log; \
-	exit $$status
+	echo "--- tests with an engine:"; cat .test-engine.log; \
+	echo "--- tests without an engine:"; cat .test-rest.log; \
+	rm -f .test-rest.log .test-engine.log; exit $$status
 	.venv-mlflow-oldest/bin/pytest -q -p no:cacheprovider -m "not server_mlflow" $(OLDEST_MLFLOW_TESTS)
 
 lint: setup

@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import progress
 from support.helpers import MINIMAL_MLPROJECT, write_codeset
 from support.synthetic_base import no_engine, synthetic_base  # noqa: F401 - shared fixtures
 
 # Tests that drive a container engine (Docker or Buildah) are marked `engine`: `make test`
 # runs them in one pytest process and the rest in another, side by side.
 ENGINE_FIXTURES = frozenset({"docker_engine", "buildah_env"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    progress.register(config)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects on the mark
