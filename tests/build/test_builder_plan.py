@@ -34,7 +34,7 @@ exit "${EXIT:-0}"
 
 
 def prepare(tmp_path: Path, registry, executor: str = "kaniko", name: str = "plan",
-            **env: str):
+            *options: str, **env: str):
     plan = tmp_path / name
     results = tmp_path / f"{name}-results"
     ca = tmp_path / "ca.pem"
@@ -45,7 +45,7 @@ def prepare(tmp_path: Path, registry, executor: str = "kaniko", name: str = "pla
                "FUSEML_BASE_IMAGE": "python:3.11-slim", **env}
     result = run_cli("build", str(EXAMPLE), "--stage", "prepare", "--executor", executor,
                      "--plan-dir", str(plan), "--skip-result", str(results / "skip"),
-                     "--args-result", str(results / "args"), env=environ)
+                     "--args-result", str(results / "args"), *options, env=environ)
     return result, plan, results, environ
 
 
@@ -58,10 +58,13 @@ def verify(plan: Path, tmp_path: Path):
 def test_prepare_then_executor_then_verify(tmp_path: Path, registry) -> None:
     prepared, plan, results, environ = prepare(tmp_path, registry)
     assert prepared.returncode == 0, prepared.stderr
-    assert prepared.stdout.strip() == "build" and (results / "skip").read_text() == "false"
     args = json.loads((results / "args").read_text())
     tag = run_cli("hash", str(EXAMPLE), env=environ).stdout.strip()
     destination = f"{registry.address}/plan/trainer:{tag}"
+    # what it decided and why, in words (the step result stays true/false)
+    assert prepared.stdout == \
+        f"build: {destination} missing, plan kaniko (pip, base python:3.11-slim)\n"
+    assert (results / "skip").read_text() == "false"
     assert f"--destination={destination}" in args
     assert f"--context=dir://{plan}/context" in args
     assert f"--secret=id=pip-config,src={plan}/secrets/pip.conf" in args
@@ -93,11 +96,20 @@ def test_prepare_then_executor_then_verify(tmp_path: Path, registry) -> None:
     assert (tmp_path / "results" / "mlflow-runtime").read_text() == destination
     assert (tmp_path / "results" / "digest").read_text() == digest
     again, plan2, results2, _ = prepare(tmp_path, registry, name="plan2")
-    assert again.returncode == 0 and again.stdout.strip() == "skip"
+    assert again.returncode == 0 and again.stdout == f"skip: {destination} exists ({digest})\n"
     assert (results2 / "skip").read_text() == "true"
     assert json.loads((results2 / "args").read_text()) == []
     assert not (plan2 / "context").exists() and not (plan2 / "secrets").exists()
     assert verify(plan2, tmp_path).returncode == 0
+    # ... and for scripts, the same decisions as one JSON object
+    decided = {"reference": destination, "executor": "kaniko", "strategy": "pip",
+               "base": "python:3.11-slim"}
+    skip, *_ = prepare(tmp_path, registry, "kaniko", "plan3", "--json")
+    assert json.loads(skip.stdout) == {**decided, "decision": "skip", "reason": "exists",
+                                       "digest": digest}
+    forced, *_ = prepare(tmp_path, registry, "kaniko", "plan4", "--json", FUSEML_FORCE="true")
+    assert json.loads(forced.stdout) == {**decided, "decision": "build", "reason": "forced",
+                                         "digest": None}
 
 
 def test_buildah_plan_writes_argument_files(tmp_path: Path, registry) -> None:
@@ -132,6 +144,10 @@ def test_prepare_refuses_a_used_plan_dir_and_verify_needs_a_plan(tmp_path: Path,
     missing = verify(tmp_path / "nothing", tmp_path)
     assert missing.returncode == 2 and "run the prepare stage first" in missing.stderr
     assert not (tmp_path / "results").exists()
+    other = run_cli("build", "--stage", "verify", "--plan-dir", str(tmp_path / "plan"),
+                    "--json")
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "--json: prints the prepare stage's decision" in other.stderr
 
 
 def test_local_substitution_matches_tekton_variables(tmp_path: Path) -> None:

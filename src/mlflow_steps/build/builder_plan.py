@@ -208,10 +208,35 @@ class PlanFile:
             raise StepError(f"unreadable build plan ({exc})", source=str(path)) from None
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What ``prepare`` decided and why: one line for people, a JSON object for scripts."""
+
+    decision: str  # "skip" or "build"
+    reference: str  # the image's tag in the registry pushed to
+    reason: str  # "exists" (skip), "missing" or "forced" (the force input)
+    digest: str | None  # the existing image's, when skipped
+    executor: str
+    strategy: str
+    base: str
+
+    def line(self) -> str:
+        """``skip: REF exists (DIGEST)`` or ``build: REF missing, plan EXECUTOR (...)``."""
+        if self.digest:
+            return f"skip: {self.reference} {self.reason} ({self.digest})"
+        return (f"build: {self.reference} {self.reason}, plan {self.executor} "
+                f"({self.strategy}, base {self.base})")
+
+    def json(self) -> str:
+        """The decision as one JSON object (keys as the fields)."""
+        return json.dumps(asdict(self))
+
+
 def prepare(codeset: Path, inputs: BuilderInputs, executor_name: str, plan_dir: Path,
             environ: dict[str, str], skip_result: Path | None = None,
-            args_result: Path | None = None) -> PlanFile:
-    """Decide skip or build; for a build, write context, secrets and executor arguments."""
+            args_result: Path | None = None) -> Decision:
+    """Decide skip or build, and say why; for a build, write context, secrets and executor
+    arguments."""
     if executor_name not in EXECUTORS:
         raise StepError(f"unknown executor (one of {', '.join(EXECUTORS)})", field="executor")
     if plan_dir.exists() and any(p.name != STEP_RESULTS_DIR for p in plan_dir.iterdir()):
@@ -245,14 +270,14 @@ def prepare(codeset: Path, inputs: BuilderInputs, executor_name: str, plan_dir: 
                 # Kaniko's --reproducible re-tars every layer (1.64x the build+push): on ask
                 request = replace(request, source_date_epoch=None)
             args = _executor_args(executor_name, request, plan_dir, ca_file)
-            log(f"plan: build {target.destination} with {executor_name} "
-                f"({target.spec.strategy}, base {target.spec.base_image})")
         plan.write(plan_dir)
         for path, value in ((skip_result, "true" if plan.skip else "false"),
                             (args_result, json.dumps(args))):
             if path is not None:
                 write_atomically(path, value)
-    return plan
+    reason = "exists" if digest else "forced" if inputs.force else "missing"
+    return Decision("skip" if digest else "build", str(target.destination), reason, digest,
+                    executor_name, target.spec.strategy, target.spec.base_image)
 
 
 def _executor_args(executor: str, request: BuildRequest, plan_dir: Path,

@@ -18,6 +18,7 @@ from mlflow_steps.build.step import BuilderInputs, resolve_spec, run_builder
 from mlflow_steps.cli.inputs import codeset_argument, hosts, step_input, write_results
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.interrupt import interruptible
+from mlflow_steps.core.terminal import shown
 from mlflow_steps.env.hashing import env_tag, template_version
 from mlflow_steps.env.spec import STRATEGIES, BuildOptions
 
@@ -136,6 +137,9 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
               help="With --stage prepare: write true/false here (a Tekton step result).")
 @click.option("--args-result", type=click.Path(path_type=Path, dir_okay=False),
               help="With --stage prepare: write the executor's arguments here (JSON array).")
+@click.option("--json", "as_json", is_flag=True,
+              help="With --stage prepare: print the decision as one JSON object (decision, "
+                   "reference, reason, digest, executor, strategy, base) for scripts.")
 @click.option("--output-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the pull reference here (default: /tekton/results/$TASK_RESULT).")
 @click.option("--digest-file", type=click.Path(path_type=Path, dir_okay=False),
@@ -144,6 +148,7 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
                   env_strategy: str, base_image: str | None, miniconda_version: str | None,
                   resolve: bool, insecure_registries: str, stage: str, executor: str,
                   plan_dir: Path, skip_result: Path | None, args_result: Path | None,
+                  as_json: bool,
                   **inputs: Any) -> None:
     """Build and push CODESET's environment image unless the registry already has it."""
     with interruptible():  # SIGTERM/SIGINT: the build's files and children gone, no output
@@ -156,10 +161,13 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
         if stage != "all" and builder_inputs.check_reproducible:
             raise StepError("builds twice here, so it needs --stage all (the builder plan "
                             "builds once, in the executor)", field="check_reproducible")
+        if as_json and stage != "prepare":
+            raise StepError("prints the prepare stage's decision: use it with --stage prepare",
+                            field="--json")
         if stage == "prepare":
-            plan = builder_plan.prepare(codeset, builder_inputs, executor, plan_dir, environ,
-                                        skip_result, args_result)
-            click.echo("skip" if plan.skip else "build")
+            decision = builder_plan.prepare(codeset, builder_inputs, executor, plan_dir,
+                                            environ, skip_result, args_result)
+            click.echo(decision.json() if as_json else shown(decision.line()))
             return
         if stage == "verify":
             outcome = builder_plan.verify(plan_dir, environ)
