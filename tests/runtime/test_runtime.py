@@ -269,7 +269,9 @@ def test_run_and_model_trace_back_to_the_image(mlflow_server, tmp_path: Path) ->
         fields = {line[:10].strip(): line[11:] for line in traced.stdout.splitlines()}
         assert fields["run"] == outputs["run-id"]
         assert fields["env tag"] == trace["MLFLOW_STEPS_ENV_TAG"]
-        assert fields["digest"] == trace["MLFLOW_STEPS_IMAGE_DIGEST"]
+        assert fields["image"] == ("reg.example:5000/mlflow/trainer@"  # one pullable line
+                                   + trace["MLFLOW_STEPS_IMAGE_DIGEST"])
+        assert "digest" not in fields
     untraced = client.create_logged_model(model.experiment_id, name="elsewhere")
     for uri, words in ((f"models:/{untraced.model_id}", "carries no mlflow-steps trace"),
                        ("s3://bucket/model", "not a model URI"),

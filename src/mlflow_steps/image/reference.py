@@ -23,11 +23,24 @@ NAME_MAX = 255
 def check_reference(text: str, *, source: str, field: str) -> str:
     """``text`` when it is a valid image reference, else one line naming the field (a
     newline or a space could otherwise inject Dockerfile instructions)."""
+    _matched(text, source=source, field=field)
+    return text
+
+
+def pinned(reference: str, digest: str, *, source: str, field: str) -> str:
+    """One pullable reference, name@digest: ``reference``'s name as written (its tag or
+    digest dropped: the digest alone says what is pulled) pinned to ``digest``. Both are
+    checked first; one line naming ``field`` when either is not valid."""
+    name = _matched(reference, source=source, field=field)["name"]
+    return f"{name}@{check_digest(digest, source=source, field=field)}"
+
+
+def _matched(text: str, *, source: str, field: str) -> re.Match[str]:
     match = _REFERENCE.fullmatch(text)
     if match is None or len(match["name"]) > NAME_MAX:
         raise StepError(f"{text!r} is not an image reference ([registry/]name[:tag][@digest])",
                         source=source, field=field)
-    return text
+    return match
 
 
 def check_digest(text: str, *, source: str, field: str) -> str:

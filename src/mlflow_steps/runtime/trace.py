@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlflow_steps.core.errors import StepError
-from mlflow_steps.image.reference import ImageRef, check_digest, check_reference
+from mlflow_steps.image.reference import check_digest, check_reference, pinned
 from mlflow_steps.runtime.step import IMAGE_TAG_VARIABLES
 
 TRACE_TAGS = (*IMAGE_TAG_VARIABLES.values(), "mlflow_steps.tooling_version")
@@ -27,23 +27,25 @@ class Trace:
 
     @property
     def image(self) -> str | None:
-        """The image, pinned to its digest when the run recorded one."""
+        """The image as one pullable reference, name@digest when the run recorded the
+        digest (else as recorded)."""
         image = self.tags.get("mlflow_steps.image")
         digest = self.tags.get("mlflow_steps.image_digest")
         if image and digest:
-            ref = ImageRef.parse(image)
-            return str(ImageRef(ref.registry, ref.repository, digest))
+            return pinned(image, digest, source=self.model_uri,
+                          field="tags mlflow_steps.image and image_digest")
         return image
 
     def lines(self) -> list[str]:
         """The report, one line each (values as recorded: print them with
-        ``terminal.report``)."""
-        lines = [f"model      {self.model_uri}", f"run        {self.run_id or '(none)'}"]
-        titles = {"mlflow_steps.env_tag": "env tag", "mlflow_steps.image": "image",
-                  "mlflow_steps.image_digest": "digest", "mlflow_steps.tooling_version": "tooling"}
-        lines += [f"{title:<10} {self.tags[key]}" for key, title in titles.items()
-                  if self.tags.get(key)]
-        return lines
+        ``terminal.report``). The image is one line, name@digest; a digest recorded without
+        an image has a line of its own."""
+        image = self.image
+        values = {"env tag": self.tags.get("mlflow_steps.env_tag"), "image": image,
+                  "digest": None if image else self.tags.get("mlflow_steps.image_digest"),
+                  "tooling": self.tags.get("mlflow_steps.tooling_version")}
+        return [f"model      {self.model_uri}", f"run        {self.run_id or '(none)'}",
+                *(f"{title:<10} {value}" for title, value in values.items() if value)]
 
 
 def trace_model(model_uri: str, client: Any) -> Trace:
