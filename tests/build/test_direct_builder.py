@@ -34,7 +34,7 @@ from mlflow_steps.build.direct.assemble import user_layer
 from mlflow_steps.build.direct.base_image import load_base, read_facts
 from mlflow_steps.build.direct.elf import needed_libraries
 from mlflow_steps.build.direct.install import leaked_paths
-from mlflow_steps.build.image_plan import RuntimeUser
+from mlflow_steps.build.image_plan import DEFAULT_PATH, RuntimeUser
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import GZIP_MEMBER, Entry, write_layer
 
@@ -146,7 +146,9 @@ def test_direct_build_into_authenticated_registries(registry, tls_registry, toke
                                                     tmp_path: Path) -> None:
     """The registry auth of every backend: TLS with a custom CA and Basic auth (the base, in
     another registry, is copied over), then Bearer tokens (the base, in the same registry, is
-    mounted, with pull asked for on its repository). No secret is printed."""
+    mounted, with pull asked for on its repository). No secret is printed. The second base's
+    config has no Env at all: the image's PATH is the environment's bin, then the standard
+    Linux PATH (where the base's python3.11 is found, too)."""
     project = codeset({"requirements.txt": "six==1.16.0\n"})
     auths = {tls_registry.address: {"auth": basic("alice", "s3cret-pass")}}
     env = {**no_engine, "DOCKER_CONFIG": str(docker_config(tmp_path / "tls", auths)),
@@ -167,14 +169,18 @@ def test_direct_build_into_authenticated_registries(registry, tls_registry, toke
     env = {**no_engine, "DOCKER_CONFIG": str(docker_config(tmp_path / "bearer", {
         reg.address: {"auth": basic("bob", "bob-pass")}})),
         "MLFLOW_STEPS_CACHE": str(tmp_path / "cache")}
-    base = push_synthetic_base(RegistryClient(reg.address, environ=env), tmp_path / "base")
+    client = RegistryClient(reg.address, environ=env)
+    base = push_synthetic_base(client, tmp_path / "base", env=None)
     result = build(project, reg, base, "direct/bearer", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert ": mounted" in result.stderr and "bob-pass" not in result.stderr + result.stdout
     scopes = {tuple(r["scopes"]) for r in tokens.requests}
     assert ("repository:direct/bearer:pull,push", "repository:synthetic/python:pull") in scopes
     repository, tag = result.stdout.strip().split("/", 1)[1].rsplit(":", 1)
-    assert RegistryClient(reg.address, environ=env).manifest_digest(repository, tag)
+    _, manifest = client.manifest(repository, tag)
+    config = json.loads(client.blob(repository, manifest["config"]["digest"], 1 << 20))
+    assert [e for e in config["config"]["Env"] if e.startswith("PATH=")] == [
+        f"PATH=/opt/env/bin:{DEFAULT_PATH}"]
 
 
 def _layer_names(client: RegistryClient, repository: str, manifest: dict) -> set[str]:

@@ -15,7 +15,13 @@ from support.helpers import REPO
 from mlflow_steps.build.direct.assemble import image_config, user_layer
 from mlflow_steps.build.direct.base_image import BaseFacts
 from mlflow_steps.build.dockerfile import render_dockerfile, write_context
-from mlflow_steps.build.image_plan import ENV_DIR, OWN_LAYERS, TOOLING_WHEEL, image_plan
+from mlflow_steps.build.image_plan import (
+    DEFAULT_PATH,
+    ENV_DIR,
+    OWN_LAYERS,
+    TOOLING_WHEEL,
+    image_plan,
+)
 from mlflow_steps.env.hashing import env_tag, spec_digest
 from mlflow_steps.env.spec import BuildOptions, resolve_env
 
@@ -53,7 +59,7 @@ def test_pip_codeset(codeset) -> None:
         "python:3.11-slim", env_tag(spec), spec_digest(spec))
     assert plan.tooling_wheel == TOOLING_WHEEL and plan.tooling_prefix == "/opt/mlflow-steps"
     assert (plan.user.uid, plan.user.name, plan.user.workdir) == (1000, "mlflow", "/srv/mlflow")
-    assert dict(plan.runtime_env) == {"PATH": "/opt/env/bin:$PATH",
+    assert dict(plan.runtime_env) == {"PATH": f"/opt/env/bin:${{PATH:-{DEFAULT_PATH}}}",
                                       "MLFLOW_STEPS_ENV": "/opt/env",
                                       "MLFLOW_STEPS_ENV_TAG": plan.tag}
     assert plan.labels["io.mlflow-steps.strategy"] == "pip"
@@ -105,9 +111,13 @@ def test_conda_lock_codeset(codeset) -> None:
     assert files["requirements.lock.txt"].startswith("six @ ")
 
 
-def synthetic_base(passwd: str = PASSWD) -> BaseFacts:
-    config = {"architecture": "amd64", "config": {"Env": ["PATH=/usr/local/bin:/usr/bin"],
-                                                  "Labels": {"from": "base"}},
+BASE_ENV = ["PATH=/usr/local/bin:/usr/bin"]
+
+
+def synthetic_base(passwd: str = PASSWD, env: list[str] | None = BASE_ENV) -> BaseFacts:
+    """Base facts (``env`` None: a config with no Env at all)."""
+    settings = {"Labels": {"from": "base"}, **({"Env": env} if env is not None else {})}
+    config = {"architecture": "amd64", "config": settings,
               "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}, "history": []}
     return BaseFacts("library/python", "sha256:" + "1" * 64, (), config,
                      {"3.11": "/usr/bin/python3.11"}, {"3.11": "3.11.9"}, "glibc", "2.36",
@@ -115,19 +125,21 @@ def synthetic_base(passwd: str = PASSWD) -> BaseFacts:
                      {"etc/passwd": {"text": passwd, "mode": 0o644, "uid": 0, "gid": 0}}, {})
 
 
-def dockerfile_settings(dockerfile: str) -> dict[str, object]:
+def dockerfile_settings(dockerfile: str, base_env: list[str]) -> dict[str, object]:
     """The final image's user, workdir, command, env and labels as the Dockerfile sets them
-    (ENV applied as Docker applies it, onto the base's Env)."""
+    (ENV applied as Docker applies it, onto the base's Env: ``$PATH``, ``${PATH:-default}``)."""
     runtime = dockerfile[dockerfile.rindex("\nFROM "):]
     folded = runtime.replace("\\\n", " ")
-    env = {"PATH": "/usr/local/bin:/usr/bin"}
+    env = dict(entry.split("=", 1) for entry in base_env)
     labels: dict[str, str] = {}
     for line in folded.splitlines():
         words = line.split()
         if words[:1] == ["ENV"]:
             for pair in words[1:]:
                 key, value = pair.split("=", 1)
-                env[key] = value.replace("$PATH", env.get("PATH", ""))
+                default = re.search(r"\$\{PATH:-([^}]*)\}", value)
+                path = env.get("PATH") or (default[1] if default else "")
+                env[key] = re.sub(r"\$\{PATH:-[^}]*\}|\$PATH", path, value)
         elif words[:1] == ["LABEL"]:
             labels.update(re.findall(r'(\S+)="([^"]*)"', line))
     return {"User": re.search(r"^USER (\S+)$", runtime.rsplit("\nRUN ", 1)[1], re.M)[1],
@@ -136,18 +148,24 @@ def dockerfile_settings(dockerfile: str) -> dict[str, object]:
             "Env": env, "Labels": labels}
 
 
-@pytest.mark.parametrize("files", [{"requirements.txt": "six\n"}, {"conda-lock.yml": LOCK}])
-def test_both_renderings_agree_on_user_env_labels_and_command(codeset, files) -> None:
+@pytest.mark.parametrize(("files", "base_env", "path"), [
+    ({"requirements.txt": "six\n"}, BASE_ENV, "/opt/env/bin:/usr/local/bin:/usr/bin"),
+    ({"conda-lock.yml": LOCK}, BASE_ENV, "/opt/env/bin:/usr/local/bin:/usr/bin"),
+    # a base whose config has no Env at all: the standard PATH after the environment's
+    ({"requirements.txt": "six\n"}, None, f"/opt/env/bin:{DEFAULT_PATH}")])
+def test_both_renderings_agree_on_user_env_labels_and_command(codeset, files, base_env,
+                                                              path) -> None:
     _, plan = plan_of(codeset, files)
-    ours = dockerfile_settings(render_dockerfile(plan))
-    config = image_config(synthetic_base(), plan, [("tooling", "sha256:" + "2" * 64)],
+    ours = dockerfile_settings(render_dockerfile(plan), base_env or [])
+    config = image_config(synthetic_base(env=base_env), plan,
+                          [("tooling", "sha256:" + "2" * 64)],
                           {"org.opencontainers.image.base.digest": "sha256:" + "1" * 64})
     settings = config["config"]
     assert settings["User"] == ours["User"] == str(plan.user.uid)
     assert settings["WorkingDir"] == ours["WorkingDir"] == plan.user.workdir
     assert settings["Cmd"] == ours["Cmd"] == list(plan.command)
     assert dict(e.split("=", 1) for e in settings["Env"]) == ours["Env"]
-    assert ours["Env"]["PATH"] == "/opt/env/bin:/usr/local/bin:/usr/bin"
+    assert ours["Env"]["PATH"] == path
     assert ours["Labels"] == dict(plan.labels)
     assert settings["Labels"] == {"from": "base", **plan.labels,
                                   "org.opencontainers.image.base.digest": "sha256:" + "1" * 64}

@@ -54,10 +54,15 @@ def elf_needing(library: str) -> bytes:
     return header + blob + sections
 
 
+BASE_ENV = ("PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8")
+
+
 def push_synthetic_base(client: RegistryClient, work: Path, compression: str = "gzip",
-                        repository: str = "synthetic/python") -> str:
+                        repository: str = "synthetic/python",
+                        env: tuple[str, ...] | None = BASE_ENV) -> str:
     """Push a base made here (no engine): account files, glibc's version string and a
-    python3.11 on PATH; enough for the builder to stage against, not to run."""
+    python3.11 on PATH; enough for the builder to stage against, not to run (``env``
+    None: a config with no Env at all)."""
     entries = [Entry("etc", "dir"), Entry("etc/passwd", "file", data=PASSWD.encode(), mode=0o644),
                Entry("etc/group", "file", data=GROUP.encode(), mode=0o644),
                Entry("usr", "dir"), Entry("usr/bin", "dir"),
@@ -71,7 +76,7 @@ def push_synthetic_base(client: RegistryClient, work: Path, compression: str = "
     work.mkdir(parents=True, exist_ok=True)
     layer = write_layer(entries, work / "layer.tar.gz", 0, compression)
     config = {"architecture": "amd64", "os": "linux",
-              "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"]},
+              "config": {"Env": list(env)} if env is not None else {},
               "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}, "history": [{}]}
     push_image(client, repository, "3.11", config,
                [Blob(layer.descriptor(), path=layer.path)], work)

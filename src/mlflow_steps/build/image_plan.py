@@ -33,6 +33,8 @@ ENV_PREFIX = "/opt/env"
 LOCK_PATH = f"{BUILD_DIR}/lock.txt"  # what was installed (name==version), written at build
 SBOM_PATH = f"{BUILD_DIR}/sbom.cdx.json"  # CycloneDX JSON of the environment
 TOOLING_PREFIX = "/opt/mlflow-steps"
+# The standard Linux PATH (Docker's, BuildKit's): what a base whose config sets none has.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Owned by the runtime user in the image itself; never the codeset mount (/project), which
 # only exists when a step runs, nor any path a builder uses.
 WORKDIR = "/srv/mlflow"
@@ -165,7 +167,7 @@ class ImagePlan:
     user: RuntimeUser
     env_prefix: str
     build_env: Mapping[str, str]  # set from the first step on
-    runtime_env: Mapping[str, str]  # set last (``$PATH``: the base's)
+    runtime_env: Mapping[str, str]  # set last, as Docker's ENV (``${PATH:-...}``: the base's)
     labels: Mapping[str, str]
     command: tuple[str, ...]
     record: RecordFiles
@@ -198,7 +200,9 @@ def image_plan(spec: EnvSpec) -> ImagePlan:
               "io.mlflow-steps.tooling-version": __version__,
               "io.mlflow-steps.lock": record.lock,
               "io.mlflow-steps.sbom": record.sbom}
-    runtime_env = {"PATH": f"{ENV_PREFIX}/bin:$PATH", "MLFLOW_STEPS_ENV": ENV_PREFIX,
+    # the environment first, then the base's PATH, or the standard one when it sets none
+    runtime_env = {"PATH": f"{ENV_PREFIX}/bin:${{PATH:-{DEFAULT_PATH}}}",
+                   "MLFLOW_STEPS_ENV": ENV_PREFIX,
                    "MLFLOW_STEPS_ENV_TAG": tag}
     return ImagePlan(
         base_image=spec.base_image, tag=tag, spec_digest=labels["io.mlflow-steps.spec-digest"],

@@ -30,6 +30,7 @@ from mlflow_steps.image.push import rfc3339
 # them, not all (layers in all: at most len(own_layers) + BUCKETS + 4)
 BUCKETS = 4
 TOOLING_DIST = "mlflow-steps"
+_VARIABLE = re.compile(r"\$(?:\{(\w+)(?::-([^}]*))?\}|(\w+))")  # what ENV values expand
 
 
 @dataclass(frozen=True)
@@ -200,12 +201,22 @@ def user_layer(base: BaseFacts, user: RuntimeUser) -> LayerPlan:
     return LayerPlan("user", tuple(entries))
 
 
+def _expanded(value: str, values: dict[str, str]) -> str:
+    """``value`` with ``$NAME``, ``${NAME}`` and ``${NAME:-default}`` expanded from
+    ``values`` as Docker's ENV does (``:-``: the default when NAME is unset or empty)."""
+    def one(match: re.Match[str]) -> str:
+        found = values.get(match[1] or match[3], "")
+        return match[2] if not found and match[2] is not None else found
+
+    return _VARIABLE.sub(one, value)
+
+
 def _env_list(base_env: list[str], plan: ImagePlan) -> list[str]:
-    """The base's Env with ours applied as Docker applies ENV (``$PATH`` expanded)."""
+    """The base's Env (none at all: no variable) with ours applied as Docker applies ENV."""
     values = dict(entry.split("=", 1) for entry in base_env if "=" in entry)
     values.update(plan.build_env)
     for key, value in plan.runtime_env.items():
-        values[key] = value.replace("$PATH", values.get("PATH", ""))
+        values[key] = _expanded(value, values)
     return [f"{key}={value}" for key, value in values.items()]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mlflow_steps.build.direct import NotApplicable
+from mlflow_steps.build.image_plan import DEFAULT_PATH
 from mlflow_steps.core.cache import entry_lock
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.stepio import write_atomically
@@ -25,7 +26,6 @@ from mlflow_steps.image.reference import ImageRef
 MAX_BASE_LAYER = 8 << 30
 MAX_CONFIG = 4 << 20
 FACTS_VERSION = 2
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LIBRARY_DIRS = ("lib", "lib64", "usr/lib", "usr/lib64", "usr/local/lib",
                 "lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu",
                 "lib/aarch64-linux-gnu", "usr/lib/aarch64-linux-gnu")
