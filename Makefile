@@ -59,9 +59,10 @@ bench: setup
 perf-report: setup
 	$(BIN)/python bench/report.py
 
+# The step images; BASE=IMAGE builds them on that base (default: the locally made one).
 images: setup
-	$(BIN)/python scripts/images.py
+	$(BIN)/python scripts/images.py $(if $(BASE),--base $(BASE))
 
 push: setup
-	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host[:port]"; exit 2; }
-	$(BIN)/python scripts/images.py --push $(REGISTRY)
+	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host[:port][/namespace] [BASE=image]"; exit 2; }
+	$(BIN)/python scripts/images.py --registry $(REGISTRY) $(if $(BASE),--base $(BASE))
