@@ -199,8 +199,8 @@ def old_python() -> Path:
 
 @pytest.fixture(scope="session")
 def conda_channel():
-    """A real local conda channel (python 3.11, pip, six, packaging, markupsafe), served as
-    conda-forge through its ``alias_url``."""
+    """A real local conda channel (python 3.11, pip, six, packaging, markupsafe, probe-data),
+    served as conda-forge through its ``alias_url``."""
     from support.conda_channel import build_channel
 
     return build_channel()

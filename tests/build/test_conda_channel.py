@@ -71,9 +71,14 @@ def test_channel_is_indexed_with_noarch_and_linux64(conda_channel):
     noarch = repodata(conda_channel, "noarch")
     assert {r["name"] for r in linux.values()} == {"python", "python_abi", "markupsafe"}
     assert sorted((r["name"], r["version"]) for r in noarch.values()) == [
-        ("packaging", "26.4"), ("pip", "26.3"), ("six", "1.16.0"), ("six", "1.17.0")]
-    assert all(r["noarch"] == "python" and r["subdir"] == "noarch" for r in noarch.values())
-    assert all(r["depends"][0].startswith("python") for r in noarch.values())
+        ("packaging", "26.4"), ("pip", "26.3"), ("probe-data", "1.0"), ("six", "1.16.0"),
+        ("six", "1.17.0")]
+    assert all(r["subdir"] == "noarch" for r in noarch.values())
+    wheels = [r for r in noarch.values() if r["name"] != "probe-data"]
+    assert all(r["noarch"] == "python" and r["depends"][0].startswith("python")
+               for r in wheels)
+    probe = next(r for r in noarch.values() if r["name"] == "probe-data")
+    assert (probe["noarch"], probe["depends"]) == ("generic", [])
 
     python = next(r for r in linux.values() if r["name"] == "python")
     assert python["version"].startswith("3.11.")

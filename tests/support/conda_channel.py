@@ -33,6 +33,9 @@ real packages that py-rattler solves and installs:
 - ``markupsafe`` for linux-64, made from its cp311 manylinux wheel (a compiled extension),
   depending on ``python >=3.11,<3.12.0a0`` and ``python_abi 3.11.* *_cp311`` as conda-forge's
   builds do.
+- ``probe-data 1.0`` (``noarch: generic``), a package with no Python in it, as
+  ``ca-certificates`` or ``tzdata`` are: a data file the archive carries with mode 0600 (as
+  some archives do) and a shell script ``bin/probe-data`` that prints it.
 
 The channel is laid out as ``<root>/conda-forge/{noarch,linux-64}/`` and indexed with
 ``rattler.index.index_fs``, so an *unmodified* environment file that names ``conda-forge``
@@ -522,6 +525,22 @@ def build_python_abi(work: Path, out_dir: Path) -> Path:
     return _write_package(_Payload(root), index, out_dir)
 
 
+def build_probe_data(work: Path, out_dir: Path) -> Path:
+    """``probe-data``: no Python in it, a private (0600) data file and a script."""
+    root = work / "probe-data"
+    data = root / "share" / "probe-data" / "probe.txt"
+    data.parent.mkdir(parents=True)
+    data.write_text("probe data\n")
+    data.chmod(0o600)
+    script = root / "bin" / "probe-data"
+    script.parent.mkdir()
+    script.write_text('#!/bin/sh\nexec cat "$(dirname "$0")/../share/probe-data/probe.txt"\n')
+    script.chmod(0o755)
+    index = _index("probe-data", "1.0", "0", 0, "noarch", depends=[], noarch="generic",
+                   license_="MIT")
+    return _write_package(_Payload(root), index, out_dir)
+
+
 # --------------------------------------------------------------------------- wheels
 
 
@@ -665,7 +684,7 @@ def build_channel(cache: Path | None = None) -> LocalChannel:
             (channel_dir / subdir).mkdir(parents=True)
         ensurepip = download_wheels(work / "ensurepip", ENSUREPIP_WHEELS)
         archives = [build_python(work, channel_dir, debs, ensurepip),
-                    build_python_abi(work, channel_dir)]
+                    build_python_abi(work, channel_dir), build_probe_data(work, channel_dir)]
         for wheel in download_wheels(work / "wheels"):
             archives.append(wheel_to_conda(wheel, work / "wheel-payloads", channel_dir))
         index_channel(channel_dir)
