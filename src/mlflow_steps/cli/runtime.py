@@ -12,6 +12,7 @@ import click
 from mlflow_steps.build.inspect import read_image
 from mlflow_steps.cli.inputs import codeset_argument, hosts, step_input, write_results
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.interrupt import interruptible
 from mlflow_steps.core.terminal import report
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.reference import ImageRef
@@ -57,11 +58,13 @@ def run_command(codeset: Path, output_file: Path | None, run_id_file: Path | Non
     environ = dict(os.environ)
     registration = _registration(mlflow_register_model, mlflow_model_alias, mlflow_model_tags,
                                  mlflow_model_description)
-    outcome = run_runtime(codeset, RuntimeInputs(registration=registration, **inputs), environ)
-    write_results(environ, (output_file, "TASK_RESULT", outcome.model.url),
-                  (run_id_file, "TASK_RESULT_RUN_ID", outcome.run_id),
-                  (model_uri_file, "TASK_RESULT_MODEL_URI",
-                   outcome.registered_uri or outcome.model.models_uri))
+    with interruptible():  # SIGTERM/SIGINT: the entry point ended, its run KILLED, no output
+        outcome = run_runtime(codeset, RuntimeInputs(registration=registration, **inputs),
+                              environ)
+        write_results(environ, (output_file, "TASK_RESULT", outcome.model.url),
+                      (run_id_file, "TASK_RESULT_RUN_ID", outcome.run_id),
+                      (model_uri_file, "TASK_RESULT_MODEL_URI",
+                       outcome.registered_uri or outcome.model.models_uri))
     click.echo(f"mlflow-steps: run {outcome.run_id} logged {outcome.model.models_uri}"
                + (f", registered as {outcome.registered_uri}" if outcome.registered_uri else ""),
                err=True)

@@ -1,5 +1,5 @@
-"""SIGTERM and SIGINT during a build: an exception that unwinds through every cleanup, with
-child process groups ended, scratch paths removed and the exit bounded.
+"""SIGTERM and SIGINT during a build or a run: an exception that unwinds through every
+cleanup, with child process groups ended, scratch paths removed and the exit bounded.
 
 Within ``interruptible()`` the first signal asks every child's process group to stop, arms a
 watchdog that ends the process ``EXIT_DEADLINE_SECONDS`` later whatever still runs, and raises
@@ -38,11 +38,11 @@ _stopping = threading.Event()
 _signalled: list[tuple[int, float]] = []  # (signal, monotonic time) of the first signal
 _children: set[subprocess.Popen] = set()
 _scratch: set[Path] = set()
-_deferring = [0]  # > 0: the main thread is in ``_deferred`` (the handler does not raise)
+_deferring = [0]  # > 0: the main thread is in ``deferred`` (the handler does not raise)
 
 
 class Interrupted(BaseException):
-    """The build received ``signum`` (a BaseException: no ``except Exception`` stops it)."""
+    """The step received ``signum`` (a BaseException: no ``except Exception`` stops it)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -85,9 +85,10 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def _deferred() -> Iterator[None]:
+def deferred() -> Iterator[None]:
     """In the main thread, a signal within the block does not raise there: the caller's
-    next ``check()`` does (for a child started or a path made, not yet registered)."""
+    next ``check()`` does (for a child started, a path made or a run created, not yet
+    registered)."""
     in_main = threading.current_thread() is threading.main_thread()
     _deferring[0] += in_main
     try:
@@ -159,7 +160,7 @@ def scratch(path: Path, *, keep: bool = False) -> Iterator[Path]:
 @contextlib.contextmanager
 def private_directory(prefix: str, parent: Path | None = None) -> Iterator[Path]:
     """A new directory only we can read (``tempfile.mkdtemp``), a ``scratch`` path."""
-    with _deferred():
+    with deferred():
         path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
         _scratch.add(path)
     with scratch(path):
@@ -186,7 +187,7 @@ def child(argv: list[str], **popen: Any) -> Iterator[subprocess.Popen]:
     """``subprocess.Popen(argv, **popen)`` leading a process group of its own; the group is
     ended when the block is left by an exception (at once when the build is interrupted)."""
     check()
-    with _deferred():
+    with deferred():
         process = subprocess.Popen(argv, start_new_session=True, **popen)
         _children.add(process)
     try:

@@ -84,11 +84,17 @@ def bounded_http(environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
     process each of MLflow's requests is also bounded in total by the budget."""
     budget = network_budget(environ)
     added = {key: value for key, value in http_settings(budget).items() if key not in environ}
-    previous = {key: os.environ.get(key) for key in added}
-    os.environ.update(added)
+    with process_environment(added), mlflow_compat.bounded_requests(budget):
+        yield added
+
+
+@contextlib.contextmanager
+def process_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment for the duration (what was there after)."""
+    previous = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
-        with mlflow_compat.bounded_requests(budget):
-            yield added
+        yield
     finally:
         for key, value in previous.items():
             if value is None:
