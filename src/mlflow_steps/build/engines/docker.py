@@ -14,11 +14,12 @@ from mlflow_steps.core import interrupt
 from mlflow_steps.core.cache import cache_root
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.pip_secrets import secret_arguments
-from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import LayerCache
 from mlflow_steps.image.push import Blob, push_image
 
 MAX_CONFIG_BYTES = 4 << 20
+BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"
+UNKNOWN_CREATED = "0001-01-01T00:00:00Z"  # what Docker shows for an image without a time
 
 CLI_ENV = "MLFLOW_STEPS_DOCKER_CLI"
 
@@ -86,7 +87,7 @@ class DockerBackend(Backend):
     def push_reproducibly(self, request: BuildRequest, epoch: int, env: dict[str, str]) -> None:
         """Save the image, rewrite its own layers deterministically, push them ourselves."""
         client = request.registries.client(request.destination.registry)
-        base = self._base_image(request, client, env)
+        base = self._base_image(request, env)
         with interrupt.private_directory("docker-save-") as workdir:
             archive = workdir / "image.tar"
             self.run_streaming([self.cli, "save", "-o", str(archive), str(request.destination)],
@@ -102,28 +103,52 @@ class DockerBackend(Backend):
         print(f"[{self.name}] pushed {request.destination} reproducibly ({digest})",
               file=sys.stderr, flush=True)
 
-    def _base_image(self, request: BuildRequest, client: RegistryClient,
-                    env: dict[str, str]) -> BaseImage:
-        """The base's layers and time from the engine; its blobs when the destination's
-        registry has them (mounted across repositories, not re-uploaded)."""
+    def _base_image(self, request: BuildRequest, env: dict[str, str]) -> BaseImage:
+        """The base as the build used it: the engine's copy when it has one (a build
+        without --pull takes that), else its registry's (BuildKit fetched it into a cache
+        of its own, not the engine's images; read by the digest the base label records,
+        checked); its blobs, to mount, when that registry is the destination's."""
+        base = request.base_image
         result = interrupt.run(
             [self.cli, "image", "inspect", "--format", "{{json .RootFS.Layers}} {{.Created}}",
-             str(request.base_image)], text=True, env=env, timeout=60)
-        if result.returncode != 0:
-            raise StepError(f"cannot inspect the base image {request.base_image}: "
-                            f"{result.stderr.strip()[-300:]}", source=self.name)
-        layers, created = result.stdout.strip().split(" ", 1)
-        diff_ids = tuple(json.loads(layers))
-        base = request.base_image
-        if base.registry != request.destination.registry:
-            return BaseImage(diff_ids, created)
+             str(base)], text=True, env=env, timeout=60)
+        engine_copy = None
+        if result.returncode == 0:
+            engine_layers, engine_created = result.stdout.strip().split(" ", 1)
+            engine_copy = BaseImage(tuple(json.loads(engine_layers)), engine_created)
+        same_registry = base.registry == request.destination.registry
+        if engine_copy and not same_registry:
+            return engine_copy
         try:
-            _, manifest = client.manifest(base.repository, base.tag)
+            layers, diff_ids, created = self._registry_base(request)
+        except StepError as exc:
+            if engine_copy:
+                return engine_copy
+            raise StepError(f"cannot read the base image {base}: the engine has none "
+                            f"({result.stderr.strip()[-200:]}) and {exc}",
+                            source=self.name) from None
+        if engine_copy and engine_copy.diff_ids != diff_ids:
+            return engine_copy  # the engine's copy is another (older) image of the tag
+        blobs = tuple(Blob(layer, mount_from=base.repository)
+                      for layer in layers) if same_registry else ()
+        return BaseImage(diff_ids, engine_copy.created if engine_copy else created, blobs)
+
+    @staticmethod
+    def _registry_base(request: BuildRequest) -> tuple[list[dict], tuple[str, ...], str]:
+        """The base's layer descriptors, diff_ids and creation time from its registry (the
+        platform we build for)."""
+        base = request.base_image
+        reference = request.labels.get(BASE_DIGEST_LABEL) or base.tag
+        client = request.registries.client(base.registry)
+        _, manifest = client.manifest(base.repository, reference)
+        try:
             config = json.loads(client.blob(base.repository, manifest["config"]["digest"],
                                             MAX_CONFIG_BYTES))
-        except (StepError, KeyError, TypeError, ValueError):
-            return BaseImage(diff_ids, created)
-        if tuple(config.get("rootfs", {}).get("diff_ids", ())) != diff_ids:
-            return BaseImage(diff_ids, created)
-        return BaseImage(diff_ids, created, tuple(
-            Blob(layer, mount_from=base.repository) for layer in manifest["layers"]))
+            layers, diff_ids = manifest["layers"], config["rootfs"]["diff_ids"]
+            if not (isinstance(layers, list) and isinstance(diff_ids, list)
+                    and all(isinstance(d, str) for d in diff_ids)):
+                raise TypeError
+        except (KeyError, TypeError, ValueError, RecursionError):
+            raise StepError(f"{base}: its manifest or config is not an image's",
+                            source=client.transport.source) from None
+        return layers, tuple(diff_ids), str(config.get("created") or UNKNOWN_CREATED)

@@ -100,6 +100,11 @@ def normalised_parts(archive_path: Path, base: BaseImage, epoch: int, workdir: P
     while (shared < min(len(base.diff_ids), len(diff_ids))
            and base.diff_ids[shared] == diff_ids[shared]):
         shared += 1
+    if shared < len(base.diff_ids):
+        raise StepError(f"the image built is not on the base image (its layer {shared + 1} "
+                        "is not the base's): the base's tag moved during the build, or the "
+                        "engine built for another platform; nothing was pushed",
+                        source="docker")
     mounted = len(base.blobs) if shared == len(base.blobs) == len(base.diff_ids) else 0
     results: dict[int, tuple[Blob, str]] = {}
     jobs = {}
