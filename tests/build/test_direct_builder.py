@@ -10,6 +10,7 @@ import io
 import json
 import os
 import random
+import re
 import tarfile
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from support.helpers import (
     run_cli,
     write_codeset,
 )
+from support.hostile_registry import HostileRegistry
 from support.index_server import local_index
 from support.synthetic_base import (
     PASSWD,
@@ -192,10 +194,11 @@ def _layer_names(client: RegistryClient, repository: str, manifest: dict) -> set
     return names
 
 
-def test_a_base_layer_it_cannot_read_falls_back_with_one_line(registry, no_engine, codeset,
-                                                              tmp_path: Path) -> None:
+def test_a_base_layer_it_cannot_read_refuses_with_one_line(registry, no_engine, codeset,
+                                                           tmp_path: Path) -> None:
     """A base whose layer is zstd (the base facts are read from gzip or plain tars): the
-    direct builder does not apply; with no engine either, one line, exit 2, no traceback."""
+    direct builder does not apply, and `--builder direct` says so in one line, exit 2, no
+    traceback (an engine is never tried)."""
     base = push_synthetic_base(RegistryClient(registry.address), tmp_path / "base", "zstd",
                                "synthetic/zstd-python")
     project = codeset({"requirements.txt": "six==1.16.0\n"})
@@ -203,13 +206,14 @@ def test_a_base_layer_it_cannot_read_falls_back_with_one_line(registry, no_engin
                    env={**no_engine, "MLFLOW_STEPS_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
     line = result.stderr.strip().splitlines()[-1]
-    assert "the direct builder does not apply (the base's layer sha256-" in line
-    assert "is not a tar" in line and "no build engine" in line
+    assert "builder: the direct builder does not apply: the base's layer sha256-" in line
+    assert "is not a tar" in line and line.endswith("(--builder auto builds it with an engine)")
     assert "Traceback" not in result.stderr
 
 
 def test_an_sdist_only_dependency_falls_back_with_one_line(registry, synthetic_base, no_engine,
                                                            codeset, tmp_path: Path) -> None:
+    """`--builder auto` with no engine to fall back to: one line with both reasons."""
     root = tmp_path / "index"
     project_dir = root / "simple" / "mls-sdist-probe"
     project_dir.mkdir(parents=True)
@@ -223,7 +227,7 @@ def test_an_sdist_only_dependency_falls_back_with_one_line(registry, synthetic_b
     project = codeset({"requirements.txt": "mls-sdist-probe\n"})
     with local_index(root) as url:
         result = build(project, registry, synthetic_base, "direct/sdist",
-                       env={**no_engine, "PIP_EXTRA_INDEX_URL": url})
+                       env={**no_engine, "PIP_EXTRA_INDEX_URL": url}, builder="auto")
     assert result.returncode == 2
     line = result.stderr.splitlines()[-1]
     assert "the direct builder does not apply (" in line and "mls-sdist-probe" in line
@@ -242,12 +246,48 @@ def test_a_missing_system_library_falls_back_to_the_engine(docker_engine, regist
     project = write_codeset(tmp_path / "codeset", {
         "MLproject": MINIMAL_MLPROJECT, f"wheels/{built.name}": built.read_bytes(),
         "requirements.txt": f"./wheels/{built.name}\n"})
-    result = run_cli("build", str(project), "--builder", "direct", "--registry",
+    result = run_cli("build", str(project), "--builder", "auto", "--registry",
                      registry.address, "--base-image", base_image, "--repository",
                      "direct/needs-gl", env={**os.environ, **docker_engine.env()})
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stderr.splitlines() if "does not apply" in x)
-    assert "libGL.so.1 (needed by" in line and line.endswith("building with docker")
+    assert line.startswith("mlflow-steps: building with docker: the direct builder does not "
+                           "apply: shared libraries") and "libGL.so.1 (needed by" in line
+    assert "), built by docker" in result.stderr.splitlines()[-2]
+    # no layer of the direct builder's ("[push] <digest>: <how> (<layer>)") was pushed
+    assert not re.search(r"^\[push\] .*\)$", result.stderr, re.M)
+
+
+def test_direct_refuses_before_pushing_and_never_runs_an_engine(
+        registry, synthetic_base, no_engine, tmp_path: Path) -> None:
+    """A library no layer nor the base provides, asked for with `--builder direct`: exit 2,
+    one line naming the reason, no blob pushed (the registry records every request), no
+    step output written."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    built = make_wheel(wheels, "mls_needs_gl", "1.0",
+                       {"mls_needs_gl/__init__.py": b"",
+                        "mls_needs_gl/_gl.so": elf_needing("libGL.so.1")},
+                       "py3-none-manylinux_2_17_x86_64")
+    project = write_codeset(tmp_path / "codeset", {
+        "MLproject": MINIMAL_MLPROJECT, f"wheels/{built.name}": built.read_bytes(),
+        "requirements.txt": f"./wheels/{built.name}\nsix==1.16.0\n"})
+    output = tmp_path / "output"
+    with HostileRegistry(upstream=f"http://{registry.address}") as hostile:
+        result = build(project, hostile, synthetic_base, "direct/refused", "--output-file",
+                       str(output), env={**no_engine,
+                                         "MLFLOW_STEPS_CACHE": str(tmp_path / "cache")})
+        writes = [f"{r.method} {r.path}" for r in hostile.seen if r.method in ("POST", "PUT",
+                                                                               "PATCH")]
+    assert result.returncode == 2 and result.stdout == "", result.stderr[-3000:]
+    assert writes == [] and not output.exists()
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("mlflow-steps: error: input: builder: the direct builder does not "
+                           "apply: shared libraries neither the environment nor the base "
+                           "provides: libGL.so.1 (needed by lib/python3.11/site-packages/"
+                           "mls_needs_gl/_gl.so)")
+    assert line.endswith("(--builder auto builds it with an engine)")
+    assert "Traceback" not in result.stderr and "docker" not in result.stderr.lower()
 
 
 def test_zstd_layers_are_reproducible_with_oci_types(registry, synthetic_base, no_engine, codeset,

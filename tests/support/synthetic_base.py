@@ -103,6 +103,6 @@ def no_engine(tmp_path_factory) -> dict[str, str]:
 
 
 def build(codeset: Path, registry, base: str, repository: str, *extra: str,
-          env: dict[str, str]):
-    return run_cli("build", str(codeset), "--builder", "direct", "--registry", registry.address,
+          env: dict[str, str], builder: str = "direct"):
+    return run_cli("build", str(codeset), "--builder", builder, "--registry", registry.address,
                    "--base-image", base, "--repository", repository, *extra, env=env)

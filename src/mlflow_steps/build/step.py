@@ -139,7 +139,7 @@ def pushed_digest(client: RegistryClient, destination: ImageRef, engine: str) ->
     if not digest:
         raise StepError(f"{engine} reported success but {destination} is not in the "
                         "registry", source="push")
-    log(f"pushed {destination} ({digest})")
+    log(f"pushed {destination} ({digest}), built by {engine}")
     return digest
 
 
@@ -161,13 +161,17 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
         f"base {target.spec.base_image})")
     try:
         _build(backend, target, plan, inputs, environ)
-    except NotApplicable as exc:
+    except NotApplicable as exc:  # raised before the direct builder pushes anything
+        if inputs.builder != "auto":  # the builder asked for, or none
+            raise StepError(f"the direct builder does not apply: {exc} (--builder auto "
+                            "builds it with an engine)", source="input",
+                            field="builder") from None
         try:
             backend = select_backend("auto", environ, engines_only=True)
         except StepError as error:
             raise StepError(f"the direct builder does not apply ({exc}) and {error.detail}",
                             source=error.source, field=error.field) from None
-        log(f"the direct builder does not apply: {exc}; building with {backend.name}")
+        log(f"building with {backend.name}: the direct builder does not apply: {exc}")
         _build(backend, target, plan, inputs, environ)
     digest = pushed_digest(target.client, target.destination, backend.name)
     if inputs.check_reproducible:

@@ -103,7 +103,8 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
 @step_input("repository", DEFAULT_REPOSITORY, help="Repository inside the registry.")
 @step_input("builder", "auto", type=click.Choice(BUILDER_CHOICES),
             help="How to build here; auto: direct (no engine) where it applies, else docker, "
-                 "then buildah (Kaniko: --stage).")
+                 "then buildah; a named builder builds, or fails saying why, never falling "
+                 "back to another (Kaniko: --stage).")
 @step_input("compression", "gzip", type=click.Choice(COMPRESSIONS),
             help="Layer compression of the direct builder (zstd: OCI media types, smaller "
                  "and faster; pullers need zstd support, e.g. Docker 23+).")

@@ -4,5 +4,5 @@ registry client on top of the base's layers. No engine, no root, no Dockerfile r
 
 
 class NotApplicable(Exception):
-    """The direct builder cannot make this image safely; the message says why (the builder
-    falls back to the Dockerfile path)."""
+    """The direct builder cannot make this image safely; the message says why. Raised before
+    it pushes anything: ``--builder auto`` then builds with an engine, ``direct`` refuses."""

@@ -42,7 +42,8 @@ class LayerJob:
 
 
 class DirectBackend(Backend):
-    """Builds without an engine; NotApplicable when it cannot do so safely."""
+    """Builds without an engine; NotApplicable, before any push, when it cannot do so
+    safely."""
 
     name = "direct"
     needs_context = False  # reads the image plan itself
@@ -81,12 +82,16 @@ class DirectBackend(Backend):
                 known = None if request.no_cache else LayerCache(cache / "layers")
                 maker = _LayerMaker(staged, work, known, request.compression, client,
                                     destination.repository)
-                by_size = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].plan.entries))
-                done = dict(zip(by_size, pool.map(lambda i: maker.make(jobs[i], i), by_size),
-                                strict=True))
+                # Every NotApplicable comes before the first push: each layer's files are
+                # checked (or it is one made before), and the record is written and checked.
+                decided = list(pool.map(maker.decide, jobs))
                 jobs.append(LayerJob(record.result()))
-                done[len(jobs) - 1] = maker.make(jobs[-1], len(jobs) - 1)
-            made = [done[index] for index in range(len(jobs))]
+                decided.append(maker.decide(jobs[-1]))
+                by_size = sorted((i for i, (_, reused) in enumerate(decided) if reused is None),
+                                 key=lambda i: -len(jobs[i].plan.entries))
+                done = dict(zip(by_size, pool.map(
+                    lambda i: maker.make(jobs[i], i, decided[i][0]), by_size), strict=True))
+            made = [reused or done[index] for index, (_, reused) in enumerate(decided)]
             self._log(f"{len(made)} layers ({maker.reused} made before: not remade)", started)
             config = image_config(base, plan, [(job.plan.name, diff_id) for job, (_, diff_id)
                                                in zip(jobs, made, strict=True)],
@@ -121,18 +126,25 @@ class _LayerMaker:
             return Blob(descriptor, mount_from=source)
         return None
 
-    def make(self, job: LayerJob, index: int) -> tuple[Blob, str]:
+    def decide(self, job: LayerJob) -> tuple[str, tuple[Blob, str] | None]:
+        """The layer's cache key, and the layer (blob, diff_id) when one made from the same
+        files is reusable; else its staged files are checked (NotApplicable: nothing of the
+        image is pushed yet)."""
         key = entries_key(job.plan.entries, LAYOUT_VERSION, self.staged.python_build,
                           str(SOURCE_DATE_EPOCH), self.compression)
         cached = self.known.get(key, SOURCE_DATE_EPOCH) if self.known else None
         reused = self._reusable(cached) if cached else None
         if cached and reused:
             self.reused += 1
-            return reused, str(cached["diff_id"])
-        plan = job.plan
+            return key, (reused, str(cached["diff_id"]))
         if job.checked:
-            check_files(self.staged, [self.staged.root / e.name for e in plan.entries
+            check_files(self.staged, [self.staged.root / e.name for e in job.plan.entries
                                       if e.kind != "dir"])
+        return key, None
+
+    def make(self, job: LayerJob, index: int, key: str) -> tuple[Blob, str]:
+        """The layer of a ``decide``d job (``key``: its cache key), made and pushed."""
+        plan = job.plan
         if job.sources:
             compile_bytecode(self.staged, sorted(job.sources), self.work)
             plan = with_bytecode(self.staged, plan, job.sources)
