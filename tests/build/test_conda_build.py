@@ -6,22 +6,28 @@ import json
 import os
 import re
 import shutil
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+from packaging.utils import canonicalize_name
 from support.helpers import EXAMPLE, run_cli
 from support.image_checks import check_runtime_image
 
 from mlflow_steps.build.conda_install import CondaChannels, cache_dir
+from mlflow_steps.build.direct.installed import distributions, sbom_json
 from mlflow_steps.build.dockerfile import write_context
 from mlflow_steps.build.image_plan import image_plan
 from mlflow_steps.core.errors import StepError
-from mlflow_steps.env.hashing import env_tag
+from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH, env_tag
 from mlflow_steps.env.spec import BuildOptions, resolve_env
 
 MLPROJECT = "conda_env: conda.yaml\nentry_points:\n  main:\n    command: python train.py\n"
-CONDA_PACKAGES = ["python=3.11", "pip", "six>=1.17", "markupsafe"]
+CONDA_PACKAGES = ["python=3.11", "pip", "six>=1.17", "markupsafe", "probe-data"]
 TOKEN = "chan-tok-" + os.urandom(6).hex()
 
 
@@ -57,7 +63,7 @@ def test_conda_yaml_is_installed_as_the_image_prefix(conda_channel, tmp_path: Pa
     out, _ = staged({"conda.yaml": conda_yaml("requests")}, tmp_path, conda_channel)
     env = out / "conda-env"
     names = {json.loads(p.read_text())["name"] for p in (env / "conda-meta").glob("*.json")}
-    assert names == {"python", "python_abi", "pip", "six", "markupsafe"}
+    assert names == {"python", "python_abi", "pip", "six", "markupsafe", "probe-data"}
     assert (env / "bin/pip").read_text().startswith("#!/opt/env/bin/python")
     assert (env / "lib/python3.11/site-packages/six.py").is_file()
     builder_paths = [str(tmp_path).encode(), f"{cache_dir(os.environ)}/".encode()]
@@ -92,6 +98,55 @@ def test_conda_lock_installs_exactly_the_locked_packages(conda_channel, tmp_path
         write_context(image_plan(spec), tmp_path / "ctx2",
                       conda_channel_alias=conda_channel.alias_url)
     assert not (tmp_path / "ctx2").exists()
+
+
+def test_every_conda_package_is_readable_and_recorded(conda_channel, tmp_path: Path) -> None:
+    """COPY keeps the context's modes: conda-meta (rattler writes it 0600), a file an archive
+    carries 0600 and rattler's 0775 entry points are 0644/0755. The lock and the SBOM, as the
+    image build finishes them (merge.py, run by the environment's interpreter as there),
+    list every conda package: python, python_abi, probe-data (no Python in it) too."""
+    out, _ = staged({"conda.yaml": conda_yaml()}, tmp_path, conda_channel)
+    env = out / "conda-env"
+    modes = {path.relative_to(env).as_posix(): stat.S_IMODE(path.lstat().st_mode)
+             for path in env.rglob("*") if not path.is_symlink()}
+    assert {mode for mode in modes.values()} == {0o644, 0o755}
+    metas = sorted((env / "conda-meta").glob("*.json"))
+    assert {modes[f"conda-meta/{path.name}"] for path in metas} == {0o644}
+    assert modes["share/probe-data/probe.txt"] == 0o644
+    assert modes["bin/probe-data"] == modes["bin/pip"] == modes["conda-meta"] == 0o755
+
+    # what the build's last step has: uv pip freeze's lines and cyclonedx-py's SBOM of the
+    # Python distributions (the library it uses, as the direct builder writes it)
+    dists = distributions(env / "lib/python3.11/site-packages")
+    frozen, lock, sbom = tmp_path / "installed.txt", tmp_path / "lock.txt", tmp_path / "sbom"
+    frozen.write_text("".join(f"{canonicalize_name(d.metadata['Name'])}=={d.version}\n"
+                              for d in dists))
+    sbom.write_text(sbom_json(dists, SOURCE_DATE_EPOCH))
+    record = out / "conda-record"
+    subprocess.run([str(env / "bin/python"), "-I", "-S", str(record / "merge.py"), str(record),
+                    str(frozen), str(lock), str(sbom)], check=True, timeout=60,
+                   env={"PATH": "/usr/bin:/bin"})
+
+    installed = {meta["name"]: meta for meta in map(json.loads, map(Path.read_text, metas))}
+    assert {"python", "python_abi", "probe-data", "six"} <= installed.keys()
+    lines = lock.read_text().splitlines()
+    assert lines[1:len(installed) + 1] == [f"{meta['url']}#sha256:{meta['sha256']}"
+                                           for meta in installed.values()]
+    assert {"six==1.17.0", "markupsafe==3.0.4", "pip==26.3"} <= set(lines)  # as before
+
+    document = json.loads(sbom.read_text())
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(sbom.read_text()) is None
+    purls = {c["purl"].split("?")[0]: c for c in document["components"]}
+    for name in ("python", "python_abi", "probe-data", "six"):
+        component = purls[f"pkg:conda/{name}@{installed[name]['version']}"]
+        assert f"build={installed[name]['build']}" in component["purl"]
+        assert component["hashes"] == [{"alg": "SHA-256",
+                                        "content": installed[name]["sha256"]}]
+    assert "pkg:pypi/six@1.17.0" in purls  # the Python distributions, as before
+    needs = {d["ref"]: d.get("dependsOn", []) for d in document["dependencies"]}
+    assert sorted(needs[purls["pkg:conda/markupsafe@3.0.4"]["bom-ref"]]) == sorted(
+        purls[f"pkg:conda/{n}@{installed[n]['version']}"]["bom-ref"]
+        for n in ("python", "python_abi"))
 
 
 @pytest.mark.parametrize("packages, words", [
@@ -172,6 +227,22 @@ def test_conda_image_builds_trains_and_skips(docker_engine, registry, base_image
     prefix, version, six_version, markupsafe = probe.stdout.split()
     assert (prefix, version, six_version) == ("/opt/env", "3.11.2", "1.17.0")
     assert markupsafe.startswith("/opt/env/lib/python3.11/site-packages/markupsafe/")
+    # the runtime user reads conda-meta and every package's files (root's, 0644); the lock
+    # and the SBOM list each conda package, then the Python distributions
+    seen = docker_engine.cli(
+        "run", "--rm", reference, "sh", "-c",
+        "stat -c '%a %u %g' /opt/env/conda-meta/*.json /opt/env/share/probe-data/probe.txt "
+        "| sort -u && /opt/env/bin/probe-data && grep -c '#sha256:' "
+        "/opt/mlflow-steps-build/lock.txt && grep -c '^scikit-learn==' "
+        "/opt/mlflow-steps-build/lock.txt && python -c 'import json, sys; print(*(c.get(\"purl\", "
+        "\"\") for c in json.load(open(sys.argv[1]))[\"components\"]))' "
+        "/opt/mlflow-steps-build/sbom.cdx.json", check=False)
+    assert seen.returncode == 0, seen.stderr
+    modes, data, conda_lines, sklearn_lines, purls = seen.stdout.splitlines()
+    assert (modes, data, conda_lines, sklearn_lines) == ("644 0 0", "probe data", "6", "1")
+    assert {purl.split("@")[0] for purl in purls.split()} >= {
+        "pkg:conda/python", "pkg:conda/python_abi", "pkg:conda/probe-data", "pkg:conda/six",
+        "pkg:pypi/six", "pkg:pypi/scikit-learn"}
     run = run_step(docker_engine, reference, codeset, tmp_path / "results",
                    f"MLFLOW_TRACKING_URI={mlflow_server.url}",
                    "FUSEML_MLFLOW_ENTRYPOINT_ARGS=C=0.5 max_iter=100")

@@ -20,6 +20,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from cyclonedx.factory.license import LicenseFactory
+from cyclonedx.model import (
+    ExternalReference,
+    ExternalReferenceType,
+    HashAlgorithm,
+    HashType,
+    XsUri,
+)
+from cyclonedx.model.bom import Bom
+from cyclonedx.model.component import Component, ComponentType
+from cyclonedx.model.license import LicenseAcknowledgement
+from cyclonedx.output import make_outputter
+from cyclonedx.schema import OutputFormat, SchemaVersion
+from packageurl import PackageURL
+
+from mlflow_steps.build import conda_record
 from mlflow_steps.build.image_plan import EnvironmentInstall
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.bounded import MAX_FILE_BYTES, file_digest, read_bounded_text
@@ -256,3 +272,50 @@ def _scrub_metadata(staging: Path, urls: Mapping[str, str]) -> None:
             record["url"] = _public_url(url)
             record["channel"] = record["url"].rsplit("/", 2)[0]
         path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def write_conda_record(env: Path, out: Path) -> None:
+    """What the image build adds to its lock and SBOM (``conda_record.merge``, copied to
+    ``out`` as merge.py): every conda package installed in ``env`` (its conda-meta, as
+    scrubbed), ``python`` and packages without Python in them included; in ``out``, the
+    archive URL and sha256 of each (lock.txt) and their CycloneDX components, ``pkg:conda``
+    purls, and dependencies (components.cdx.json)."""
+    metas = [json.loads(path.read_text())
+             for path in sorted((env / "conda-meta").glob("*.json"))]
+    out.mkdir()
+    (out / conda_record.LOCK).write_text(
+        "# conda packages: each archive's URL and sha256\n"
+        + "".join(f"{meta['url']}#sha256:{meta['sha256']}\n" for meta in metas))
+    bom = Bom()
+    components = {meta["name"]: _conda_component(meta) for meta in metas}
+    bom.components.update(components.values())
+    for meta in metas:
+        needs = {spec.split()[0] for spec in meta.get("depends") or ()}
+        bom.register_dependency(components[meta["name"]],
+                                [components[name] for name in sorted(needs & components.keys())])
+    document = json.loads(make_outputter(bom, OutputFormat.JSON, SchemaVersion.V1_6)
+                          .output_as_string())
+    (out / conda_record.COMPONENTS).write_text(json.dumps(
+        {key: document.get(key, []) for key in ("components", "dependencies")}, indent=2)
+        + "\n")
+    shutil.copyfile(conda_record.__file__, out / "merge.py")
+
+
+def _conda_component(meta: Mapping[str, Any]) -> Component:
+    """A conda package as a CycloneDX component (purl: the conda type's name, version,
+    build, channel name, subdir and archive type)."""
+    archive = "conda" if meta["fn"].endswith(".conda") else "tar.bz2"
+    purl = PackageURL(type="conda", name=meta["name"], version=meta["version"], qualifiers={
+        "build": meta["build"], "channel": meta["channel"].rstrip("/").rsplit("/", 1)[-1],
+        "subdir": meta["subdir"], "type": archive})
+    digest = HashType(alg=HashAlgorithm.SHA_256, content=meta["sha256"])
+    component = Component(
+        type=ComponentType.LIBRARY, bom_ref=purl.to_string(), name=meta["name"],
+        version=meta["version"], purl=purl, hashes=[digest],
+        external_references=[ExternalReference(
+            type=ExternalReferenceType.DISTRIBUTION, url=XsUri(meta["url"]),
+            comment="conda package archive", hashes=[digest])])
+    if meta.get("license"):
+        component.licenses.add(LicenseFactory().make_from_string(
+            meta["license"], license_acknowledgement=LicenseAcknowledgement.DECLARED))
+    return component

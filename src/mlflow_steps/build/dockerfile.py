@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -86,8 +87,8 @@ def write_context(plan: ImagePlan, out_dir: Path,
                   environ: Mapping[str, str] | None = None) -> Path:
     """Write Dockerfile, env/, tooling/ (the tooling wheel), tools/ (uv) and, for conda
     strategies, conda-env/ (the installed conda packages, channels resolved through
-    ``conda_channel_alias`` or ``environ``'s conda configuration) into ``out_dir`` (new or
-    empty), atomically."""
+    ``conda_channel_alias`` or ``environ``'s conda configuration) and conda-record/ (what
+    the lock and SBOM add of them) into ``out_dir`` (new or empty), atomically."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise StepError("output directory exists and is not empty", source=str(out_dir))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -105,11 +106,17 @@ def write_context(plan: ImagePlan, out_dir: Path,
         script.chmod(0o755)
         if plan.install.strategy in CONDA_STRATEGIES:
             # only conda environments load the conda installer
-            from mlflow_steps.build.conda_install import CondaChannels, stage_environment
+            from mlflow_steps.build.conda_install import (
+                CondaChannels,
+                stage_environment,
+                write_conda_record,
+            )
 
             environ = os.environ if environ is None else environ
             stage_environment(plan.install, staging / "conda-env", plan.env_prefix,
                               CondaChannels.collect(environ, conda_channel_alias), environ)
+            write_conda_record(staging / "conda-env", staging / "conda-record")
+        _layer_modes(staging)
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)
@@ -117,3 +124,23 @@ def write_context(plan: ImagePlan, out_dir: Path,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _layer_modes(root: Path) -> None:
+    """Every directory and file below ``root`` gets the mode its layer is to have, since COPY
+    keeps the context's modes: 0755, or 0644 for a file nobody runs (rattler writes
+    conda-meta 0600 and entry points 0775, an archive may carry any mode, a strict umask
+    would hide the env files from the runtime user). A file rattler hard-linked from its
+    cache gets the mode there too: the next install links it with that mode anyway."""
+    for directory, subdirectories, files in os.walk(root):
+        for name in (*subdirectories, *files):
+            path = os.path.join(directory, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode):
+                wanted = 0o755
+            elif stat.S_ISREG(mode):
+                wanted = 0o755 if mode & 0o111 else 0o644
+            else:  # a symbolic link has no mode of its own
+                continue
+            if stat.S_IMODE(mode) != wanted:
+                os.chmod(path, wanted)
