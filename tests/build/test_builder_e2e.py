@@ -176,8 +176,13 @@ def test_failed_build_writes_nothing(docker_engine, registry, base_image, tmp_pa
                    "--builder", "docker")
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("mlflow-steps: error: docker: docker build failed")
-    assert "mlflow-steps-no-such-package-xyz" in last
+    # the cause first, in one short line, then the log it was kept in
+    failed = re.fullmatch(r"mlflow-steps: error: docker: docker build failed \(exit 1\): "
+                          r"(?P<cause>uv: .*mlflow-steps-no-such-package-xyz.*) \(full log: "
+                          r"(?P<log>\S+)\)", last)
+    assert failed and len(failed["cause"]) <= 300, last
+    assert "[resolve" in Path(failed["log"]).read_text()
+    Path(failed["log"]).unlink()
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert not (tmp_path / "results").exists()
 

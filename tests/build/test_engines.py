@@ -1,8 +1,10 @@
-"""Build backends through their contracts: executor arguments, selection, buildah conf."""
+"""Build backends through their contracts: executor arguments, selection, buildah conf,
+and the one line a failed build is reported by."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,8 @@ from support.helpers import docker_config
 
 from mlflow_steps.build.builder_plan import kaniko_args
 from mlflow_steps.build.engines import select_backend
-from mlflow_steps.build.engines.buildah import buildah_args, registries_conf
-from mlflow_steps.build.engines.engine import BuildRequest
+from mlflow_steps.build.engines.buildah import BuildahBackend, buildah_args, registries_conf
+from mlflow_steps.build.engines.engine import BuildRequest, failure_cause
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.image.client import RegistryClients
 from mlflow_steps.image.reference import ImageRef
@@ -147,3 +149,118 @@ def test_push_retries_only_transient_registry_races(tmp_path: Path, failures: in
         with pytest.raises(StepError, match=f"test push failed .*{error.split(':')[0]}"):
             backend.push([str(push)], env, "test push")
     assert int((tmp_path / "attempts").read_text()) == attempts
+
+
+# Failure lines as the engines print them (captured from real failed builds of a requirement
+# that does not exist, BuildKit's long RUN lines shortened to LONG_RUN).
+LONG_RUN = "/bin/sh -c set -a && " + "uv pip install --quiet -r layer.txt && " * 150
+UV_NOT_FOUND = ["error: No solution found when resolving dependencies",
+                "  cause: Because nosuchpkg was not found in the package registry and you "
+                "require nosuchpkg==1.0, we can conclude that your requirements are "
+                "unsatisfiable."]
+UV_CAUSE = ("uv: No solution found when resolving dependencies: Because nosuchpkg was not "
+            "found in the package registry and you require nosuchpkg==1.0, we can conclude "
+            "that your requirements are unsatisfiable.")
+DOCKER_20_10 = [  # BuildKit in Docker 20.10: "#step seconds output", then its own summary
+    "#7 [resolve 2/2] RUN " + LONG_RUN, "#7 sha256:e7375e27c30f",
+    *(f"#7 0.912 {line}" for line in UV_NOT_FOUND),
+    f"#7 ERROR: executor failed running [{LONG_RUN}]: exit code: 1", "------",
+    f" > [resolve 2/2] RUN {LONG_RUN}:", "------",
+    f"executor failed running [{LONG_RUN}]: exit code: 1"]
+BUILDKIT = [  # Docker 23+: the step's last lines again in the summary, then "ERROR: failed to"
+    f"#7 [resolve 2/2] RUN {LONG_RUN}", *(f"#7 0.912 {line}" for line in UV_NOT_FOUND),
+    "#7 ERROR: process \"/bin/sh -c ...\" did not complete successfully: exit code: 1",
+    "------", f" > [resolve 2/2] RUN {LONG_RUN}:", *(f"0.912 {line}" for line in UV_NOT_FOUND),
+    "------", "Dockerfile:7", "--------------------",
+    f"ERROR: failed to solve: process \"{LONG_RUN}\" did not complete successfully: "
+    "exit code: 1"]
+BUILDAH = [f"[1/2] STEP 2/2: RUN {LONG_RUN}", *UV_NOT_FOUND, "subprocess exited with status 1",
+           "subprocess exited with status 1",
+           f'Error: building at STEP "RUN {LONG_RUN}": exit status 1']
+KANIKO = [f"INFO[0012] RUN {LONG_RUN}", "INFO[0012] Initializing snapshotter ...",
+          "INFO[0012] Taking snapshot of full filesystem...", "INFO[0013] Cmd: /bin/sh",
+          f"INFO[0013] Args: [-c {LONG_RUN}]", f"INFO[0013] Running: [{LONG_RUN}]",
+          *UV_NOT_FOUND, "error building image: error building stage: failed to execute "
+          "command: waiting for process to exit: exit status 1"]
+PIP = ["WARNING: Location 'file:///opt/pypi/simple/nosuchpkg/' is ignored: it is neither a "
+       "file nor a directory.",
+       "ERROR: Could not find a version that satisfies the requirement nosuchpkg==1.0 (from "
+       "versions: none)", "ERROR: No matching distribution found for nosuchpkg==1.0"]
+
+
+@pytest.mark.parametrize("lines", [DOCKER_20_10, BUILDKIT, BUILDAH, KANIKO,
+                                   [f"[docker] {line}" for line in DOCKER_20_10]],
+                         ids=["docker-20.10", "buildkit", "buildah", "kaniko", "builder-step"])
+def test_failure_cause_is_the_package_tools_error(lines: list[str]) -> None:
+    assert failure_cause(lines) == UV_CAUSE
+
+
+def test_failure_cause_of_pip_and_of_uv_causes() -> None:
+    assert failure_cause(PIP) == "pip: No matching distribution found for nosuchpkg==1.0"
+    assert failure_cause([
+        "error: Request failed after 3 retries in 8.9s",
+        "  cause: Failed to fetch: http://127.0.0.1:1/simple/nosuchpkg/",
+        "  cause: Connection refused (os error 111)", "exit status 1"]) == (
+        "uv: Request failed after 3 retries in 8.9s: Failed to fetch: "
+        "http://127.0.0.1:1/simple/nosuchpkg/: Connection refused (os error 111)")
+
+
+@pytest.mark.parametrize(("lines", "start", "end"), [
+    (DOCKER_20_10[-1:], "executor failed running [/bin/sh -c set -a && uv pip", ": exit code: 1"),
+    (BUILDKIT[-1:], 'failed to solve: process "/bin/sh -c set -a',
+     '" did not complete successfully: exit code: 1'),
+    (BUILDAH[-3:], 'building at STEP "RUN /bin/sh -c', '": exit status 1'),
+    (KANIKO[-1:], "error building image: error building stage: failed to execute command",
+     "exit status 1")], ids=["docker-20.10", "buildkit", "buildah", "kaniko"])
+def test_failure_cause_without_a_tool_error_is_the_engines_in_300_characters(
+        lines: list[str], start: str, end: str) -> None:
+    cause = failure_cause(["INFO[0001] Retrieving image manifest", *lines])
+    assert cause.startswith(start) and cause.endswith(end) and len(cause) <= 300, cause
+
+
+def test_failure_cause_is_masked_escaped_and_one_line() -> None:
+    cause = failure_cause(["building", "error: cannot fetch https://me:hunter22@idx.example/x"
+                           "\x1b]0;owned\x07\nforged", "", "  "], ["hunter22"])
+    assert cause == ("uv: cannot fetch https://me:***@idx.example/x\\x1b]0;owned\\x07\\n"
+                     "forged")
+    assert failure_cause(["step output", "Traceback:", "ValueError: bad", ""]) == (
+        "ValueError: bad")
+    assert failure_cause([]) == "no output"
+
+
+FAILING_BUILD = """#!/bin/sh
+echo "INFO[0013] Running: [/bin/sh -c $(printf 'uv pip install -r layer.txt && %.0s' $(seq 150))]"
+echo "fetching https://me:$SECRET_PASS@idx.example/simple/ with PIP_PASSWORD=$SECRET_PASS"
+printf 'error: No solution found when resolving dependencies\\n  cause: nosuchpkg\\033[2J\\n'
+echo "error building image: error building stage: failed to execute command: exit status 1"
+exit "$CODE"
+"""
+
+
+def test_a_failed_engine_command_is_one_line_cause_first_and_a_masked_log(
+        tmp_path: Path, capfd) -> None:
+    """What the engine printed streams escaped and masked; its failure is one short line
+    with the cause and the log file it is kept in, which has no credential either."""
+    script = tmp_path / "engine"
+    script.write_text(FAILING_BUILD)
+    script.chmod(0o755)
+    env = {**os.environ, "SECRET_PASS": "s3cr3t-value", "TMPDIR": str(tmp_path)}
+    backend = BuildahBackend(env)
+    with pytest.raises(StepError) as failed:
+        backend.run_streaming([str(script)], {**env, "CODE": "1"}, "buildah bud")
+    message = str(failed.value)
+    match = re.fullmatch(r"buildah: buildah bud failed \(exit 1\): uv: No solution found when "
+                         r"resolving dependencies: nosuchpkg\\x1b\[2J \(full log: (\S+)\)",
+                         message)
+    assert match, message
+    log = Path(match[1])
+    assert log.parent == tmp_path and log.stat().st_mode & 0o077 == 0
+    text = log.read_text()
+    assert "Running: [/bin/sh -c uv pip install" in text and "exit status 1" in text
+    assert "https://me:***@idx.example" in text and "PIP_PASSWORD=***" in text
+    streamed = capfd.readouterr().err
+    assert "[buildah] error: No solution found" in streamed and "\x1b" not in streamed
+    assert "s3cr3t-value" not in text + streamed + message
+
+    backend.run_streaming([str(script)], {**env, "CODE": "0"}, "buildah bud")
+    assert list(tmp_path.glob("mlflow-steps-*.log")) == [log]  # a success keeps none

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -259,7 +260,14 @@ def test_a_failing_executor_leaves_no_step_result(workflow, docker_engine, plan_
         "mlflow-build", "--builder", "buildah", "--executor-image", image,
         registry=plan_registry, check=False, codeset=bad)
     assert result.returncode != 0 and outputs is None
-    assert "mlflow-steps-no-such-package-xyz" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # the cause, then where the log is
+    failed = re.fullmatch(r"mlflow-steps: error: steps\.builder: step 'builder' failed with "
+                          r"exit code 1: (?P<cause>uv: No solution found .*"
+                          r"mlflow-steps-no-such-package-xyz.*) \(full log: (?P<log>\S+)\)",
+                          last)
+    assert failed and len(failed["cause"]) <= 300, last
+    log = Path(failed["log"]).read_text()
+    assert "STEP 1/2: FROM" in log and SECRET_KEY not in log and ACCESS_KEY not in log
     assert "[builder] verify (" not in result.stderr
     [builder] = record["steps"]
     assert builder["status"] == "failed" and builder["outputs"] == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -163,8 +164,10 @@ def test_failed_step_stops_the_run_with_its_exit_code(run_workflow) -> None:
     assert result.returncode == 7
     assert "[first] failed (exit 7)" in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("mlflow-steps: error: steps.first: step 'first' failed with exit "
-                           "code 7:") and last.endswith("secret is *** | about to fail")
+    failed = re.fullmatch(r"mlflow-steps: error: steps\.first: step 'first' failed with exit "
+                          r"code 7: about to fail \(full log: (\S+/logs/first\.log)\)", last)
+    assert failed, last
+    assert Path(failed[1]).read_text().endswith("secret is ***\nabout to fail\n")
     assert result.stdout == "" and not (run_workflow.tmp / "out.json").exists()
     [record] = records(run_workflow)
     assert record["status"] == "failed" and record["outputs"] == {}

@@ -8,6 +8,8 @@ from there only after it exited 0. Steps whose image carries the label
 labelled ``org.mlflow-steps.pip-config=true`` get this machine's build-time pip
 configuration (index URLs, trusted hosts, CA bundle) as a read-only file mount that is
 deleted when the step ends — the way ``mlflow-steps build`` forwards it on the host.
+A step that fails ends the run with one line, its cause (``failure_cause``, as for a build
+on the host) and its output kept in the run's directory (``logs/STEP.log``, as shown).
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ from mlflow_steps.build.builder_plan import (
     plan_steps,
     substitute,
 )
+from mlflow_steps.build.engines.engine import CAUSE_LINES, failure_cause
+from mlflow_steps.core import interrupt
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import Redactor
+from mlflow_steps.core.terminal import escape
 from mlflow_steps.env.pip_secrets import CONFIG_MOUNT, CONFIG_MOUNT_ENV, write_config_mount
 from mlflow_steps.env.pipconfig import collect_pip_config
 from mlflow_steps.image.credentials import docker_config_dir
@@ -49,7 +54,7 @@ from mlflow_steps.workflow.plan import RunPlan
 from mlflow_steps.workflow.runs import RunRecord, RunStore, StepRecord
 
 RESULTS_IN_CONTAINER = "/tekton/results"
-TAIL_LINES = 10
+LOGS_DIR = "logs"  # in the run's directory: a failed step's output, as shown
 BUILD_SKIPPED = "build skipped"
 
 
@@ -145,18 +150,24 @@ class Runner:
         if options.verbose:
             for key, value in sorted(spec.env.items()):
                 self.emit(f"[{step.name}] env {key}={value}")
-        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        tail: collections.deque[str] = collections.deque(maxlen=CAUSE_LINES)
+        log_path = run_dir / LOGS_DIR / f"{step.name}.log"
+        log_path.parent.mkdir(exist_ok=True)
 
         def on_line(line: str) -> None:
             tail.append(self.redact(line))
+            log.write(escape(tail[-1]) + "\n")
             step_record.build_skipped |= BUILD_SKIPPED in line
             self.emit(f"[{step.name}] {line}")
 
         try:
-            if as_plan:
-                exit_code = self._run_builder_plan(step, spec, run_dir, options, on_line)
-            else:
-                exit_code = self.engine.run(spec, on_line)
+            # kept when the step fails, removed when an exception ends the run
+            with interrupt.scratch(log_path, keep=True), \
+                    log_path.open("w", encoding="utf-8") as log:
+                if as_plan:
+                    exit_code = self._run_builder_plan(step, spec, run_dir, options, on_line)
+                else:
+                    exit_code = self.engine.run(spec, on_line)
         finally:
             shutil.rmtree(pip_dir, ignore_errors=True)
         step_record.seconds = round(time.monotonic() - started, 3)
@@ -165,9 +176,10 @@ class Runner:
             step_record.status = "failed"
             self.emit(f"[{step.name}] failed (exit {exit_code}) after "
                       f"{step_record.seconds:.1f}s")
-            last = " | ".join(line.strip() for line in tail if line.strip()) or "no output"
-            raise StepFailed(f"step {step.name!r} failed with exit code {exit_code}: {last}",
-                             exit_code, field=f"steps.{step.name}")
+            raise StepFailed(f"step {step.name!r} failed with exit code {exit_code}: "
+                             f"{failure_cause(tail)} (full log: {log_path})", exit_code,
+                             field=f"steps.{step.name}")
+        log_path.unlink()
         self.plan.outputs[step.name] = outputs = self._read_outputs(step, results)
         step_record.outputs = self.redact.mapping(outputs)
         step_record.status = "succeeded"
