@@ -199,7 +199,7 @@ def test_push_refused_is_a_clear_failure(docker_engine, base_image, tmp_path: Pa
     readonly = Registry(tmp_path / "ro-registry", readonly=True).start()
     try:
         env = {**docker_engine.env(), "MLFLOW_STEPS_RESULTS_DIR": str(tmp_path / "results"),
-               "TASK_RESULT": "image"}
+               "TASK_RESULT": "image", "TMPDIR": str(tmp_path)}  # where a failure's log is kept
         result = build(copy_example(tmp_path), env, "--registry", readonly.address,
                        "--base-image", base_image, "--builder", "docker", flag)
     finally:

@@ -142,13 +142,15 @@ def test_push_retries_only_transient_registry_races(tmp_path: Path, failures: in
     push.write_text(FLAKY_PUSH)
     push.chmod(0o755)
     backend = select_backend("buildah", dict(os.environ))
-    env = {**os.environ, "FAILURES": str(failures), "ERROR": error}
+    env = {**os.environ, "FAILURES": str(failures), "ERROR": error, "TMPDIR": str(tmp_path)}
     if succeeds:
         backend.push([str(push)], env, "test push")
     else:
         with pytest.raises(StepError, match=f"test push failed .*{error.split(':')[0]}"):
             backend.push([str(push)], env, "test push")
     assert int((tmp_path / "attempts").read_text()) == attempts
+    # the log of the failure reported is kept, none of an attempt retried
+    assert len(list(tmp_path.glob("mlflow-steps-buildah-*.log"))) == (0 if succeeds else 1)
 
 
 # Failure lines as the engines print them (captured from real failed builds of a requirement

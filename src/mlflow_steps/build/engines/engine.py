@@ -90,11 +90,11 @@ def _tool_error(texts: list[str]) -> str | None:
 
 class CommandFailed(StepError):
     """An engine command exited non-zero: the cause and the log in one line; ``tail`` holds
-    its last lines (shown)."""
+    its last lines (shown), ``log`` the file kept with all of them."""
 
-    def __init__(self, message: str, *, source: str, tail: tuple[str, ...]) -> None:
+    def __init__(self, message: str, *, source: str, tail: tuple[str, ...], log: Path) -> None:
         super().__init__(message, source=source)
-        self.tail = tail
+        self.tail, self.log = tail, log
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,7 @@ class Backend(ABC):
                 transient = any(marker in said for marker in TRANSIENT_PUSH_ERRORS)
                 if attempt == PUSH_ATTEMPTS or not transient:
                     raise
+                exc.log.unlink()  # only the log of the failure reported is kept
             print(f"[{self.name}] {what}: transient registry error, retry {attempt} of "
                   f"{PUSH_ATTEMPTS - 1}", file=sys.stderr, flush=True)
             time.sleep(2 * attempt)
@@ -192,4 +193,4 @@ class Backend(ABC):
             return
         raise CommandFailed(f"{what} failed (exit {process.returncode}): "
                             f"{failure_cause(tail)} (full log: {log_path})",
-                            source=self.name, tail=tuple(tail))
+                            source=self.name, tail=tuple(tail), log=log_path)
