@@ -15,7 +15,7 @@ demo: setup
 	$(BIN)/mlflow-steps render $(EXAMPLE) -o $(OUT)/context
 	$(BIN)/python scripts/demo.py
 
-# On the oldest MLflow: every adapter's contract, the network bounds, and the runtime's
+# On the oldest MLflow (after the rest, beside the engine tests): every adapter's contract, the network bounds, and the runtime's
 # main paths (log, register, a model logged outside the run, tracing).
 OLDEST_MLFLOW_TESTS := tests/core/test_mlflow_compat.py tests/runtime/test_runtime_network.py \
 	tests/runtime/test_runtime.py -k "not test_runtime.py or logs_model_and_outputs or registration \
@@ -26,21 +26,22 @@ SEED := $(or $(SEED),$(shell od -An -N2 -tu2 /dev/urandom | tr -d ' '))
 test: setup
 	$(BIN)/ruff check src tests bench scripts
 	@echo "test order: seed $(SEED) (the same order again: make test SEED=$(SEED))"
-	@echo "engine tests and the rest run side by side: a line per test file from each while they"
-	@echo "run (tests/support/progress.py), then both pytest reports"
+	@echo "engine tests, and the rest then the oldest-MLflow subset, run side by side: a line per"
+	@echo "test file from each while they run (tests/support/progress.py), then the pytest reports"
 	@# fd 3 is the terminal: the progress lines go there, each report to its log.
 	@status=0; export MLFLOW_STEPS_TEST_PROGRESS_FD=3; \
-	MLFLOW_STEPS_TEST_PROGRESS_LABEL=rest $(BIN)/pytest -q -p no:cacheprovider -m "not engine" \
-		--randomly-seed=$(SEED) --basetemp=/tmp/mlflow-steps-tests-rest \
-		3>&1 > .test-rest.log 2>&1 & rest=$$!; \
+	( MLFLOW_STEPS_TEST_PROGRESS_LABEL=rest $(BIN)/pytest -q -p no:cacheprovider \
+		-m "not engine" --randomly-seed=$(SEED) --basetemp=/tmp/mlflow-steps-tests-rest \
+		3>&1 > .test-rest.log 2>&1; rest=$$?; \
+	  MLFLOW_STEPS_TEST_PROGRESS_LABEL=oldest-mlflow .venv-mlflow-oldest/bin/pytest -q \
+		-p no:cacheprovider -m "not server_mlflow" --basetemp=/tmp/mlflow-steps-tests-oldest \
+		$(OLDEST_MLFLOW_TESTS) 3>&1 > .test-oldest.log 2>&1 && exit $$rest ) & others=$$!; \
 	MLFLOW_STEPS_TEST_PROGRESS_LABEL=engine $(BIN)/pytest -q -p no:cacheprovider -m engine \
 		--randomly-seed=$(SEED) --basetemp=/tmp/mlflow-steps-tests-engine \
 		3>&1 > .test-engine.log 2>&1 || status=$$?; \
-	wait $$rest || status=$$?; \
-	echo "--- tests with an engine:"; cat .test-engine.log; \
-	echo "--- tests without an engine:"; cat .test-rest.log; \
-	rm -f .test-rest.log .test-engine.log; exit $$status
-	.venv-mlflow-oldest/bin/pytest -q -p no:cacheprovider -m "not server_mlflow" $(OLDEST_MLFLOW_TESTS)
+	wait $$others || status=$$?; \
+	for log in engine rest oldest; do echo "--- $$log:"; cat .test-$$log.log; done; \
+	rm -f .test-rest.log .test-engine.log .test-oldest.log; exit $$status
 
 lint: setup
 	$(BIN)/ruff check src tests bench scripts
