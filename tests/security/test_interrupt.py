@@ -32,6 +32,32 @@ BIG_FILE_BYTES = 160 << 20  # random: a few seconds of compression on any machin
 PHASE_TIMEOUT = 600  # a cold uv cache downloads the step tooling's requirements first
 EXIT_BOUND = 5.0  # issue 28: the process ends within 5 s of the signal
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
+# A worker pool interrupted (graces of an hour: what is shown does not wait for them). With
+# STALL, its one running task never returns; else it stops at its next check() and two more
+# tasks are queued behind it. It prints its scratch directory, then the tasks cancelled.
+POOL = """
+import os, signal, sys, threading, time
+from mlflow_steps.core import interrupt
+interrupt.WORKERS_GRACE_SECONDS = interrupt.EXIT_DEADLINE_SECONDS = 3600
+stall, running = sys.argv[1] == "STALL", threading.Event()
+def task():
+    running.set()
+    while True:
+        if not stall:
+            interrupt.check()
+        time.sleep(0.01)
+try:
+    with interrupt.interruptible(), interrupt.private_directory("pool-") as scratch:
+        (scratch / "staged").write_text("a file")
+        print(scratch, flush=True)
+        with interrupt.ThreadPool(max_workers=1) as pool:
+            futures = [pool.submit(task) for _ in range(1 if stall else 3)]
+            running.wait()
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(3600)
+except interrupt.Interrupted:
+    print([future.cancelled() for future in futures], flush=True)
+"""
 
 
 class _Index(SimpleHTTPRequestHandler):
@@ -274,6 +300,36 @@ def test_interrupted_while_staging(name: str, registry, synthetic_python, uv_cac
         result = build.interrupt(SIGNALS[name])
     assert "uv" in {command for _, command in result[2].values()}, result[2]
     assert_left_nothing(build, tmp_path, secret, SIGNALS[name], result)
+
+
+def test_an_interrupted_pool_waits_for_running_work_not_for_work_it_cancelled() -> None:
+    """The running task stops at its check(): the pool is left at once, though the tasks it
+    cancelled never ran (``wait`` used to count them as pending for the whole grace)."""
+    result = subprocess.run([sys.executable, "-c", POOL, "CHECKS"], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    scratch, cancelled = result.stdout.splitlines()
+    assert cancelled == "[False, True, True]" and not Path(scratch).exists()
+
+
+def test_scratch_paths_go_at_the_signal_not_after_the_workers_grace() -> None:
+    """While the pool still gives a stalled task its grace, the scratch directory is already
+    removed (a staging tree takes seconds to remove on a busy machine); a second signal ends
+    the process at once."""
+    process = subprocess.Popen([sys.executable, "-c", POOL, "STALL"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        scratch = Path(process.stdout.readline().strip())
+        deadline = time.monotonic() + 60
+        while scratch.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not scratch.exists() and process.poll() is None  # gone, within the grace
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 128 + signal.SIGTERM
+    finally:
+        process.kill()
+        process.communicate()
 
 
 def _growing_layer(work: Path) -> Callable[[], bool]:

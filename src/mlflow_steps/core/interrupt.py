@@ -2,13 +2,15 @@
 cleanup, with child process groups ended, scratch paths removed and the exit bounded.
 
 Within ``interruptible()`` the first signal asks every child's process group to stop, arms a
-watchdog that ends the process ``EXIT_DEADLINE_SECONDS`` later whatever still runs, and raises
-``Interrupted`` in the main thread; a second signal ends the process at once. Children
-started with ``child``/``run`` lead a process group of their own (SIGKILL follows SIGTERM
-after ``CHILD_GRACE_SECONDS``); ``scratch`` paths are removed on the way out, and by
-``exit_now`` when unwinding did not get to them. Worker threads stop at their next
-``check()``; a ``ThreadPool`` left by an interruption waits for them only briefly (a stalled
-upload is not waited for, and ``exit_now`` does not join it).
+watchdog that ends the process ``EXIT_DEADLINE_SECONDS`` later whatever still runs, starts
+removing the ``scratch`` paths (once the children have ended: meanwhile worker threads get
+their grace) and raises ``Interrupted`` in the main thread; a second signal ends the process
+at once. Children started with ``child``/``run`` lead a process group of their own (SIGKILL
+follows SIGTERM after ``CHILD_GRACE_SECONDS``); ``scratch`` paths are removed on the way out
+too, and by ``exit_now`` when neither got to them. Worker threads stop at their next
+``check()``; a ``ThreadPool`` left by an interruption waits for running work only briefly (a
+stalled upload is not waited for, and ``exit_now`` does not join it), and not at all for work
+it cancelled.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
     watchdog = threading.Timer(EXIT_DEADLINE_SECONDS, exit_now, (signum,))
     watchdog.daemon = True
     watchdog.start()
+    threading.Thread(target=_sweep, name="scratch-sweep", daemon=True).start()
     if not _deferring[0]:
         raise Interrupted(signum)
 
@@ -123,6 +126,16 @@ def exit_now(signum: int) -> NoReturn:
     with contextlib.suppress(OSError):  # os.write: safe in a signal handler, unlike print
         os.write(2, f"mlflow-steps: interrupted by {signal.Signals(signum).name}\n".encode())
     os._exit(128 + signum)
+
+
+def _sweep() -> None:
+    """Remove the scratch paths as soon as no child may still use them (all ended, or the
+    grace ``_end`` gives them is over), not after the grace of the worker threads: a large
+    staging tree takes seconds to remove on a busy machine."""
+    while _children and _since_signal(CHILD_GRACE_SECONDS + 1) > 0:
+        time.sleep(0.01)
+    for path in list(_scratch):
+        _remove(path)
 
 
 def _remove(path: Path) -> None:
@@ -235,5 +248,7 @@ class ThreadPool(ThreadPoolExecutor):
         if exc_type is None or not issubclass(exc_type, Interrupted):
             return super().__exit__(exc_type, exc, traceback)
         self.shutdown(wait=False, cancel_futures=True)
-        wait(self._futures, timeout=_since_signal(WORKERS_GRACE_SECONDS))
+        # A cancelled future never counts as done for ``wait``: only running work is waited for.
+        wait([f for f in self._futures if not f.cancelled()],
+             timeout=_since_signal(WORKERS_GRACE_SECONDS))
         return False
