@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from support.helpers import EXAMPLE, run_cli
+from support.helpers import EXAMPLE, MINIMAL_MLPROJECT, run_cli, write_codeset
 from support.image_checks import check_runtime_image, scan_pushed_image
 
 SECRET_TOKEN = "SECRET-TOKEN-" + os.urandom(6).hex()
@@ -29,6 +29,13 @@ def secret_pip_env(tmp_path_factory) -> dict[str, str]:
 
 def copy_example(tmp_path: Path, name: str = "codeset") -> Path:
     return Path(shutil.copytree(EXAMPLE, tmp_path / name))
+
+
+def small_codeset(tmp_path: Path) -> Path:
+    """One small pinned requirement: an image of the tooling and six, a fraction of the
+    example's build (where the example's content is not the point)."""
+    return write_codeset(tmp_path / "small", {"MLproject": MINIMAL_MLPROJECT,
+                                              "requirements.txt": "six==1.16.0\n"})
 
 
 def build(codeset: Path, env: dict[str, str], *args: str, process: bool = False):
@@ -120,7 +127,7 @@ def test_buildah_build_and_skip(docker_engine, registry, base_image, buildah_env
     assert (tmp_path / "out2").read_text() == reference
 
 
-def test_docker_digest_is_the_same_on_a_fresh_engine(trainer_image, registry, base_image,
+def test_docker_digest_is_the_same_on_a_fresh_engine(docker_engine, registry, base_image,
                                                      stack_root, tmp_path: Path) -> None:
     """Another engine, empty caches, another day for all it knows: the same image bytes.
     The engine never pulled the base (BuildKit fetches it into a cache of its own): its
@@ -130,14 +137,17 @@ def test_docker_digest_is_the_same_on_a_fresh_engine(trainer_image, registry, ba
     from mlflow_steps.image.client import RegistryClient
 
     client = RegistryClient(registry.address)
-    tag = trainer_image.rsplit(":", 1)[1]
-    expected = client.manifest_digest("mlflow/trainer", tag)
+    codeset = small_codeset(tmp_path)
+    settings = {"FUSEML_REGISTRY": registry.address, "FUSEML_BASE_IMAGE": base_image,
+                "FUSEML_BUILDER": "docker"}
+    first = build(codeset, {**docker_engine.env(), **settings,
+                            "FUSEML_REPOSITORY": "fresh/first"})
+    assert first.returncode == 0, first.stderr[-3000:]
+    tag = first.stdout.strip().rsplit(":", 1)[1]
+    expected = client.manifest_digest("fresh/first", tag)
     engine = DockerEngine(stack_root / "docker-fresh").start()
     try:
-        env = {**engine.env(), "FUSEML_REGISTRY": registry.address,
-               "FUSEML_BASE_IMAGE": base_image, "FUSEML_BUILDER": "docker",
-               "FUSEML_REPOSITORY": "fresh/trainer"}
-        result = build(copy_example(tmp_path), env)
+        result = build(codeset, {**engine.env(), **settings, "FUSEML_REPOSITORY": "fresh/trainer"})
     finally:
         engine.stop()
     assert result.returncode == 0, result.stderr[-3000:]
@@ -154,7 +164,7 @@ def test_check_reproducible_reports_what_differs(docker_engine, registry, base_i
            "TASK_RESULT": "image", "FUSEML_REGISTRY": registry.address,
            "FUSEML_BASE_IMAGE": base_image, "FUSEML_BUILDER": "docker",
            "FUSEML_REPOSITORY": "check/not-reproducible"}
-    result = build(copy_example(tmp_path), env, "--no-reproducible", "--check-reproducible")
+    result = build(small_codeset(tmp_path), env, "--no-reproducible", "--check-reproducible")
     assert result.returncode == 1, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r"mlflow-steps: error: build: not reproducible \(--no-reproducible was "
