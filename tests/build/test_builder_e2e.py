@@ -210,7 +210,7 @@ def test_push_refused_is_a_clear_failure(docker_engine, base_image, tmp_path: Pa
     try:
         env = {**docker_engine.env(), "MLFLOW_STEPS_RESULTS_DIR": str(tmp_path / "results"),
                "TASK_RESULT": "image", "TMPDIR": str(tmp_path)}  # where a failure's log is kept
-        result = build(copy_example(tmp_path), env, "--registry", readonly.address,
+        result = build(small_codeset(tmp_path), env, "--registry", readonly.address,
                        "--base-image", base_image, "--builder", "docker", flag)
     finally:
         readonly.stop()
