@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,11 @@ ENGINE_FIXTURES = frozenset({"docker_engine", "buildah_env"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Before any test module imports MLflow (PYTEST_CURRENT_TEST, which turns its telemetry
+    # off too, is unset while modules are collected): the telemetry threads would call out and
+    # unset a variable of os.environ while a test iterates it (KeyError). Commands under test
+    # get environments without MLFLOW_* (clean_env) where their telemetry is the point.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     progress.register(config)
 
 
@@ -187,6 +193,21 @@ def workflow_step_images(docker_engine, registry, base_image):
                       "--label", "org.mlflow-steps.engine-socket=true",
                       "--label", "org.mlflow-steps.pip-config=true", str(context))
     return plain, socket
+
+
+@pytest.fixture(scope="session")
+def warm_server_cli():
+    """`mlflow-steps server ...` commands, each in a process of its own forked from one
+    interpreter that imported the server CLI and MLflow's server once (what `serve` execs
+    replaces that child, never the test process): `.run(*args, env=...)`."""
+    from support.cli_batch import Warm
+    from support.server_testing import clean_env
+
+    runner = Warm(["mlflow_steps.cli.main", "mlflow_steps.cli.server", "mlflow.server",
+                   "mlflow.store.tracking.sqlalchemy_store"],
+                  clean_env(MLFLOW_DISABLE_TELEMETRY="true"))
+    yield runner
+    runner.close()
 
 
 @pytest.fixture(scope="session")

@@ -129,9 +129,11 @@ def unreachable_postgres() -> str:
 
 
 @pytest.mark.parametrize("command", ["serve", "gc", "db-upgrade", "check"])
-def test_unreachable_database_is_one_redacted_line(tmp_path: Path, command: str) -> None:
-    result = run_cli("server", command, process=command == "serve",  # serve execs MLflow
-                     env=_env(tmp_path, MLFLOW_BACKEND_STORE_URI=unreachable_postgres()))
+def test_unreachable_database_is_one_redacted_line(tmp_path: Path, warm_server_cli,
+                                                   command: str) -> None:
+    env = _env(tmp_path, MLFLOW_BACKEND_STORE_URI=unreachable_postgres())
+    result = (warm_server_cli.run("server", command, env=env) if command == "serve"  # it execs
+              else run_cli("server", command, env=env))
     line = _one_error_line(result, "MLFLOW_BACKEND_STORE_URI", "cannot connect",
                            "mlflow:***@127.0.0.1")
     assert PASSWORD not in result.stdout + result.stderr, line
@@ -143,13 +145,15 @@ def test_unreachable_database_is_one_redacted_line(tmp_path: Path, command: str)
     ({"MLFLOW_TRACKING_GC_TTL": "30days"}, ("MLFLOW_TRACKING_GC_TTL", "'30days'")),
     ({"MLFLOW_SERVER_REQUIRE_TOKEN": "true"}, ("MLFLOW_TRACKING_TOKEN", "not set")),
 ])
-def test_bad_config_stops_serve_with_one_line(tmp_path: Path, values, needles) -> None:
-    result = run_cli("server", "serve", env=_env(tmp_path, **values), process=True)
+def test_bad_config_stops_serve_with_one_line(tmp_path: Path, warm_server_cli, values,
+                                              needles) -> None:
+    result = warm_server_cli.run("server", "serve", env=_env(tmp_path, **values))
     _one_error_line(result, *needles)
     assert PASSWORD not in result.stderr
 
 
 def test_unwritable_artifact_directory(tmp_path: Path) -> None:
+    """(In a fresh interpreter, where the other refused `serve`s fork from a warm one.)"""
     (tmp_path / "a-file").write_text("")
     result = run_cli("server", "serve", env=_env(
         tmp_path, MLFLOW_ARTIFACTS_DESTINATION=str(tmp_path / "a-file" / "artifacts")),
@@ -185,19 +189,20 @@ def test_every_needs_a_positive_duration(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("token", ["two words", "caf\u00e9-token", "tab\tinside"])
-def test_token_must_fit_in_a_header(tmp_path: Path, token: str) -> None:
-    result = run_cli("server", "serve", env=_env(tmp_path, MLFLOW_TRACKING_TOKEN=token),
-                     process=True)
+def test_token_must_fit_in_a_header(tmp_path: Path, warm_server_cli, token: str) -> None:
+    result = warm_server_cli.run("server", "serve",
+                                 env=_env(tmp_path, MLFLOW_TRACKING_TOKEN=token))
     _one_error_line(result, "MLFLOW_TRACKING_TOKEN", "printable ASCII")
     assert token not in result.stderr
 
 
 @pytest.mark.parametrize("command", ["serve", "gc", "db-upgrade", "check"])
-def test_store_that_is_not_a_database(tmp_path: Path, command: str) -> None:
+def test_store_that_is_not_a_database(tmp_path: Path, warm_server_cli, command: str) -> None:
     database = tmp_path / "store" / "db.sqlite"
     database.parent.mkdir()
     database.write_text("not a database\n")
-    _one_error_line(run_cli("server", command, env=_env(tmp_path), process=command == "serve"),
+    run = warm_server_cli.run if command == "serve" else run_cli  # serve execs MLflow
+    _one_error_line(run("server", command, env=_env(tmp_path)),
                     "MLFLOW_BACKEND_STORE_URI", f"cannot read sqlite:///{database}",
                     "file is not a database")
     assert database.read_text() == "not a database\n"

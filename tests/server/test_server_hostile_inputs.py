@@ -1,5 +1,5 @@
 """Hostile inputs to `mlflow-steps server ...`, each through the real CLI (`serve`, which
-execs the MLflow server, in a process of its own).
+execs the MLflow server, in a process of its own, forked from a warm interpreter).
 
 Every entry must end in exit 2 with exactly one stderr line naming what to fix: no
 traceback, no secret (store passwords, tokens, cloud keys), nothing created. Entries are
@@ -15,8 +15,6 @@ listens on), ``{closed}`` (a port nothing listens on).
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 from devstack import free_port
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from support.helpers import run_cli
 from support.server_testing import clean_env, create_store
 
@@ -171,13 +170,15 @@ CASES: dict[str, Case] = {
     "unknown option": case("gc", "--nosuch", words=("No such option", "--nosuch")),
 }
 
-_PURGEABLE = """
-import sys
-from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-store = SqlAlchemyStore(sys.argv[1], "mlflow-artifacts:/")
-run = store.create_run(store.create_experiment("hostile"), "hostile", 0, [], "doomed")
-store.delete_run(run.info.run_id)
-"""
+def purgeable_store(root: Path) -> str:
+    """A store `serve` created, holding one deleted run (gc with a TTL of 0s purges it)."""
+    uri = f"sqlite:///{root / 'purgeable.sqlite'}"
+    create_store(uri, str(root / "purgeable-artifacts"))
+    store = SqlAlchemyStore(uri, "mlflow-artifacts:/")
+    run = store.create_run(store.create_experiment("hostile"), "hostile", 0, [], "doomed")
+    store.delete_run(run.info.run_id)
+    store.engine.dispose()
+    return uri
 
 
 @pytest.fixture(scope="module")
@@ -188,9 +189,7 @@ def world(tmp_path_factory) -> Iterator[dict[str, str]]:
     (root / "a-file").write_text("not a directory\n")
     empty = root / "empty.sqlite"
     sqlalchemy.create_engine(f"sqlite:///{empty}").connect().close()
-    purgeable = f"sqlite:///{root / 'purgeable.sqlite'}"
-    subprocess.run([sys.executable, "-c", _PURGEABLE, purgeable], env=clean_env(),
-                   capture_output=True, check=True, timeout=300)
+    purgeable = purgeable_store(root)
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
@@ -211,7 +210,8 @@ def tree(root: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_hostile_input_is_one_clean_line(world: dict[str, str], name: str) -> None:
+def test_hostile_input_is_one_clean_line(world: dict[str, str], warm_server_cli,
+                                         name: str) -> None:
     hostile = CASES[name]
     env = clean_env(MLFLOW_BACKEND_STORE_URI=world["store"], MLFLOW_HOST="127.0.0.1",
                     MLFLOW_ARTIFACTS_DESTINATION=world["artifacts"], MLFLOW_TRACKING_TOKEN=TOKEN,
@@ -223,8 +223,9 @@ def test_hostile_input_is_one_clean_line(world: dict[str, str], name: str) -> No
             env[key] = fill(value, world)
     root = Path(world["root"])
     before = tree(root)
-    result = run_cli("server", *(fill(arg, world) for arg in hostile.args), env=env,
-                     timeout=300, process=hostile.args[:1] == ("serve",))
+    args = ("server", *(fill(arg, world) for arg in hostile.args))
+    result = (warm_server_cli.run(*args, env=env) if hostile.args[:1] == ("serve",)
+              else run_cli(*args, env=env, timeout=300))
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     lines = result.stderr.strip().splitlines()

@@ -82,10 +82,11 @@ def test_loopback_addresses(host: str, loopback: bool) -> None:
 
 @pytest.mark.parametrize("command", ["serve", "check"])
 @pytest.mark.parametrize("token_env", [{}, {"MLFLOW_TRACKING_TOKEN": ""}], ids=["absent", "empty"])
-def test_no_token_on_every_interface_is_refused(tmp_path: Path, command: str,
+def test_no_token_on_every_interface_is_refused(tmp_path: Path, warm_server_cli, command: str,
                                                 token_env: dict[str, str]) -> None:
-    line = refused(run_cli("server", command, "--port", str(free_port()),
-                           env=env(tmp_path, **token_env), process=command == "serve"),
+    run = warm_server_cli.run if command == "serve" else run_cli  # serve execs MLflow
+    line = refused(run("server", command, "--port", str(free_port()),
+                       env=env(tmp_path, **token_env)),
                    "MLFLOW_TRACKING_TOKEN / --token: not set", "0.0.0.0", "--no-auth",
                    "MLFLOW_SERVER_NO_AUTH", GENERATE)
     assert line.startswith("mlflow-steps: ")
@@ -94,13 +95,14 @@ def test_no_token_on_every_interface_is_refused(tmp_path: Path, command: str,
 
 @pytest.mark.parametrize("command", ["serve", "check"])
 @pytest.mark.parametrize("token", ["placeholder", "short", "contradiction"])
-def test_bad_tokens_are_refused(tmp_path: Path, command: str, token: str) -> None:
+def test_bad_tokens_are_refused(tmp_path: Path, warm_server_cli, command: str,
+                                token: str) -> None:
     value = {"placeholder": shipped_placeholder(), "short": "tok-123456",
              "contradiction": GOOD_TOKEN}[token]
     extra = {"MLFLOW_SERVER_NO_AUTH": "true"} if token == "contradiction" else {}
-    result = run_cli("server", command, "--host", "127.0.0.1", "--port", str(free_port()),
-                     env=env(tmp_path, MLFLOW_TRACKING_TOKEN=value, **extra),
-                     process=command == "serve")
+    run = warm_server_cli.run if command == "serve" else run_cli  # serve execs MLflow
+    result = run("server", command, "--host", "127.0.0.1", "--port", str(free_port()),
+                 env=env(tmp_path, MLFLOW_TRACKING_TOKEN=value, **extra))
     needle = {"placeholder": "is a placeholder, not a secret",
               "short": f"too short to be a secret (at least {TOKEN_MIN_LENGTH})",
               "contradiction": "--no-auth (MLFLOW_SERVER_NO_AUTH) contradicts"}[token]

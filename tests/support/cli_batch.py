@@ -7,22 +7,32 @@ interpreter would (an escaping exception prints its traceback and exits 1). A ch
 runs longer than the timeout (a FIFO read by mistake) is killed and reported as such.
 jobs.json: {"timeout": seconds, "jobs": [[arg, ...], ...]}; prints one JSON result per job:
 {"code": exit status or null, "stdout": ..., "stderr": ..., "timed_out": bool}.
+
+`python cli_batch.py --lines MODULE...` imports the MODULEs, then answers each stdin line
+{"argv": [...], "env": {...}, "timeout": seconds} (a child with ``env`` as its whole
+environment and no stdin) with one such result line: `Warm` drives it from a test.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 
 
-def _child(argv: list[str], out: str, err: str) -> None:
+def _child(argv: list[str], out: str, err: str, env: dict[str, str] | None) -> None:
     os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 1)
     os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
+    if env is not None:  # a --lines job: the runner's stdin carries the next jobs
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.environ.clear()
+        os.environ.update(env)
     from mlflow_steps.cli.main import main
 
     code = 0
@@ -44,13 +54,14 @@ def _child(argv: list[str], out: str, err: str) -> None:
     os._exit(code)
 
 
-def _run(argv: list[str], timeout: float, scratch: str) -> dict[str, object]:
+def _run(argv: list[str], timeout: float, scratch: str,
+         env: dict[str, str] | None = None) -> dict[str, object]:
     out, err = os.path.join(scratch, "out"), os.path.join(scratch, "err")
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        _child(argv, out, err)
+        _child(argv, out, err, env)
     deadline = time.monotonic() + timeout
     timed_out, status = False, 0
     while True:
@@ -87,5 +98,50 @@ def main() -> None:
     json.dump(results, sys.stdout)
 
 
+def lines(modules: list[str]) -> None:
+    """--lines: ``modules`` imported once, then one job a stdin line, one result a line."""
+    for module in modules:
+        importlib.import_module(module)
+    with tempfile.TemporaryDirectory() as scratch:
+        for line in iter(sys.stdin.readline, ""):
+            job = json.loads(line)
+            result = _run(job["argv"], job["timeout"], scratch, job["env"])
+            print(json.dumps(result), flush=True)
+
+
+class Warm:
+    """A --lines runner for tests: each command forked from one warm interpreter, in a
+    process of its own (what `serve` execs replaces only that child)."""
+
+    def __init__(self, modules: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen([sys.executable, __file__, "--lines", *modules],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, env=env)
+
+    def run(self, *args: str, env: dict[str, str],
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """`mlflow-steps ARGS` with ``env`` as its whole environment; past ``timeout``
+        seconds: killed, subprocess.TimeoutExpired."""
+        job = {"argv": list(args), "env": env, "timeout": timeout}
+        self.process.stdin.write(json.dumps(job) + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        assert answer, "the runner ended"
+        result = json.loads(answer)
+        argv = ["mlflow-steps", *args]
+        if result["timed_out"]:
+            raise subprocess.TimeoutExpired(argv, timeout)
+        return subprocess.CompletedProcess(argv, result["code"], result["stdout"],
+                                           result["stderr"])
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        self.process.stdout.close()
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--lines"]:
+        lines(sys.argv[2:])
+    else:
+        main()

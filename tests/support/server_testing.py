@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -53,13 +56,29 @@ initialize_store(ServerConfig(backend_store_uri=sys.argv[1], artifacts_destinati
 """
 
 
-def create_store(store_uri: str, artifacts_destination: str) -> None:
-    """Create the store and artifact directory as `serve` does before it starts uvicorn (in a
-    process of its own: MLflow keeps the first store it opens, and its tracking URI, global)."""
-    result = subprocess.run([sys.executable, "-c", _CREATE_STORE, store_uri,
-                             artifacts_destination], capture_output=True, text=True,
+@functools.cache
+def _store_template() -> Path:
+    """A sqlite store as `serve` creates it, made once per test process (in a process of its
+    own: MLflow keeps the first store it opens, and its tracking URI, global)."""
+    directory = Path(tempfile.mkdtemp(prefix="mls-store-"))
+    atexit.register(shutil.rmtree, directory, True)
+    database = directory / "mlflow.db"
+    result = subprocess.run([sys.executable, "-c", _CREATE_STORE, f"sqlite:///{database}",
+                             str(directory / "artifacts")], capture_output=True, text=True,
                             env=clean_env(), check=False, timeout=300)
     assert result.returncode == 0, result.stderr
+    return database
+
+
+def create_store(store_uri: str, artifacts_destination: str) -> None:
+    """The sqlite store and artifact directory as `serve` leaves them before it starts uvicorn:
+    a copy of the template `initialize_store` made (an MLflow start-up and a schema migration
+    once per test process, not per store)."""
+    assert store_uri.startswith("sqlite:///"), store_uri
+    database = Path(store_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_store_template(), database)
+    Path(artifacts_destination).mkdir(parents=True, exist_ok=True)
 
 
 def log_run_with_artifact(client: MlflowClient, experiment_id: str, tmp: Path,
