@@ -83,7 +83,7 @@ def test_run_context_tags_a_model_logged_outside_a_run(tmp_path: Path) -> None:
     script = ("import mlflow, mlflow.sklearn\n"
               "from sklearn.dummy import DummyClassifier\n"
               "mlflow.sklearn.log_model(DummyClassifier().fit([[0], [1]], [0, 1]), "
-              "name='model')\n")
+              "name='model', pip_requirements=[])\n")  # (no requirement inference: seconds)
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id,
            "MLFLOW_RUN_ID": run_id,
            compat.RUN_CONTEXT_VARIABLE: json.dumps({"probe": run_id})}

@@ -20,9 +20,17 @@ def predicts(model_uri: str) -> None:
     assert list(prediction) == [0, 2]
 
 
+# Where the step runs, what its image is: `trace` finds these on the run and its model.
+TRACE = {"MLFLOW_STEPS_ENV_TAG": "0123456789abcdef0123456789abcdef",
+         "MLFLOW_STEPS_IMAGE": "reg.example:5000/mlflow/trainer:0123456789abcdef",
+         "MLFLOW_STEPS_IMAGE_DIGEST": "sha256:" + "ab" * 32}
+
+
 def test_run_logs_model_and_outputs_its_url(mlflow_server, tmp_path: Path) -> None:
+    """... and the run and its model trace back to the image (one training run pays for
+    both)."""
     env = step_env(tmp_path, mlflow_server.url, FUSEML_MLFLOW_ENTRYPOINT_ARGS="C=0.5,max_iter=150",
-                   MLFLOW_TRACKING_TOKEN=SECRET, FUSEML_VERBOSE="true")
+                   MLFLOW_TRACKING_TOKEN=SECRET, FUSEML_VERBOSE="true", **TRACE)
     result = run_cli("run", str(example(tmp_path)), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = results(tmp_path)
@@ -41,6 +49,39 @@ def test_run_logs_model_and_outputs_its_url(mlflow_server, tmp_path: Path) -> No
     mlflow.set_tracking_uri(mlflow_server.url)
     predicts(url)
     predicts(outputs["model-uri"])
+    traces_back_to_the_image(client, outputs, step_env(tmp_path, mlflow_server.url))
+
+
+def traces_back_to_the_image(client: mlflow.MlflowClient, outputs: dict[str, str],
+                             env: dict[str, str]) -> None:
+    """The image's env tag and the workflow's image reference/digest are on the run and on
+    the model it logged, with the tooling version; `trace` reads them back."""
+    from mlflow_steps import __version__
+
+    expected = {"mlflow_steps.env_tag": TRACE["MLFLOW_STEPS_ENV_TAG"],
+                "mlflow_steps.image": TRACE["MLFLOW_STEPS_IMAGE"],
+                "mlflow_steps.image_digest": TRACE["MLFLOW_STEPS_IMAGE_DIGEST"],
+                "mlflow_steps.tooling_version": __version__}
+    run_tags = client.get_run(outputs["run-id"]).data.tags
+    assert {key: run_tags.get(key) for key in expected} == expected
+    model = client.get_logged_model(outputs["model-uri"].removeprefix("models:/"))
+    assert {key: model.tags.get(key) for key in expected} == expected
+    for uri in (outputs["model-uri"], f"runs:/{outputs['run-id']}/model"):
+        traced = run_cli("trace", uri, "--no-lock", env=env)
+        assert traced.returncode == 0, traced.stderr
+        fields = {line[:10].strip(): line[11:] for line in traced.stdout.splitlines()}
+        assert fields["run"] == outputs["run-id"]
+        assert fields["env tag"] == TRACE["MLFLOW_STEPS_ENV_TAG"]
+        assert fields["image"] == ("reg.example:5000/mlflow/trainer@"  # one pullable line
+                                   + TRACE["MLFLOW_STEPS_IMAGE_DIGEST"])
+        assert "digest" not in fields
+    untraced = client.create_logged_model(model.experiment_id, name="elsewhere")
+    for uri, words in ((f"models:/{untraced.model_id}", "carries no mlflow-steps trace"),
+                       ("s3://bucket/model", "not a model URI"),
+                       ("models:/m-0123456789abcdef0123456789abcdef", "models:/m-")):
+        refused = run_cli("trace", uri, env=env)
+        assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert words in refused.stderr
 
 
 def test_registration_alias_tags_description(mlflow_server, tmp_path: Path) -> None:
@@ -123,7 +164,7 @@ def test_model_saved_as_plain_run_artifacts(mlflow_server, tmp_path: Path) -> No
            "class Echo(mlflow.pyfunc.PythonModel):\n"
            "    def predict(self, context, model_input):\n        return model_input\n"
            "with tempfile.TemporaryDirectory() as d:\n"
-           "    mlflow.pyfunc.save_model(d + '/m', python_model=Echo())\n"
+           "    mlflow.pyfunc.save_model(d + '/m', python_model=Echo(), pip_requirements=[])\n"
            "    mlflow.log_artifacts(d + '/m', 'model')\n")
     result = run_cli("run", str(scripted(tmp_path, job)), env=step_env(tmp_path, mlflow_server.url))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -139,7 +180,7 @@ LOG_OUTSIDE_A_RUN = (
     "from sklearn.linear_model import LogisticRegression\n"
     "x, y = load_iris(return_X_y=True)\n"
     "model = LogisticRegression(max_iter=300).fit(x, y)\n"
-    "mlflow.sklearn.log_model(model, name={name!r})\n")
+    "mlflow.sklearn.log_model(model, name={name!r}, pip_requirements=['scikit-learn'])\n")
 
 
 def test_model_logged_outside_the_run(mlflow_server, tmp_path: Path) -> None:
@@ -238,44 +279,3 @@ def test_bad_inputs_fail_cleanly(tmp_path: Path, extra: dict[str, str], message:
     assert message in lines[-1] and lines[-1].startswith("mlflow-steps: error: ")
     assert "Traceback" not in result.stderr and "hunter2-pass" not in result.stderr
     assert results(tmp_path) == {}
-
-
-def test_run_and_model_trace_back_to_the_image(mlflow_server, tmp_path: Path) -> None:
-    """The image's env tag and the workflow's image reference/digest end up on the run and
-    on the model it logged, with the tooling version."""
-    from mlflow_steps import __version__
-
-    trace = {"MLFLOW_STEPS_ENV_TAG": "0123456789abcdef0123456789abcdef",
-             "MLFLOW_STEPS_IMAGE": "reg.example:5000/mlflow/trainer:0123456789abcdef",
-             "MLFLOW_STEPS_IMAGE_DIGEST": "sha256:" + "ab" * 32}
-    result = run_cli("run", str(example(tmp_path)),
-                     env=step_env(tmp_path, mlflow_server.url, **trace))
-    assert result.returncode == 0, result.stderr[-3000:]
-    outputs = results(tmp_path)
-    client = mlflow.MlflowClient(mlflow_server.url, mlflow_server.url)
-    expected = {"mlflow_steps.env_tag": trace["MLFLOW_STEPS_ENV_TAG"],
-                "mlflow_steps.image": trace["MLFLOW_STEPS_IMAGE"],
-                "mlflow_steps.image_digest": trace["MLFLOW_STEPS_IMAGE_DIGEST"],
-                "mlflow_steps.tooling_version": __version__}
-    run_tags = client.get_run(outputs["run-id"]).data.tags
-    assert {key: run_tags.get(key) for key in expected} == expected
-    model = client.get_logged_model(outputs["model-uri"].removeprefix("models:/"))
-    assert {key: model.tags.get(key) for key in expected} == expected
-    # ... and `trace` reads them back from the model (or the run)
-    env = step_env(tmp_path, mlflow_server.url)
-    for uri in (outputs["model-uri"], f"runs:/{outputs['run-id']}/model"):
-        traced = run_cli("trace", uri, "--no-lock", env=env)
-        assert traced.returncode == 0, traced.stderr
-        fields = {line[:10].strip(): line[11:] for line in traced.stdout.splitlines()}
-        assert fields["run"] == outputs["run-id"]
-        assert fields["env tag"] == trace["MLFLOW_STEPS_ENV_TAG"]
-        assert fields["image"] == ("reg.example:5000/mlflow/trainer@"  # one pullable line
-                                   + trace["MLFLOW_STEPS_IMAGE_DIGEST"])
-        assert "digest" not in fields
-    untraced = client.create_logged_model(model.experiment_id, name="elsewhere")
-    for uri, words in ((f"models:/{untraced.model_id}", "carries no mlflow-steps trace"),
-                       ("s3://bucket/model", "not a model URI"),
-                       ("models:/m-0123456789abcdef0123456789abcdef", "models:/m-")):
-        refused = run_cli("trace", uri, env=env)
-        assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
-        assert words in refused.stderr
