@@ -23,25 +23,38 @@ OLDEST_MLFLOW_TESTS := tests/core/test_mlflow_compat.py tests/runtime/test_runti
 
 SEED := $(or $(SEED),$(shell od -An -N2 -tu2 /dev/urandom | tr -d ' '))
 
+# The engine tests run in two processes, each with its own engine and registry, split where
+# their session fixtures are: the step images (builder, serve, tracking server, the example's
+# trainer) and the workflows on them; and the builds of every other test (any new file).
+ENGINE_IMAGE_TESTS := tests/server/test_server_image.py tests/build/test_builder_image.py \
+	tests/runtime/test_runtime_image.py tests/build/test_image_record.py tests/workflow
+PYTEST := $(BIN)/pytest -q -p no:cacheprovider --randomly-seed=$(SEED)
+
 test: setup
 	$(BIN)/ruff check src tests bench scripts
 	@echo "test order: seed $(SEED) (the same order again: make test SEED=$(SEED))"
-	@echo "engine tests, and the rest then the oldest-MLflow subset, run side by side: a line per"
-	@echo "test file from each while they run (tests/support/progress.py), then the pytest reports"
-	@# fd 3 is the terminal: the progress lines go there, each report to its log.
+	@echo "three processes side by side: the engine tests in two, the rest then the oldest-MLflow"
+	@echo "subset; a line per test file from each while they run, then the pytest reports"
+	@# fd 3 is the terminal: the progress lines go there (tests/support/progress.py), each
+	@# report to its log.
 	@status=0; export MLFLOW_STEPS_TEST_PROGRESS_FD=3; \
-	( MLFLOW_STEPS_TEST_PROGRESS_LABEL=rest $(BIN)/pytest -q -p no:cacheprovider \
-		-m "not engine" --randomly-seed=$(SEED) --basetemp=/tmp/mlflow-steps-tests-rest \
-		3>&1 > .test-rest.log 2>&1; rest=$$?; \
+	( MLFLOW_STEPS_TEST_PROGRESS_LABEL=rest $(PYTEST) -m "not engine" \
+		--basetemp=/tmp/mlflow-steps-tests-rest 3>&1 > .test-rest.log 2>&1; rest=$$?; \
 	  MLFLOW_STEPS_TEST_PROGRESS_LABEL=oldest-mlflow .venv-mlflow-oldest/bin/pytest -q \
 		-p no:cacheprovider -m "not server_mlflow" --basetemp=/tmp/mlflow-steps-tests-oldest \
 		$(OLDEST_MLFLOW_TESTS) 3>&1 > .test-oldest.log 2>&1 && exit $$rest ) & others=$$!; \
-	MLFLOW_STEPS_TEST_PROGRESS_LABEL=engine $(BIN)/pytest -q -p no:cacheprovider -m engine \
-		--randomly-seed=$(SEED) --basetemp=/tmp/mlflow-steps-tests-engine \
-		3>&1 > .test-engine.log 2>&1 || status=$$?; \
+	MLFLOW_STEPS_TEST_PROGRESS_LABEL=engine-images $(PYTEST) -m engine \
+		--basetemp=/tmp/mlflow-steps-tests-engine-images $(ENGINE_IMAGE_TESTS) \
+		3>&1 > .test-engine-images.log 2>&1 & images=$$!; \
+	MLFLOW_STEPS_TEST_PROGRESS_LABEL=engine-builds $(PYTEST) -m engine \
+		--basetemp=/tmp/mlflow-steps-tests-engine-builds \
+		$(foreach path,$(ENGINE_IMAGE_TESTS),--ignore=$(path)) \
+		3>&1 > .test-engine-builds.log 2>&1 || status=$$?; \
+	wait $$images || status=$$?; \
 	wait $$others || status=$$?; \
-	for log in engine rest oldest; do echo "--- $$log:"; cat .test-$$log.log; done; \
-	rm -f .test-rest.log .test-engine.log .test-oldest.log; exit $$status
+	for log in engine-images engine-builds rest oldest; do \
+		echo "--- $$log:"; cat .test-$$log.log; rm -f .test-$$log.log; done; \
+	exit $$status
 
 lint: setup
 	$(BIN)/ruff check src tests bench scripts
