@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 from support import progress
 from support.helpers import MINIMAL_MLPROJECT, write_codeset
-from support.synthetic_base import no_engine, synthetic_base  # noqa: F401 - shared fixtures
+from support.synthetic_base import (  # noqa: F401 - shared fixtures
+    no_engine,
+    synthetic_base,
+    warm_cache,
+)
 
 # Tests that drive a container engine (Docker or Buildah) are marked `engine`: `make test`
 # runs them in one pytest process and the rest in another, side by side.

@@ -104,10 +104,12 @@ def test_user_layer_adds_the_runtime_user_as_useradd_does(registry, synthetic_ba
 
 
 def test_direct_build_on_a_synthetic_base_is_deterministic_and_skips(
-        registry, synthetic_base, no_engine, codeset, tmp_path: Path) -> None:
+        registry, synthetic_base, no_engine, codeset, warm_cache, tmp_path: Path) -> None:
+    """The first build reuses the session's layers (made from scratch once), the last makes
+    every layer again from scratch, with a package cache of its own: the same image."""
     project = codeset({"requirements.txt": "six==1.16.0\n"})
     first = build(project, registry, synthetic_base, "direct/synthetic",
-                  env={**no_engine, "MLFLOW_STEPS_CACHE": str(tmp_path / "cache-1")})
+                  env={**no_engine, "MLFLOW_STEPS_CACHE": warm_cache(tmp_path / "cache-1")})
     assert first.returncode == 0, first.stderr[-3000:]
     assert "does not apply" not in first.stderr
     reference = first.stdout.strip()
@@ -145,16 +147,18 @@ def test_direct_build_on_a_synthetic_base_is_deterministic_and_skips(
 
 def test_direct_build_into_authenticated_registries(registry, tls_registry, token_registry,
                                                     synthetic_base, no_engine, codeset,
-                                                    tmp_path: Path) -> None:
+                                                    warm_cache, tmp_path: Path) -> None:
     """The registry auth of every backend: TLS with a custom CA and Basic auth (the base, in
     another registry, is copied over), then Bearer tokens (the base, in the same registry, is
     mounted, with pull asked for on its repository). No secret is printed. The second base's
     config has no Env at all: the image's PATH is the environment's bin, then the standard
-    Linux PATH (where the base's python3.11 is found, too)."""
+    Linux PATH (where the base's python3.11 is found, too). (The step tooling's layers are
+    the session's, put into each repository first: the auth is the point.)"""
     project = codeset({"requirements.txt": "six==1.16.0\n"})
     auths = {tls_registry.address: {"auth": basic("alice", "s3cret-pass")}}
-    env = {**no_engine, "DOCKER_CONFIG": str(docker_config(tmp_path / "tls", auths)),
-           "MLFLOW_STEPS_CACHE": str(tmp_path / "cache")}
+    env = {**no_engine, "DOCKER_CONFIG": str(docker_config(tmp_path / "tls", auths))}
+    env["MLFLOW_STEPS_CACHE"] = warm_cache(tmp_path / "cache", (RegistryClient(
+        tls_registry.address, verify=str(tls_registry.ca_file), environ=env), "direct/tls"))
     result = build(project, tls_registry, synthetic_base, "direct/tls", "--registry-ca",
                    str(tls_registry.ca_file), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -169,9 +173,9 @@ def test_direct_build_into_authenticated_registries(registry, tls_registry, toke
 
     reg, tokens = token_registry
     env = {**no_engine, "DOCKER_CONFIG": str(docker_config(tmp_path / "bearer", {
-        reg.address: {"auth": basic("bob", "bob-pass")}})),
-        "MLFLOW_STEPS_CACHE": str(tmp_path / "cache")}
+        reg.address: {"auth": basic("bob", "bob-pass")}}))}
     client = RegistryClient(reg.address, environ=env)
+    env["MLFLOW_STEPS_CACHE"] = warm_cache(tmp_path / "cache", (client, "direct/bearer"))
     base = push_synthetic_base(client, tmp_path / "base", env=None)
     result = build(project, reg, base, "direct/bearer", env=env)
     assert result.returncode == 0, result.stderr[-3000:]

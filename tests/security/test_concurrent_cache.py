@@ -19,6 +19,7 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from support.faulty_proxy import HOLD_SECONDS
@@ -248,12 +249,15 @@ def image_file(client: RegistryClient, repository: str, manifest: dict, name: st
     return found
 
 
-def build_both(registry, tmp_path: Path, requirements: tuple[str, str]
-               ) -> list[tuple[str, str]]:
+def build_both(registry, tmp_path: Path, requirements: tuple[str, str],
+               warm_cache: Callable[[Path], str] | None = None) -> list[tuple[str, str]]:
     """Two `mlflow-steps build --builder direct` started at once on one cache (uv's too),
-    whose base comes through the hostile registry; each image's (digest, lock.txt)."""
+    whose base comes through the hostile registry; each image's (digest, lock.txt). With
+    ``warm_cache``, the cache starts with the session's layers."""
     held, base = push_base(registry, tmp_path / "base", "concurrent/base")
     cache = tmp_path / "cache"
+    if warm_cache:
+        warm_cache(cache)
     env = {**os.environ, "MLFLOW_STEPS_CACHE": str(cache), "UV_CACHE_DIR": str(cache / "uv"),
            "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
     client = RegistryClient(registry.address)
@@ -292,8 +296,11 @@ def test_two_builds_of_one_codeset_on_one_cache_at_once(registry, tmp_path: Path
     assert "six==1.16.0" in images[0][1]
 
 
-def test_two_builds_of_two_codesets_on_one_cache_at_once(registry, tmp_path: Path) -> None:
-    images = build_both(registry, tmp_path, ("six==1.16.0\n", "six==1.15.0\n"))
+def test_two_builds_of_two_codesets_on_one_cache_at_once(registry, warm_cache,
+                                                         tmp_path: Path) -> None:
+    """Each its own image and lock (the step tooling's layers are the session's: the two
+    builds at once on one cache of the same layers are the test above)."""
+    images = build_both(registry, tmp_path, ("six==1.16.0\n", "six==1.15.0\n"), warm_cache)
     assert images[0][0] != images[1][0]
     assert "six==1.16.0" in images[0][1] and "six==1.15.0" not in images[0][1]
     assert "six==1.15.0" in images[1][1] and "six==1.16.0" not in images[1][1]

@@ -145,23 +145,26 @@ def test_a_pinned_base_that_does_not_match_fails_the_build(registry, codeset,
 
 
 def test_a_build_whose_manifest_the_registry_stores_differently_writes_no_output(
-        registry, codeset, tmp_path: Path) -> None:
+        registry, codeset, warm_cache, tmp_path: Path) -> None:
     """The direct builder's push: a Docker-Content-Digest other than the manifest's fails
-    the step with one line, and no step output is written."""
-    from support.synthetic_base import push_synthetic_base
+    the step with one line, and no step output is written (its layers are the session's,
+    already in the repository: the manifest is the point)."""
+    from support.synthetic_base import WARM_REQUIREMENTS, push_synthetic_base
 
     base = push_synthetic_base(RegistryClient(registry.address), tmp_path / "base",
                                repository="security/put-base")
     output, digest_file = tmp_path / "out" / "image", tmp_path / "out" / "digest"
+    cache = warm_cache(tmp_path / "cache", (RegistryClient(registry.address),
+                                            "security/put-build"))
     with HostileRegistry(registry.url) as hostile:
         hostile.on("PUT", "/manifests/", forward(headers={"Docker-Content-Digest": WRONG}))
-        result = run_cli("build", str(codeset({"requirements.txt": ""})), "--builder",
+        result = run_cli("build", str(codeset({"requirements.txt": WARM_REQUIREMENTS})),
+                         "--builder",
                          "direct", "--registry", hostile.address, "--base-image",
                          f"{hostile.address}/{base.split('/', 1)[1]}",
                          "--repository", "security/put-build", "--output-file", str(output),
                          "--digest-file", str(digest_file),
-                         env={**os.environ, "MLFLOW_STEPS_CACHE": str(tmp_path / "cache")},
-                         timeout=600)
+                         env={**os.environ, "MLFLOW_STEPS_CACHE": cache}, timeout=600)
     assert result.returncode == 1, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if "Docker-Content-Digest" in line]
     assert len(errors) == 1 and f"answered Docker-Content-Digest {WRONG}" in errors[0], \

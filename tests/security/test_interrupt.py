@@ -350,13 +350,16 @@ def _growing_layer(work: Path) -> Callable[[], bool]:
 
 @pytest.mark.parametrize("name", SIGNALS)
 def test_interrupted_while_compressing(name: str, registry, synthetic_python, uv_cache,
-                                       codeset, secret: str, tmp_path: Path) -> None:
-    """A layer of a large random file is being compressed in a worker thread."""
+                                       codeset, warm_cache, secret: str, tmp_path: Path
+                                       ) -> None:
+    """A layer of a large random file is being compressed in a worker thread (the step
+    tooling's layers are reused: the probe's is made first)."""
     project = codeset({"requirements.txt": f"{PROBE}\n"})
     big = {"mls_interrupt_probe/__init__.py": b"",
            "mls_interrupt_probe/noise.bin": os.urandom(BIG_FILE_BYTES)}
     with index(publish(tmp_path / "index", big)) as server:
         env = direct_env(tmp_path, secret, server.url, uv_cache, [registry.address])
+        warm_cache(tmp_path / "cache")
         build = Build([str(project), "--builder", "direct", "--registry", registry.address,
                        "--repository", "interrupt/compressing", "--base-image",
                        f"{registry.address}/{synthetic_python}", "--force",

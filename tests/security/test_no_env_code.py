@@ -77,12 +77,12 @@ def _image_files(client: RegistryClient, reference: str) -> tuple[list[bytes], d
 
 
 def test_a_direct_build_runs_no_code_of_the_environment(
-        registry, synthetic_base, no_engine, codeset, tmp_path: Path) -> None:
+        registry, synthetic_base, no_engine, codeset, warm_cache, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     probe_index(tmp_path / "index", marker)
     project = codeset({"requirements.txt": f"{PROBE}==1.0\n"})
     auths = {registry.address: {"auth": basic("builder", REGISTRY_PASSWORD)}}
-    cache = tmp_path / "steps-cache"
+    cache = Path(warm_cache(tmp_path / "steps-cache"))  # the probe's layer is made here
     with local_index(tmp_path / "index") as url:
         index = url.replace("http://", f"http://builder:{INDEX_PASSWORD}@")
         env = {**no_engine, **SECRETS, "PIP_EXTRA_INDEX_URL": index,

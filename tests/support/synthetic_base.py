@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,9 @@ from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import Entry, write_layer
 from mlflow_steps.image.push import Blob, push_image
 from support.helpers import (
+    MINIMAL_MLPROJECT,
     run_cli,
+    write_codeset,
 )
 
 ENGINES = ("buildah", "docker", "dockerd", "podman")
@@ -100,6 +105,50 @@ def no_engine(tmp_path_factory) -> dict[str, str]:
                 (tools / program.name).symlink_to(program)
     return {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock",
             "PATH": f"{Path(sys.executable).parent}:{tools}"}
+
+
+WARM_REQUIREMENTS = "six==1.16.0\n"  # what most direct builds here install besides the tooling
+_warm: dict[str, Path] = {}  # registry address -> its warm layer cache (made once a session)
+
+
+@pytest.fixture
+def warm_cache(registry, tmp_path_factory) -> Callable[..., str]:
+    """Factory: ``warm_cache(cache, into=None)`` fills the steps cache ``cache`` (a test's own)
+    with the layer cache of one direct build of ``WARM_REQUIREMENTS`` on a synthetic base into
+    the session registry, made once a session: a test whose point is not making layers reuses
+    the step tooling's (compiling and compressing them costs a build most of its time).
+    ``into`` (client, repository): the layers are put there first (mounted in the session
+    registry, else copied), for a build into another registry or through another address (a
+    proxy). Returns ``cache`` as a string."""
+    if registry.address not in _warm:
+        work = tmp_path_factory.mktemp("warm-layers")
+        base = push_synthetic_base(RegistryClient(registry.address), work / "base",
+                                   repository="synthetic/warm-python")
+        codeset = write_codeset(work / "codeset", {"MLproject": MINIMAL_MLPROJECT,
+                                                   "requirements.txt": WARM_REQUIREMENTS})
+        env = {**os.environ, "MLFLOW_STEPS_CACHE": str(work / "cache"),
+               "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        made = build(codeset, registry, base, "warm/layers", env=env)
+        assert made.returncode == 0, made.stderr[-3000:]
+        _warm[registry.address] = work / "cache" / "layers"
+
+    def fill(cache: Path, into: tuple[RegistryClient, str] | None = None) -> str:
+        shutil.copytree(_warm[registry.address], cache / "layers", dirs_exist_ok=True)
+        if into:
+            client, repository = into
+            session = RegistryClient(registry.address)
+            for entry in (cache / "layers").iterdir():
+                digest = json.loads(entry.read_text())["digest"]
+                if client.host == registry.address:
+                    client.push_blob(repository, digest, None, mount_from="warm/layers")
+                    continue
+                blob = cache / "blob"
+                session.blob_to_file("warm/layers", digest, blob, 1 << 30)
+                client.push_blob(repository, digest, blob)
+                blob.unlink()
+        return str(cache)
+
+    return fill
 
 
 def build(codeset: Path, registry, base: str, repository: str, *extra: str,
