@@ -239,17 +239,23 @@ def test_an_sdist_only_dependency_falls_back_with_one_line(registry, synthetic_b
     assert result.stdout == "" and "Traceback" not in result.stderr
 
 
-def test_a_missing_system_library_falls_back_to_the_engine(docker_engine, registry, base_image,
-                                                           codeset, tmp_path: Path) -> None:
+def _codeset_needing_libgl(tmp_path: Path, more_requirements: str = "") -> Path:
+    """A codeset whose one local wheel holds a library that needs libGL.so.1 (which neither
+    the environment nor the base provides)."""
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     built = make_wheel(wheels, "mls_needs_gl", "1.0",
                        {"mls_needs_gl/__init__.py": b"",
                         "mls_needs_gl/_gl.so": elf_needing("libGL.so.1")},
                        "py3-none-manylinux_2_17_x86_64")
-    project = write_codeset(tmp_path / "codeset", {
+    return write_codeset(tmp_path / "codeset", {
         "MLproject": MINIMAL_MLPROJECT, f"wheels/{built.name}": built.read_bytes(),
-        "requirements.txt": f"./wheels/{built.name}\n"})
+        "requirements.txt": f"./wheels/{built.name}\n{more_requirements}"})
+
+
+def test_a_missing_system_library_falls_back_to_the_engine(docker_engine, registry, base_image,
+                                                           codeset, tmp_path: Path) -> None:
+    project = _codeset_needing_libgl(tmp_path)
     result = run_cli("build", str(project), "--builder", "auto", "--registry",
                      registry.address, "--base-image", base_image, "--repository",
                      "direct/needs-gl", env={**os.environ, **docker_engine.env()})
@@ -267,15 +273,7 @@ def test_direct_refuses_before_pushing_and_never_runs_an_engine(
     """A library no layer nor the base provides, asked for with `--builder direct`: exit 2,
     one line naming the reason, no blob pushed (the registry records every request), no
     step output written."""
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    built = make_wheel(wheels, "mls_needs_gl", "1.0",
-                       {"mls_needs_gl/__init__.py": b"",
-                        "mls_needs_gl/_gl.so": elf_needing("libGL.so.1")},
-                       "py3-none-manylinux_2_17_x86_64")
-    project = write_codeset(tmp_path / "codeset", {
-        "MLproject": MINIMAL_MLPROJECT, f"wheels/{built.name}": built.read_bytes(),
-        "requirements.txt": f"./wheels/{built.name}\nsix==1.16.0\n"})
+    project = _codeset_needing_libgl(tmp_path, "six==1.16.0\n")
     output = tmp_path / "output"
     with HostileRegistry(upstream=f"http://{registry.address}") as hostile:
         result = build(project, hostile, synthetic_base, "direct/refused", "--output-file",
