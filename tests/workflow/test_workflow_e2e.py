@@ -111,17 +111,16 @@ def s3_client_env(monkeypatch, s3_server):
         monkeypatch.setenv(key, value)
 
 
-@pytest.fixture
-def own_registry(tmp_path):
-    """A registry for one test: whatever ran before, its first run must build."""
-    registry = Registry(tmp_path / "registry").start()
-    yield registry
-    registry.stop()
+@pytest.fixture(scope="module")
+def first_train(workflow):
+    """mlflow-train's first run into the module's empty registry: the one build of the
+    example here; the e2e workflow then finds its image and skips the build."""
+    return workflow("mlflow-train")
 
 
 def test_train_workflow_builds_then_skips_and_logs_a_loadable_model(
-        workflow, tracking, s3_client_env, own_registry, capsys) -> None:
-    first, outputs, record, first_seconds = workflow("mlflow-train", registry=own_registry)
+        first_train, workflow, tracking, s3_client_env, capsys) -> None:
+    first, outputs, record, first_seconds = first_train
     assert "[builder] done in " in first.stderr
     assert "[builder] [direct] pushed " in first.stderr  # auto: built with no engine
     assert "does not apply" not in first.stderr
@@ -137,8 +136,7 @@ def test_train_workflow_builds_then_skips_and_logs_a_loadable_model(
     [experiment] = [e for e in mlflow.search_experiments() if e.name != "Default"]
     assert experiment.name == "local.sklearn-logreg"
 
-    again, outputs_again, record_again, second_seconds = workflow("mlflow-train",
-                                                                 registry=own_registry)
+    again, outputs_again, record_again, second_seconds = workflow("mlflow-train")
     assert "[builder] skipped build, done in " in again.stderr
     assert record_again["steps"][0]["build_skipped"]
     assert outputs_again["model-url"] != model_url  # a new run, a new model
@@ -150,8 +148,10 @@ def test_train_workflow_builds_then_skips_and_logs_a_loadable_model(
     assert record_again["steps"][0]["seconds"] < builder["seconds"]
 
 
-def test_e2e_workflow_serves_the_trained_model(workflow, docker_engine, serve_image) -> None:
+def test_e2e_workflow_serves_the_trained_model(first_train, workflow, docker_engine,
+                                               serve_image) -> None:
     result, outputs, record, _ = workflow("mlflow-e2e", "--input", f"serve-image={serve_image}")
+    assert "[builder] skipped build, done in " in result.stderr  # first_train's image
     url = outputs["prediction-url"]
     try:
         assert "[server] done in " in result.stderr
