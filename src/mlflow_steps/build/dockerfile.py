@@ -22,6 +22,7 @@ from mlflow_steps.build.image_plan import (
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH, TEMPLATES_DIR
 from mlflow_steps.env.pip_secrets import NO_MOUNTS, UV_CONFIG_TARGET, PipConfigDelivery
+from mlflow_steps.image.layers import layer_mode
 
 if TYPE_CHECKING:
     import jinja2
@@ -136,11 +137,7 @@ def _layer_modes(root: Path) -> None:
         for name in (*subdirectories, *files):
             path = os.path.join(directory, name)
             mode = os.lstat(path).st_mode
-            if stat.S_ISDIR(mode):
-                wanted = 0o755
-            elif stat.S_ISREG(mode):
-                wanted = 0o755 if mode & 0o111 else 0o644
-            else:  # a symbolic link has no mode of its own
-                continue
-            if stat.S_IMODE(mode) != wanted:
-                os.chmod(path, wanted)
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                continue  # a symbolic link has no mode of its own
+            if stat.S_IMODE(mode) != layer_mode(mode):
+                os.chmod(path, layer_mode(mode))

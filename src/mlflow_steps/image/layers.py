@@ -17,6 +17,7 @@ import copy
 import hashlib
 import io
 import json
+import stat
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -197,6 +198,14 @@ def compress(tar: IO[bytes], out: Path, compression: str = "gzip") -> Layer:
     while chunk := tar.read(_CHUNK):
         writer.plain.write(chunk)
     return writer.close()
+
+
+def layer_mode(st_mode: int) -> int:
+    """The mode a path of ours gets in a layer, from its ``st_mode``: 0777 for a symbolic
+    link, 0755 for a directory or a file someone may run, else 0644."""
+    if stat.S_ISLNK(st_mode):
+        return 0o777
+    return 0o755 if stat.S_ISDIR(st_mode) or st_mode & 0o111 else 0o644
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from mlflow_steps.build.direct.base_image import BaseFacts
 from mlflow_steps.build.direct.install import StagedEnv, write_record
 from mlflow_steps.build.image_plan import ImagePlan, RuntimeUser
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
-from mlflow_steps.image.layers import Entry
+from mlflow_steps.image.layers import Entry, layer_mode
 from mlflow_steps.image.push import rfc3339
 
 # The other distributions spread over this many layers: a one-line change remakes one of
@@ -50,10 +50,10 @@ def _tree_entry(root: Path, path: Path) -> Entry:
     name = path.relative_to(root).as_posix()
     mode = os.lstat(path).st_mode
     if stat.S_ISLNK(mode):
-        return Entry(name, "symlink", target=os.readlink(path), mode=0o777)
+        return Entry(name, "symlink", target=os.readlink(path), mode=layer_mode(mode))
     if stat.S_ISDIR(mode):
-        return Entry(name, "dir", mode=0o755)
-    return Entry(name, "file", data=path, mode=0o755 if mode & 0o111 else 0o644)
+        return Entry(name, "dir", mode=layer_mode(mode))
+    return Entry(name, "file", data=path, mode=layer_mode(mode))
 
 
 def _with_parents(root: Path, paths: set[Path], overrides: dict[str, Entry]
