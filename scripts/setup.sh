@@ -21,8 +21,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-    .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v -i "ignoring\|ignored" || true
-    .venv/bin/pip install -q -e '.[dev]' 2>&1 | grep -v -i "ignoring\|ignored" || true
+    # uv installs the project (a dependency of it anyway): a fourth of pip's time.
+    .venv/bin/pip install -q "uv>=0.5" 2>&1 | grep -v -i "ignoring\|ignored" || true
+    .venv/bin/uv pip install -q --python .venv/bin/python --upgrade-package pip pip -e '.[dev]'
     .venv/bin/python -c "import mlflow_steps, mlflow, conda_lock, pytest" 
     rm -f .venv/.installed-* && touch "$stamp"
 fi
