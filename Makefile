@@ -15,8 +15,8 @@ demo: setup
 	$(BIN)/mlflow-steps render $(EXAMPLE) -o $(OUT)/context
 	$(BIN)/python scripts/demo.py
 
-# On the oldest MLflow (after the rest, beside the engine tests): every adapter's contract, the network bounds, and the runtime's
-# main paths (log, register, a model logged outside the run, tracing).
+# On the oldest MLflow (after the engine builds, the shortest of the three processes): every
+# adapter's contract, the network bounds, and the runtime's main paths (log, register, a model logged outside the run, tracing).
 OLDEST_MLFLOW_TESTS := tests/core/test_mlflow_compat.py tests/runtime/test_runtime_network.py \
 	tests/runtime/test_runtime.py -k "not test_runtime.py or logs_model_and_outputs or registration \
 	or outside_the_run or trace_back"
@@ -33,16 +33,13 @@ PYTEST := $(BIN)/pytest -q -p no:cacheprovider --randomly-seed=$(SEED)
 test: setup
 	$(BIN)/ruff check src tests bench scripts
 	@echo "test order: seed $(SEED) (the same order again: make test SEED=$(SEED))"
-	@echo "three processes side by side: the engine tests in two, the rest then the oldest-MLflow"
-	@echo "subset; a line per test file from each while they run, then the pytest reports"
+	@echo "three processes side by side: the engine tests in two (the builds, then the oldest-MLflow"
+	@echo "subset), the rest; a line per test file from each while they run, then the pytest reports"
 	@# fd 3 is the terminal: the progress lines go there (tests/support/progress.py), each
 	@# report to its log.
 	@status=0; export MLFLOW_STEPS_TEST_PROGRESS_FD=3; \
-	( MLFLOW_STEPS_TEST_PROGRESS_LABEL=rest $(PYTEST) -m "not engine" \
-		--basetemp=/tmp/mlflow-steps-tests-rest 3>&1 > .test-rest.log 2>&1; rest=$$?; \
-	  MLFLOW_STEPS_TEST_PROGRESS_LABEL=oldest-mlflow .venv-mlflow-oldest/bin/pytest -q \
-		-p no:cacheprovider -m "not server_mlflow" --basetemp=/tmp/mlflow-steps-tests-oldest \
-		$(OLDEST_MLFLOW_TESTS) 3>&1 > .test-oldest.log 2>&1 && exit $$rest ) & others=$$!; \
+	MLFLOW_STEPS_TEST_PROGRESS_LABEL=rest $(PYTEST) -m "not engine" \
+		--basetemp=/tmp/mlflow-steps-tests-rest 3>&1 > .test-rest.log 2>&1 & others=$$!; \
 	MLFLOW_STEPS_TEST_PROGRESS_LABEL=engine-images $(PYTEST) -m engine \
 		--basetemp=/tmp/mlflow-steps-tests-engine-images $(ENGINE_IMAGE_TESTS) \
 		3>&1 > .test-engine-images.log 2>&1 & images=$$!; \
@@ -50,6 +47,9 @@ test: setup
 		--basetemp=/tmp/mlflow-steps-tests-engine-builds \
 		$(foreach path,$(ENGINE_IMAGE_TESTS),--ignore=$(path)) \
 		3>&1 > .test-engine-builds.log 2>&1 || status=$$?; \
+	MLFLOW_STEPS_TEST_PROGRESS_LABEL=oldest-mlflow .venv-mlflow-oldest/bin/pytest -q \
+		-p no:cacheprovider -m "not server_mlflow" --basetemp=/tmp/mlflow-steps-tests-oldest \
+		$(OLDEST_MLFLOW_TESTS) 3>&1 > .test-oldest.log 2>&1 || status=$$?; \
 	wait $$images || status=$$?; \
 	wait $$others || status=$$?; \
 	for log in engine-images engine-builds rest oldest; do \
