@@ -1,18 +1,15 @@
 # Two set-up commands (see README): `make demo` and `make test`.
 VENV := .venv
 BIN := $(VENV)/bin
-EXAMPLE := examples/sklearn-logreg
-OUT := out
 
 .PHONY: setup demo test lint bench perf-report images push
 
 setup:
 	./scripts/setup.sh
 
+# The example's environment tag (hashed from the workflow builder step's inputs), its build
+# context in out/context, then build → train → serve → predict; the output in out/demo.log.
 demo: setup
-	$(BIN)/mlflow-steps hash $(EXAMPLE) --explain
-	rm -rf $(OUT)/context
-	$(BIN)/mlflow-steps render $(EXAMPLE) -o $(OUT)/context
 	$(BIN)/python scripts/demo.py
 
 # On the oldest MLflow (after the engine builds, the shortest of the three processes): every

@@ -248,9 +248,14 @@ def buildah_env(root: Path) -> dict[str, str]:
     return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "STORAGE_DRIVER": "vfs"}
 
 
+def base_reference(registry: Registry) -> str:
+    """REGISTRY/library/python:3.11-slim: where ``push_base_image`` puts the local base."""
+    return f"{registry.address}/{BASE_NAME}"
+
+
 def push_base_image(engine: DockerEngine, registry: Registry) -> str:
     """Import the cached rootfs as REGISTRY/library/python:3.11-slim and push it."""
-    reference = f"{registry.address}/{BASE_NAME}"
+    reference = base_reference(registry)
     if engine.cli("image", "inspect", reference, check=False).returncode != 0:
         engine.cli("import", "--change", "CMD [\"python3\"]", "--change", f"ENV PATH={BASE_PATH}",
                    "--change", "ENV LANG=C.UTF-8", str(ensure_rootfs_tar()), reference)

@@ -21,7 +21,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import NoReturn
+from typing import IO, NoReturn
 
 from devstack import DockerEngine, Registry, docker_cli, local_stack, push_base_image
 
@@ -77,12 +77,17 @@ def push_docker_cli_image(engine: DockerEngine, registry: Registry) -> str:
     return reference
 
 
+def local_reference(registry: Registry, name: str, tag: str) -> str:
+    """REGISTRY/<repository>:<tag>: where ``build`` pushes image ``name``."""
+    return f"{registry.address}/{IMAGES[name][1]}:{tag}"
+
+
 def build(engine: DockerEngine, registry: Registry, name: str, tag: str,
-          base: str | None = None) -> str:
+          base: str | None = None, output: IO[str] | None = None) -> str:
     """Build image ``name`` on ``base`` (default: the local base) and push it to
-    ``registry``; its reference."""
-    dockerfile_dir, repository, target = IMAGES[name]
-    reference = f"{registry.address}/{repository}:{tag}"
+    ``registry``; its reference. The build's output goes to ``output`` (default: stdout)."""
+    dockerfile_dir, _, target = IMAGES[name]
+    reference = local_reference(registry, name, tag)
     build_args = {"BASE_IMAGE": base or push_base_image(engine, registry),
                   "DOCKER_CLI_IMAGE": push_docker_cli_image(engine, registry)}
     with tempfile.TemporaryDirectory(prefix="mls-image-") as tmp:
@@ -95,7 +100,7 @@ def build(engine: DockerEngine, registry: Registry, name: str, tag: str,
         if target:
             argv += ["--target", target]
         subprocess.run([*argv, str(context)], env={**engine.env(), "DOCKER_BUILDKIT": "1"},
-                       check=True)
+                       stdout=output, stderr=subprocess.STDOUT if output else None, check=True)
     engine.cli("push", reference)
     return reference
 
