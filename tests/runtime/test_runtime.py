@@ -24,13 +24,17 @@ def predicts(model_uri: str) -> None:
 TRACE = {"MLFLOW_STEPS_ENV_TAG": "0123456789abcdef0123456789abcdef",
          "MLFLOW_STEPS_IMAGE": "reg.example:5000/mlflow/trainer:0123456789abcdef",
          "MLFLOW_STEPS_IMAGE_DIGEST": "sha256:" + "ab" * 32}
+# The example's `log_model` infers its pip requirements in a child Python (~5 s a run);
+# without it MLflow logs its fallback list. What the step does with the model is the same.
+NO_INFERENCE = {"MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT": "0"}
 
 
 def test_run_logs_model_and_outputs_its_url(mlflow_server, tmp_path: Path) -> None:
     """... and the run and its model trace back to the image (one training run pays for
     both)."""
     env = step_env(tmp_path, mlflow_server.url, FUSEML_MLFLOW_ENTRYPOINT_ARGS="C=0.5,max_iter=150",
-                   MLFLOW_TRACKING_TOKEN=SECRET, FUSEML_VERBOSE="true", **TRACE)
+                   MLFLOW_TRACKING_TOKEN=SECRET, FUSEML_VERBOSE="true", **TRACE,
+                   **NO_INFERENCE)
     result = run_cli("run", str(example(tmp_path)), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = results(tmp_path)
@@ -88,7 +92,7 @@ def test_registration_alias_tags_description(mlflow_server, tmp_path: Path) -> N
     env = step_env(tmp_path, mlflow_server.url, FUSEML_MLFLOW_REGISTER_MODEL="iris-logreg",
                    FUSEML_MLFLOW_MODEL_ALIAS="champion",
                    FUSEML_MLFLOW_MODEL_TAGS="team=ml,stage='first try'",
-                   FUSEML_MLFLOW_MODEL_DESCRIPTION="logistic regression on iris")
+                   FUSEML_MLFLOW_MODEL_DESCRIPTION="logistic regression on iris", **NO_INFERENCE)
     result = run_cli("run", str(example(tmp_path)), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert results(tmp_path)["model-uri"] == "models:/iris-logreg@champion"
@@ -108,7 +112,8 @@ def test_fuseml_experiment_name_and_deleted_experiment(mlflow_server, tmp_path: 
     (codeset / ".fuseml" / "_project").write_text("iris")
     client = mlflow.MlflowClient(mlflow_server.url, mlflow_server.url)
     client.delete_experiment(client.create_experiment("acme.iris"))
-    result = run_cli("run", str(codeset), env=step_env(tmp_path, mlflow_server.url))
+    result = run_cli("run", str(codeset),
+                     env=step_env(tmp_path, mlflow_server.url, **NO_INFERENCE))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "experiment 'acme.iris' was deleted" in result.stderr
     experiment = client.get_experiment_by_name("acme.iris")
@@ -124,7 +129,7 @@ def test_s3_artifacts_written_directly(s3_server, tmp_path: Path) -> None:
     client = mlflow.MlflowClient(store)
     client.create_experiment("s3-direct", artifact_location=f"{bucket}/runs")
     env = step_env(tmp_path, store, FUSEML_MLFLOW_EXPERIMENT="s3-direct",
-                   **s3_server.client_env())
+                   **s3_server.client_env(), **NO_INFERENCE)
     result = run_cli("run", str(example(tmp_path)), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     url = results(tmp_path)["model-url"]
@@ -147,7 +152,8 @@ def test_s3_artifacts_proxied_by_server(s3_server, tmp_path: Path) -> None:
     server = MlflowServer(tmp_path / "server", artifacts_destination=bucket,
                           env=s3_server.client_env()).start()
     try:
-        result = run_cli("run", str(example(tmp_path)), env=step_env(tmp_path, server.url))
+        result = run_cli("run", str(example(tmp_path)),
+                         env=step_env(tmp_path, server.url, **NO_INFERENCE))
         assert result.returncode == 0, result.stderr[-3000:]
         assert results(tmp_path)["model-url"].startswith("mlflow-artifacts:")
         keys = [o["Key"] for o in s3_server.client().list_objects_v2(
