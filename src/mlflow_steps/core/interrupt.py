@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -41,6 +42,7 @@ _signalled: list[tuple[int, float]] = []  # (signal, monotonic time) of the firs
 _children: set[subprocess.Popen] = set()
 _scratch: set[Path] = set()
 _deferring = [0]  # > 0: the main thread is in ``deferred`` (the handler does not raise)
+_pools: weakref.WeakSet[ThreadPool] = weakref.WeakSet()
 
 
 class Interrupted(BaseException):
@@ -76,6 +78,8 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
     if _stopping.is_set():
         exit_now(signum)
     _signalled.append((signum, time.monotonic()))
+    for pool in list(_pools):  # before the workers can see it: none starts queued work
+        pool.cancel_pending()
     _stopping.set()
     for process in list(_children):
         _signal_group(process, signal.SIGTERM)
@@ -230,18 +234,25 @@ def run(argv: list[str], *, input: str | bytes | None = None,
 
 
 class ThreadPool(ThreadPoolExecutor):
-    """A ThreadPoolExecutor whose ``with`` block, left by an interruption, cancels the work
-    not started and waits for running work at most ``WORKERS_GRACE_SECONDS`` after the
-    signal."""
+    """A ThreadPoolExecutor whose work not started is cancelled at the signal, and whose
+    ``with`` block, left by an interruption, waits for running work at most
+    ``WORKERS_GRACE_SECONDS`` after the signal."""
 
     def __init__(self, max_workers: int | None = None) -> None:
         super().__init__(max_workers)
         self._futures: list[Future[Any]] = []
+        _pools.add(self)
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
         future = super().submit(fn, *args, **kwargs)
         self._futures.append(future)
         return future
+
+    def cancel_pending(self) -> None:
+        """Cancel the work not started (at the signal, so that a worker whose task stops at
+        ``check()`` does not take the next one before the ``with`` block is left)."""
+        for future in list(self._futures):
+            future.cancel()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> bool | None:
