@@ -25,6 +25,7 @@ from typing import IO, NoReturn
 
 from devstack import DockerEngine, Registry, docker_cli, local_stack, push_base_image
 
+from mlflow_steps.build.image_plan import uv_binary
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.pip_secrets import secret_arguments, write_secret_files
 from mlflow_steps.env.pipconfig import collect_pip_config
@@ -44,7 +45,7 @@ DOCKER_CLI_NAME = "library/docker:cli-local"
 
 
 def write_context(dockerfile_dir: Path, target: Path) -> Path:
-    """Dockerfile + source/ (package with templates resolved) in ``target``."""
+    """Dockerfile + source/ (package with templates resolved) + tools/uv in ``target``."""
     target.mkdir()
     shutil.copy(dockerfile_dir / "Dockerfile", target / "Dockerfile")
     source = target / "source"
@@ -53,6 +54,8 @@ def write_context(dockerfile_dir: Path, target: Path) -> Path:
         shutil.copy(REPO / name, source / name)
     shutil.copytree(REPO / "src", source / "src", symlinks=False,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    (target / "tools").mkdir()
+    shutil.copy2(uv_binary(), target / "tools" / "uv")  # bind-mounted by the install step
     return target
 
 
