@@ -25,7 +25,7 @@ SEED := $(or $(SEED),$(shell od -An -N2 -tu2 /dev/urandom | tr -d ' '))
 # trainer) and the workflows on them; and the builds of every other test (any new file).
 ENGINE_IMAGE_TESTS := tests/server/test_server_image.py tests/build/test_builder_image.py \
 	tests/runtime/test_runtime_image.py tests/build/test_image_record.py tests/workflow
-PYTEST := $(BIN)/pytest -q -p no:cacheprovider --randomly-seed=$(SEED)
+PYTEST := $(BIN)/pytest -q -p no:cacheprovider --durations=10 --randomly-seed=$(SEED)
 
 test: setup
 	$(BIN)/ruff check src tests bench scripts
