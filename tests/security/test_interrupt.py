@@ -60,6 +60,33 @@ except interrupt.Interrupted:
 """
 
 
+# A worker pool whose one running task is held (no check()) while two more are queued: what
+# the queued futures say at the signal, before the ``with`` block is left.
+AT_THE_SIGNAL = """
+import os, signal, threading, time
+from mlflow_steps.core import interrupt
+interrupt.WORKERS_GRACE_SECONDS = interrupt.EXIT_DEADLINE_SECONDS = 3600
+running, release = threading.Event(), threading.Event()
+def task():
+    running.set()
+    release.wait(60)
+with interrupt.interruptible():
+    try:
+        with interrupt.ThreadPool(max_workers=1) as pool:
+            futures = [pool.submit(task) for _ in range(3)]
+            running.wait()
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(3600)
+            except interrupt.Interrupted:
+                print([future.cancelled() for future in futures], flush=True)
+                release.set()
+                raise
+    except interrupt.Interrupted:
+        pass
+"""
+
+
 class _Index(SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
@@ -310,6 +337,15 @@ def test_an_interrupted_pool_waits_for_running_work_not_for_work_it_cancelled() 
     assert result.returncode == 0, result.stderr
     scratch, cancelled = result.stdout.splitlines()
     assert cancelled == "[False, True, True]" and not Path(scratch).exists()
+
+
+def test_queued_work_is_cancelled_at_the_signal_before_the_pool_is_left() -> None:
+    """The signal cancels what is queued at once: a worker whose task ends then takes no
+    queued task before the ``with`` block cancels it (a CI run saw all three run)."""
+    result = subprocess.run([sys.executable, "-c", AT_THE_SIGNAL], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[False, True, True]"
 
 
 def test_scratch_paths_go_at_the_signal_not_after_the_workers_grace() -> None:
