@@ -239,13 +239,15 @@ def ensure_rootfs_tar() -> Path:
 
 
 def buildah_env(root: Path) -> dict[str, str]:
-    """Environment for Debian's buildah with private vfs storage under ``root``."""
+    """Environment for Debian's buildah with private storage under ``root``: overlay where
+    the kernel lets us mount one (as dockerd's), else vfs."""
     storage = root / "containers"
     storage.mkdir(exist_ok=True)
+    driver = "overlay" if storage_driver(storage) == "overlay2" else "vfs"
     conf = storage / "storage.conf"
-    conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{storage}/graph"\n'
+    conf.write_text(f'[storage]\ndriver = "{driver}"\ngraphroot = "{storage}/graph"\n'
                     f'runroot = "{storage}/run"\n')
-    return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "STORAGE_DRIVER": "vfs"}
+    return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "STORAGE_DRIVER": driver}
 
 
 def base_reference(registry: Registry) -> str:

@@ -144,7 +144,7 @@ def trainer_image(docker_engine, registry, base_image) -> str:
 
 @pytest.fixture(scope="session")
 def buildah_env(stack_root):
-    """Environment for buildah with private vfs storage."""
+    """Environment for buildah with private storage (overlay where it mounts, else vfs)."""
     from devstack import buildah_env as storage_env
 
     return storage_env(stack_root)

@@ -7,33 +7,43 @@ import json
 import subprocess
 from pathlib import Path
 
-RUNTIME_PROBE = (
-    "id -u && pwd && stat -c %u . && "
-    "python -c 'import sklearn, mlflow, boto3' && "
-    # bytecode compiled at build time; packages' tests/ not shipped
-    "site=$(python -c 'import sklearn, os; print(os.path.dirname(sklearn.__file__))') && "
-    "ls $site/__pycache__/__init__.cpython-*.pyc >/dev/null && test ! -e $site/tests && "
-    "/opt/mlflow-steps/bin/mlflow-steps --version && "
-    # what was installed, recorded: the lock names scikit-learn and MLflow with versions
-    "grep -q '^scikit-learn==' /opt/mlflow-steps-build/lock.txt && "
-    "grep -q '^mlflow-skinny==' /opt/mlflow-steps-build/lock.txt && "
-    # and described: a CycloneDX SBOM with components
-    "python -c 'import json, sys; assert json.load(open(sys.argv[1]))[sys.argv[2]]' "
-    "/opt/mlflow-steps-build/sbom.cdx.json components && "
-    "test ! -e /etc/pip.conf && test ! -e /run/secrets/pip-ca.pem && "
-    "test ! -d /root/.cache/pip && test ! -e /mlflow-steps-build && test ! -e /kaniko"
-)
+EXAMPLE_IMPORTS = ("sklearn", "mlflow", "boto3")
+EXAMPLE_LOCKED = ("scikit-learn", "mlflow-skinny")
 
 
-def check_runtime_image(engine, reference: str) -> dict[str, str]:
+def runtime_probe(imports: tuple[str, ...], locked: tuple[str, ...]) -> str:
+    """The shell check run in the image: ``imports`` import (the first one's bytecode
+    compiled at build time, its tests/ not shipped) and the lock names each of ``locked``."""
+    first = imports[0]
+    return (
+        "id -u && pwd && stat -c %u . && "
+        f"python -c 'import {', '.join(imports)}' && "
+        f"cached=$(python -c 'import {first}; print({first}.__cached__)') && "
+        "test -e $cached && test ! -e $(dirname $(dirname $cached))/tests && "
+        "/opt/mlflow-steps/bin/mlflow-steps --version && "
+        # what was installed, recorded: the lock names them with versions
+        + "".join(f"grep -q '^{name}==' /opt/mlflow-steps-build/lock.txt && "
+                  for name in locked) +
+        # and described: a CycloneDX SBOM with components
+        "python -c 'import json, sys; assert json.load(open(sys.argv[1]))[sys.argv[2]]' "
+        "/opt/mlflow-steps-build/sbom.cdx.json components && "
+        "test ! -e /etc/pip.conf && test ! -e /run/secrets/pip-ca.pem && "
+        "test ! -d /root/.cache/pip && test ! -e /mlflow-steps-build && test ! -e /kaniko"
+    )
+
+
+def check_runtime_image(engine, reference: str, imports: tuple[str, ...] = EXAMPLE_IMPORTS,
+                        locked: tuple[str, ...] = EXAMPLE_LOCKED) -> dict[str, str]:
     """Pull and run ``reference`` as a fresh consumer does; return its labels.
 
-    The tooling entry point runs, the environment imports, the user is 1000, the WORKDIR
+    The tooling entry point runs, the environment imports (``imports``; the lock names
+    ``locked``; the example's by default), the user is 1000, the WORKDIR
     exists and belongs to that user, no build-time secret or builder path is in the image,
     and the labels name the environment tag.
     """
     engine.cli("rmi", reference, check=False)
-    ran = engine.cli("run", "--rm", "--network", "host", reference, "sh", "-c", RUNTIME_PROBE,
+    ran = engine.cli("run", "--rm", "--network", "host", reference, "sh", "-c",
+                     runtime_probe(imports, locked),
                      check=False, timeout=300)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     uid, workdir, owner = ran.stdout.splitlines()[:3]
