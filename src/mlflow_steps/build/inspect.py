@@ -6,6 +6,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_steps.build.direct.cuda import CUDA_LABEL
 from mlflow_steps.core.bounded import decompressed, load_json, read_limited
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.hashing import env_tag
@@ -48,6 +49,10 @@ class ImageRecord:
                  "tooling-version": "tooling"}
         lines += [f"{title:<10} {self.labels[LABEL_PREFIX + key]}" for key, title in
                   names.items() if LABEL_PREFIX + key in self.labels]
+        cuda = self.labels.get(CUDA_LABEL)
+        if cuda:
+            lines.append(f"cuda       {cuda} (from the wheels; the NVIDIA driver comes from the "
+                         f"host: give the container GPUs)")
         base = self.labels.get("org.opencontainers.image.base.name")
         if base:
             digest = self.labels.get("org.opencontainers.image.base.digest")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mlflow_steps.build.direct import NotApplicable
 from mlflow_steps.build.direct.base_image import BaseFacts
+from mlflow_steps.build.direct.cuda import CUDA_LABEL, runtime_environment
 from mlflow_steps.build.direct.install import StagedEnv, write_record
 from mlflow_steps.build.image_plan import ImagePlan, RuntimeUser
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
@@ -221,13 +222,19 @@ def _env_list(base_env: list[str], plan: ImagePlan) -> list[str]:
 
 
 def image_config(base: BaseFacts, plan: ImagePlan, layers: list[tuple[str, str]],
-                 labels: dict[str, str]) -> dict:
+                 labels: dict[str, str], cuda: str | None = None) -> dict:
     """The image config: the base's with the plan's env, labels, user, workdir, command,
-    and a history entry and diff_id per layer (``layers``: name, diff_id)."""
+    and a history entry and diff_id per layer (``layers``: name, diff_id); with ``cuda``
+    (the version the wheels carry) what the NVIDIA container toolkit reads, and a label."""
     config = dict(base.config)
     settings = dict(config.get("config") or {})
     settings["Env"] = _env_list(list(settings.get("Env") or []), plan)
     settings["Labels"] = {**(settings.get("Labels") or {}), **plan.labels, **labels}
+    if cuda:
+        nvidia = runtime_environment(cuda)  # set as an ENV would, over the base's
+        settings["Env"] = [e for e in settings["Env"] if e.split("=", 1)[0] not in nvidia]
+        settings["Env"] += [f"{key}={value}" for key, value in nvidia.items()]
+        settings["Labels"][CUDA_LABEL] = cuda
     settings.update(User=str(plan.user.uid), WorkingDir=plan.user.workdir,
                     Cmd=list(plan.command))
     stamp = rfc3339(SOURCE_DATE_EPOCH)

@@ -95,7 +95,7 @@ class DirectBackend(Backend):
             self._log(f"{len(made)} layers ({maker.reused} made before: not remade)", started)
             config = image_config(base, plan, [(job.plan.name, diff_id) for job, (_, diff_id)
                                                in zip(jobs, made, strict=True)],
-                                  request.labels)
+                                  request.labels, staged.cuda)
             base_blobs = [Blob(dict(layer), mount_from=base.repository) if same_registry else
                           Blob(dict(layer), path=layer_file(base_client, base.repository,
                                                             layer, cache))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mlflow_steps.build.direct import NotApplicable
 from mlflow_steps.build.direct.base_image import BaseFacts
+from mlflow_steps.build.direct.cuda import cuda_version, host_provided
 from mlflow_steps.build.direct.elf import missing_libraries
 from mlflow_steps.build.direct.installed import (
     distributions,
@@ -70,6 +71,7 @@ class StagedEnv:
     bundled: frozenset[str]  # every file name in the environment
     base_libraries: frozenset[str]
     staging_paths: tuple[str, ...]  # no file may name these
+    cuda: str | None = None  # the CUDA version the wheels carry: the host mounts its driver
 
 
 def platform_tag(base: BaseFacts) -> str:
@@ -191,7 +193,8 @@ def stage(plan: ImagePlan, base: BaseFacts, pip: BuildPipConfig, environ: dict[s
     stager.pip(prefix, "install", "--quiet", "--no-deps", *stager.targeted(), str(tooling),
                what="installing the step tooling")
     site = next(prefix.glob("lib/python*/site-packages"))
-    unmet = unmet_requirements(distributions(site), image_markers(
+    installed = distributions(site)
+    unmet = unmet_requirements(installed, image_markers(
         base.python_versions.get(stager.minor, stager.minor), _PLATFORMS[base.architecture]))
     if unmet:
         raise NotApplicable(f"the environment does not satisfy the step tooling "
@@ -208,17 +211,20 @@ def stage(plan: ImagePlan, base: BaseFacts, pip: BuildPipConfig, environ: dict[s
                         for name in (*directories, *files))
     return StagedEnv(plan, root, prefix, site, python, build, stager, inputs, frozen, work,
                      _image_interpreter(root, prefix, stager), bundled, base.libraries,
-                     (str(work),))
+                     (str(work),), cuda_version(installed))
 
 
 def check_files(staged: StagedEnv, paths: list[Path]) -> None:
     """NotApplicable when one of ``paths`` still names a staging path, or needs a shared
     library that neither the environment nor the base provides (run per layer, in
-    parallel)."""
+    parallel). With CUDA wheels, the driver's libraries count as provided: the NVIDIA
+    container toolkit mounts them from the host."""
     problem = leaked_paths(staged.root, paths, staged.staging_paths)
     if problem:
         raise NotApplicable(problem)
-    missing = missing_libraries(staged.prefix, paths, staged.bundled | staged.base_libraries)
+    missing = {library: user for library, user in missing_libraries(
+        staged.prefix, paths, staged.bundled | staged.base_libraries).items()
+        if not (staged.cuda and host_provided(library))}
     if missing:
         shown = "; ".join(f"{lib} (needed by {user})"
                           for lib, user in sorted(missing.items())[:3])
