@@ -36,6 +36,7 @@ class BuilderInputs:
     repository: str = DEFAULT_REPOSITORY
     builder: str = "auto"
     compression: str = "gzip"  # of the direct builder's layers
+    own_layer_mb: int = 32  # the direct builder: a distribution this large, a layer alone
     force: bool = False
     verbose: bool = False
     compressed_caching: bool = False
@@ -240,6 +241,7 @@ def build_request(target: BuildTarget, plan: ImagePlan, inputs: BuilderInputs,
         cache_repo=inputs.cache_repo, verbose=inputs.verbose,
         source_date_epoch=None if inputs.reproducible is False else SOURCE_DATE_EPOCH,
         plan=plan, pip=target.pip, compression=inputs.compression,
+        own_layer_bytes=inputs.own_layer_mb << 20,
     )
 
 

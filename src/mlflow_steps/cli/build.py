@@ -108,6 +108,9 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
 @step_input("compression", "gzip", type=click.Choice(COMPRESSIONS),
             help="Layer compression of the direct builder (zstd: OCI media types, smaller "
                  "and faster; pullers need zstd support, e.g. Docker 23+).")
+@step_input("own_layer_mb", 32, type=click.IntRange(1, 1 << 20),
+            help="The direct builder gives each distribution of at least this many MB "
+                 "installed a layer of its own, one blob in every image that has it.")
 @step_input("force", False, type=bool, help="Rebuild even if the tag exists.")
 @step_input("verbose", False, type=bool, help="Log the hashed spec and build details.")
 @step_input("compressed_caching", False, type=bool, help="Kaniko --compressed-caching.")

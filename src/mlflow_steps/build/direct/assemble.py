@@ -1,7 +1,8 @@
 """The staged environment as image layers and config, on top of the base's.
 
 Layers, in order: one per large package group (the plan's ``own_layers``) the environment has,
-the other distributions in ``BUCKETS`` layers by name, the venv itself, the step tooling,
+one per other distribution of at least ``OWN_LAYER_BYTES`` installed, the other distributions
+in ``BUCKETS`` layers by name, the venv itself, the step tooling,
 the user set-up, the record (env files, lock, SBOM). Every entry's time is the 1980 floor
 and every owner root (the user's home and the workdir: the runtime user), so a layer
 depends on its files only: the numpy layer is one blob for every environment with that
@@ -30,6 +31,8 @@ from mlflow_steps.image.push import rfc3339
 # The other distributions spread over this many layers: a one-line change remakes one of
 # them, not all (layers in all: at most len(own_layers) + BUCKETS + 4)
 BUCKETS = 4
+# A distribution this large installed gets a layer of its own (torch, nvidia-*, triton, ...)
+OWN_LAYER_BYTES = 32 << 20
 TOOLING_DIST = "mlflow-steps"
 _VARIABLE = re.compile(r"\$(?:\{(\w+)(?::-([^}]*))?\}|(\w+))")  # what ENV values expand
 
@@ -96,14 +99,19 @@ def _owner(path: Path, owners: dict[Path, str]) -> str | None:
     return None
 
 
-def environment_groups(staged: StagedEnv) -> list[tuple[str, set[Path]]]:
+def environment_groups(staged: StagedEnv, own_layer_bytes: int = OWN_LAYER_BYTES
+                       ) -> list[tuple[str, set[Path]]]:
     """The environment's files (no bytecode yet) split by distribution into the layer
-    groups: (name, paths), in layer order."""
+    groups: (name, paths), in layer order: the plan's package groups, then each other
+    distribution of at least ``own_layer_bytes`` installed, each in a layer of its own (by
+    name; its bytes depend on its files and the prefix only: one blob in every image that
+    has it), then the rest in ``BUCKETS`` layers, the venv, the tooling."""
     plan = staged.plan
     own_layers = plan.install.own_layers
     owners = _owners(staged.site_packages)
     group_of = {name: index for index, group in enumerate(own_layers) for name in group}
     groups: dict[str, set[Path]] = defaultdict(set)
+    by_dist: dict[str, set[Path]] = defaultdict(set)
     for directory, subdirectories, files in os.walk(staged.prefix):
         # symbolic links to directories are entries too (os.walk does not follow them)
         links = [d for d in subdirectories if os.path.islink(os.path.join(directory, d))]
@@ -115,16 +123,24 @@ def environment_groups(staged: StagedEnv) -> list[tuple[str, set[Path]]]:
             elif dist in group_of:
                 groups[" ".join(own_layers[group_of[dist]])].add(path)
             elif dist:
-                groups[_bucket(dist)].add(path)
+                by_dist[dist].add(path)
             else:  # the venv itself: pyvenv.cfg, bin/python, activate scripts
                 groups["environment"].add(path)
+    heavy = sorted(dist for dist, paths in by_dist.items()
+                   if sum(os.lstat(path).st_size for path in paths) >= own_layer_bytes)
+    for dist, paths in by_dist.items():
+        groups[_own_name(dist) if dist in heavy else _bucket(dist)] |= paths
     link = staged.root / plan.tooling_prefix.lstrip("/") / "bin" / "mlflow-steps"
     link.parent.mkdir(parents=True)
     link.symlink_to(f"{plan.env_prefix}/bin/mlflow-steps")
     groups["tooling"].add(link)
-    ordered = [" ".join(group) for group in own_layers] + [
+    ordered = [" ".join(group) for group in own_layers] + [_own_name(d) for d in heavy] + [
         _bucket_name(index) for index in range(BUCKETS)] + ["environment", "tooling"]
     return [(name, groups[name]) for name in ordered if groups.get(name)]
+
+
+def _own_name(dist: str) -> str:
+    return f"{dist} (own layer)"
 
 
 def _bucket_name(index: int) -> str:

@@ -77,7 +77,8 @@ class DirectBackend(Backend):
                 record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
                 jobs = [LayerJob(tree_plan(staged, name, paths),
                                  frozenset(p for p in paths if p.suffix == ".py"), checked=True)
-                        for name, paths in environment_groups(staged)]
+                        for name, paths in environment_groups(staged,
+                                                              request.own_layer_bytes)]
                 jobs.append(LayerJob(user_layer(base, plan.user)))
                 known = None if request.no_cache else LayerCache(cache / "layers")
                 maker = _LayerMaker(staged, work, known, request.compression, client,

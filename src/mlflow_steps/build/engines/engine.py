@@ -120,6 +120,7 @@ class BuildRequest:
     plan: ImagePlan | None = field(default=None, compare=False)
     pip: BuildPipConfig | None = field(default=None, compare=False)
     compression: str = "gzip"
+    own_layer_bytes: int = 32 << 20  # a distribution this large installed: a layer alone
 
     @property
     def reproducible(self) -> bool:
