@@ -70,6 +70,21 @@ BAD_WORKFLOWS: dict[str, Case] = {
                                ("missing required key 'image'",)),
     "unknown step key": Case(_edit("    image: img:1\n", "    image: img:1\n    command: [x]\n"),
                              12, "steps[0].command", ("unknown key 'command'",)),
+    "GPUs: none": Case(_edit("    image: img:1\n", "    image: img:1\n    resources:\n"
+                             "      limits:\n        nvidia.com/gpu: 0\n"), 14,
+                       "steps[0].resources.limits.nvidia.com/gpu",
+                       ("whole number of GPUs from 1 to 64", "'0'")),
+    "GPUs: not a number": Case(_edit("    image: img:1\n", "    image: img:1\n    resources:\n"
+                                     "      limits:\n        nvidia.com/gpu: one\n"), 14,
+                               "steps[0].resources.limits.nvidia.com/gpu", ("'one'",)),
+    "resources other than GPUs": Case(
+        _edit("    image: img:1\n", "    image: img:1\n    resources:\n      limits:\n"
+              "        memory: 4Gi\n"), 14, "steps[0].resources.limits.memory",
+        ("unknown key 'memory'", "allowed: nvidia.com/gpu")),
+    "resource requests": Case(
+        _edit("    image: img:1\n", "    image: img:1\n    resources:\n      requests:\n"
+              "        nvidia.com/gpu: 1\n"), 13, "steps[0].resources.requests",
+        ("unknown key 'requests'", "allowed: limits")),
     "duplicate step name": Case(_append(SECOND.replace("second", "first")), 21, "steps[1].name",
                                 ("duplicate step name 'first'",)),
     "step names that collide as Tekton tasks": Case(

@@ -193,3 +193,40 @@ def test_inputs_are_checked_before_anything_runs(run_workflow, tmp_path: Path) -
                      "--input", "step-image=x", "--input", "next-image=y", env=run_workflow.env)
     assert result.returncode == 2 and "uses extension 'store'" in result.stderr
     assert records(run_workflow) == []
+
+
+GPU_WORKFLOW = """name: wf-gpu
+inputs:
+  - name: step-image
+steps:
+  - name: trainer
+    image: '{{ inputs.step-image }}'
+    resources:
+      limits:
+        nvidia.com/gpu: 2
+"""
+
+
+def test_a_step_asking_for_gpus_gets_a_device_request(run_workflow, docker_engine,
+                                                      tmp_path: Path) -> None:
+    """The engine is asked for the GPUs (what `docker run --gpus 2` asks); this one has no
+    GPU runtime and refuses, which the step's failure says in one line."""
+    from mlflow_steps.workflow.engine import ContainerSpec
+
+    spec = ContainerSpec("c", "img", {}, (), None, "host", gpus=2)
+    [request] = spec.create_arguments()["device_requests"]
+    assert (request["Count"], request["Capabilities"]) == (2, [["gpu"]])
+    assert ContainerSpec("c", "img", {}, (), None, "host").create_arguments()[
+        "device_requests"] is None
+
+    (tmp_path / "gpu.yaml").write_text(GPU_WORKFLOW)
+    plain, _ = run_workflow.images
+    result = run_cli("workflow", "run", str(tmp_path / "gpu.yaml"), "--input",
+                     f"step-image={plain}", env=run_workflow.env)
+    assert result.returncode != 0 and result.stdout == ""
+    last = result.stderr.strip().splitlines()[-1]
+    assert "cannot start the container with 2 GPU(s): " in last and "gpu" in last.split(
+        "GPU(s): ", 1)[1], last
+    assert "Traceback" not in result.stderr
+    leftovers = docker_engine.cli("ps", "-aq", "--filter", "label=org.mlflow-steps.run")
+    assert leftovers.stdout.strip() == "", "the step container was not removed"

@@ -84,7 +84,8 @@ def check_pod(steps: list[dict[str, Any]], what: str,
     """Steps as Pod containers: env, valueFrom, workingDir are Kubernetes' own fields."""
     tekton_only = {"script", "results", "when", "onError", "timeout", "workspaces", "params",
                    "ref", "stdoutConfig", "stderrConfig"}
-    containers = [{k: v for k, v in step.items() if k not in tekton_only} for step in steps]
+    containers = [{("resources" if k == "computeResources" else k): v
+                   for k, v in step.items() if k not in tekton_only} for step in steps]
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
            "spec": {"containers": containers, "volumes": volumes or []}}
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
@@ -376,3 +377,37 @@ def test_builder_is_the_three_step_plan(tmp_path: Path, executor: str) -> None:
     assert prepare_env["CONDARC"] == "/run/mlflow-steps/pip/condarc"
     assert prepare_env["PIP_CONFIG_FILE"] == "/run/mlflow-steps/pip/pip.conf"
     assert "&id" not in (out / "task-builder.yaml").read_text()
+
+
+def test_a_step_asking_for_gpus_limits_nvidia_gpu(tmp_path: Path) -> None:
+    """`resources.limits["nvidia.com/gpu"]` becomes the step container's GPU limit (what the
+    NVIDIA device plugin schedules on); steps that ask for none get no resources."""
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text(GPU_WORKFLOW)
+    export = TektonExport(load_workflow(workflow), None, Identity("local", "me"))
+    tasks = {doc["metadata"]["name"]: doc for name, docs in export.documents().items()
+             if name.startswith("task-") for doc in docs}
+    [trainer] = tasks["wf-gpu-trainer"]["spec"]["steps"]
+    assert trainer["computeResources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    [other] = tasks["wf-gpu-prepare"]["spec"]["steps"]
+    assert "computeResources" not in other
+    for name, task in tasks.items():
+        check_task_spec(task["spec"], name)
+        check_pod(task["spec"]["steps"], name)
+
+
+GPU_WORKFLOW = """name: wf-gpu
+steps:
+  - name: prepare
+    image: img:1
+    outputs:
+      - name: data
+  - name: trainer
+    image: img:2
+    inputs:
+      - name: data
+        value: '{{ steps.prepare.outputs.data }}'
+    resources:
+      limits:
+        nvidia.com/gpu: 1
+"""

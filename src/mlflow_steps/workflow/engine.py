@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
-from docker.types import Mount
+from docker.types import DeviceRequest, Mount
 
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.image.reference import ImageRef
@@ -32,6 +33,20 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     command: tuple[str, ...] | None = None  # replaces the image's entrypoint and command
     security_options: tuple[str, ...] = ()
+    gpus: int = 0  # GPUs asked of the engine (the NVIDIA container toolkit's device request)
+
+    def create_arguments(self) -> dict[str, Any]:
+        """The Docker SDK's ``containers.create`` keyword arguments for this container."""
+        return {
+            "name": self.name, "environment": self.env, "working_dir": self.working_dir,
+            "mounts": [Mount(target, str(source), type="bind") for source, target in self.mounts],
+            "network_mode": self.network, "labels": self.labels,
+            "entrypoint": list(self.command[:1]) if self.command else None,
+            "command": list(self.command[1:]) if self.command else None,
+            "security_opt": list(self.security_options) or None,
+            # what `docker run --gpus N` asks for
+            "device_requests": [DeviceRequest(count=self.gpus, capabilities=[["gpu"]])]
+            if self.gpus else None}
 
 
 @dataclass(frozen=True)
@@ -79,19 +94,18 @@ class DockerEngine:
 
     def run(self, spec: ContainerSpec, on_line: Callable[[str], None]) -> int:
         """Run to completion, streaming output lines; return the exit code."""
-        mounts = [Mount(target, str(source), type="bind") for source, target in spec.mounts]
         try:
-            container = self.client.containers.create(
-                spec.image, name=spec.name, environment=spec.env, mounts=mounts,
-                working_dir=spec.working_dir, network_mode=spec.network, labels=spec.labels,
-                entrypoint=list(spec.command[:1]) if spec.command else None,
-                command=list(spec.command[1:]) if spec.command else None,
-                security_opt=list(spec.security_options) or None)
+            container = self.client.containers.create(spec.image, **spec.create_arguments())
         except docker.errors.APIError as exc:
             raise StepError(f"cannot create the container: {exc.explanation or exc}",
                             source=spec.image) from None
         try:
-            container.start()
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                asked = f" with {spec.gpus} GPU(s)" if spec.gpus else ""
+                raise StepError(f"cannot start the container{asked}: "
+                                f"{exc.explanation or exc}", source=spec.image) from None
             pending = b""
             for chunk in container.logs(stream=True, follow=True):
                 *lines, pending = (pending + chunk).split(b"\n")

@@ -24,6 +24,7 @@ from mlflow_steps.workflow.expressions import (
 from mlflow_steps.workflow.model import (
     CODESET_TASK,
     DEFAULT_CODESET_PATH,
+    GPU_RESOURCE,
     INPUT_TYPES,
     SELECTOR_FIELDS,
     CodesetMount,
@@ -87,7 +88,8 @@ def _workflow(composed: list[yaml.Node], file: str) -> Workflow:
     )
 
 
-_STEP_KEYS = ("name", "image", "inputs", "outputs", "env", "extensions")
+_STEP_KEYS = ("name", "image", "inputs", "outputs", "env", "extensions", "resources")
+MAX_GPUS = 64
 
 
 @dataclass
@@ -173,7 +175,25 @@ def _step(node: Node, name: str, scope: _Scope) -> Step:
     params, codeset = _step_inputs(values.get("inputs"), scope, name, declared)
     outputs = _step_outputs(values.get("outputs"))
     env = _env(values.get("env"), scope, name, declared)
-    return Step(name, image, params, codeset, outputs, env, selectors, node.where)
+    return Step(name, image, params, codeset, outputs, env, selectors, node.where,
+                _gpus(values.get("resources")))
+
+
+def _gpus(node: Node | None) -> int:
+    """``resources: {limits: {nvidia.com/gpu: N}}``: N (0 when not asked for)."""
+    if node is None or node.is_null():
+        return 0
+    limits = node.mapping(("limits",)).get("limits")
+    if limits is None or limits.is_null():
+        return 0
+    value = limits.mapping((GPU_RESOURCE,)).get(GPU_RESOURCE)
+    if value is None:
+        return 0
+    text = value.text().strip()
+    if not re.fullmatch(r"[0-9]{1,3}", text) or not 1 <= int(text) <= MAX_GPUS:
+        raise value.where.error(f"expected a whole number of GPUs from 1 to {MAX_GPUS}, "
+                                f"got {text!r}")
+    return int(text)
 
 
 def _step_inputs(node: Node | None, scope: _Scope, step: str, declared: tuple[str, ...]

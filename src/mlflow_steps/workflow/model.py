@@ -34,6 +34,7 @@ def k8s_name(*parts: str) -> str:
 
 
 INPUT_TYPES = ("string", "codeset")
+GPU_RESOURCE = "nvidia.com/gpu"  # the NVIDIA device plugin's resource name
 DEFAULT_CODESET_PATH = "/project"
 SELECTOR_FIELDS = ("extension_id", "service_id", "zone", "product", "version",
                    "service_category", "service_resource")
@@ -104,6 +105,7 @@ class Step:
     env: tuple[EnvVar, ...]
     extensions: tuple[Selector, ...]
     where: Where
+    gpus: int = 0  # resources.limits["nvidia.com/gpu"]: GPUs the step's container gets
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,7 @@ class Runner:
         name = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"mls-{run_id}-{step.name}")
         return ContainerSpec(name, image, env, tuple(mounts),
                              step.codeset.path if step.codeset else None, options.network,
-                             labels={"org.mlflow-steps.run": run_id})
+                             labels={"org.mlflow-steps.run": run_id}, gpus=step.gpus)
 
     def _read_outputs(self, step: Step, results: Path) -> dict[str, str]:
         outputs = {}

@@ -32,7 +32,7 @@ from mlflow_steps.workflow.expressions import (
     Template,
 )
 from mlflow_steps.workflow.extensions import ExtensionRegistry, Identity
-from mlflow_steps.workflow.model import CODESET_TASK, Step, Workflow, k8s_name
+from mlflow_steps.workflow.model import CODESET_TASK, GPU_RESOURCE, Step, Workflow, k8s_name
 from mlflow_steps.workflow.plan import GLOBAL_ENV_PREFIX, RESULT_ENV, param_env_name
 from mlflow_steps.workflow.tekton_builder import BuilderSecrets, render_builder
 from mlflow_steps.workflow.tekton_objects import (
@@ -228,6 +228,8 @@ class TektonExport:
             "params": [{"name": name, "type": "string"} for name, _ in self._task_params(step)],
             "results": [{"name": output} for output in step.outputs],
         }
+        if step.gpus:
+            container["computeResources"] = {"limits": {GPU_RESOURCE: str(step.gpus)}}
         if step.codeset:
             container["workingDir"] = step.codeset.path
             spec["workspaces"] = [{"name": WORKSPACE, "mountPath": step.codeset.path}]
