@@ -25,18 +25,27 @@ SEED := $(or $(SEED),$(shell od -An -N2 -tu2 /dev/urandom | tr -d ' '))
 # trainer) and the workflows on them; and the builds of every other test (any new file).
 ENGINE_IMAGE_TESTS := tests/server/test_server_image.py tests/build/test_builder_image.py \
 	tests/runtime/test_runtime_image.py tests/build/test_image_record.py tests/workflow
+# The tests without an engine, in two processes too: the builds (direct builder, registry
+# client, security) and everything else (tracking servers, the runtime, MLflow, docs).
+REST_BUILD_TESTS := tests/build tests/image tests/security tests/cli tests/env tests/workflow
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider --durations=10 --randomly-seed=$(SEED)
 
 test: setup
 	$(BIN)/ruff check src tests bench scripts
 	@echo "test order: seed $(SEED) (the same order again: make test SEED=$(SEED))"
-	@echo "three processes side by side: the engine tests in two (the builds, then the oldest-MLflow"
-	@echo "subset), the rest; a line per test file from each while they run, then the pytest reports"
+	@echo "four processes side by side: the engine tests in two (the step images; the builds, then"
+	@echo "the oldest-MLflow subset), the rest in two (builds; servers and runtime); a line per test"
+	@echo "file from each while they run, then the pytest reports"
 	@# fd 3 is the terminal: the progress lines go there (tests/support/progress.py), each
 	@# report to its log.
 	@status=0; export MLFLOW_STEPS_TEST_PROGRESS_FD=3; \
+	MLFLOW_STEPS_TEST_PROGRESS_LABEL=rest-builds $(PYTEST) -m "not engine" \
+		--basetemp=/tmp/mlflow-steps-tests-rest-builds $(REST_BUILD_TESTS) \
+		3>&1 > .test-rest-builds.log 2>&1 & builds=$$!; \
 	MLFLOW_STEPS_TEST_PROGRESS_LABEL=rest $(PYTEST) -m "not engine" \
-		--basetemp=/tmp/mlflow-steps-tests-rest 3>&1 > .test-rest.log 2>&1 & others=$$!; \
+		--basetemp=/tmp/mlflow-steps-tests-rest \
+		$(foreach path,$(REST_BUILD_TESTS),--ignore=$(path)) \
+		3>&1 > .test-rest.log 2>&1 & others=$$!; \
 	MLFLOW_STEPS_TEST_PROGRESS_LABEL=engine-images $(PYTEST) -m engine \
 		--basetemp=/tmp/mlflow-steps-tests-engine-images $(ENGINE_IMAGE_TESTS) \
 		3>&1 > .test-engine-images.log 2>&1 & images=$$!; \
@@ -48,8 +57,9 @@ test: setup
 		-p no:cacheprovider -m "not server_mlflow" --basetemp=/tmp/mlflow-steps-tests-oldest \
 		$(OLDEST_MLFLOW_TESTS) 3>&1 > .test-oldest.log 2>&1 || status=$$?; \
 	wait $$images || status=$$?; \
+	wait $$builds || status=$$?; \
 	wait $$others || status=$$?; \
-	for log in engine-images engine-builds rest oldest; do \
+	for log in engine-images engine-builds rest-builds rest oldest; do \
 		echo "--- $$log:"; cat .test-$$log.log; rm -f .test-$$log.log; done; \
 	exit $$status
 
