@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 from support.helpers import MINIMAL_MLPROJECT, make_wheel, write_codeset
@@ -47,9 +48,14 @@ def test_a_heavy_distribution_is_one_shared_layer(registry, synthetic_base, no_e
     first = build(project(tmp_path, "first", [heavy], "six==1.16.0\n"), registry,
                   synthetic_base, "shared/first", "--own-layer-mb", "1", env=env)
     assert first.returncode == 0, first.stderr[-3000:]
+    # a log gets a progress line as each phase ends (and every 10 s while it runs)
+    assert re.search(r"^\[progress\] staging: done in \d+s$", first.stderr, re.M)
+    assert re.search(r"^\[progress\] compressing: \d+\.\d MB in \d+s, ", first.stderr, re.M)
+    assert re.search(r"^\[progress\] pushing: \d+\.\d MB in \d+s, ", first.stderr, re.M)
     second = build(project(tmp_path, "second", [heavy, small], ""), registry, synthetic_base,
-                   "shared/second", "--own-layer-mb", "1", env=env)
+                   "shared/second", "--own-layer-mb", "1", "-q", env=env)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "[progress]" not in second.stderr
 
     client = RegistryClient(registry.address)
     layers = [our_layers(client, result.stdout.strip()) for result in (first, second)]
@@ -64,9 +70,42 @@ def test_a_heavy_distribution_is_one_shared_layer(registry, synthetic_base, no_e
     heavy_blob = client.blob("shared/second", layers[1][own], 4 << 20)
     assert len(heavy_blob) > HEAVY_BYTES  # the weights are in it, not in a shared bucket
 
-    # the default threshold (32 MB): the same wheel goes into a packages bucket
-    default = build(project(tmp_path, "default", [heavy], "six==1.16.0\n"), registry,
-                    synthetic_base, "shared/default", env=env)
-    assert default.returncode == 0, default.stderr[-3000:]
-    assert not any(name.endswith("(own layer)")
-                   for name in our_layers(client, default.stdout.strip()))
+    # the default threshold (32 MB): the same wheel goes into a packages bucket; built with
+    # a terminal on stderr: a live display instead of lines
+    reference, shown = build_on_a_terminal(project(tmp_path, "default", [heavy], "six==1.16.0\n"),
+                                           registry, synthetic_base, "shared/default", env)
+    assert not any(name.endswith("(own layer)") for name in our_layers(client, reference))
+    assert "\x1b[" in shown and "compressing" in shown and "[progress]" not in shown
+
+
+def build_on_a_terminal(codeset: Path, registry, base: str, repository: str,
+                        env: dict[str, str]) -> tuple[str, str]:
+    """`build` with its stderr a terminal (a pty): the reference, and what the terminal got."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow_steps", "build", str(codeset), "--builder", "direct",
+         "--registry", registry.address, "--base-image", base, "--repository", repository],
+        stdout=subprocess.PIPE, stderr=follower, env=env, text=True)
+    os.close(follower)
+    shown, deadline = b"", time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if not select.select([leader], [], [], 1)[0]:
+            continue
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    stdout, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, shown.decode(errors="replace")[-3000:]
+    return stdout.strip(), shown.decode(errors="replace")

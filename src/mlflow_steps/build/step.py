@@ -37,6 +37,7 @@ class BuilderInputs:
     builder: str = "auto"
     compression: str = "gzip"  # of the direct builder's layers
     own_layer_mb: int = 32  # the direct builder: a distribution this large, a layer alone
+    quiet: bool = False  # no progress shown
     force: bool = False
     verbose: bool = False
     compressed_caching: bool = False
@@ -241,7 +242,7 @@ def build_request(target: BuildTarget, plan: ImagePlan, inputs: BuilderInputs,
         cache_repo=inputs.cache_repo, verbose=inputs.verbose,
         source_date_epoch=None if inputs.reproducible is False else SOURCE_DATE_EPOCH,
         plan=plan, pip=target.pip, compression=inputs.compression,
-        own_layer_bytes=inputs.own_layer_mb << 20,
+        own_layer_bytes=inputs.own_layer_mb << 20, quiet=inputs.quiet,
     )
 
 

@@ -111,6 +111,8 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
 @step_input("own_layer_mb", 32, type=click.IntRange(1, 1 << 20),
             help="The direct builder gives each distribution of at least this many MB "
                  "installed a layer of its own, one blob in every image that has it.")
+@click.option("-q", "--quiet", is_flag=True, envvar="MLFLOW_STEPS_QUIET", show_envvar=True,
+              help="No progress display (a terminal) or progress lines (a log).")
 @step_input("force", False, type=bool, help="Rebuild even if the tag exists.")
 @step_input("verbose", False, type=bool, help="Log the hashed spec and build details.")
 @step_input("compressed_caching", False, type=bool, help="Kaniko --compressed-caching.")

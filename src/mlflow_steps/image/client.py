@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -149,11 +150,14 @@ class RegistryClient:
                                          deadline)
 
     def push_blob(self, repository: str, digest: str, path: Path | None,
-                  mount_from: str | None = None, chunk_size: int = UPLOAD_CHUNK) -> str:
+                  mount_from: str | None = None, chunk_size: int = UPLOAD_CHUNK,
+                  progress: Callable[[int], None] | None = None) -> str:
         """Put the blob into ``repository``: a cross-repository mount from ``mount_from`` when
         the registry allows it, else an upload of the file at ``path`` (monolithic, or in
-        chunks of ``chunk_size`` when larger). Returns how ("mounted", "uploaded", "uploaded
-        in chunks", or "not mounted" when there was no file to upload)."""
+        chunks of ``chunk_size`` when larger; ``progress``: called with the bytes each part
+        took up). Returns how ("mounted", "uploaded", "uploaded in chunks", or "not
+        mounted" when there was no file to upload)."""
+        progress = progress or (lambda _: None)
         with self.transport.redacting():
             size = path.stat().st_size if path else 0
             deadline = Deadline(self.transport.budget + size / UPLOAD_FLOOR_BYTES_PER_SECOND)
@@ -188,6 +192,7 @@ class RegistryClient:
                                                 f"{url.split('?')[0]}", deadline)
                         url = urljoin(f"{self.transport.base_url}/", response.headers["Location"])
                         start += len(chunk)
+                        progress(len(chunk))
             else:
                 final = path.read_bytes()
             url += ("&" if "?" in url else "?") + f"digest={digest}"
@@ -197,6 +202,7 @@ class RegistryClient:
             if response.status not in (201, 204):
                 raise self.transport.failure(response, f"blob upload PUT {url.split('?')[0]}",
                                              deadline)
+            progress(len(final))
             return "uploaded" if size <= chunk_size else "uploaded in chunks"
 
     def put_manifest(self, repository: str, reference: str, body: bytes,

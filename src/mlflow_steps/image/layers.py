@@ -19,7 +19,7 @@ import io
 import json
 import stat
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -255,21 +255,25 @@ def entries_key(entries: Iterable[Entry], *context: str) -> str:
 
 
 def write_layer(entries: Iterable[Entry], out: Path, mtime: int,
-                compression: str = "gzip") -> Layer:
+                compression: str = "gzip", progress: Callable[[int], None] | None = None
+                ) -> Layer:
     """Write ``entries`` (sorted by name, all times ``mtime``, owners as given) as a
     compressed layer at ``out`` in one pass: the tar streams into the compressor, never to
-    disk."""
+    disk (``progress``: called with each file's size once it is in)."""
     writer = _LayerWriter(out, compression)
     with _tar_writer(writer.plain) as tar:
         for entry in sorted(entries, key=lambda e: e.name):
             info = _tarinfo(entry, mtime)
             if entry.kind != "file":
                 tar.addfile(info)
-            elif isinstance(entry.data, Path):
+                continue
+            if isinstance(entry.data, Path):
                 with entry.data.open("rb") as data:
                     tar.addfile(info, data)
             else:
                 tar.addfile(info, io.BytesIO(entry.data))
+            if progress:
+                progress(info.size)
     return writer.close()
 
 

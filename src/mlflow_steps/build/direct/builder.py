@@ -24,6 +24,7 @@ from mlflow_steps.build.direct.install import StagedEnv, check_files, compile_by
 from mlflow_steps.build.engines.engine import Backend, BuildRequest
 from mlflow_steps.core.cache import cache_root
 from mlflow_steps.core.interrupt import ThreadPool, private_directory
+from mlflow_steps.core.progress import Phase, Progress
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import LayerCache, entries_key, write_layer
@@ -68,9 +69,11 @@ class DirectBackend(Backend):
         self._log(facts_summary(base), started)
         scratch = cache / "work"  # beside uv's cache, usually: installs hard-link from it
         scratch.mkdir(parents=True, exist_ok=True)
+        progress = Progress(quiet=request.quiet, environ=self.environ)
         with private_directory("direct-", scratch) as work:
-            staged = stage(plan, base, request.pip, self.environ, work,
-                           no_cache=request.no_cache)
+            with progress.phase("staging"):
+                staged = stage(plan, base, request.pip, self.environ, work,
+                               no_cache=request.no_cache)
             self._log(f"environment staged for "
                       f"{base.interpreters[str(plan.install.python)]}", started)
             with ThreadPool(max_workers=os.cpu_count() or 2) as pool:
@@ -90,8 +93,12 @@ class DirectBackend(Backend):
                 decided.append(maker.decide(jobs[-1]))
                 by_size = sorted((i for i, (_, reused) in enumerate(decided) if reused is None),
                                  key=lambda i: -len(jobs[i].plan.entries))
-                done = dict(zip(by_size, pool.map(
-                    lambda i: maker.make(jobs[i], i, decided[i][0]), by_size), strict=True))
+                total = sum(_file_bytes(jobs[i].plan) for i in by_size)
+                with progress.phase("compressing", total) as maker.compressing, \
+                        progress.phase("pushing", 0) as maker.pushing:
+                    done = dict(zip(by_size, pool.map(
+                        lambda i: maker.make(jobs[i], i, decided[i][0]), by_size),
+                        strict=True))
             made = [reused or done[index] for index, (_, reused) in enumerate(decided)]
             self._log(f"{len(made)} layers ({maker.reused} made before: not remade)", started)
             config = image_config(base, plan, [(job.plan.name, diff_id) for job, (_, diff_id)
@@ -106,6 +113,12 @@ class DirectBackend(Backend):
         self._log(f"pushed {destination}", started)
 
 
+def _file_bytes(plan: LayerPlan) -> int:
+    """What a layer's files hold (before its bytecode is compiled)."""
+    return sum(entry.data.stat().st_size if isinstance(entry.data, Path) else len(entry.data)
+               for entry in plan.entries if entry.kind == "file")
+
+
 class _LayerMaker:
     """Makes a layer unless one made from the same files is in the cache and in the registry
     (the destination repository, or another to mount it from): else compile its sources,
@@ -116,6 +129,7 @@ class _LayerMaker:
         self.staged, self.work, self.known = staged, work, known
         self.compression, self.client, self.repository = compression, client, repository
         self.reused = 0
+        self.compressing = self.pushing = Phase("", None)  # set while layers are made
 
     def _reusable(self, cached: dict[str, object]) -> Blob | None:
         descriptor = {k: cached[k] for k in ("mediaType", "digest", "size")}
@@ -149,10 +163,13 @@ class _LayerMaker:
         if job.sources:
             compile_bytecode(self.staged, sorted(job.sources), self.work)
             plan = with_bytecode(self.staged, plan, job.sources)
+            self.compressing.grow(_file_bytes(plan) - _file_bytes(job.plan))  # the pycs
         layer = write_layer(plan.entries, self.work / f"layer-{index}", SOURCE_DATE_EPOCH,
-                            self.compression)
+                            self.compression, self.compressing.advance)
         if not self.client.has_blob(self.repository, layer.digest):  # now, not after all
-            how = self.client.push_blob(self.repository, layer.digest, layer.path)
+            self.pushing.grow(layer.size)
+            how = self.client.push_blob(self.repository, layer.digest, layer.path,
+                                        progress=self.pushing.advance)
             print(f"[push] {layer.digest[:19]}: {how} ({plan.name})", file=sys.stderr,
                   flush=True)
         layer.path.unlink()

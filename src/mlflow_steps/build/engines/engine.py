@@ -121,6 +121,7 @@ class BuildRequest:
     pip: BuildPipConfig | None = field(default=None, compare=False)
     compression: str = "gzip"
     own_layer_bytes: int = 32 << 20  # a distribution this large installed: a layer alone
+    quiet: bool = False  # no progress shown
 
     @property
     def reproducible(self) -> bool:
