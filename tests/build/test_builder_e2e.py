@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from support.helpers import EXAMPLE, MINIMAL_MLPROJECT, run_cli, write_codeset
+from support.helpers import EXAMPLE, run_cli, small_codeset
 from support.image_checks import check_runtime_image, scan_pushed_image
 
 SECRET_TOKEN = "SECRET-TOKEN-" + os.urandom(6).hex()
@@ -29,13 +29,6 @@ def secret_pip_env(tmp_path_factory) -> dict[str, str]:
 
 def copy_example(tmp_path: Path, name: str = "codeset") -> Path:
     return Path(shutil.copytree(EXAMPLE, tmp_path / name))
-
-
-def small_codeset(tmp_path: Path) -> Path:
-    """One small pinned requirement: an image of the tooling and six, a fraction of the
-    example's build (where the example's content is not the point)."""
-    return write_codeset(tmp_path / "small", {"MLproject": MINIMAL_MLPROJECT,
-                                              "requirements.txt": "six==1.16.0\n"})
 
 
 def build(codeset: Path, env: dict[str, str], *args: str, process: bool = False):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import requests
-from support.helpers import EXAMPLE
+from support.helpers import small_codeset
 from support.image_checks import check_runtime_image
 
 from mlflow_steps.build.builder_plan import DIRECT_CACHE_MOUNT, DIRECT_ENV, DIRECT_USER
@@ -18,7 +17,9 @@ MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json,"
 
 def test_builder_image_builds_and_pushes(docker_engine, registry, base_image, builder_image,
                                          tmp_path: Path) -> None:
-    codeset = Path(shutil.copytree(EXAMPLE, tmp_path / "codeset"))
+    """Docker through the engine's socket (a small codeset: the trainer image and the
+    workflows build the example)."""
+    codeset = small_codeset(tmp_path)
     results = tmp_path / "results"
     results.mkdir()
     socket = docker_engine.host.removeprefix("unix://")
@@ -54,8 +55,9 @@ def test_builder_image_builds_unprivileged_without_an_engine(docker_engine, regi
                                                              builder_image,
                                                              tmp_path: Path) -> None:
     """The in-cluster engine-free step as the Tekton export runs it: our image as user 1000,
-    every capability dropped, no privilege escalation, no engine socket."""
-    codeset = Path(shutil.copytree(EXAMPLE, tmp_path / "codeset"))
+    every capability dropped, no privilege escalation, no engine socket (a small codeset:
+    the workflows build, train and serve the example with it)."""
+    codeset = small_codeset(tmp_path)
     results = tmp_path / "results"
     results.mkdir(mode=0o777)
     results.chmod(0o777)
@@ -74,4 +76,4 @@ def test_builder_image_builds_unprivileged_without_an_engine(docker_engine, regi
     assert "[direct] " in run.stderr and "does not apply" not in run.stderr
     reference = (results / "image").read_text()
     assert (results / "digest").read_text().startswith("sha256:")
-    check_runtime_image(docker_engine, reference)
+    check_runtime_image(docker_engine, reference, imports=("six",), locked=("six",))

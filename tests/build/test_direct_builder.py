@@ -1,7 +1,7 @@
 """The engine-free builder (`--builder direct`): real uv installs, real registries; the images
 it makes run on a real engine; where it cannot build safely it falls back with one line.
-(The example built this way, unprivileged and with no engine, passes the runtime check in
-test_builder_image; the local runner's workflows build, train and serve with it.)"""
+(The builder image builds this way, unprivileged and with no engine, in test_builder_image;
+the local runner's workflows build, train and serve the example with it.)"""
 
 from __future__ import annotations
 

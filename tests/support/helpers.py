@@ -39,6 +39,13 @@ def write_codeset(root: Path, files: dict[str, str | bytes]) -> Path:
     return root
 
 
+def small_codeset(directory: Path) -> Path:
+    """One small pinned requirement (six) in ``directory``/small: an image of the tooling and
+    six, a fraction of the example's build, where the example's content is not the point."""
+    return write_codeset(directory / "small", {"MLproject": MINIMAL_MLPROJECT,
+                                               "requirements.txt": "six==1.16.0\n"})
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
             timeout: float = 900, process: bool = False) -> subprocess.CompletedProcess[str]:
     """`mlflow-steps ARGS` through its console entry point, with ``env`` as the whole
