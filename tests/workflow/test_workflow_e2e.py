@@ -133,8 +133,9 @@ def test_train_workflow_builds_then_skips_and_logs_a_loadable_model(
     mlflow.set_tracking_uri(tracking.url)
     model = mlflow.pyfunc.load_model(model_url)
     assert list(model.predict(np.array(IRIS_ROWS))) == [0, 2]
-    [experiment] = [e for e in mlflow.search_experiments() if e.name != "Default"]
-    assert experiment.name == "local.sklearn-logreg"
+    # the run's experiment: <project>.<codeset> (the plan tests log to this server too)
+    logged = mlflow.get_logged_model(re.search(r"/models/(m-[0-9a-f]+)", model_url)[1])
+    assert mlflow.get_experiment(logged.experiment_id).name == "local.sklearn-logreg"
 
     again, outputs_again, record_again, second_seconds = workflow("mlflow-train")
     assert "[builder] skipped build, done in " in again.stderr
