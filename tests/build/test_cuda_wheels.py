@@ -4,10 +4,9 @@ still refuses before a push. Small synthetic wheels stand for torch and the nvid
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from support.helpers import MINIMAL_MLPROJECT, make_wheel, run_cli, write_codeset
+from support.helpers import MINIMAL_MLPROJECT, make_wheel, pushed_image, run_cli, write_codeset
 from support.hostile_registry import HostileRegistry
 from support.synthetic_base import build, elf_needing
 
@@ -75,10 +74,7 @@ def test_cuda_wheels_build_directly_with_what_the_toolkit_reads(
     assert result.returncode == 0, result.stderr[-3000:]
     assert "does not apply" not in result.stderr
     reference = result.stdout.strip()
-    client = RegistryClient(registry.address)
-    repository, tag = reference.split("/", 1)[1].rsplit(":", 1)
-    _, manifest = client.manifest(repository, tag)
-    config = json.loads(client.blob(repository, manifest["config"]["digest"], 1 << 20))
+    *_, config = pushed_image(RegistryClient(registry.address), reference)
     env = config["config"]["Env"]
     assert {"NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
             "NVIDIA_REQUIRE_CUDA=cuda>=13.0"} <= set(env)
@@ -96,10 +92,7 @@ def test_a_plain_image_says_nothing_of_cuda(registry, synthetic_base, no_engine,
     result = build(project, registry, synthetic_base, "cuda/plain",
                    env={**no_engine, "MLFLOW_STEPS_CACHE": warm_cache(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
-    client = RegistryClient(registry.address)
-    repository, tag = result.stdout.strip().split("/", 1)[1].rsplit(":", 1)
-    _, manifest = client.manifest(repository, tag)
-    config = json.loads(client.blob(repository, manifest["config"]["digest"], 1 << 20))
+    *_, config = pushed_image(RegistryClient(registry.address), result.stdout.strip())
     assert not any(e.startswith("NVIDIA_") for e in config["config"]["Env"])
     assert "io.mlflow-steps.cuda" not in config["config"]["Labels"]
 

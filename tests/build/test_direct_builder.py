@@ -20,6 +20,7 @@ from support.helpers import (
     basic,
     docker_config,
     make_wheel,
+    pushed_image,
     run_cli,
     write_codeset,
 )
@@ -114,9 +115,8 @@ def test_direct_build_on_a_synthetic_base_is_deterministic_and_skips(
     assert "does not apply" not in first.stderr
     reference = first.stdout.strip()
     client = RegistryClient(registry.address)
-    repository, tag = reference.split("/", 1)[1].rsplit(":", 1)
-    digest, manifest = client.manifest(repository, tag)
-    config = json.loads(client.blob(repository, manifest["config"]["digest"], 1 << 20))
+    repository, digest, manifest, config = pushed_image(client, reference)
+    tag = reference.rsplit(":", 1)[1]
     assert config["config"]["User"] == "1000" and config["config"]["WorkingDir"] == "/srv/mlflow"
     assert "PATH=/opt/env/bin:/usr/local/bin:/usr/bin:/bin" in config["config"]["Env"]
     assert config["config"]["Labels"]["io.mlflow-steps.env-tag"] == tag
@@ -182,9 +182,7 @@ def test_direct_build_into_authenticated_registries(registry, tls_registry, toke
     assert ": mounted" in result.stderr and "bob-pass" not in result.stderr + result.stdout
     scopes = {tuple(r["scopes"]) for r in tokens.requests}
     assert ("repository:direct/bearer:pull,push", "repository:synthetic/python:pull") in scopes
-    repository, tag = result.stdout.strip().split("/", 1)[1].rsplit(":", 1)
-    _, manifest = client.manifest(repository, tag)
-    config = json.loads(client.blob(repository, manifest["config"]["digest"], 1 << 20))
+    *_, config = pushed_image(client, result.stdout.strip())
     assert [e for e in config["config"]["Env"] if e.startswith("PATH=")] == [
         f"PATH=/opt/env/bin:{DEFAULT_PATH}"]
 

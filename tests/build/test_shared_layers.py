@@ -4,12 +4,11 @@ lowered threshold stands for torch and the nvidia-* ones."""
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
 
-from support.helpers import MINIMAL_MLPROJECT, make_wheel, write_codeset
+from support.helpers import MINIMAL_MLPROJECT, make_wheel, pushed_image, write_codeset
 from support.synthetic_base import build
 
 from mlflow_steps.image.client import RegistryClient
@@ -27,9 +26,7 @@ def project(tmp_path: Path, name: str, wheels: list[Path], also: str) -> Path:
 
 def our_layers(client: RegistryClient, reference: str) -> dict[str, str]:
     """The image's own layers: history name → blob digest."""
-    repository, tag = reference.split("/", 1)[1].rsplit(":", 1)
-    _, manifest = client.manifest(repository, tag)
-    config = json.loads(client.blob(repository, manifest["config"]["digest"], 1 << 20))
+    _, _, manifest, config = pushed_image(client, reference)
     names = [entry["created_by"].removeprefix(DIRECT) for entry in config["history"]
              if entry.get("created_by", "").startswith(DIRECT)]
     ours = manifest["layers"][-len(names):]  # after the base's

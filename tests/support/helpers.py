@@ -194,6 +194,17 @@ def push_tiny_image(base_url: str, repository: str, tag: str, *, auth=None, veri
     return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
 
+def pushed_image(client, reference: str) -> tuple[str, str, dict, dict]:
+    """``reference`` (registry/repository:tag) as pushed, read with ``client`` (a
+    RegistryClient of that registry): repository, manifest digest, manifest, config."""
+    import json
+
+    repository, tag = reference.split("/", 1)[1].rsplit(":", 1)
+    digest, manifest = client.manifest(repository, tag)
+    config = json.loads(client.blob(repository, manifest["config"]["digest"], 1 << 20))
+    return repository, digest, manifest, config
+
+
 def make_wheel(directory: Path, name: str, version: str, files: dict[str, bytes],
                tag: str = "py3-none-any") -> Path:
     """A wheel of ``files`` (with METADATA, WHEEL and RECORD) for platform ``tag``."""

@@ -8,7 +8,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlflow_steps.build.fuseml import DEFAULT_REPOSITORY, FUSEML_PULL_REGISTRY, FUSEML_REGISTRY
+from mlflow_steps.build.fuseml import (
+    DEFAULT_REPOSITORY,
+    FUSEML_PULL_REGISTRY,
+    FUSEML_REGISTRY,
+    OWN_LAYER_MB,
+)
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.terminal import shown
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH, env_tag, template_version
@@ -36,7 +41,7 @@ class BuilderInputs:
     repository: str = DEFAULT_REPOSITORY
     builder: str = "auto"
     compression: str = "gzip"  # of the direct builder's layers
-    own_layer_mb: int = 32  # the direct builder: a distribution this large, a layer alone
+    own_layer_mb: int = OWN_LAYER_MB  # the direct builder: a distribution this large, alone
     quiet: bool = False  # no progress shown
     force: bool = False
     verbose: bool = False

@@ -13,7 +13,7 @@ import click
 from mlflow_steps.build import builder_plan
 from mlflow_steps.build.builder_plan import DEFAULT_EXECUTOR, EXECUTORS, PLAN_MOUNT
 from mlflow_steps.build.engines import BUILDER_CHOICES, COMPRESSIONS
-from mlflow_steps.build.fuseml import DEFAULT_REPOSITORY
+from mlflow_steps.build.fuseml import DEFAULT_REPOSITORY, OWN_LAYER_MB
 from mlflow_steps.build.step import BuilderInputs, resolve_spec, run_builder
 from mlflow_steps.cli.inputs import codeset_argument, hosts, step_input, write_results
 from mlflow_steps.core.errors import StepError
@@ -108,7 +108,7 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
 @step_input("compression", "gzip", type=click.Choice(COMPRESSIONS),
             help="Layer compression of the direct builder (zstd: OCI media types, smaller "
                  "and faster; pullers need zstd support, e.g. Docker 23+).")
-@step_input("own_layer_mb", 32, type=click.IntRange(1, 1 << 20),
+@step_input("own_layer_mb", OWN_LAYER_MB, type=click.IntRange(1, 1 << 20),
             help="The direct builder gives each distribution of at least this many MB "
                  "installed a layer of its own, one blob in every image that has it.")
 @click.option("-q", "--quiet", is_flag=True, envvar="MLFLOW_STEPS_QUIET", show_envvar=True,

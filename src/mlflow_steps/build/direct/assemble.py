@@ -23,6 +23,7 @@ from mlflow_steps.build.direct import NotApplicable
 from mlflow_steps.build.direct.base_image import BaseFacts
 from mlflow_steps.build.direct.cuda import CUDA_LABEL, runtime_environment
 from mlflow_steps.build.direct.install import StagedEnv, write_record
+from mlflow_steps.build.fuseml import OWN_LAYER_MB
 from mlflow_steps.build.image_plan import ImagePlan, RuntimeUser
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
 from mlflow_steps.image.layers import Entry, layer_mode
@@ -31,8 +32,7 @@ from mlflow_steps.image.push import rfc3339
 # The other distributions spread over this many layers: a one-line change remakes one of
 # them, not all (layers in all: at most len(own_layers) + BUCKETS + 4)
 BUCKETS = 4
-# A distribution this large installed gets a layer of its own (torch, nvidia-*, triton, ...)
-OWN_LAYER_BYTES = 32 << 20
+OWN_LAYER_BYTES = OWN_LAYER_MB << 20
 TOOLING_DIST = "mlflow-steps"
 _VARIABLE = re.compile(r"\$(?:\{(\w+)(?::-([^}]*))?\}|(\w+))")  # what ENV values expand
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow_steps.build.fuseml import OWN_LAYER_MB
 from mlflow_steps.build.image_plan import ImagePlan
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.errors import StepError
@@ -120,7 +121,7 @@ class BuildRequest:
     plan: ImagePlan | None = field(default=None, compare=False)
     pip: BuildPipConfig | None = field(default=None, compare=False)
     compression: str = "gzip"
-    own_layer_bytes: int = 32 << 20  # a distribution this large installed: a layer alone
+    own_layer_bytes: int = OWN_LAYER_MB << 20  # a distribution this large: a layer alone
     quiet: bool = False  # no progress shown
 
     @property
