@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 INTERVAL_ENV = "MLFLOW_STEPS_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 10.0
+LINE_PREFIX = "[progress] "  # of each line in a log
 
 
 def human_bytes(count: float) -> str:
@@ -73,9 +74,8 @@ class Progress:
     """Phases of one command's long work, shown as the stream allows."""
 
     def __init__(self, stream: TextIO | None = None, quiet: bool = False,
-                 environ: dict[str, str] | None = None, prefix: str = "[progress] ") -> None:
+                 environ: dict[str, str] | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.prefix = prefix
         environ = os.environ if environ is None else environ
         try:
             self.interval = float(environ.get(INTERVAL_ENV) or DEFAULT_INTERVAL)
@@ -112,7 +112,7 @@ class Progress:
 
     def _print(self, text: str) -> None:
         with self._lock:
-            print(self.prefix + text, file=self.stream, flush=True)
+            print(LINE_PREFIX + text, file=self.stream, flush=True)
 
     @contextlib.contextmanager
     def _live_task(self, phase: Phase) -> Iterator[None]:

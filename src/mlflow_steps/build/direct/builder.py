@@ -94,11 +94,11 @@ class DirectBackend(Backend):
                 by_size = sorted((i for i, (_, reused) in enumerate(decided) if reused is None),
                                  key=lambda i: -len(jobs[i].plan.entries))
                 total = sum(_file_bytes(jobs[i].plan) for i in by_size)
-                with progress.phase("compressing", total) as maker.compressing, \
-                        progress.phase("pushing", 0) as maker.pushing:
+                with progress.phase("compressing", total) as compressing, \
+                        progress.phase("pushing", 0) as pushing:
                     done = dict(zip(by_size, pool.map(
-                        lambda i: maker.make(jobs[i], i, decided[i][0]), by_size),
-                        strict=True))
+                        lambda i: maker.make(jobs[i], i, decided[i][0], compressing, pushing),
+                        by_size), strict=True))
             made = [reused or done[index] for index, (_, reused) in enumerate(decided)]
             self._log(f"{len(made)} layers ({maker.reused} made before: not remade)", started)
             config = image_config(base, plan, [(job.plan.name, diff_id) for job, (_, diff_id)
@@ -129,7 +129,6 @@ class _LayerMaker:
         self.staged, self.work, self.known = staged, work, known
         self.compression, self.client, self.repository = compression, client, repository
         self.reused = 0
-        self.compressing = self.pushing = Phase("", None)  # set while layers are made
 
     def _reusable(self, cached: dict[str, object]) -> Blob | None:
         descriptor = {k: cached[k] for k in ("mediaType", "digest", "size")}
@@ -157,19 +156,21 @@ class _LayerMaker:
                                       if e.kind != "dir"])
         return key, None
 
-    def make(self, job: LayerJob, index: int, key: str) -> tuple[Blob, str]:
-        """The layer of a ``decide``d job (``key``: its cache key), made and pushed."""
+    def make(self, job: LayerJob, index: int, key: str, compressing: Phase,
+             pushing: Phase) -> tuple[Blob, str]:
+        """The layer of a ``decide``d job (``key``: its cache key), made and pushed, its
+        bytes counted in ``compressing`` and ``pushing``."""
         plan = job.plan
         if job.sources:
             compile_bytecode(self.staged, sorted(job.sources), self.work)
             plan = with_bytecode(self.staged, plan, job.sources)
-            self.compressing.grow(_file_bytes(plan) - _file_bytes(job.plan))  # the pycs
+            compressing.grow(_file_bytes(plan) - _file_bytes(job.plan))  # the pycs
         layer = write_layer(plan.entries, self.work / f"layer-{index}", SOURCE_DATE_EPOCH,
-                            self.compression, self.compressing.advance)
+                            self.compression, compressing.advance)
         if not self.client.has_blob(self.repository, layer.digest):  # now, not after all
-            self.pushing.grow(layer.size)
+            pushing.grow(layer.size)
             how = self.client.push_blob(self.repository, layer.digest, layer.path,
-                                        progress=self.pushing.advance)
+                                        progress=pushing.advance)
             print(f"[push] {layer.digest[:19]}: {how} ({plan.name})", file=sys.stderr,
                   flush=True)
         layer.path.unlink()
