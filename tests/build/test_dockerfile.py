@@ -78,9 +78,40 @@ def test_pip_environment_is_layered_by_package(codeset) -> None:
     layers = re.findall(r"COPY --from=resolve /layers/(\w+)\.txt", runtime)
     assert layers == [str(i) for i in range(1, len(OWN_LAYERS) + 1)] + ["rest"]
     resolve = dockerfile[:dockerfile.index("\nFROM python:3.11-slim\n")]
-    assert "> /layers/1.txt" in resolve and "grep -v -i -E '^(numpy|scipy|" in resolve
+    assert "> /layers/1.txt" in resolve and "grep -v -i -E '^(nvidia[-_.]cudnn[^=]*|" in resolve
     before_rest = runtime[:runtime.index("/layers/rest.txt")]
     assert "source=env," not in before_rest and "COPY env/" not in before_rest
+
+
+def test_resolved_pins_split_into_package_groups(codeset, tmp_path: Path) -> None:
+    """The resolve stage's split, run by sh on pins as uv writes them: the CUDA wheels and
+    triton each in the group the direct builder gives them (cusparselt not taken by the
+    cusparse glob, the small nvidia-* together), each pin in exactly one file."""
+    dockerfile = render_dockerfile(plan_for(codeset, {"requirements.txt": "torch\n"}))
+    resolve = dockerfile[:dockerfile.index("\nFROM python:3.11-slim\n")]
+    split = resolve[resolve.index("mkdir /layers"):].strip().split(" \\\n && ")
+    pins = {"nvidia-cudnn-cu13": "9.24.0.43", "nvidia-cusparselt-cu13": "0.8.1",
+            "nvidia-cusparse": "12.6.3.3", "nvidia-cublas-cu12": "12.8.4.1",
+            "nvidia-curand": "10.4.0.35", "nvidia-nvtx": "13.0.85", "triton": "3.6.0",
+            "torch": "2.14.1", "numpy": "2.4.1", "boto3": "1.40.0", "tabulate": "0.9.0"}
+    (tmp_path / "lock.txt").write_text("".join(f"{n}=={v}\n" for n, v in pins.items()))
+    script = " && ".join(split).replace("/tmp/lock.txt", str(tmp_path / "lock.txt")) \
+        .replace("/layers", str(tmp_path / "layers"))
+    subprocess.run(["sh", "-ec", script], check=True)
+    picked = {f.stem: f.read_text().split() for f in (tmp_path / "layers").iterdir()}
+    install = plan_for(codeset, {"requirements.txt": "torch\n"}).install
+    expected: dict[str, list[str]] = {}
+    for name, version in pins.items():
+        group = install.own_layer_of(name)
+        expected.setdefault("rest" if group is None else str(group + 1), []).append(
+            f"{name}=={version}")
+    assert {stem: names for stem, names in picked.items() if names} == expected
+    groups = {" ".join(OWN_LAYERS[int(stem) - 1]) if stem != "rest" else stem: names
+              for stem, names in expected.items()}
+    assert groups["nvidia-cusparselt*"] == ["nvidia-cusparselt-cu13==0.8.1"]
+    assert groups["nvidia-cusparse*"] == ["nvidia-cusparse==12.6.3.3"]
+    assert groups["nvidia-*"] == ["nvidia-curand==10.4.0.35", "nvidia-nvtx==13.0.85"]
+    assert groups["rest"] == ["tabulate==0.9.0"]
 
 
 def test_install_layer_script(codeset, tmp_path: Path) -> None:

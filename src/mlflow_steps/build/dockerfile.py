@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -72,7 +73,7 @@ def render_dockerfile(plan: ImagePlan,
         pip_prefix=delivery.prefix(),
         uv_config=UV_CONFIG_TARGET,
         tooling_wheel=plan.tooling_wheel,
-        layers=install.own_layers,
+        layers=layer_selectors(install.own_layers),
         has_build_requirements=bool(install.build_requirements),
         has_locked_pip=bool(install.locked_pip),
         build_env=plan.build_env,
@@ -80,6 +81,22 @@ def render_dockerfile(plan: ImagePlan,
         labels=plan.labels,
         command=json.dumps(list(plan.command)),
     )
+
+
+def layer_selectors(own_layers: tuple[tuple[str, ...], ...]) -> list[dict[str, str]]:
+    """Per package group, the extended regular expressions (``grep -E -i``) of the names it
+    picks from the resolved pins, and of those an earlier group took (a name goes to the
+    first group that matches it, as in the direct builder)."""
+    patterns = ["|".join(_name_regex(pattern) for pattern in group) for group in own_layers]
+    return [{"pick": pick, "earlier": "|".join(patterns[:index])}
+            for index, pick in enumerate(patterns)]
+
+
+def _name_regex(pattern: str) -> str:
+    """A glob over normalised distribution names as a regular expression over pinned names
+    (``-``, ``_`` and ``.`` alike, as the normalisation makes them)."""
+    return "".join("[^=]*" if char == "*" else "[-_.]" if char in "-_." else re.escape(char)
+                   for char in pattern)
 
 
 def write_context(plan: ImagePlan, out_dir: Path,

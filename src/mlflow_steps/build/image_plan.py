@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import yaml
+from packaging.utils import canonicalize_name
 
 from mlflow_steps import __version__
 from mlflow_steps.env.hashing import PACKAGE_DIR, env_tag, spec_digest, tooling_files
@@ -54,10 +56,20 @@ TOOLING_REQUIREMENTS = (
 )
 TOOLING_WHEEL = f"mlflow_steps-{__version__}-py3-none-any.whl"
 WHEEL_DATE = (1980, 1, 1, 0, 0, 0)  # zip's earliest: the wheel's bytes depend on content only
-# Packages installed as layers of their own (in this order, before the rest) when the
-# environment has them: large, and rarely what a one-line requirements change touches.
-OWN_LAYERS = (("numpy",), ("scipy",), ("pandas",), ("scikit-learn",), ("pyarrow",),
-              ("torch",), ("botocore", "boto3", "s3transfer"), ("mlflow", "mlflow-skinny"))
+# The CUDA runtime's wheels (what PyTorch, JAX and RAPIDS pull in from PyPI, hundreds of MB
+# each): the large ones by name (`nvidia-cublas`, `nvidia-cublas-cu12`...; cusparselt before
+# cusparse, a package goes to the first group it matches), then the small rest together.
+CUDA_LAYERS = tuple((f"nvidia-{library}*",) for library in (
+    "cudnn", "cublas", "nccl", "cusparselt", "cusparse", "cufft", "cusolver", "nvshmem",
+)) + (("nvidia-*",),)
+# Packages installed as layers of their own (in this order, the most stable first, before
+# the rest) when the environment has them: large, and rarely what a one-line requirements
+# change touches. Names, or glob patterns over normalised names; a package goes to the first
+# group that matches it. The Dockerfile installs each group in a RUN of its own; the direct
+# builder makes each a layer, and any other distribution past --own-layer-mb too.
+OWN_LAYERS = (*CUDA_LAYERS, ("triton",), ("torch",), ("numpy",), ("scipy",), ("pandas",),
+              ("scikit-learn",), ("pyarrow",), ("botocore", "boto3", "s3transfer"),
+              ("mlflow", "mlflow-skinny"))
 # Set from the first step of every runtime image on.
 BUILD_ENV = {"PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
              "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
@@ -86,6 +98,12 @@ class EnvironmentInstall:
     locked_conda: tuple[Mapping[str, str], ...] = ()
     locked_pip: tuple[Mapping[str, str], ...] = ()
     own_layers: tuple[tuple[str, ...], ...] = OWN_LAYERS
+
+    def own_layer_of(self, name: str) -> int | None:
+        """The index of the first ``own_layers`` group matching distribution ``name``."""
+        name = canonicalize_name(name)
+        return next((index for index, group in enumerate(self.own_layers)
+                     if any(fnmatch.fnmatchcase(name, pattern) for pattern in group)), None)
 
     def requirements_text(self, env_dir: str) -> str:
         """requirements.txt, naming the constraints and local files where ``env_dir`` is."""

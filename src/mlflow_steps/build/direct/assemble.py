@@ -19,6 +19,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from mlflow_steps.build.direct import NotApplicable
 from mlflow_steps.build.direct.base_image import BaseFacts
 from mlflow_steps.build.direct.cuda import CUDA_LABEL, runtime_environment
@@ -43,10 +45,6 @@ class LayerPlan:
 
     name: str
     entries: tuple[Entry, ...]
-
-
-def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _tree_entry(root: Path, path: Path) -> Entry:
@@ -78,7 +76,7 @@ def _owners(site: Path) -> dict[Path, str]:
     """Installed file → its distribution (normalised name), from the RECORD files."""
     owners: dict[Path, str] = {}
     for record in site.glob("*.dist-info/RECORD"):
-        dist = _normalise(record.parent.name.split("-")[0])
+        dist = canonicalize_name(record.parent.name.split("-")[0])
         for line in record.read_text().splitlines():
             relative = line.rsplit(",", 2)[0]
             if relative:
@@ -109,7 +107,6 @@ def environment_groups(staged: StagedEnv, own_layer_bytes: int = OWN_LAYER_BYTES
     plan = staged.plan
     own_layers = plan.install.own_layers
     owners = _owners(staged.site_packages)
-    group_of = {name: index for index, group in enumerate(own_layers) for name in group}
     groups: dict[str, set[Path]] = defaultdict(set)
     by_dist: dict[str, set[Path]] = defaultdict(set)
     for directory, subdirectories, files in os.walk(staged.prefix):
@@ -120,8 +117,8 @@ def environment_groups(staged: StagedEnv, own_layer_bytes: int = OWN_LAYER_BYTES
             dist = _owner(path, owners)
             if dist == TOOLING_DIST:
                 groups["tooling"].add(path)
-            elif dist in group_of:
-                groups[" ".join(own_layers[group_of[dist]])].add(path)
+            elif dist and (group := plan.install.own_layer_of(dist)) is not None:
+                groups[" ".join(own_layers[group])].add(path)
             elif dist:
                 by_dist[dist].add(path)
             else:  # the venv itself: pyvenv.cfg, bin/python, activate scripts
