@@ -389,8 +389,17 @@ def test_a_step_asking_for_gpus_limits_nvidia_gpu(tmp_path: Path) -> None:
              if name.startswith("task-") for doc in docs}
     [trainer] = tasks["wf-gpu-trainer"]["spec"]["steps"]
     assert trainer["computeResources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    # unset, the device plugin's toolkit mounts no libcuda (its default set is `utility`)
+    assert {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"} in trainer["env"]
     [other] = tasks["wf-gpu-prepare"]["spec"]["steps"]
     assert "computeResources" not in other
+    assert all(variable["name"] != "NVIDIA_DRIVER_CAPABILITIES" for variable in other["env"])
+    own = tmp_path / "own.yaml"  # a workflow that sets the capabilities keeps its own
+    own.write_text(GPU_WORKFLOW + "    env:\n      - name: NVIDIA_DRIVER_CAPABILITIES\n"
+                                  "        value: all\n")
+    [step] = [s for s in load_workflow(own).steps if s.gpus]
+    assert [(v.name, v.value.literal) for v in step.env] == [("NVIDIA_DRIVER_CAPABILITIES",
+                                                              "all")]
     for name, task in tasks.items():
         check_task_spec(task["spec"], name)
         check_pod(task["spec"]["steps"], name)

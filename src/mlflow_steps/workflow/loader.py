@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from mlflow_steps.build.direct.cuda import CAPABILITIES_VARIABLE, DRIVER_CAPABILITIES
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.yaml_file import compose_documents, read_yaml_documents
 from mlflow_steps.workflow.expressions import (
@@ -175,8 +176,13 @@ def _step(node: Node, name: str, scope: _Scope) -> Step:
     params, codeset = _step_inputs(values.get("inputs"), scope, name, declared)
     outputs = _step_outputs(values.get("outputs"))
     env = _env(values.get("env"), scope, name, declared)
-    return Step(name, image, params, codeset, outputs, env, selectors, node.where,
-                _gpus(values.get("resources")))
+    gpus = _gpus(values.get("resources"))
+    if gpus and CAPABILITIES_VARIABLE not in {variable.name for variable in env}:
+        # unset, the NVIDIA toolkit mounts only its `utility` set (no libcuda) under
+        # Kubernetes' device plugin and Docker's --gpus alike; an image the direct builder
+        # made says so itself, an engine-built one cannot
+        env += (EnvVar(CAPABILITIES_VARIABLE, Template((DRIVER_CAPABILITIES,)), node.where),)
+    return Step(name, image, params, codeset, outputs, env, selectors, node.where, gpus)
 
 
 def _gpus(node: Node | None) -> int:

@@ -19,6 +19,7 @@ HOST_DRIVER_LIBRARIES = (
     "libnvidia-nvvm.so", "libnvidia-tileiras.so",  # compute
 )
 DRIVER_CAPABILITIES = "compute,utility"
+CAPABILITIES_VARIABLE = "NVIDIA_DRIVER_CAPABILITIES"  # unset: the toolkit mounts `utility` only
 CUDA_LABEL = "io.mlflow-steps.cuda"  # the CUDA version the environment's wheels carry
 # The CUDA runtime's wheel: nvidia-cuda-runtime (CUDA 13 on) or nvidia-cuda-runtime-cuNN.
 _RUNTIME = re.compile(r"nvidia-cuda-runtime(?:-cu\d+)?")
@@ -43,5 +44,5 @@ def runtime_environment(version: str) -> dict[str, str]:
     """What the NVIDIA container toolkit reads from an image whose wheels carry CUDA
     ``version``: every GPU the runtime is given, its compute and management libraries, and
     a driver new enough for that CUDA."""
-    return {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": DRIVER_CAPABILITIES,
+    return {"NVIDIA_VISIBLE_DEVICES": "all", CAPABILITIES_VARIABLE: DRIVER_CAPABILITIES,
             "NVIDIA_REQUIRE_CUDA": f"cuda>={version}"}
