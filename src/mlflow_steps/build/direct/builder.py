@@ -91,9 +91,12 @@ class DirectBackend(Backend):
                 decided = list(pool.map(maker.decide, jobs))
                 jobs.append(LayerJob(record.result()))
                 decided.append(maker.decide(jobs[-1]))
-                by_size = sorted((i for i, (_, reused) in enumerate(decided) if reused is None),
-                                 key=lambda i: -len(jobs[i].plan.entries))
-                total = sum(_file_bytes(jobs[i].plan) for i in by_size)
+                # the largest first (by bytes: a CUDA library's layer is a few huge files),
+                # so no large layer starts last while the other workers sit idle
+                sizes = {i: _file_bytes(jobs[i].plan)
+                         for i, (_, reused) in enumerate(decided) if reused is None}
+                by_size = sorted(sizes, key=lambda i: -sizes[i])
+                total = sum(sizes.values())
                 with progress.phase("compressing", total) as compressing, \
                         progress.phase("pushing", 0) as pushing:
                     done = dict(zip(by_size, pool.map(
