@@ -59,9 +59,9 @@ WHEEL_DATE = (1980, 1, 1, 0, 0, 0)  # zip's earliest: the wheel's bytes depend o
 # The CUDA runtime's wheels (what PyTorch, JAX and RAPIDS pull in from PyPI, hundreds of MB
 # each): the large ones by name (`nvidia-cublas`, `nvidia-cublas-cu12`...; cusparselt before
 # cusparse, a package goes to the first group it matches), then the small rest together.
-CUDA_LAYERS = tuple((f"nvidia-{library}*",) for library in (
-    "cudnn", "cublas", "nccl", "cusparselt", "cusparse", "cufft", "cusolver", "nvshmem",
-)) + (("nvidia-*",),)
+CUDA_LAYERS = (*((f"nvidia-{library}*",) for library in (
+    "cudnn", "cublas", "nccl", "cusparselt", "cusparse", "cufft", "cusolver", "nvshmem")),
+    ("nvidia-*",))
 # Packages installed as layers of their own (in this order, the most stable first, before
 # the rest) when the environment has them: large, and rarely what a one-line requirements
 # change touches. Names, or glob patterns over normalised names; a package goes to the first
