@@ -19,19 +19,24 @@ PLATFORM = "py3-none-manylinux_2_17_x86_64"
 def cuda_codeset(tmp_path: Path, runtime: str | None = "13.0.96",
                  also_needs: str | None = None) -> Path:
     """A codeset of local wheels: a torch-like one whose libraries need the driver's
-    libcuda.so.1 and libnvidia-ml.so.1 (``also_needs``: one more library), and (``runtime``)
-    the CUDA runtime's wheel at that version."""
+    libcuda.so.1 and libnvidia-ml.so.1 (``also_needs``: one more library, needed by a
+    versioned library an extension links to), and (``runtime``) the CUDA runtime's wheel at
+    that version, with a plugin as NVSHMEM's transports are (loaded with dlopen, on demand:
+    nothing links to it) needing a library no image has."""
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     files = {"mls_gpu_probe/__init__.py": b"",
              "mls_gpu_probe/_C.so": elf_needing("libcuda.so.1"),
              "mls_gpu_probe/_nvml.so": elf_needing("libnvidia-ml.so.1")}
     if also_needs:
-        files["mls_gpu_probe/_other.so"] = elf_needing(also_needs)
+        files["mls_gpu_probe/_other.so"] = elf_needing("libmls_helper.so.2")
+        files["mls_gpu_probe/lib/libmls_helper.so.2"] = elf_needing(also_needs)
     made = [make_wheel(wheels, "mls_gpu_probe", "1.0", files, PLATFORM)]
     if runtime:
         made.append(make_wheel(wheels, "nvidia_cuda_runtime", runtime, {
-            "nvidia/cu13/lib/libcudart.so.13": elf_needing("libc.so.6")}, PLATFORM))
+            "nvidia/cu13/lib/libcudart.so.13": elf_needing("libc.so.6"),
+            "nvidia/cu13/lib/mls_transport_fabric.so.3": elf_needing("libfabric.so.1")},
+            PLATFORM))
     return write_codeset(tmp_path / "codeset", {
         "MLproject": MINIMAL_MLPROJECT,
         **{f"wheels/{wheel.name}": wheel.read_bytes() for wheel in made},
@@ -73,6 +78,8 @@ def test_cuda_wheels_build_directly_with_what_the_toolkit_reads(
                    env={**no_engine, "MLFLOW_STEPS_CACHE": warm_cache(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "does not apply" not in result.stderr
+    assert "plugins loaded only on demand lack, in the image: libfabric.so.1 (for lib/" \
+           "python3.11/site-packages/nvidia/cu13/lib/mls_transport_fabric.so.3)" in result.stderr
     reference = result.stdout.strip()
     *_, config = pushed_image(RegistryClient(registry.address), reference)
     env = config["config"]["Env"]
@@ -126,6 +133,7 @@ def test_with_cuda_wheels_another_missing_library_still_refuses(
         registry, synthetic_base, no_engine, tmp_path: Path) -> None:
     line = _refused(tmp_path, registry, synthetic_base, no_engine,
                     cuda_codeset(tmp_path, also_needs="libGL.so.1"))
+    # a versioned library is checked when an extension links to it, not taken for a plugin
     assert "provides: libGL.so.1 (needed by lib/python3.11/site-packages/mls_gpu_probe/" \
-           "_other.so)" in line
-    assert "libcuda" not in line and "libnvidia-ml" not in line
+           "lib/libmls_helper.so.2)" in line
+    assert "libcuda" not in line and "libnvidia-ml" not in line and "libfabric" not in line

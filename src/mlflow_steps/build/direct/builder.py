@@ -25,6 +25,7 @@ from mlflow_steps.build.engines.engine import Backend, BuildRequest
 from mlflow_steps.core.cache import cache_root
 from mlflow_steps.core.interrupt import ThreadPool, private_directory
 from mlflow_steps.core.progress import Phase, Progress
+from mlflow_steps.core.terminal import escape
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import LayerCache, entries_key, write_layer
@@ -91,6 +92,12 @@ class DirectBackend(Backend):
                 decided = list(pool.map(maker.decide, jobs))
                 jobs.append(LayerJob(record.result()))
                 decided.append(maker.decide(jobs[-1]))
+                if maker.on_demand_unmet:
+                    self._log("plugins loaded only on demand lack, in the image: " + "; ".join(
+                        f"{escape(library)} (for {escape(plugin)})"
+                        for library, plugin in sorted(maker.on_demand_unmet.items())[:5])
+                        + (f" and {len(maker.on_demand_unmet) - 5} more"
+                           if len(maker.on_demand_unmet) > 5 else ""), started)
                 # the largest first (by bytes: a CUDA library's layer is a few huge files),
                 # so no large layer starts last while the other workers sit idle
                 sizes = {i: _file_bytes(jobs[i].plan)
@@ -132,6 +139,7 @@ class _LayerMaker:
         self.staged, self.work, self.known = staged, work, known
         self.compression, self.client, self.repository = compression, client, repository
         self.reused = 0
+        self.on_demand_unmet: dict[str, str] = {}  # library -> the plugin needing it
 
     def _reusable(self, cached: dict[str, object]) -> Blob | None:
         descriptor = {k: cached[k] for k in ("mediaType", "digest", "size")}
@@ -155,8 +163,9 @@ class _LayerMaker:
             self.reused += 1
             return key, (reused, str(cached["diff_id"]))
         if job.checked:
-            check_files(self.staged, [self.staged.root / e.name for e in job.plan.entries
-                                      if e.kind != "dir"])
+            self.on_demand_unmet.update(check_files(
+                self.staged, [self.staged.root / e.name for e in job.plan.entries
+                              if e.kind != "dir"]))
         return key, None
 
     def make(self, job: LayerJob, index: int, key: str, compressing: Phase,

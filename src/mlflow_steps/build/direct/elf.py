@@ -3,6 +3,8 @@ what the environment itself bundles and the base's library directories."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
@@ -27,15 +29,47 @@ def needed_libraries(path: Path) -> list[str]:
             return []
 
 
-def missing_libraries(prefix: Path, paths: list[Path], available: frozenset[str]
-                      ) -> dict[str, str]:
-    """Needed library → the first of ``paths`` (named relative to ``prefix``) that needs it,
-    for the libraries not ``available`` (file names in the environment and the base)."""
-    missing: dict[str, str] = {}
-    for path in sorted(paths):
-        if (".so" not in path.name and path.parent.name != "bin") or path.is_symlink():
-            continue
-        for name in needed_libraries(path):
-            if name not in available:
-                missing.setdefault(name, str(path.relative_to(prefix)))
-    return missing
+@dataclass(frozen=True)
+class Libraries:
+    """The environment's ELF files: each shared object (``.so`` in its name) and ``bin/``
+    program → its ``DT_NEEDED`` names; and of them, those loaded only on demand."""
+
+    needs: dict[Path, tuple[str, ...]]
+    on_demand: frozenset[Path]
+
+    def unmet(self, paths: list[Path], available: frozenset[str], prefix: Path
+              ) -> tuple[dict[str, str], dict[str, str]]:
+        """Of ``paths``' needs not ``available`` (file names in the environment and the
+        base): (needed library → the first file needing it, relative to ``prefix``), for
+        files always loaded, then for files loaded on demand only."""
+        missing: dict[str, str] = {}
+        optional: dict[str, str] = {}
+        for path in sorted(paths):
+            unmet = [name for name in self.needs.get(path, ()) if name not in available]
+            for name in unmet:
+                (optional if path in self.on_demand else missing).setdefault(
+                    name, str(path.relative_to(prefix)))
+        return missing, optional
+
+
+def environment_libraries(prefix: Path) -> Libraries:
+    """The ELF files under ``prefix``, read once. Loaded on demand only: a shared object
+    Python cannot import (a versioned name such as ``nvshmem_transport_libfabric.so.3``)
+    that no ELF of the environment names, by itself or by a link to it: a plugin a library
+    opens with dlopen when asked for (NVSHMEM's network transports), whose own needs matter
+    only then."""
+    needs: dict[Path, tuple[str, ...]] = {}
+    links: list[Path] = []
+    for directory, _, files in os.walk(prefix):
+        for name in files:
+            path = Path(directory, name)
+            if path.is_symlink():
+                if ".so" in name:
+                    links.append(path)
+            elif ".so" in name or path.parent.name == "bin":
+                needs[path] = tuple(needed_libraries(path))
+    linked = {name for names in needs.values() for name in names}
+    reached = {os.path.realpath(path) for path in [*needs, *links] if path.name in linked}
+    return Libraries(needs, frozenset(
+        path for path in needs if not path.name.endswith(".so")
+        and path.parent.name != "bin" and os.path.realpath(path) not in reached))

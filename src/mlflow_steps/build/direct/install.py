@@ -22,7 +22,7 @@ from pathlib import Path
 from mlflow_steps.build.direct import NotApplicable
 from mlflow_steps.build.direct.base_image import BaseFacts
 from mlflow_steps.build.direct.cuda import cuda_version, host_provided
-from mlflow_steps.build.direct.elf import missing_libraries
+from mlflow_steps.build.direct.elf import Libraries, environment_libraries
 from mlflow_steps.build.direct.installed import (
     distributions,
     image_markers,
@@ -69,6 +69,7 @@ class StagedEnv:
     work: Path  # the staging directory: HOME and cwd of the interpreters run here
     overrides: dict[str, Entry]  # image path (no leading /) -> what the image has there
     bundled: frozenset[str]  # every file name in the environment
+    libraries: Libraries  # its ELF files' needs
     base_libraries: frozenset[str]
     staging_paths: tuple[str, ...]  # no file may name these
     cuda: str | None = None  # the CUDA version the wheels carry: the host mounts its driver
@@ -210,26 +211,30 @@ def stage(plan: ImagePlan, base: BaseFacts, pip: BuildPipConfig, environ: dict[s
     bundled = frozenset(name for _, directories, files in os.walk(prefix)
                         for name in (*directories, *files))
     return StagedEnv(plan, root, prefix, site, python, build, stager, inputs, frozen, work,
-                     _image_interpreter(root, prefix, stager), bundled, base.libraries,
+                     _image_interpreter(root, prefix, stager), bundled,
+                     environment_libraries(prefix), base.libraries,
                      (str(work),), cuda_version(installed))
 
 
-def check_files(staged: StagedEnv, paths: list[Path]) -> None:
+def check_files(staged: StagedEnv, paths: list[Path]) -> dict[str, str]:
     """NotApplicable when one of ``paths`` still names a staging path, or needs a shared
     library that neither the environment nor the base provides (run per layer, in
     parallel). With CUDA wheels, the driver's libraries count as provided: the NVIDIA
-    container toolkit mounts them from the host."""
+    container toolkit mounts them from the host. Returned: what plugins loaded only on
+    demand need and the image lacks (library → the plugin)."""
     problem = leaked_paths(staged.root, paths, staged.staging_paths)
     if problem:
         raise NotApplicable(problem)
-    missing = {library: user for library, user in missing_libraries(
-        staged.prefix, paths, staged.bundled | staged.base_libraries).items()
-        if not (staged.cuda and host_provided(library))}
+    missing, optional = staged.libraries.unmet(
+        paths, staged.bundled | staged.base_libraries, staged.prefix)
+    missing = {library: user for library, user in missing.items()
+               if not (staged.cuda and host_provided(library))}
     if missing:
         shown = "; ".join(f"{lib} (needed by {user})"
                           for lib, user in sorted(missing.items())[:3])
         raise NotApplicable(f"shared libraries neither the environment nor the base "
                             f"provides: {shown}")
+    return optional
 
 
 def _drop_install_times(site: Path) -> None:
