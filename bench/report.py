@@ -33,7 +33,11 @@ BENCHES = {
     "hash": ("Hashing a codeset with large data files", "bench/hash_bench.py"),
     "runtime": ("Runtime step against plain `mlflow run`", "bench/runtime_bench.py"),
     "server": ("The tracking server's token gate", "bench/server_bench.py"),
+    "gpu-env": ("PyTorch with its CUDA wheels: the direct builder against Dockerfiles",
+                "bench/gpu_env_bench.py"),
 }
+# run by hand, not by `make bench`: a mode of one bench, an hour-long one
+BY_HAND = frozenset({"builder-skip", "gpu-env"})
 HEADER = """\
 # Performance
 
@@ -110,8 +114,7 @@ def section(name: str, result: dict | None, chart: bool) -> list[str]:
     lines = [f"## {heading}", "", f"[`{command}`](../{script})"
              + (f": {result['title']}" if result else ""), ""]
     if result is None:
-        # `make bench` runs each script as is; a mode of one (--skip-only) is run by hand
-        how = "make bench" if command == script else f".venv/bin/python {command}"
+        how = f".venv/bin/python {command}" if name in BY_HAND else "make bench"
         return [*lines, f"Not measured yet: run `{how}`.", ""]
     lines += [machine_line(result), ""]
     if chart:
