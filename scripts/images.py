@@ -25,8 +25,8 @@ from typing import IO, NoReturn
 
 from devstack import DockerEngine, Registry, docker_cli, local_stack, push_base_image
 
-from mlflow_steps.build.image_plan import uv_binary
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.env.installer import uv_binary
 from mlflow_steps.env.pip_secrets import secret_arguments, write_secret_files
 from mlflow_steps.env.pipconfig import collect_pip_config
 from mlflow_steps.image.reference import ImageRef, check_reference

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from support import progress
 from support.helpers import MINIMAL_MLPROJECT, write_codeset
+from support.locks import lock_index  # noqa: F401 - shared fixture
 from support.synthetic_base import (  # noqa: F401 - shared fixtures
     no_engine,
     synthetic_base,

@@ -20,7 +20,7 @@ from support.index_server import local_index
 from support.synthetic_base import build
 
 from mlflow_steps.build.direct.installed import distributions, image_markers, unmet_requirements
-from mlflow_steps.build.image_plan import uv_binary
+from mlflow_steps.env.installer import uv_binary
 from mlflow_steps.image.client import RegistryClient
 
 PROBE = "mls_pth_probe"

@@ -17,11 +17,11 @@ from mlflow_steps import __version__
 from mlflow_steps.build.image_plan import (
     CONDA_STRATEGIES,
     ImagePlan,
-    uv_binary,
     write_tooling_wheel,
 )
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH, TEMPLATES_DIR
+from mlflow_steps.env.installer import uv_binary
 from mlflow_steps.env.pip_secrets import NO_MOUNTS, UV_CONFIG_TARGET, PipConfigDelivery
 from mlflow_steps.image.layers import layer_mode
 
@@ -59,6 +59,7 @@ def render_dockerfile(plan: ImagePlan,
         source_date_epoch=SOURCE_DATE_EPOCH,
         lock_path=plan.record.lock,
         sbom_path=plan.record.sbom,
+        pylock_path=plan.record.pylock,
         sbom_tool=SBOM_TOOL,
         sbom_args=" ".join(SBOM_ARGS),
         strategy=install.strategy,
@@ -74,6 +75,8 @@ def render_dockerfile(plan: ImagePlan,
         uv_config=UV_CONFIG_TARGET,
         tooling_wheel=plan.tooling_wheel,
         layers=layer_selectors(install.own_layers),
+        locked=install.locked,
+        has_added=bool(install.added_requirements),
         has_build_requirements=bool(install.build_requirements),
         has_locked_pip=bool(install.locked_pip),
         build_env=plan.build_env,
@@ -122,6 +125,12 @@ def write_context(plan: ImagePlan, out_dir: Path,
         script.write_text(_environment().get_template(INSTALL_LAYER).render(
             env_prefix=plan.env_prefix))
         script.chmod(0o755)
+        if plan.install.locked:  # the lock's packages, split into the layers to install
+            (staging / "layers").mkdir()
+            *groups, rest = plan.install.locked_layers()
+            for name, lines in [*((str(i), g) for i, g in enumerate(groups, 1)),
+                                ("rest", rest)]:
+                (staging / "layers" / f"{name}.txt").write_text("".join(f"{x}\n" for x in lines))
         if plan.install.strategy in CONDA_STRATEGIES:
             # only conda environments load the conda installer
             from mlflow_steps.build.conda_install import (

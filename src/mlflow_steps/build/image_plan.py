@@ -27,6 +27,7 @@ from packaging.utils import canonicalize_name
 
 from mlflow_steps import __version__
 from mlflow_steps.env.hashing import PACKAGE_DIR, env_tag, spec_digest, tooling_files
+from mlflow_steps.env.pylock import LockedPackage
 from mlflow_steps.env.spec import EnvSpec
 
 BUILD_DIR = "/opt/mlflow-steps-build"  # the record; a Dockerfile build mounts its inputs here
@@ -34,6 +35,7 @@ ENV_DIR = f"{BUILD_DIR}/env"  # the normalised env files (installed from, then r
 ENV_PREFIX = "/opt/env"
 LOCK_PATH = f"{BUILD_DIR}/lock.txt"  # what was installed (name==version), written at build
 SBOM_PATH = f"{BUILD_DIR}/sbom.cdx.json"  # CycloneDX JSON of the environment
+PYLOCK_PATH = f"{BUILD_DIR}/pylock.toml"  # PEP 751: what was installed, as uv writes it
 TOOLING_PREFIX = "/opt/mlflow-steps"
 # The standard Linux PATH (Docker's, BuildKit's): what a base whose config sets none has.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -54,6 +56,7 @@ TOOLING_REQUIREMENTS = (
     "mlflow-skinny>=2.10,<4",
     "boto3>=1.28",  # S3 artifact stores: the step checks the model the run logged there
 )
+TOOLING_DIST = "mlflow-steps"
 TOOLING_WHEEL = f"mlflow_steps-{__version__}-py3-none-any.whl"
 WHEEL_DATE = (1980, 1, 1, 0, 0, 0)  # zip's earliest: the wheel's bytes depend on content only
 # The CUDA runtime's wheels (what PyTorch, JAX and RAPIDS pull in from PyPI, hundreds of MB
@@ -99,6 +102,25 @@ class EnvironmentInstall:
     locked_pip: tuple[Mapping[str, str], ...] = ()
     own_layers: tuple[tuple[str, ...], ...] = OWN_LAYERS
 
+    @property
+    def locked(self) -> bool:
+        """A pip environment from a lock (pylock.toml, uv.lock): its packages installed as
+        locked, without dependencies, nothing resolved but what is added to it."""
+        return self.strategy == "pip" and bool(self.locked_pip)
+
+    def locked_requirements(self) -> list[str]:
+        """The lock's requirement lines (pinned, hash-checked), sorted by name."""
+        return [LockedPackage(**package).requirement() for package in self.locked_pip]
+
+    def locked_layers(self) -> list[list[str]]:
+        """The lock's requirement lines per ``own_layers`` group, then the rest: the layers
+        an engine installs them in (as the resolve stage splits resolved pins)."""
+        layers: list[list[str]] = [[] for _ in range(len(self.own_layers) + 1)]
+        for package, line in zip(self.locked_pip, self.locked_requirements(), strict=True):
+            group = self.own_layer_of(package["name"])
+            layers[len(self.own_layers) if group is None else group].append(line)
+        return layers
+
     def own_layer_of(self, name: str) -> int | None:
         """The index of the first ``own_layers`` group matching distribution ``name``."""
         name = canonicalize_name(name)
@@ -129,6 +151,9 @@ class EnvironmentInstall:
             if "pip" not in {d.split(" ")[0] for d in self.conda_dependencies}:
                 environment["dependencies"].append("pip")
             files["environment.yml"] = yaml.safe_dump(environment, sort_keys=False)
+        if self.locked:
+            files["requirements.lock.txt"] = "".join(
+                line + "\n" for line in self.locked_requirements())
         if self.strategy == "conda-lock":
             urls = [f"{p['url']}#{p['md5']}" if p.get("md5") else p["url"]
                     for p in self.locked_conda]
@@ -170,6 +195,7 @@ class RecordFiles:
     env_dir: str = ENV_DIR  # the env files the environment was installed from
     lock: str = LOCK_PATH
     sbom: str = SBOM_PATH
+    pylock: str = PYLOCK_PATH  # pip environments
 
 
 @dataclass(frozen=True)
@@ -200,7 +226,11 @@ def image_plan(spec: EnvSpec) -> ImagePlan:
     options += [opt.replace("=", " ", 1) for opt in pip.get("options", [])]
     install = EnvironmentInstall(
         strategy=spec.strategy, source=spec.source, python=spec.python,
-        pip_options=tuple(options), constraints=tuple(pip.get("constraints", [])),
+        pip_options=tuple(options),
+        # a lock's versions bind what is added to it (MLflow, boto3)
+        constraints=tuple(pip.get("constraints", [])) if not spec.locked_pip or
+        spec.strategy != "pip" else tuple(f"{p['name']}=={p['version']}"
+                                          for p in spec.locked_pip if p.get("version")),
         requirements=tuple(pip.get("requirements", [])),
         local_wheels=tuple(name for name, _ in pip.get("local_artifacts", [])),
         added_requirements=spec.added_requirements,
@@ -218,6 +248,8 @@ def image_plan(spec: EnvSpec) -> ImagePlan:
               "io.mlflow-steps.tooling-version": __version__,
               "io.mlflow-steps.lock": record.lock,
               "io.mlflow-steps.sbom": record.sbom}
+    if spec.strategy == "pip":
+        labels["io.mlflow-steps.pylock"] = record.pylock
     # the environment first, then the base's PATH, or the standard one when it sets none
     runtime_env = {"PATH": f"{ENV_PREFIX}/bin:${{PATH:-{DEFAULT_PATH}}}",
                    "MLFLOW_STEPS_ENV": ENV_PREFIX,
@@ -273,11 +305,3 @@ def write_tooling_wheel(directory: Path) -> Path:
     stamp = calendar.timegm((*WHEEL_DATE, 0, 0, 0))
     os.utime(path, (stamp, stamp))  # uv records a local wheel's mtime in the environment
     return path
-
-
-def uv_binary() -> Path:
-    """The uv that installs every environment (bind-mounted by RUN, never in a layer; run by
-    the direct builder and by pinning)."""
-    import uv  # uv's package is looked up only when a build runs uv
-
-    return Path(uv.find_uv_bin())

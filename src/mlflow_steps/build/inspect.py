@@ -30,6 +30,7 @@ class ImageRecord:
     labels: dict[str, str]
     lock: list[str]
     sbom: dict | None = None
+    pylock: str | None = None  # PEP 751 text (pip environments)
 
     @property
     def packages(self) -> list[str]:
@@ -64,6 +65,10 @@ class ImageRecord:
         lines += [f"  {line}" for line in packages]
         lines.append(f"sbom       {sbom_summary(self.sbom)}"
                      + (f" ({self.labels.get(LABEL_PREFIX + 'sbom')})" if self.sbom else ""))
+        if self.pylock is not None:
+            count = sum(1 for line in self.pylock.splitlines() if line == "[[packages]]")
+            lines.append(f"pylock     PEP 751, {count} packages "
+                         f"({self.labels.get(LABEL_PREFIX + 'pylock')}; --write-pylock FILE)")
         return lines
 
 
@@ -89,7 +94,8 @@ def read_image(reference: str, client: RegistryClient) -> ImageRecord:
     if f"{LABEL_PREFIX}env-tag" not in labels:
         raise StepError("not an mlflow-steps runtime image (no io.mlflow-steps.env-tag label)",
                         source=reference)
-    wanted = {key: labels.get(f"{LABEL_PREFIX}{key}", "").lstrip("/") for key in ("lock", "sbom")}
+    wanted = {key: labels.get(f"{LABEL_PREFIX}{key}", "").lstrip("/")
+              for key in ("lock", "sbom", "pylock")}
     found: dict[str, str] = {}
     for layer_digest, size in reversed(layers):  # the records are in a small top layer
         if found or not any(wanted.values()) or size > MAX_LAYER_BYTES:
@@ -103,7 +109,7 @@ def read_image(reference: str, client: RegistryClient) -> ImageRecord:
         if not isinstance(sbom, dict) or not isinstance(sbom.get("components", []), list):
             raise StepError(f"{wanted['sbom']} in the image is not an SBOM (a JSON object "
                             "whose components are a list)", source=reference)
-    return ImageRecord(str(ref), digest, labels, lock, sbom)
+    return ImageRecord(str(ref), digest, labels, lock, sbom, found.get("pylock"))
 
 
 def _manifest_parts(manifest: dict, source: str) -> tuple[str, list[tuple[str, int]]]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 
-from mlflow_steps.build.image_plan import requirements_text, uv_binary
+from mlflow_steps.build.image_plan import requirements_text
 from mlflow_steps.core import interrupt
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import redact, secret_values
 from mlflow_steps.core.retry import network_budget
+from mlflow_steps.env.installer import uv_binary
 from mlflow_steps.env.pip_secrets import uv_process_env, uv_process_secrets
 from mlflow_steps.env.pipconfig import BuildPipConfig
 from mlflow_steps.env.spec import EnvSpec
@@ -27,6 +28,9 @@ RESOLVE_ATTEMPTS_BUDGET = 4  # a resolution may take several index round trips p
 
 def pinned_spec(spec: EnvSpec, pip: BuildPipConfig, environ: dict[str, str]) -> EnvSpec:
     """``spec`` with its requirements (the added ones included) replaced by exact pins."""
+    if spec.strategy == "pip" and spec.locked_pip:
+        raise StepError(f"applies to unlocked environments; {spec.source} is locked already",
+                        source="input", field="resolve")
     if spec.strategy != "pip":
         raise StepError(f"applies to pip environments; a {spec.strategy} environment is "
                         + ("locked already" if spec.strategy == "conda-lock" else

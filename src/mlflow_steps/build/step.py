@@ -87,7 +87,8 @@ def resolve_spec(codeset: Path, options: BuildOptions, environ: dict[str, str],
     (without credentials): the one spec path of `hash`, `render` and `build`."""
     pip = collect_pip_config(environ) if forward_pip_config else BuildPipConfig()
     index, extras = pip.public_urls()
-    _, spec = resolve_env(codeset, replace(options, index_url=index, extra_index_urls=extras))
+    _, spec = resolve_env(codeset, replace(options, index_url=index, extra_index_urls=extras),
+                          environ)
     if options.resolve:
         from mlflow_steps.build.pinning import pinned_spec  # only --resolve loads the pinning
 

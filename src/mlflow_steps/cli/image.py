@@ -9,6 +9,7 @@ import click
 
 from mlflow_steps.build.inspect import codeset_matches, read_image
 from mlflow_steps.cli.inputs import hosts
+from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.terminal import report, shown
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.reference import ImageRef, check_reference
@@ -23,8 +24,11 @@ from mlflow_steps.image.reference import ImageRef, check_reference
               help="Comma-separated registries reached over HTTP.")
 @click.option("--registry-ca", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="CA bundle for a TLS registry with a private CA.")
+@click.option("--write-pylock", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the image's PEP 751 lock here (`uv pip install -r FILE` installs "
+                   "the same packages).")
 def inspect_command(image: str, codeset: Path | None, insecure_registries: str,
-                    registry_ca: Path | None) -> None:
+                    registry_ca: Path | None, write_pylock: Path | None) -> None:
     """What runtime IMAGE holds (env tag, spec, strategy, base, lock), from the registry
     alone: no pull, no engine."""
     check_reference(image, source="inspect", field="IMAGE")
@@ -33,6 +37,11 @@ def inspect_command(image: str, codeset: Path | None, insecure_registries: str,
         insecure_registries=hosts(insecure_registries),
         verify=str(registry_ca) if registry_ca else True)
     record = read_image(image, client)
+    if write_pylock is not None:
+        if record.pylock is None:
+            raise StepError("the image records no pylock.toml (a conda environment, or built "
+                            "before images carried one)", source=image, field="write_pylock")
+        write_pylock.write_text(record.pylock)
     click.echo(report(record.lines()))
     if codeset is None and Path("MLproject").is_file():
         codeset = Path(".")

@@ -16,6 +16,9 @@ CONDA_LOCK_FILE = "conda-lock.yml"
 CONDA_FILE = "conda.yaml"
 PYTHON_ENV_FILE = "python_env.yaml"
 REQUIREMENTS_FILE = "requirements.txt"
+PYLOCK_FILE = "pylock.toml"  # or one pylock.<name>.toml (PEP 751)
+UV_LOCK_FILE = "uv.lock"  # with pyproject.toml: a uv project
+PYPROJECT_FILE = "pyproject.toml"
 ENV_FIELDS = ("conda_env", "python_env", "docker_env")
 PARAMETER_TYPES = {"string", "float", "int", "path", "uri"}
 
@@ -44,9 +47,11 @@ class Project:
 
     name: str | None
     entry_points: dict[str, EntryPoint]
-    env_kind: str  # conda-lock | conda | python_env | requirements | none
+    env_kind: str  # conda-lock | pylock | uv-lock | conda | python_env | requirements | none
     env_file: Path | None
     docker_image: str | None
+    env_reason: str = ""  # why that file: `hash --explain` says it
+    python_env_file: Path | None = None  # MLproject's python_env beside a lock: its python
 
 
 def find_mlproject(codeset: Path) -> Path:
@@ -178,12 +183,48 @@ def _present(path: Path) -> bool:
     return os.path.lexists(path)
 
 
-def _select_env(codeset: Path, data: dict[str, Any]) -> tuple[str, Path | None]:
-    """Environment precedence: lockfile, conda, python_env, requirements.txt."""
-    for name, kind in ((CONDA_LOCK_FILE, "conda-lock"),):
-        path = _default_file(codeset, name)
-        if path is not None:
-            return kind, path
+ENV_ORDER = (f"{CONDA_LOCK_FILE}; MLproject's conda_env; {PYLOCK_FILE} (or one "
+             f"pylock.<name>.toml); {UV_LOCK_FILE} with {PYPROJECT_FILE}; MLproject's "
+             f"python_env; {CONDA_FILE}; {PYTHON_ENV_FILE}; {REQUIREMENTS_FILE}")
+
+
+def _select_env(codeset: Path, data: dict[str, Any]) -> tuple[str, Path | None, str]:
+    """The environment file, its kind and why it was chosen: the first present of
+    ENV_ORDER (locks before what they lock)."""
+    path = _default_file(codeset, CONDA_LOCK_FILE)
+    if path is not None:
+        return "conda-lock", path, "a conda lock comes first"
+    if "conda_env" not in data:
+        lock = _pylock_file(codeset)
+        if lock is not None:
+            return "pylock", lock, "a PEP 751 lock comes before unlocked specs"
+        uv_lock = _default_file(codeset, UV_LOCK_FILE)
+        if uv_lock is not None:
+            if _default_file(codeset, PYPROJECT_FILE) is None:
+                raise StepError(f"{UV_LOCK_FILE} without {PYPROJECT_FILE}: uv cannot check "
+                                f"the lock; add the project's {PYPROJECT_FILE}",
+                                source=UV_LOCK_FILE)
+            return "uv-lock", uv_lock, "a uv lock comes before unlocked specs"
+    kind, path = _declared_or_default(codeset, data)
+    return kind, path, ("named by MLproject" if kind in ("conda", "python_env") and (
+        "conda_env" in data or "python_env" in data) else f"the first of {ENV_ORDER} present")
+
+
+def _pylock_file(codeset: Path) -> Path | None:
+    """pylock.toml, else the one pylock.<name>.toml; several named ones: an error."""
+    path = _default_file(codeset, PYLOCK_FILE)
+    if path is not None:
+        return path
+    named = sorted(entry.name for entry in codeset.iterdir()
+                   if entry.name.startswith("pylock.") and entry.name.endswith(".toml")
+                   and entry.name.count(".") == 2)
+    if len(named) > 1:
+        raise StepError(f"several PEP 751 locks ({', '.join(named[:4])}); keep one, or add "
+                        f"the one to build as {PYLOCK_FILE}", source=named[0])
+    return _default_file(codeset, named[0]) if named else None
+
+
+def _declared_or_default(codeset: Path, data: dict[str, Any]) -> tuple[str, Path | None]:
     for field, kind in (("conda_env", "conda"), ("python_env", "python_env")):
         if field in data:
             value = data[field]
@@ -203,8 +244,9 @@ def _select_env(codeset: Path, data: dict[str, Any]) -> tuple[str, Path | None]:
     if "docker_env" in data:
         return "none", None
     raise StepError(
-        f"no environment: add {CONDA_FILE}, {PYTHON_ENV_FILE}, {REQUIREMENTS_FILE} or "
-        f"{CONDA_LOCK_FILE}, or declare conda_env/python_env/docker_env",
+        f"no environment: add {CONDA_FILE}, {PYTHON_ENV_FILE}, {REQUIREMENTS_FILE}, "
+        f"{PYLOCK_FILE}, {UV_LOCK_FILE} or {CONDA_LOCK_FILE}, or declare "
+        f"conda_env/python_env/docker_env",
         source=MLPROJECT,
     )
 
@@ -233,7 +275,10 @@ def load_project(codeset: Path) -> Project:
     path = find_mlproject(codeset)
     data = load_yaml_mapping(codeset, path)
     _check_shape(data)
-    env_kind, env_file = _select_env(codeset, data)
+    env_kind, env_file, env_reason = _select_env(codeset, data)
+    python_env_file = None
+    if env_kind in ("pylock", "uv-lock") and isinstance(data.get("python_env"), str):
+        python_env_file = _declared_or_default(codeset, data)[1]
     entry_points = {
         name: EntryPoint(name, spec["command"], tuple(
             _parameter(pname, pspec)
@@ -243,4 +288,4 @@ def load_project(codeset: Path) -> Project:
     name = data.get("name")
     docker_image = (data.get("docker_env") or {}).get("image")
     return Project(str(name) if name is not None else None, entry_points, env_kind, env_file,
-                   docker_image)
+                   docker_image, env_reason, python_env_file)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import os
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -11,10 +13,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from packaging.version import Version
 
 from mlflow_steps import __version__
+from mlflow_steps.core.bounded import read_env_text
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import has_credentials, redact
 from mlflow_steps.env.conda import parse_conda_env, parse_conda_lock
 from mlflow_steps.env.project import Project, load_project
+from mlflow_steps.env.pylock import export_uv_lock, read_pylock
 from mlflow_steps.env.python_env import parse_python_env
 from mlflow_steps.env.requirements import RequirementsParser, parse_requirements_file
 from mlflow_steps.image.reference import check_reference
@@ -25,6 +29,8 @@ STRATEGIES = ("auto", "pip", "conda")
 MLFLOW_NAMES = {"mlflow", "mlflow-skinny"}
 ADDED_MLFLOW = "mlflow-skinny<4"
 ADDED_S3 = "boto3"
+PYTHON_VERSION_FILE = ".python-version"  # uv's pin of a project's Python
+_PYTHON_PIN = re.compile(r"(?:cpython-|python)?(3\.\d+)(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class EnvSpec:
     locked_pip: tuple[dict[str, str], ...] = ()
     build_index_urls: tuple[str, ...] = ()
     local_files: dict[str, Path] = field(default_factory=dict, compare=False)
+    reason: str = field(default="", compare=False)  # why ``source``: not hashed
 
     def canonical(self, template_version: str) -> dict[str, Any]:
         """JSON-ready dict of every build-relevant input; no paths, no credentials."""
@@ -83,8 +90,12 @@ class EnvSpec:
         }
 
     def explain(self, template_version: str) -> str:
-        """The hashed spec, pretty-printed for humans."""
-        return json.dumps(self.canonical(template_version), indent=2, sort_keys=True)
+        """Where the environment comes from and why, then the hashed spec, pretty-printed
+        for humans."""
+        where = f"# environment: {self.source or 'the base image'}" + (
+            f" ({self.reason})" if self.reason else "")
+        return where + "\n" + json.dumps(self.canonical(template_version), indent=2,
+                                         sort_keys=True)
 
 
 def strip_credentials(url: str) -> str:
@@ -145,9 +156,17 @@ def _conda_base(options: BuildOptions, docker_image: str | None) -> str:
     return f"python:{DEFAULT_PYTHON}-slim"
 
 
-def resolve_env(codeset: Path, options: BuildOptions) -> tuple[Project, EnvSpec]:
-    """Parse the codeset and decide strategy, base image and package lists."""
+def resolve_env(codeset: Path, options: BuildOptions,
+                environ: dict[str, str] | None = None) -> tuple[Project, EnvSpec]:
+    """Parse the codeset and decide strategy, base image and package lists (``environ``:
+    where uv runs to read a uv.lock)."""
     project = load_project(codeset)
+    spec = _spec(codeset, project, options, environ)
+    return project, replace(spec, reason=project.env_reason)
+
+
+def _spec(codeset: Path, project: Project, options: BuildOptions,
+          environ: dict[str, str] | None) -> EnvSpec:
     common = {
         "base_image_digest": options.base_image_digest,
         "build_index_urls": tuple(
@@ -159,7 +178,7 @@ def resolve_env(codeset: Path, options: BuildOptions) -> tuple[Project, EnvSpec]
     source = env_file.relative_to(codeset.resolve()).as_posix() if env_file else ""
     if kind == "conda-lock":
         locked = parse_conda_lock(codeset, env_file)
-        return project, EnvSpec(
+        return EnvSpec(
             strategy="conda-lock", source=source, python=locked.python_version,
             base_image=_conda_base(options, project.docker_image),
             locked_conda=tuple(locked.conda), locked_pip=tuple(locked.pip),
@@ -167,6 +186,8 @@ def resolve_env(codeset: Path, options: BuildOptions) -> tuple[Project, EnvSpec]
             if not {p["name"] for p in locked.conda + locked.pip} & MLFLOW_NAMES
             else (ADDED_S3,), **common,
         )
+    if kind in ("pylock", "uv-lock"):
+        return _locked_spec(codeset, project, source, options, common, environ)
     if kind == "conda":
         conda = parse_conda_env(codeset, env_file)
         minor = conda.python_minor()
@@ -179,8 +200,8 @@ def resolve_env(codeset: Path, options: BuildOptions) -> tuple[Project, EnvSpec]
                 raise StepError(f"env_strategy pip cannot install conda packages {extra}",
                                 source=source, field="dependencies")
             python = minor or DEFAULT_PYTHON
-            return project, _pip_spec(source, python, conda.pip, options, project, common)
-        return project, EnvSpec(
+            return _pip_spec(source, python, conda.pip, options, project, common)
+        return EnvSpec(
             strategy="conda", source=source, python=conda.python_spec,
             base_image=_conda_base(options, project.docker_image),
             conda_channels=tuple(conda.channels),
@@ -193,11 +214,11 @@ def resolve_env(codeset: Path, options: BuildOptions) -> tuple[Project, EnvSpec]
                         source=source or "MLproject", field="env_strategy")
     if kind == "python_env":
         env = parse_python_env(codeset, env_file)
-        return project, _pip_spec(source, env.python_minor(), env.runtime, options, project,
+        return _pip_spec(source, env.python_minor(), env.runtime, options, project,
                                   common, build_requirements=tuple(env.build.spec.requirements))
     parser = (parse_requirements_file(codeset, env_file) if kind == "requirements"
               else RequirementsParser(codeset))
-    return project, _pip_spec(source, DEFAULT_PYTHON, parser, options, project, common)
+    return _pip_spec(source, DEFAULT_PYTHON, parser, options, project, common)
 
 
 def _pip_spec(source: str, python: str, pip: RequirementsParser, options: BuildOptions,
@@ -210,3 +231,45 @@ def _pip_spec(source: str, python: str, pip: RequirementsParser, options: BuildO
         pip=pip.spec.canonical(), added_requirements=_with_added(pip),
         local_files=dict(pip.local_files), **common,
     )
+
+
+def _lock_python(codeset: Path, project: Project) -> str:
+    """The image's Python for a lock: MLproject's python_env names it, else the codeset's
+    .python-version (uv's), else the default."""
+    if project.python_env_file is not None:
+        return parse_python_env(codeset, project.python_env_file).python_minor()
+    pinned = codeset / PYTHON_VERSION_FILE
+    if pinned.is_file() and not pinned.is_symlink():
+        text = read_env_text(codeset, pinned).strip().splitlines()
+        match = _PYTHON_PIN.fullmatch(text[0].strip()) if text else None
+        if not match:
+            raise StepError("expected a CPython version like 3.11 or 3.11.7 on its first line",
+                            source=PYTHON_VERSION_FILE)
+        return match.group(1)
+    return DEFAULT_PYTHON
+
+
+def _locked_spec(codeset: Path, project: Project, source: str, options: BuildOptions,
+                 common: dict[str, Any], environ: dict[str, str] | None) -> EnvSpec:
+    """A pylock.toml or uv.lock environment: exactly its packages for the image, hash
+    checked, no resolver; MLflow and boto3 added (resolved within the locked versions)
+    when the lock lacks them, as the step tooling needs them."""
+    if options.env_strategy == "conda":
+        raise StepError("env_strategy conda needs a conda.yaml or conda-lock.yml",
+                        source=source, field="env_strategy")
+    python = _lock_python(codeset, project)
+    assert project.env_file is not None
+    if project.env_kind == "uv-lock":
+        text = export_uv_lock(codeset, dict(os.environ if environ is None else environ))
+        packages = read_pylock(codeset, project.env_file, python, text=text, source=source)
+    else:
+        packages = read_pylock(codeset, project.env_file, python)
+    names = {package.name for package in packages}
+    added = tuple(requirement for requirement, name in ((ADDED_MLFLOW, MLFLOW_NAMES),
+                                                        (ADDED_S3, {ADDED_S3}))
+                  if not names & name)
+    return EnvSpec(
+        strategy="pip", source=source, python=python,
+        base_image=_pip_base(python, options, project.docker_image),
+        locked_pip=tuple(package.canonical() for package in packages),
+        added_requirements=added, **common)

@@ -26,7 +26,7 @@ from mlflow_steps.build.direct.base_image import BaseFacts
 from mlflow_steps.build.direct.cuda import CUDA_LABEL, runtime_environment
 from mlflow_steps.build.direct.install import StagedEnv, write_record
 from mlflow_steps.build.fuseml import OWN_LAYER_MB
-from mlflow_steps.build.image_plan import ImagePlan, RuntimeUser
+from mlflow_steps.build.image_plan import TOOLING_DIST, ImagePlan, RuntimeUser
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
 from mlflow_steps.image.layers import Entry, layer_mode
 from mlflow_steps.image.push import rfc3339
@@ -35,7 +35,6 @@ from mlflow_steps.image.push import rfc3339
 # them, not all (layers in all: at most len(own_layers) + BUCKETS + 4)
 BUCKETS = 4
 OWN_LAYER_BYTES = OWN_LAYER_MB << 20
-TOOLING_DIST = "mlflow-steps"
 _VARIABLE = re.compile(r"\$(?:\{(\w+)(?::-([^}]*))?\}|(\w+))")  # what ENV values expand
 
 

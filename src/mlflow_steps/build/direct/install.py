@@ -30,9 +30,9 @@ from mlflow_steps.build.direct.installed import (
     unmet_requirements,
 )
 from mlflow_steps.build.image_plan import (
+    TOOLING_DIST,
     ImagePlan,
     record_hash,
-    uv_binary,
     write_tooling_wheel,
 )
 from mlflow_steps.core import interrupt
@@ -40,6 +40,7 @@ from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import redact, secret_values
 from mlflow_steps.core.retry import network_budget
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
+from mlflow_steps.env.installer import uv_binary
 from mlflow_steps.env.pip_secrets import uv_process_env, uv_process_secrets
 from mlflow_steps.env.pipconfig import BuildPipConfig
 from mlflow_steps.image.layers import Entry
@@ -189,8 +190,13 @@ def stage(plan: ImagePlan, base: BaseFacts, pip: BuildPipConfig, environ: dict[s
     if install.build_requirements:
         stager.pip(prefix, "install", *flags, "-r", str(env_dir / "build-requirements.txt"),
                    what="installing the build requirements without building any")
-    stager.pip(prefix, "install", *flags, "-r", str(env_dir / "requirements.txt"),
-               what="installing the requirements without building any")
+    if install.locked:  # exactly the lock: no dependency resolved, hashes checked
+        stager.pip(prefix, "install", *flags, "--no-deps", "-r",
+                   str(env_dir / "requirements.lock.txt"),
+                   what="installing the locked packages without building any")
+    if not install.locked or install.added_requirements:
+        stager.pip(prefix, "install", *flags, "-r", str(env_dir / "requirements.txt"),
+                   what="installing the requirements without building any")
     stager.pip(prefix, "install", "--quiet", "--no-deps", *stager.targeted(), str(tooling),
                what="installing the step tooling")
     site = next(prefix.glob("lib/python*/site-packages"))
@@ -272,13 +278,19 @@ def write_record(staged: StagedEnv) -> Path:
                               mkdir_parents=True)
     frozen = record.parent / "installed.txt"
     frozen.write_text(staged.frozen)
-    lock = stager.run([stager.uv, "pip", "compile", "--quiet", "--no-header", "--no-annotate",
-                       "--no-deps", "--generate-hashes", "--python", stager.python,
-                       *stager.targeted(), str(frozen)],
+    compile_installed = [stager.uv, "pip", "compile", "--quiet", "--no-header", "--no-deps",
+                         "--python", stager.python, *stager.targeted()]
+    lock = stager.run([*compile_installed, "--no-annotate", "--generate-hashes", str(frozen)],
                       "hashing the installed packages", fallback=False)
+    # the PEP 751 lock is the environment's, for any machine: not the step tooling's wheel
+    frozen.write_text("".join(line for line in staged.frozen.splitlines(keepends=True)
+                              if not line.lower().startswith(f"{TOOLING_DIST} @")))
+    pylock = stager.run([*compile_installed, "--format", "pylock.toml", str(frozen)],
+                        "writing the installed packages as pylock.toml", fallback=False)
     frozen.unlink()
-    (staged.root / files.lock.lstrip("/")).write_text(
-        lock.replace(str(staged.inputs), files.directory))
+    for path, text in ((files.lock, lock), (files.pylock, pylock)):
+        (staged.root / path.lstrip("/")).write_text(text.replace(str(staged.inputs),
+                                                                 files.directory))
     (staged.root / files.sbom.lstrip("/")).write_text(
         sbom_json(distributions(staged.site_packages), SOURCE_DATE_EPOCH))
     problem = leaked_paths(staged.root, [p for p in record.rglob("*") if p.is_file()],
