@@ -34,6 +34,8 @@ def test_inspect_reads_labels_and_lock_from_the_registry(trainer_image, registry
     components = int(fields["sbom"].split(", ")[1].split()[0])
     assert components >= len(locked) - 1  # every installed distribution (pip's own aside)
     assert fields["codeset"].endswith(f"hashes to {tag}: this image is its environment")
+    # the PEP 751 record: every installed package but the step tooling's own wheel
+    assert fields["pylock"].startswith(f"PEP 751, {len(locked) - 1} packages (")
 
     changed = Path(shutil.copytree(EXAMPLE, tmp_path / "changed"))
     conda = changed / "conda.yaml"
