@@ -224,13 +224,13 @@ def image_plan(spec: EnvSpec) -> ImagePlan:
     options += [f"--extra-index-url {u}" for u in pip.get("extra_index_urls", [])]
     options += [f"--find-links {u}" for u in pip.get("find_links", [])]
     options += [opt.replace("=", " ", 1) for opt in pip.get("options", [])]
+    constraints = tuple(pip.get("constraints", []))
+    if spec.strategy == "pip" and spec.locked_pip:  # the lock binds what is added to it
+        constraints = tuple(f"{p['name']}=={p['version']}" for p in spec.locked_pip
+                            if p.get("version"))
     install = EnvironmentInstall(
         strategy=spec.strategy, source=spec.source, python=spec.python,
-        pip_options=tuple(options),
-        # a lock's versions bind what is added to it (MLflow, boto3)
-        constraints=tuple(pip.get("constraints", [])) if not spec.locked_pip or
-        spec.strategy != "pip" else tuple(f"{p['name']}=={p['version']}"
-                                          for p in spec.locked_pip if p.get("version")),
+        pip_options=tuple(options), constraints=constraints,
         requirements=tuple(pip.get("requirements", [])),
         local_wheels=tuple(name for name, _ in pip.get("local_artifacts", [])),
         added_requirements=spec.added_requirements,

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from packaging.version import Version
 
 from mlflow_steps import __version__
-from mlflow_steps.core.bounded import read_env_text
+from mlflow_steps.core.bounded import read_env_text, resolve_inside
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import has_credentials, redact
 from mlflow_steps.env.conda import parse_conda_env, parse_conda_lock
@@ -115,8 +115,8 @@ def strip_credentials(url: str) -> str:
     return stripped if stripped != urlunsplit(parts) else url
 
 
-def _with_added(pip: RequirementsParser) -> tuple[str, ...]:
-    names = pip.spec.names()
+def _with_added(names: set[str]) -> tuple[str, ...]:
+    """What the step tooling needs that an environment of ``names`` lacks: MLflow, boto3."""
     added = []
     if not names & MLFLOW_NAMES:
         added.append(ADDED_MLFLOW)
@@ -206,7 +206,7 @@ def _spec(codeset: Path, project: Project, options: BuildOptions,
             base_image=_conda_base(options, project.docker_image),
             conda_channels=tuple(conda.channels),
             conda_dependencies=tuple(conda.dependencies),
-            pip=conda.pip.spec.canonical(), added_requirements=_with_added(conda.pip),
+            pip=conda.pip.spec.canonical(), added_requirements=_with_added(conda.pip.spec.names()),
             local_files=dict(conda.pip.local_files), **common,
         )
     if options.env_strategy == "conda":
@@ -228,7 +228,7 @@ def _pip_spec(source: str, python: str, pip: RequirementsParser, options: BuildO
         build_requirements=build_requirements,
         strategy="pip", source=source, python=python,
         base_image=_pip_base(python, options, project.docker_image),
-        pip=pip.spec.canonical(), added_requirements=_with_added(pip),
+        pip=pip.spec.canonical(), added_requirements=_with_added(pip.spec.names()),
         local_files=dict(pip.local_files), **common,
     )
 
@@ -238,8 +238,9 @@ def _lock_python(codeset: Path, project: Project) -> str:
     .python-version (uv's), else the default."""
     if project.python_env_file is not None:
         return parse_python_env(codeset, project.python_env_file).python_minor()
-    pinned = codeset / PYTHON_VERSION_FILE
-    if pinned.is_file() and not pinned.is_symlink():
+    if os.path.lexists(codeset / PYTHON_VERSION_FILE):
+        pinned = resolve_inside(codeset, codeset, PYTHON_VERSION_FILE,
+                                source=PYTHON_VERSION_FILE, field=None)
         text = read_env_text(codeset, pinned).strip().splitlines()
         match = _PYTHON_PIN.fullmatch(text[0].strip()) if text else None
         if not match:
@@ -264,12 +265,8 @@ def _locked_spec(codeset: Path, project: Project, source: str, options: BuildOpt
         packages = read_pylock(codeset, project.env_file, python, text=text, source=source)
     else:
         packages = read_pylock(codeset, project.env_file, python)
-    names = {package.name for package in packages}
-    added = tuple(requirement for requirement, name in ((ADDED_MLFLOW, MLFLOW_NAMES),
-                                                        (ADDED_S3, {ADDED_S3}))
-                  if not names & name)
     return EnvSpec(
         strategy="pip", source=source, python=python,
         base_image=_pip_base(python, options, project.docker_image),
         locked_pip=tuple(package.canonical() for package in packages),
-        added_requirements=added, **common)
+        added_requirements=_with_added({package.name for package in packages}), **common)

@@ -93,11 +93,7 @@ class DirectBackend(Backend):
                 jobs.append(LayerJob(record.result()))
                 decided.append(maker.decide(jobs[-1]))
                 if maker.on_demand_unmet:
-                    self._log("plugins loaded only on demand lack, in the image: " + "; ".join(
-                        f"{escape(library)} (for {escape(plugin)})"
-                        for library, plugin in sorted(maker.on_demand_unmet.items())[:5])
-                        + (f" and {len(maker.on_demand_unmet) - 5} more"
-                           if len(maker.on_demand_unmet) > 5 else ""), started)
+                    self._log(_on_demand_line(maker.on_demand_unmet), started)
                 # the largest first (by bytes: a CUDA library's layer is a few huge files),
                 # so no large layer starts last while the other workers sit idle
                 sizes = {i: _file_bytes(jobs[i].plan)
@@ -121,6 +117,14 @@ class DirectBackend(Backend):
             push_image(client, destination.repository, destination.tag, config,
                        base_blobs + [blob for blob, _ in made], work)
         self._log(f"pushed {destination}", started)
+
+
+def _on_demand_line(unmet: dict[str, str], shown: int = 5) -> str:
+    """What plugins loaded only on demand need and the image lacks (library -> plugin)."""
+    items = sorted(unmet.items())
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return "plugins loaded only on demand lack, in the image: " + "; ".join(
+        f"{escape(library)} (for {escape(plugin)})" for library, plugin in items[:shown]) + more
 
 
 def _file_bytes(plan: LayerPlan) -> int:
