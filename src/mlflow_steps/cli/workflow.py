@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -98,7 +99,7 @@ def run_command(file: Path, codeset_dir: Path | None, codeset_name: str | None, 
                 executor_image: str | None, verbose: bool) -> None:
     """Run workflow FILE locally, each step a container, in order."""
     try:  # the Docker SDK (the `workflow` extra) is only needed to run
-        from mlflow_steps.workflow.engine import DockerEngine  # the Docker SDK: run's only
+        from mlflow_steps.workflow.engine import ENGINE_TIMEOUT, DockerEngine  # Docker SDK
     except ImportError:
         raise StepError("the local runner needs the Docker SDK: "
                         "pip install 'mlflow-steps[workflow]'") from None
@@ -125,7 +126,8 @@ def run_command(file: Path, codeset_dir: Path | None, codeset_name: str | None, 
         record_inputs[codeset.input] = f"{codeset_dir} ({codeset.project}/{codeset.name})"
     record = RunRecord.new(workflow.name, str(file), record_inputs,
                            [step.name for step in workflow.steps])
-    runner = Runner(plan, DockerEngine(engine), RunStore(runs_dir), say)
+    timeout = float(os.environ.get("MLFLOW_STEPS_ENGINE_TIMEOUT") or ENGINE_TIMEOUT)
+    runner = Runner(plan, DockerEngine(engine, timeout), RunStore(runs_dir), say)
     say(f"run {record.id}")
     outputs = runner.run(record, RunOptions(
         codeset_dir, network, keep_workspace, verbose, forward_pip_config,

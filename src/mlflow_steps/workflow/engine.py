@@ -9,6 +9,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests
 from docker.types import DeviceRequest, Mount
 
 from mlflow_steps.core.errors import StepError
@@ -18,6 +19,9 @@ ENGINE_SOCKET_LABEL = "org.mlflow-steps.engine-socket"
 PIP_CONFIG_LABEL = "org.mlflow-steps.pip-config"
 SOCKET_IN_CONTAINER = "/var/run/docker.sock"
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
+# Seconds one engine request may take (removing a container that holds gigabytes, an image
+# builder's, takes minutes on a slow disk); MLFLOW_STEPS_ENGINE_TIMEOUT overrides it.
+ENGINE_TIMEOUT = 600
 
 
 @dataclass(frozen=True)
@@ -61,12 +65,12 @@ class ImageInfo:
 class DockerEngine:
     """Pull, inspect and run containers; a run always ends with its container removed."""
 
-    def __init__(self, base_url: str | None) -> None:
-        self.base_url = base_url or DEFAULT_ENGINE
+    def __init__(self, base_url: str | None, timeout: float = ENGINE_TIMEOUT) -> None:
+        self.base_url, self.timeout = base_url or DEFAULT_ENGINE, timeout
         try:
-            self.client = docker.DockerClient(base_url=self.base_url)
+            self.client = docker.DockerClient(base_url=self.base_url, timeout=timeout)
             self.client.ping()
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, requests.RequestException) as exc:
             raise StepError(f"cannot reach the Docker engine: {exc}",
                             source=self.base_url) from None
 
@@ -117,5 +121,17 @@ class DockerEngine:
         except docker.errors.APIError as exc:
             raise StepError(f"container failed to run: {exc.explanation or exc}",
                             source=spec.image) from None
+        except requests.RequestException as exc:
+            raise StepError(f"the engine did not answer within {self.timeout:g} s while the "
+                            f"container ran ({type(exc).__name__})", source=self.base_url
+                            ) from None
         finally:
+            self._remove(container)
+
+    def _remove(self, container: Any) -> None:
+        try:
             container.remove(force=True)
+        except requests.RequestException as exc:
+            raise StepError(f"the engine did not remove container {container.name} within "
+                            f"{self.timeout:g} s ({type(exc).__name__}); remove it with "
+                            f"`docker rm -f {container.name}`", source=self.base_url) from None
