@@ -99,7 +99,7 @@ def read_pylock(codeset: Path, path: Path, python: str, text: str | None = None,
         raise StepError(str(exc), source=source) from None  # it names the entry
     if lock.requires_python and not lock.requires_python.contains(python, prereleases=True):
         raise StepError(f"requires-python {lock.requires_python} excludes python {python}, "
-                        f"the image's (.python-version sets it)", source=source,
+                        f"the image's: set another in .python-version", source=source,
                         field="requires-python")
     try:
         selected = list(lock.select(environment=target_environment(python),  # type: ignore[arg-type]
@@ -107,11 +107,11 @@ def read_pylock(codeset: Path, path: Path, python: str, text: str | None = None,
     except pylock_module.PylockSelectError as exc:
         raise StepError(f"{exc} for python {python} on linux/{TARGET_MACHINE}; relock for it "
                         f"(e.g. `uv lock`)", source=source) from None
-    return tuple(sorted((_locked(codeset, package, source) for package, _ in selected),
+    return tuple(sorted((_locked(package, source) for package, _ in selected),
                         key=lambda p: p.name))
 
 
-def _locked(codeset: Path, package: Any, source: str) -> LockedPackage:
+def _locked(package: Any, source: str) -> LockedPackage:
     field = f"packages.{package.name}"
     if package.directory is not None:
         raise StepError(f"a directory source ({quoted(package.directory.path, 60)}) is built "
