@@ -100,6 +100,38 @@ def test_conda_lock_installs_exactly_the_locked_packages(conda_channel, tmp_path
     assert not (tmp_path / "ctx2").exists()
 
 
+PIXI_TOML = """\
+[workspace]
+channels = ["conda-forge"]
+platforms = ["linux-64"]
+
+[dependencies]
+python = "3.11.*"
+six = "==1.16.0"
+
+[pypi-dependencies]
+idna = "*"
+"""
+
+
+def test_pixi_lock_installs_exactly_the_locked_packages(conda_channel, tmp_path: Path) -> None:
+    """A pixi.lock's conda part goes through the same rattler install as a conda-lock's;
+    its PyPI part is pip's, hash-checked."""
+    from support.conda_channel import IDNA, write_pixi_lock
+
+    lock = tmp_path / "pixi.lock"
+    records = write_pixi_lock(conda_channel, ["python=3.11", "six==1.16.0"], lock,
+                              pypi=(IDNA,))
+    out, _ = staged({"MLproject": MLPROJECT.replace("conda_env: conda.yaml\n", ""),
+                     "pixi.toml": PIXI_TOML, "pixi.lock": lock.read_text()},
+                    tmp_path, conda_channel)
+    metas = [json.loads(p.read_text()) for p in (out / "conda-env/conda-meta").glob("*.json")]
+    assert sorted((m["name"], m["version"], m["sha256"]) for m in metas) == sorted(
+        (r["name"], r["version"], r["sha256"]) for r in records)
+    assert (out / "env/requirements.lock.txt").read_text() == (
+        f"idna @ {IDNA[2]} --hash=sha256:{IDNA[3]}\n")
+
+
 def test_every_conda_package_is_readable_and_recorded(conda_channel, tmp_path: Path) -> None:
     """COPY keeps the context's modes: conda-meta (rattler writes it 0600), a file an archive
     carries 0600 and rattler's 0775 entry points are 0644/0755. The lock and the SBOM, as the
@@ -266,18 +298,22 @@ with mlflow.start_run():  # a model without numpy (not in this lock): an MLmodel
 """
 
 
-def test_conda_lock_image_has_exactly_the_locked_packages(docker_engine, registry, base_image,
+def test_pixi_lock_image_has_exactly_the_locked_packages(docker_engine, registry, base_image,
                                                           conda_channel, mlflow_server,
                                                           tmp_path: Path) -> None:
+    """Built by an engine from a pixi.lock: its conda packages (the conda-lock path's
+    install), its PyPI package at its locked URL; trained; skipped the second time."""
     import mlflow
-    from support.conda_channel import solve
+    from support.conda_channel import IDNA, write_pixi_lock
     from support.runtime_env import run_step
 
-    records = solve(conda_channel, ["python=3.11", "pip", "six==1.16.0", "markupsafe"])
     codeset = tmp_path / "cs"
     codeset.mkdir()
-    (codeset / "MLproject").write_text(MLPROJECT.replace("conda.yaml", "conda-lock.yml"))
-    (codeset / "conda-lock.yml").write_text(lock_yaml(records))
+    records = write_pixi_lock(conda_channel, ["python=3.11", "pip", "six==1.16.0",
+                                              "markupsafe"], codeset / "pixi.lock",
+                              pypi=(IDNA,))
+    (codeset / "MLproject").write_text(MLPROJECT.replace("conda_env: conda.yaml\n", ""))
+    (codeset / "pixi.toml").write_text(PIXI_TOML)
     (codeset / "train.py").write_text(LOCKED_JOB)
     env = {**docker_engine.env(), "FUSEML_REGISTRY": registry.address,
            "FUSEML_BASE_IMAGE": base_image, "FUSEML_BUILDER": "docker"}
@@ -286,17 +322,18 @@ def test_conda_lock_image_has_exactly_the_locked_packages(docker_engine, registr
     reference = first.stdout.strip()
     probe = docker_engine.cli(
         "run", "--rm", reference, "sh", "-c",
-        "python -c 'import six, markupsafe, mlflow; print(six.__version__)' && "
+        "python -c 'import six, markupsafe, mlflow, idna; print(six.__version__, "
+        "idna.__version__)' && "
         "ls /opt/env/conda-meta && /opt/mlflow-steps/bin/mlflow-steps --version", check=False)
     assert probe.returncode == 0, probe.stderr
     lines = probe.stdout.split()
-    assert lines[0] == "1.16.0"
+    assert lines[:2] == ["1.16.0", "3.7"]
     assert sorted(name for name in lines if name.endswith(".json")) == sorted(
         r["file_name"].removesuffix(".tar.bz2") + ".json" for r in records)
     # The runtime step runs the entry point in the locked environment and finds its model.
     run = run_step(docker_engine, reference, codeset, tmp_path / "results",
                    f"MLFLOW_TRACKING_URI={mlflow_server.url}",
-                   "FUSEML_MLFLOW_EXPERIMENT=conda-lock")
+                   "FUSEML_MLFLOW_EXPERIMENT=pixi-lock")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "/models/m-" in (tmp_path / "results" / "model-url").read_text()
     run_id = re.search(r"mlflow-steps: run ([0-9a-f]{32}): ", run.stderr)[1]

@@ -119,6 +119,53 @@ def test_bad_locks_are_one_line_naming_the_file(text: str, expected: str,
     assert not (tmp_path / "out").exists()
 
 
+def test_dependency_groups_select_what_a_lock_installs(lock_index: str,
+                                                       tmp_path: Path) -> None:
+    """uv.lock: uv's default groups (dev), or the step's dependency_groups instead; a
+    pylock.toml: its default-groups, or the asked ones. The tag follows the set; a group the
+    lock does not declare, or groups for an environment that is not a lock: one line."""
+    project = uv_project(tmp_path / "uv", lock_index, '"mls-lock-a==1.0"',
+                         groups='dev = ["mls-lock-b"]\ntrain = []')
+
+    def explained(codeset: Path, *args: str) -> tuple[str, str]:
+        code, out, err = hashed(codeset, "--explain", *args)
+        assert code == 0, err
+        return out, out.strip().splitlines()[-1]
+
+    default, default_tag = explained(project)
+    assert '"name": "mls-lock-b"' in default
+    train, train_tag = explained(project, "--dependency-groups", "train")
+    assert '"name": "mls-lock-b"' not in train and '"name": "mls-lock-a"' in train
+    assert train_tag != default_tag
+    both = run_cli("hash", str(project), env={**os.environ, "PIP_CONFIG_FILE": os.devnull,
+                                              "FUSEML_DEPENDENCY_GROUPS": "train, dev"})
+    assert both.returncode == 0 and both.stdout.strip() == default_tag, both.stderr
+    code, out, err = hashed(project, "--dependency-groups", "nope")
+    assert (code, out) == (2, "") and err.strip() == (
+        "mlflow-steps: error: input: dependency_groups: Group `nope` is not defined in the "
+        "project's `dependency-groups` table (pyproject.toml)")
+
+    text = pylock([{"name": "mls-lock-a", "version": "1.0"},
+                   {"name": "mls-lock-b", "version": "1.0",
+                    "marker": "'dev' in dependency_groups"}])
+    text = text.replace('created-by = "hand"\n', 'created-by = "hand"\ndependency-groups = '
+                        '["dev", "train"]\ndefault-groups = ["dev"]\n')
+    locked = write_codeset(tmp_path / "pylock", {"MLproject": MINIMAL_MLPROJECT,
+                                                 "pylock.toml": text})
+    assert '"name": "mls-lock-b"' in explained(locked)[0]
+    assert '"name": "mls-lock-b"' not in explained(locked, "--dependency-groups", "train")[0]
+    code, out, err = hashed(locked, "--dependency-groups", "gpu")
+    assert (code, out) == (2, "") and err.strip() == (
+        "mlflow-steps: error: pylock.toml: dependency_groups: Undeclared dependency groups: "
+        "gpu (the lock declares: dev, train)")
+    plain = write_codeset(tmp_path / "plain", {"MLproject": MINIMAL_MLPROJECT,
+                                               "requirements.txt": "six\n"})
+    code, out, err = hashed(plain, "--dependency-groups", "dev")
+    assert (code, out) == (2, "") and err.strip() == (
+        "mlflow-steps: error: input: dependency_groups: selects a lock's groups: it applies "
+        "to pylock.toml and uv.lock environments, and this codeset's is requirements.txt")
+
+
 def test_the_python_comes_from_python_version(tmp_path: Path) -> None:
     codeset = write_codeset(tmp_path / "py", {"MLproject": MINIMAL_MLPROJECT,
                                               "pylock.toml": pylock([]),

@@ -97,6 +97,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
+import yaml
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
@@ -297,6 +298,48 @@ def solve(channel: LocalChannel | None, specs: list[str], *,
             "package_cache": str(Path(cache_dir) / "pkgs"),
         }
         return run_rattler(_SOLVE_CODE, payload)
+
+
+# a PyPI wheel for locks' PyPI part: name, version, URL, sha256
+IDNA = ("idna", "3.7", "https://files.pythonhosted.org/packages/e5/3e/"
+        "741d8c82801c347547f8a2a06aa57dbb1992be9e948df2ea0eda2c8b79e8/idna-3.7-py3-none-any.whl",
+        "82fee1fc78add43492d3a1898bfa6d8a904cc97d8427f683ed8e798d07761aa0")
+_PIXI_LOCK_CODE = _CHANNELS_CODE + """
+from rattler import LockChannel, LockFile, LockPlatform, solve
+async def main(payload):
+    channels, gateway, client = _sources(payload)
+    records = await solve(channels, payload["specs"], gateway=gateway,
+                          platforms=["linux-64", "noarch"])
+    platform = LockPlatform(payload["platform"])
+    lock = LockFile([platform])
+    lock.set_channels("default", [LockChannel("https://conda.anaconda.org/conda-forge/")])
+    for record in records:
+        lock.add_conda_package("default", platform, record)
+    for name, version, url, _ in payload["pypi"]:
+        lock.add_pypi_package("default", platform, name, version, url)
+    lock.to_path(payload["out"])
+    return [_record(r) for r in records]
+"""
+
+
+def write_pixi_lock(channel: LocalChannel, specs: list[str], out: Path, *,
+                    pypi: tuple[tuple[str, str, str, str], ...] = (),
+                    platform: str = "linux-64") -> list[dict]:
+    """A pixi.lock (rattler's lock format, as pixi writes it) of ``specs`` solved against
+    ``channel`` for ``platform``, with PyPI packages ``(name, version, url, sha256)`` (their
+    sha256 added as pixi records it); returns the conda records."""
+    with tempfile.TemporaryDirectory(prefix="rattler-cache-") as cache:
+        records = run_rattler(_PIXI_LOCK_CODE, {
+            "specs": list(specs), "channels": [CHANNEL_NAME], "alias": channel.alias_url,
+            "repodata_cache": str(Path(cache) / "repodata"), "platform": platform,
+            "pypi": [list(p) for p in pypi], "out": str(out)})
+    lock = yaml.safe_load(out.read_text())
+    hashes = {url: sha256 for _, _, url, sha256 in pypi}
+    for package in lock["packages"]:
+        if package.get("pypi") in hashes:
+            package["sha256"] = hashes[package["pypi"]]
+    out.write_text(yaml.safe_dump(lock, sort_keys=False))
+    return records
 
 
 def create_environment(channel: LocalChannel, specs: list[str], prefix: str | os.PathLike,

@@ -16,7 +16,8 @@ from support.index_server import local_index
 
 # mls-lock-a 1.0 locked while 2.0 is on the index too; mls-lock-win only on Windows
 DEPENDENCIES = '"mls-lock-a==1.0", "mls-lock-win; sys_platform == \'win32\'"'
-WHEELS = (("mls_lock_a", "1.0"), ("mls_lock_a", "2.0"), ("mls_lock_win", "1.0"))
+WHEELS = (("mls_lock_a", "1.0"), ("mls_lock_a", "2.0"), ("mls_lock_b", "1.0"),
+          ("mls_lock_win", "1.0"))
 
 
 def publish(root: Path) -> None:
@@ -49,12 +50,14 @@ def uv(*args: str, cwd: Path) -> str:
     return result.stdout
 
 
-def uv_project(directory: Path, index: str, dependencies: str) -> Path:
-    """An MLflow project on pyproject.toml + uv.lock, locked by uv against ``index``."""
+def uv_project(directory: Path, index: str, dependencies: str, groups: str = "") -> Path:
+    """An MLflow project on pyproject.toml + uv.lock, locked by uv against ``index``
+    (``groups``: the lines of its [dependency-groups] table)."""
     codeset = write_codeset(directory, {"MLproject": MINIMAL_MLPROJECT, "pyproject.toml": (
         f'[project]\nname = "demo"\nversion = "0.1"\nrequires-python = ">=3.10"\n'
         f"dependencies = [{dependencies}]\n\n"
-        f'[[tool.uv.index]]\nurl = "{index}"\ndefault = true\n')})
+        + (f"[dependency-groups]\n{groups}\n" if groups else "")
+        + f'[[tool.uv.index]]\nurl = "{index}"\ndefault = true\n')})
     uv("lock", "--quiet", cwd=codeset)
     (codeset / ".uv-cache").rename(directory.parent / f".uv-cache-{directory.name}")
     return codeset

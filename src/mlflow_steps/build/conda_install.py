@@ -12,8 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,6 @@ from packageurl import PackageURL
 
 from mlflow_steps.build import conda_record
 from mlflow_steps.build.image_plan import EnvironmentInstall
-from mlflow_steps.core import interrupt
 from mlflow_steps.core.bounded import MAX_FILE_BYTES, file_digest, read_bounded_text
 from mlflow_steps.core.cache import (
     cache_root,
@@ -47,6 +44,7 @@ from mlflow_steps.core.cache import (
 )
 from mlflow_steps.core.deadline import Deadline
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.rattler import run_rattler
 from mlflow_steps.core.redaction import redact
 from mlflow_steps.core.retry import (
     BUDGET_VARIABLE,
@@ -60,7 +58,6 @@ from mlflow_steps.env.spec import strip_credentials
 DEFAULT_CHANNEL_ALIAS = "https://conda.anaconda.org/"
 DEFAULT_CHANNELS = ("conda-forge",)
 ALIAS_VARIABLE = "CONDA_CHANNEL_ALIAS"  # conda's own variable
-SOLVE_TIMEOUT_SECONDS = 600.0
 _CHUNK = 1 << 20
 _TOKEN_PATH = re.compile(r"/t/[^/]+/")  # anaconda.org-style channel tokens
 
@@ -129,34 +126,13 @@ def cache_dir(environ: Mapping[str, str]) -> Path:
     return path
 
 
-def _child(command: str, payload: dict[str, Any], secrets: list[str], source: str) -> Any:
-    """Run ``command`` in ``mlflow_steps.build.rattler_child``; its error becomes one line."""
-    try:
-        done = interrupt.run([sys.executable, "-m", "mlflow_steps.build.rattler_child"],
-                             input=json.dumps({"command": command, **payload}), text=True,
-                             timeout=SOLVE_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        raise StepError(f"conda {command} did not finish within {SOLVE_TIMEOUT_SECONDS:.0f} s",
-                        source=source) from None
-    try:
-        answer = json.loads(done.stdout)
-    except ValueError:
-        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise StepError(f"conda {command} failed: {redact(last, secrets)}",
-                        source=source) from None
-    if "error" in answer:
-        raise StepError(f"conda {command} failed: {redact(answer['error'], secrets)}",
-                        source=source)
-    return answer["result"]
-
-
 def solve(install: EnvironmentInstall, channels: CondaChannels, cache: Path
           ) -> list[dict[str, Any]]:
     """The packages of the conda.yaml's conda part, solved for linux-64."""
-    return _child("solve", {"channels": list(install.conda_channels or DEFAULT_CHANNELS),
-                            "specs": list(install.conda_dependencies), "alias": channels.alias,
-                            "cache": str(cache / "repodata")},
-                  [channels.alias], install.source or "conda.yaml")
+    return run_rattler("solve", {"channels": list(install.conda_channels or DEFAULT_CHANNELS),
+                                 "specs": list(install.conda_dependencies),
+                                 "alias": channels.alias, "cache": str(cache / "repodata")},
+                       source=install.source or "conda.yaml", secrets=[channels.alias])
 
 
 def _archive_name(record: Mapping[str, Any]) -> str:
@@ -246,8 +222,9 @@ def stage_environment(install: EnvironmentInstall, staging: Path, prefix: str,
     records = ([dict(record) for record in install.locked_conda]
                if install.strategy == "conda-lock" else solve(install, channels, cache))
     archives = fetch(records, cache, environ, source, secrets)
-    _child("install", {"archives": [str(a) for a in archives], "staging": str(staging),
-                       "prefix": prefix, "cache": str(cache / "extracted")}, secrets, source)
+    run_rattler("install", {"archives": [str(a) for a in archives], "staging": str(staging),
+                            "prefix": prefix, "cache": str(cache / "extracted")},
+                source=source, secrets=secrets)
     _scrub_metadata(staging, {archive.name: record["url"]
                               for archive, record in zip(archives, records, strict=True)})
     return records

@@ -39,15 +39,19 @@ def build_inputs(func: Callable[..., Any]) -> Callable[..., Any]:
                    help="Lock mode: resolve the requirements first and hash the pins, so a "
                         "new upstream release gives a new image (default: hash what the "
                         "codeset declares)."),
+        step_input("dependency_groups", "",
+                   help="Comma-separated dependency groups a pylock.toml or uv.lock installs "
+                        "instead of its default groups (empty: the defaults)."),
     )):
         func = decorator(func)
     return func
 
 
 def _options(env_strategy: str, base_image: str | None, miniconda_version: str | None,
-             resolve: bool) -> BuildOptions:
+             resolve: bool, dependency_groups: str) -> BuildOptions:
     return BuildOptions(env_strategy=env_strategy, base_image=base_image,
-                        miniconda_version=miniconda_version, resolve=resolve)
+                        miniconda_version=miniconda_version, resolve=resolve,
+                        dependency_groups=hosts(dependency_groups))
 
 
 forward_pip_config_input = step_input(
@@ -152,7 +156,8 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
               help="Write the image digest here (default: results/$TASK_RESULT_DIGEST).")
 def build_command(codeset: Path, output_file: Path | None, digest_file: Path | None,
                   env_strategy: str, base_image: str | None, miniconda_version: str | None,
-                  resolve: bool, insecure_registries: str, stage: str, executor: str,
+                  resolve: bool, dependency_groups: str, insecure_registries: str, stage: str,
+                  executor: str,
                   plan_dir: Path, skip_result: Path | None, args_result: Path | None,
                   as_json: bool,
                   **inputs: Any) -> None:
@@ -160,7 +165,8 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
     with interruptible():  # SIGTERM/SIGINT: the build's files and children gone, no output
         environ = dict(os.environ)
         builder_inputs = BuilderInputs(
-            options=_options(env_strategy, base_image, miniconda_version, resolve),
+            options=_options(env_strategy, base_image, miniconda_version, resolve,
+                             dependency_groups),
             insecure_registries=hosts(insecure_registries),
             **inputs,
         )

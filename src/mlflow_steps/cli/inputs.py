@@ -43,7 +43,7 @@ codeset_argument = click.argument(
 
 
 def hosts(text: str) -> tuple[str, ...]:
-    """A comma-separated host list (insecure_registries), blanks dropped."""
+    """A comma-separated list (insecure_registries, dependency_groups), blanks dropped."""
     return tuple(host.strip() for host in text.split(",") if host.strip())
 
 

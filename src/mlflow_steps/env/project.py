@@ -17,6 +17,7 @@ CONDA_FILE = "conda.yaml"
 PYTHON_ENV_FILE = "python_env.yaml"
 REQUIREMENTS_FILE = "requirements.txt"
 PYLOCK_FILE = "pylock.toml"  # or one pylock.<name>.toml (PEP 751)
+PIXI_LOCK_FILE = "pixi.lock"  # with pixi.toml (or pyproject.toml's [tool.pixi])
 UV_LOCK_FILE = "uv.lock"  # with pyproject.toml: a uv project
 PYPROJECT_FILE = "pyproject.toml"
 ENV_FIELDS = ("conda_env", "python_env", "docker_env")
@@ -47,7 +48,8 @@ class Project:
 
     name: str | None
     entry_points: dict[str, EntryPoint]
-    env_kind: str  # conda-lock | pylock | uv-lock | conda | python_env | requirements | none
+    # conda-lock | pixi-lock | pylock | uv-lock | conda | python_env | requirements | none
+    env_kind: str
     env_file: Path | None
     docker_image: str | None
     env_reason: str = ""  # why that file: `hash --explain` says it
@@ -183,8 +185,8 @@ def _present(path: Path) -> bool:
     return os.path.lexists(path)
 
 
-ENV_ORDER = (f"{CONDA_LOCK_FILE}; MLproject's conda_env; {PYLOCK_FILE} (or one "
-             f"pylock.<name>.toml); {UV_LOCK_FILE} with {PYPROJECT_FILE}; MLproject's "
+ENV_ORDER = (f"{CONDA_LOCK_FILE}; MLproject's conda_env; {PIXI_LOCK_FILE}; {PYLOCK_FILE} "
+             f"(or one pylock.<name>.toml); {UV_LOCK_FILE} with {PYPROJECT_FILE}; MLproject's "
              f"python_env; {CONDA_FILE}; {PYTHON_ENV_FILE}; {REQUIREMENTS_FILE}")
 
 
@@ -195,6 +197,9 @@ def _select_env(codeset: Path, data: dict[str, Any]) -> tuple[str, Path | None, 
     if path is not None:
         return "conda-lock", path, "a conda lock comes first"
     if "conda_env" not in data:
+        pixi_lock = _default_file(codeset, PIXI_LOCK_FILE)
+        if pixi_lock is not None:
+            return "pixi-lock", pixi_lock, "a pixi lock (conda and PyPI) comes before the others"
         lock = _pylock_file(codeset)
         if lock is not None:
             return "pylock", lock, "a PEP 751 lock comes before unlocked specs"
@@ -245,7 +250,7 @@ def _declared_or_default(codeset: Path, data: dict[str, Any]) -> tuple[str, Path
         return "none", None
     raise StepError(
         f"no environment: add {CONDA_FILE}, {PYTHON_ENV_FILE}, {REQUIREMENTS_FILE}, "
-        f"{PYLOCK_FILE}, {UV_LOCK_FILE} or {CONDA_LOCK_FILE}, or declare "
+        f"{PYLOCK_FILE}, {UV_LOCK_FILE}, {PIXI_LOCK_FILE} or {CONDA_LOCK_FILE}, or declare "
         f"conda_env/python_env/docker_env",
         source=MLPROJECT,
     )

@@ -80,9 +80,11 @@ def _target_tags(python: str) -> list[Any]:
 
 
 def read_pylock(codeset: Path, path: Path, python: str, text: str | None = None,
-                source: str | None = None) -> tuple[LockedPackage, ...]:
+                source: str | None = None, groups: tuple[str, ...] = ()
+                ) -> tuple[LockedPackage, ...]:
     """The packages ``path`` (a pylock.toml in ``codeset``; ``text``: its content, when
-    exported from another lock named ``source``) installs for CPython ``python`` on Linux."""
+    exported from another lock named ``source``) installs for CPython ``python`` on Linux,
+    with dependency ``groups`` (none: the lock's default groups)."""
     source = source or relative_name(codeset, path)
     pylock_module = _pylock_module(source)
     text = read_env_text(codeset, path) if text is None else text
@@ -103,8 +105,12 @@ def read_pylock(codeset: Path, path: Path, python: str, text: str | None = None,
                         field="requires-python")
     try:
         selected = list(lock.select(environment=target_environment(python),  # type: ignore[arg-type]
-                                    tags=_target_tags(python)))
+                                    tags=_target_tags(python), dependency_groups=groups or None))
     except pylock_module.PylockSelectError as exc:
+        if str(exc).startswith("Undeclared dependency groups"):
+            raise StepError(f"{exc} (the lock declares: "
+                            f"{', '.join(lock.dependency_groups or ()) or 'none'})",
+                            source=source, field="dependency_groups") from None
         raise StepError(f"{exc} for python {python} on linux/{TARGET_MACHINE}; relock for it "
                         f"(e.g. `uv lock`)", source=source) from None
     return tuple(sorted((_locked(package, source) for package, _ in selected),
@@ -151,10 +157,13 @@ def _pylock_module(source: str) -> Any:
     return importlib.import_module("packaging.pylock")  # not in packaging<26.1
 
 
-def export_uv_lock(codeset: Path, environ: dict[str, str]) -> str:
-    """``codeset``'s uv.lock as PEP 751 text, by uv (``uv export``): the default groups, the
-    project itself left out; refused when the lock does not satisfy pyproject.toml. uv runs
-    offline, builds nothing and sees no credential."""
+def export_uv_lock(codeset: Path, environ: dict[str, str], groups: tuple[str, ...] = ()
+                   ) -> str:
+    """``codeset``'s uv.lock as PEP 751 text, by uv (``uv export``): the dependency ``groups``
+    (none: the default groups), the project itself left out; refused when the lock does not
+    satisfy pyproject.toml. uv runs offline, builds nothing and sees no credential."""
+    selection = ["--no-default-groups", *(f"--group={group}" for group in groups)] if (
+        groups) else []
     env = {key: environ[key] for key in ("PATH", "LANG", "LC_ALL", "TZ") if key in environ}
     with tempfile.TemporaryDirectory(prefix="mls-uv-export-") as home:
         env.update(HOME=home, UV_CACHE_DIR=os.path.join(home, "cache"),
@@ -162,7 +171,7 @@ def export_uv_lock(codeset: Path, environ: dict[str, str]) -> str:
         try:
             result = subprocess.run(
                 [str(uv_binary()), "export", "--quiet", "--format", "pylock.toml", "--locked",
-                 "--offline", "--no-build", "--no-emit-project", "--no-header",
+                 "--offline", "--no-build", "--no-emit-project", "--no-header", *selection,
                  "--directory", str(codeset)],
                 capture_output=True, text=True, env=env, timeout=EXPORT_TIMEOUT, check=False)
         except subprocess.TimeoutExpired:
@@ -172,6 +181,9 @@ def export_uv_lock(codeset: Path, environ: dict[str, str]) -> str:
         reason = redact(" ".join(lines[-3:]))[-400:] or f"exit {result.returncode}"
         # uv re-resolves only when the lock does not match pyproject.toml; offline, that
         # fails for want of the index: stale either way
+        if "is not defined in the project's `dependency-groups`" in reason:
+            raise StepError(f"{reason.removeprefix('error: ')} (pyproject.toml)",
+                            source="input", field="dependency_groups")
         if "needs to be updated" in reason or "network was disabled" in reason:
             raise StepError("does not satisfy pyproject.toml any more; run `uv lock`",
                             source=UV_LOCK)

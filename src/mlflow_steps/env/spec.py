@@ -17,6 +17,7 @@ from mlflow_steps.core.bounded import read_env_text, resolve_inside
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import has_credentials, redact
 from mlflow_steps.env.conda import parse_conda_env, parse_conda_lock
+from mlflow_steps.env.pixi import read_pixi_lock
 from mlflow_steps.env.project import Project, load_project
 from mlflow_steps.env.pylock import export_uv_lock, read_pylock
 from mlflow_steps.env.python_env import parse_python_env
@@ -44,6 +45,7 @@ class BuildOptions:
     index_url: str | None = None
     extra_index_urls: tuple[str, ...] = ()
     resolve: bool = False  # lock mode: hash the resolved pins (pinning.py)
+    dependency_groups: tuple[str, ...] = ()  # a lock's groups to install (none: its defaults)
 
     def __post_init__(self) -> None:
         if self.env_strategy not in STRATEGIES:
@@ -176,8 +178,13 @@ def _spec(codeset: Path, project: Project, options: BuildOptions,
     }
     kind, env_file = project.env_kind, project.env_file
     source = env_file.relative_to(codeset.resolve()).as_posix() if env_file else ""
-    if kind == "conda-lock":
-        locked = parse_conda_lock(codeset, env_file)
+    if options.dependency_groups and kind not in ("pylock", "uv-lock"):
+        raise StepError(f"selects a lock's groups: it applies to pylock.toml and uv.lock "
+                        f"environments, and this codeset's is {source or 'none'}",
+                        source="input", field="dependency_groups")
+    if kind in ("conda-lock", "pixi-lock"):
+        locked = (parse_conda_lock(codeset, env_file) if kind == "conda-lock"
+                  else read_pixi_lock(codeset, env_file))
         return EnvSpec(
             strategy="conda-lock", source=source, python=locked.python_version,
             base_image=_conda_base(options, project.docker_image),
@@ -260,11 +267,12 @@ def _locked_spec(codeset: Path, project: Project, source: str, options: BuildOpt
                         source=source, field="env_strategy")
     python = _lock_python(codeset, project)
     assert project.env_file is not None
-    if project.env_kind == "uv-lock":
-        text = export_uv_lock(codeset, dict(os.environ if environ is None else environ))
+    groups = options.dependency_groups
+    if project.env_kind == "uv-lock":  # uv selects the groups as it exports
+        text = export_uv_lock(codeset, dict(os.environ if environ is None else environ), groups)
         packages = read_pylock(codeset, project.env_file, python, text=text, source=source)
     else:
-        packages = read_pylock(codeset, project.env_file, python)
+        packages = read_pylock(codeset, project.env_file, python, groups=groups)
     return EnvSpec(
         strategy="pip", source=source, python=python,
         base_image=_pip_base(python, options, project.docker_image),

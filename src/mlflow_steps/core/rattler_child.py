@@ -39,10 +39,7 @@ async def solve(payload: dict[str, Any]) -> list[dict[str, Any]]:
         [Channel(name, config) for name in payload["channels"]], payload["specs"],
         gateway=Gateway(cache_dir=payload["cache"]), platforms=["linux-64", "noarch"],
         virtual_packages=virtual)
-    return [{"name": r.name.normalized, "version": str(r.version), "build": str(r.build),
-             "url": r.url, "file_name": r.file_name,
-             "sha256": r.sha256.hex() if r.sha256 else None,
-             "md5": r.md5.hex() if r.md5 else None} for r in records]
+    return [_record(r) for r in records]
 
 
 async def install(payload: dict[str, Any]) -> None:
@@ -58,7 +55,46 @@ async def install(payload: dict[str, Any]) -> None:
                           execute_link_scripts=False)
 
 
-COMMANDS = {"solve": solve, "install": install}
+async def read_lock(payload: dict[str, Any]) -> dict[str, Any]:
+    """The packages a pixi (rattler) lock gives ``environment`` on ``platform``, and which
+    of the conda ``specs`` none of them matches."""
+    from rattler import LockFile, MatchSpec  # only the child process needs rattler
+
+    lock = LockFile.from_path(payload["path"])
+    answer: dict[str, Any] = {"environments": sorted(name for name, _ in lock.environments())}
+    environment = lock.environment(payload["environment"])
+    if environment is None:
+        return answer
+    platforms = {str(p.name): p for p in environment.platforms()}  # the lock's own objects
+    answer["platforms"] = sorted(platforms)
+    platform = platforms.get(payload["platform"])
+    if platform is None:
+        return answer
+    records = environment.conda_repodata_records_for_platform(platform) or []
+    answer["conda"] = [_record(r) for r in records]
+    answer["pypi"] = [{"name": p.name, "version": str(p.version), "location": str(p.location),
+                       "hashes": _hashes(p.hashes)}
+                      for p in environment.pypi_packages_for_platform(platform) or []]
+    answer["unmatched"] = [spec for spec in payload["specs"]
+                           if not any(MatchSpec(spec).matches(r) for r in records)]
+    return answer
+
+
+def _record(record: Any) -> dict[str, Any]:
+    return {"name": record.name.normalized, "version": str(record.version),
+            "build": str(record.build), "url": record.url, "file_name": record.file_name,
+            "sha256": record.sha256.hex() if record.sha256 else None,
+            "md5": record.md5.hex() if record.md5 else None}
+
+
+def _hashes(hashes: Any) -> dict[str, str]:
+    if hashes is None:
+        return {}
+    return {name: value.hex() for name in ("sha256", "md5")
+            if (value := getattr(hashes, name, None))}
+
+
+COMMANDS = {"solve": solve, "install": install, "read_lock": read_lock}
 
 
 def main() -> None:
@@ -66,7 +102,7 @@ def main() -> None:
     try:
         result = asyncio.run(COMMANDS[request["command"]](request))
         answer = {"result": result}
-    except Exception as exc:  # reported to the parent as one line
+    except BaseException as exc:  # reported as one line (pyo3's panics are BaseExceptions)
         answer = {"error": (str(exc).strip().splitlines() or [type(exc).__name__])[0]}
     sys.stdout.write(json.dumps(answer))
     sys.stdout.flush()
