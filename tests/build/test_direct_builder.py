@@ -11,12 +11,14 @@ import json
 import os
 import random
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
 from support.helpers import (
     EXAMPLE,
     MINIMAL_MLPROJECT,
+    REPO,
     basic,
     docker_config,
     make_wheel,
@@ -350,5 +352,33 @@ def test_a_python_env_codeset_built_directly_trains(docker_engine, registry, bas
     run = run_step(docker_engine, built.stdout.strip(), project, results,
                    f"MLFLOW_TRACKING_URI={mlflow_server.url}",
                    "FUSEML_MLFLOW_ENTRYPOINT_ARGS=C=0.5", "FUSEML_MLFLOW_EXPERIMENT=direct")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "/models/m-" in (results / "model-url").read_text()
+
+
+def test_the_uv_example_built_directly_trains(docker_engine, registry, base_image, no_engine,
+                                              mlflow_server, tmp_path: Path) -> None:
+    """examples/uv-project (pyproject.toml + uv.lock, no environment in MLproject): the
+    image has exactly the lock's packages for it, MLflow and boto3 among them, and trains."""
+    from support.runtime_env import run_step
+
+    from mlflow_steps.build.inspect import read_image
+    from mlflow_steps.env.spec import BuildOptions, resolve_env
+
+    project = tmp_path / "codeset"
+    shutil.copytree(REPO / "examples" / "uv-project", project)
+    built = build(project, registry, base_image, "direct/uv-example", env=no_engine)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "does not apply" not in built.stderr
+    reference = built.stdout.strip()
+    record = read_image(reference, RegistryClient(registry.address))
+    installed = dict(line.split("==", 1) for line in record.packages if "==" in line)
+    _, spec = resolve_env(project, BuildOptions())
+    assert installed == {package["name"]: package["version"] for package in spec.locked_pip}
+    assert "mlflow-skinny" in installed and "boto3" in installed
+    results = tmp_path / "results"
+    run = run_step(docker_engine, reference, project, results,
+                   f"MLFLOW_TRACKING_URI={mlflow_server.url}",
+                   "FUSEML_MLFLOW_ENTRYPOINT_ARGS=C=0.5", "FUSEML_MLFLOW_EXPERIMENT=direct-uv")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "/models/m-" in (results / "model-url").read_text()
