@@ -11,9 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
+from packaging.pylock import Pylock
 from packaging.utils import canonicalize_name
 from support.helpers import EXAMPLE, run_cli
 from support.image_checks import check_runtime_image
@@ -22,9 +24,11 @@ from mlflow_steps.build.conda_install import CondaChannels, cache_dir
 from mlflow_steps.build.direct.installed import distributions, sbom_json
 from mlflow_steps.build.dockerfile import write_context
 from mlflow_steps.build.image_plan import image_plan
+from mlflow_steps.build.inspect import read_image
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH, env_tag
 from mlflow_steps.env.spec import BuildOptions, resolve_env
+from mlflow_steps.image.client import RegistryClient
 
 MLPROJECT = "conda_env: conda.yaml\nentry_points:\n  main:\n    command: python train.py\n"
 CONDA_PACKAGES = ["python=3.11", "pip", "six>=1.17", "markupsafe", "probe-data"]
@@ -154,10 +158,17 @@ def test_every_conda_package_is_readable_and_recorded(conda_channel, tmp_path: P
     frozen.write_text("".join(f"{canonicalize_name(d.metadata['Name'])}=={d.version}\n"
                               for d in dists))
     sbom.write_text(sbom_json(dists, SOURCE_DATE_EPOCH))
-    record = out / "conda-record"
+    # ... and what pip (uv) installed on top: the only line of the PEP 751 record's input
+    uv_dist = env / "lib/python3.11/site-packages/extra_pkg-1.0.dist-info"
+    uv_dist.mkdir()
+    (uv_dist / "INSTALLER").write_text("uv\n")
+    with frozen.open("a") as handle:
+        handle.write("extra-pkg==1.0\nmlflow-steps @ file:///opt/mlflow-steps-build/t.whl\n")
+    record, pip_part = out / "conda-record", tmp_path / "environment.txt"
     subprocess.run([str(env / "bin/python"), "-I", "-S", str(record / "merge.py"), str(record),
-                    str(frozen), str(lock), str(sbom)], check=True, timeout=60,
+                    str(frozen), str(lock), str(sbom), str(pip_part)], check=True, timeout=60,
                    env={"PATH": "/usr/bin:/bin"})
+    assert pip_part.read_text() == "extra-pkg==1.0\n"
 
     installed = {meta["name"]: meta for meta in map(json.loads, map(Path.read_text, metas))}
     assert {"python", "python_abi", "probe-data", "six"} <= installed.keys()
@@ -328,6 +339,11 @@ def test_pixi_lock_image_has_exactly_the_locked_packages(docker_engine, registry
     assert probe.returncode == 0, probe.stderr
     lines = probe.stdout.split()
     assert lines[:2] == ["1.16.0", "3.7"]
+    # its PEP 751 record: what pip installed (the lock's PyPI part, MLflow added), valid
+    pylock = read_image(reference, RegistryClient(registry.address)).pylock
+    names = {package.name for package in Pylock.from_dict(tomllib.loads(pylock)).packages}
+    assert {"idna", "mlflow-skinny", "boto3"} <= names
+    assert not names & {"six", "markupsafe", "pip", "mlflow-steps"}
     assert sorted(name for name in lines if name.endswith(".json")) == sorted(
         r["file_name"].removesuffix(".tar.bz2") + ".json" for r in records)
     # The runtime step runs the entry point in the locked environment and finds its model.

@@ -195,7 +195,7 @@ class RecordFiles:
     env_dir: str = ENV_DIR  # the env files the environment was installed from
     lock: str = LOCK_PATH
     sbom: str = SBOM_PATH
-    pylock: str = PYLOCK_PATH  # pip environments
+    pylock: str = PYLOCK_PATH  # conda images: what pip installed
 
 
 @dataclass(frozen=True)
@@ -247,9 +247,8 @@ def image_plan(spec: EnvSpec) -> ImagePlan:
               "io.mlflow-steps.strategy": spec.strategy,
               "io.mlflow-steps.tooling-version": __version__,
               "io.mlflow-steps.lock": record.lock,
-              "io.mlflow-steps.sbom": record.sbom}
-    if spec.strategy == "pip":
-        labels["io.mlflow-steps.pylock"] = record.pylock
+              "io.mlflow-steps.sbom": record.sbom,
+              "io.mlflow-steps.pylock": record.pylock}
     # the environment first, then the base's PATH, or the standard one when it sets none
     runtime_env = {"PATH": f"{ENV_PREFIX}/bin:${{PATH:-{DEFAULT_PATH}}}",
                    "MLFLOW_STEPS_ENV": ENV_PREFIX,

@@ -67,7 +67,9 @@ class ImageRecord:
                      + (f" ({self.labels.get(LABEL_PREFIX + 'sbom')})" if self.sbom else ""))
         if self.pylock is not None:
             count = sum(1 for line in self.pylock.splitlines() if line == "[[packages]]")
-            lines.append(f"pylock     PEP 751, {count} packages "
+            part = ("" if self.labels.get(LABEL_PREFIX + "strategy") == "pip" else
+                    " that pip installed; the conda packages are in the lock")
+            lines.append(f"pylock     PEP 751, {count} packages{part} "
                          f"({self.labels.get(LABEL_PREFIX + 'pylock')}; --write-pylock FILE)")
         return lines
 

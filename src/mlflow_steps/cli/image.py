@@ -39,8 +39,8 @@ def inspect_command(image: str, codeset: Path | None, insecure_registries: str,
     record = read_image(image, client)
     if write_pylock is not None:
         if record.pylock is None:
-            raise StepError("the image records no pylock.toml (a conda environment, or built "
-                            "before images carried one)", source=image, field="write_pylock")
+            raise StepError("the image records no pylock.toml (built before images carried "
+                            "one)", source=image, field="write_pylock")
         write_pylock.write_text(record.pylock)
     click.echo(report(record.lines()))
     if codeset is None and Path("MLproject").is_file():
