@@ -38,7 +38,7 @@ def _uv(*args: str) -> str:
 def test_the_direct_builder_installs_exactly_the_lock(registry, synthetic_base, no_engine,
                                                       warm_cache, lock_index: str,
                                                       tmp_path: Path) -> None:
-    project = uv_project(tmp_path / "uv", lock_index, DEPENDENCIES)
+    project = uv_project(tmp_path / "uv", lock_index, DEPENDENCIES, local_wheel=True)
     env = {**no_engine, "PIP_EXTRA_INDEX_URL": lock_index,
            "MLFLOW_STEPS_CACHE": warm_cache(tmp_path / "cache")}
     result = build(project, registry, synthetic_base, "locked/direct", env=env)
@@ -47,6 +47,10 @@ def test_the_direct_builder_installs_exactly_the_lock(registry, synthetic_base, 
     reference = result.stdout.strip()
     versions = _locked_versions(reference, registry)
     assert versions["mls-lock-a"] == "1.0" and "mls-lock-win" not in versions
+    # the codeset's wheel, hash-checked, installed from the env files' wheels/ (by its path)
+    record = read_image(reference, RegistryClient(registry.address))
+    assert any(line.startswith("mls-local @ file:///opt/mlflow-steps-build/env/wheels/"
+                               "mls_local-1.0-py3-none-any.whl") for line in record.packages)
     assert "mlflow-skinny" in versions and "boto3" in versions
 
     # the image's PEP 751 record: valid, and on a plain machine it installs the same set
@@ -54,12 +58,19 @@ def test_the_direct_builder_installs_exactly_the_lock(registry, synthetic_base, 
     shown = run_cli("inspect", reference, "--write-pylock", str(written), env=no_engine)
     assert shown.returncode == 0, shown.stderr
     [line] = [x for x in shown.stdout.splitlines() if x.startswith("pylock ")]
-    assert f"PEP 751, {len(versions)} packages" in line
+    assert f"PEP 751, {len(versions) + 1} packages" in line  # and mls-local
     Pylock.from_dict(tomllib.loads(written.read_text()))  # validates against the PEP
+    # the codeset's wheel is named by its path in the image: a plain machine lacks it
+    head, *blocks = written.read_text().split("\n[[packages]]\n")
+    [local] = [block for block in blocks if block.startswith('name = "mls-local"')]
+    assert "/opt/mlflow-steps-build/env/wheels/mls_local-1.0-py3-none-any.whl" in local
+    plain = tmp_path / "plain-lock" / "pylock.toml"
+    plain.parent.mkdir()
+    plain.write_text("\n[[packages]]\n".join([head, *(b for b in blocks if b != local)]))
     venv = tmp_path / "plain"
     _uv("venv", "--quiet", "--python", sys.executable, str(venv))
     _uv("pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "-r",
-        str(written))
+        str(plain))
     freeze = _uv("pip", "freeze", "--python", str(venv / "bin" / "python"))
     assert dict(x.split("==", 1) for x in freeze.split()) == versions
 
@@ -88,3 +99,25 @@ def test_docker_installs_exactly_the_lock(docker_engine, registry, base_image,
     assert "mlflow-skinny" in versions and "boto3" in versions
     shown = run_cli("inspect", result.stdout.strip())
     assert shown.returncode == 0 and f"PEP 751, {len(versions)} packages" in shown.stdout
+
+
+def test_the_kaniko_plan_of_a_locked_project_carries_its_groups(registry, lock_index: str,
+                                                                tmp_path: Path) -> None:
+    """The cluster plan's context is the Dockerfile path's: the lock's packages of the asked
+    dependency groups in their layers, hashed as `hash` does with the same input."""
+    project = uv_project(tmp_path / "uv", lock_index, '"mls-lock-a==1.0"',
+                         groups='dev = ["mls-lock-b"]\ntrain = []')
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "FUSEML_DEPENDENCY_GROUPS": "train"}
+    plan = tmp_path / "plan"
+    prepared = run_cli("build", str(project), "--stage", "prepare", "--executor", "kaniko",
+                       "--plan-dir", str(plan), "--registry", registry.address,
+                       "--repository", "locked/kaniko", "--base-image", "python:3.11-slim",
+                       env=env)
+    assert prepared.returncode == 0, prepared.stderr
+    tag = run_cli("hash", str(project), "--base-image", "python:3.11-slim", env=env)
+    assert prepared.stdout.startswith(
+        f"build: {registry.address}/locked/kaniko:{tag.stdout.strip()} missing, plan kaniko")
+    context = plan / "context"
+    pins = "".join(f.read_text() for f in (context / "layers").iterdir())
+    assert pins.startswith("mls-lock-a==1.0 --hash=sha256:") and "mls-lock-b" not in pins
+    assert " AS resolve" not in (context / "Dockerfile").read_text()

@@ -3,11 +3,13 @@ against a loopback index; the tag is the hash of the locked set for the image's 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
-from support.helpers import MINIMAL_MLPROJECT, run_cli, write_codeset
+from support.helpers import MINIMAL_MLPROJECT, make_wheel, run_cli, write_codeset
 from support.locks import DEPENDENCIES, uv, uv_project
 
 
@@ -164,6 +166,61 @@ def test_dependency_groups_select_what_a_lock_installs(lock_index: str,
     assert (code, out) == (2, "") and err.strip() == (
         "mlflow-steps: error: input: dependency_groups: selects a lock's groups: it applies "
         "to pylock.toml and uv.lock environments, and this codeset's is requirements.txt")
+
+
+def test_uv_needs_no_python_on_path_and_one_outside_the_lock_is_said(
+        lock_index: str, tmp_path: Path) -> None:
+    """uv checks the lock with the builder's own interpreter (a skip path with no Python on
+    PATH works); a project whose requires-python excludes it is exported as locked and
+    `--explain` says it was not checked."""
+    project = uv_project(tmp_path / "uv", lock_index, DEPENDENCIES)
+    bare = run_cli("hash", str(project), env={"PATH": "/nonexistent", "HOME": str(tmp_path),
+                                              "PIP_CONFIG_FILE": os.devnull})
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout.strip() == hashed(project)[1].strip()
+    newer = f"{sys.version_info[0]}.{sys.version_info[1] + 1}"  # than this interpreter
+    for name in ("pyproject.toml", "uv.lock"):  # as `uv lock` writes it on that Python
+        path = project / name
+        path.write_text(path.read_text().replace('requires-python = ">=3.10"',
+                                                 f'requires-python = ">={newer}"'))
+    (project / ".python-version").write_text(f"{newer}\n")
+    code, explained, err = hashed(project, "--explain")
+    assert code == 0, err
+    assert explained.splitlines()[0] == (
+        "# environment: uv.lock (a uv lock comes before unlocked specs; taken as locked, not "
+        "checked against pyproject.toml: uv checks with a Python in its requires-python, and "
+        f"the builder runs {sys.version_info[0]}.{sys.version_info[1]})")
+    assert '"name": "mls-lock-a"' in explained and f'"python": "{newer}"' in explained
+
+
+def test_a_wheel_of_the_codeset_is_locked_by_path_and_hash(tmp_path: Path) -> None:
+    """A lock's local wheel (uv exports a path source as an archive path, relative to the
+    lock): inside the codeset, with its sha256; hashed by its path and sha256."""
+    codeset = write_codeset(tmp_path / "cs", {"MLproject": MINIMAL_MLPROJECT})
+    (codeset / "wheels").mkdir()
+    wheel = make_wheel(codeset / "wheels", "mls_local", "1.0",
+                       {"mls_local/__init__.py": b"V = 1\n"})
+    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+
+    def lock(path: str, digest: str = sha) -> str:
+        return pylock([], f'[[packages]]\nname = "mls-local"\nversion = "1.0"\narchive = '
+                          f'{{ path = "{path}", hashes = {{ sha256 = "{digest}" }} }}\n')
+
+    (codeset / "pylock.toml").write_text(lock(f"wheels/{wheel.name}"))
+    code, explained, err = hashed(codeset, "--explain")
+    assert code == 0, err
+    assert f'"path": "wheels/{wheel.name}"' in explained and sha in explained
+    for path, digest, expected in (
+            (f"wheels/{wheel.name}", "0" * 64, f"'wheels/{wheel.name}' does not match the "
+             "lock's sha256"),
+            (f"../{wheel.name}", sha, "outside"),
+            ("wheels/mls_local-1.0.tar.gz", sha, "a local source archive ('wheels/mls_local-"
+             "1.0.tar.gz') is built from source")):
+        (codeset / "pylock.toml").write_text(lock(path, digest))
+        code, out, err = hashed(codeset)
+        assert (code, out) == (2, "") and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("mlflow-steps: error: pylock.toml: packages.mls-local: ")
+        assert expected in err, err
 
 
 def test_the_python_comes_from_python_version(tmp_path: Path) -> None:

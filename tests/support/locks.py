@@ -50,14 +50,27 @@ def uv(*args: str, cwd: Path) -> str:
     return result.stdout
 
 
-def uv_project(directory: Path, index: str, dependencies: str, groups: str = "") -> Path:
+LOCAL_WHEEL = "wheels/mls_local-1.0-py3-none-any.whl"
+
+
+def uv_project(directory: Path, index: str, dependencies: str, groups: str = "",
+               local_wheel: bool = False) -> Path:
     """An MLflow project on pyproject.toml + uv.lock, locked by uv against ``index``
-    (``groups``: the lines of its [dependency-groups] table)."""
+    (``groups``: the lines of its [dependency-groups] table; ``local_wheel``: mls-local too,
+    a wheel of the codeset, LOCAL_WHEEL)."""
+    if local_wheel:
+        dependencies += ', "mls-local"'
     codeset = write_codeset(directory, {"MLproject": MINIMAL_MLPROJECT, "pyproject.toml": (
         f'[project]\nname = "demo"\nversion = "0.1"\nrequires-python = ">=3.10"\n'
         f"dependencies = [{dependencies}]\n\n"
         + (f"[dependency-groups]\n{groups}\n" if groups else "")
+        + (f'[tool.uv.sources]\nmls-local = {{ path = "{LOCAL_WHEEL}" }}\n\n'
+           if local_wheel else "")
         + f'[[tool.uv.index]]\nurl = "{index}"\ndefault = true\n')})
+    if local_wheel:
+        (codeset / LOCAL_WHEEL).parent.mkdir()
+        make_wheel((codeset / LOCAL_WHEEL).parent, "mls_local", "1.0",
+                   {"mls_local/__init__.py": b"V = 'local'\n"})
     uv("lock", "--quiet", cwd=codeset)
     (codeset / ".uv-cache").rename(directory.parent / f".uv-cache-{directory.name}")
     return codeset

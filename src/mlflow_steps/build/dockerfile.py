@@ -127,7 +127,7 @@ def write_context(plan: ImagePlan, out_dir: Path,
         script.chmod(0o755)
         if plan.install.locked:  # the lock's packages, split into the layers to install
             (staging / "layers").mkdir()
-            *groups, rest = plan.install.locked_layers()
+            *groups, rest = plan.install.locked_layers(plan.record.env_dir)
             for name, lines in [*((str(i), g) for i, g in enumerate(groups, 1)),
                                 ("rest", rest)]:
                 (staging / "layers" / f"{name}.txt").write_text("".join(f"{x}\n" for x in lines))

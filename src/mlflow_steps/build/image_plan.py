@@ -108,16 +108,19 @@ class EnvironmentInstall:
         locked, without dependencies, nothing resolved but what is added to it."""
         return self.strategy == "pip" and bool(self.locked_pip)
 
-    def locked_requirements(self) -> list[str]:
-        """The lock's requirement lines (pinned, hash-checked), sorted by name."""
-        return [LockedPackage(**package).requirement() for package in self.locked_pip]
+    def locked_requirements(self, env_dir: str) -> list[str]:
+        """The lock's requirement lines (pinned, hash-checked), sorted by name; its local
+        wheels named where ``env_dir`` is."""
+        return [LockedPackage(**package).requirement(env_dir) for package in self.locked_pip]
 
-    def locked_layers(self) -> list[list[str]]:
+    def locked_layers(self, env_dir: str) -> list[list[str]]:
         """The lock's requirement lines per ``own_layers`` group, then the rest: the layers
-        an engine installs them in (as the resolve stage splits resolved pins)."""
+        an engine installs them in (as the resolve stage splits resolved pins); local wheels
+        in the rest, whose step has the env files (``env_dir``)."""
         layers: list[list[str]] = [[] for _ in range(len(self.own_layers) + 1)]
-        for package, line in zip(self.locked_pip, self.locked_requirements(), strict=True):
-            group = self.own_layer_of(package["name"])
+        for package, line in zip(self.locked_pip, self.locked_requirements(env_dir),
+                                 strict=True):
+            group = None if package.get("path") else self.own_layer_of(package["name"])
             layers[len(self.own_layers) if group is None else group].append(line)
         return layers
 
@@ -153,7 +156,7 @@ class EnvironmentInstall:
             files["environment.yml"] = yaml.safe_dump(environment, sort_keys=False)
         if self.locked:
             files["requirements.lock.txt"] = "".join(
-                line + "\n" for line in self.locked_requirements())
+                line + "\n" for line in self.locked_requirements(env_dir))
         if self.strategy == "conda-lock":
             urls = [f"{p['url']}#{p['md5']}" if p.get("md5") else p["url"]
                     for p in self.locked_conda]

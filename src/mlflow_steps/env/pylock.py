@@ -11,14 +11,20 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import packaging
 from packaging.tags import compatible_tags, cpython_tags
 from packaging.version import Version
 
-from mlflow_steps.core.bounded import quoted, read_env_text, relative_name
+from mlflow_steps.core.bounded import (
+    file_sha256,
+    quoted,
+    read_env_text,
+    relative_name,
+    resolve_inside,
+)
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import redact
 from mlflow_steps.env.installer import uv_binary
@@ -35,28 +41,34 @@ TARGET_MACHINE = "x86_64"
 # manylinux glibc versions a wheel may ask for: the image's own is checked when installing
 MANYLINUX_MINORS = range(39, 4, -1)
 EXPORT_TIMEOUT = 60  # s: uv reads two local files
+INCOMPATIBLE_PYTHON = "which is incompatible with the project's Python requirement"
 
 
 @dataclass(frozen=True)
 class LockedPackage:
     """One package the lock installs on the target: from an index (``version`` and the
-    hashes of every artifact the lock lists for it, whichever the installer picks), or a
-    direct reference (``url``: an archive, or a VCS URL at its commit)."""
+    hashes of every artifact the lock lists for it, whichever the installer picks), a direct
+    reference (``url``: an archive, or a VCS URL at its commit), or a wheel of the codeset
+    (``path``: its file name, shipped beside the env files in wheels/)."""
 
     name: str
     version: str | None
     hashes: tuple[str, ...]  # "sha256:<hex>", sorted
     index: str | None = None
     url: str | None = None
+    path: str | None = None
 
-    def requirement(self) -> str:
-        """Its requirements.txt line (hash-checked where the lock has hashes)."""
-        head = f"{self.name} @ {self.url}" if self.url else f"{self.name}=={self.version}"
+    def requirement(self, env_dir: str) -> str:
+        """Its requirements.txt line (hash-checked where the lock has hashes), naming
+        ``env_dir`` as where the env files are."""
+        head = (f"{env_dir}/wheels/{PurePosixPath(self.path).name}" if self.path else
+                f"{self.name} @ {self.url}" if self.url else f"{self.name}=={self.version}")
         return " ".join([head, *(f"--hash={h}" for h in self.hashes)])
 
     def canonical(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "hashes": list(self.hashes),
-                "index": self.index, "url": self.url}
+                "index": self.index, "url": self.url, **({"path": self.path} if self.path
+                                                          else {})}
 
 
 def target_environment(python: str) -> dict[str, str]:
@@ -113,11 +125,12 @@ def read_pylock(codeset: Path, path: Path, python: str, text: str | None = None,
                             source=source, field="dependency_groups") from None
         raise StepError(f"{exc} for python {python} on linux/{TARGET_MACHINE}; relock for it "
                         f"(e.g. `uv lock`)", source=source) from None
-    return tuple(sorted((_locked(package, source) for package, _ in selected),
-                        key=lambda p: p.name))
+    return tuple(sorted((_locked(package, artifact, codeset, path.parent, source)
+                         for package, artifact in selected), key=lambda p: p.name))
 
 
-def _locked(package: Any, source: str) -> LockedPackage:
+def _locked(package: Any, artifact: Any, codeset: Path, lock_dir: Path,
+            source: str) -> LockedPackage:
     field = f"packages.{package.name}"
     if package.directory is not None:
         raise StepError(f"a directory source ({quoted(package.directory.path, 60)}) is built "
@@ -132,13 +145,12 @@ def _locked(package: Any, source: str) -> LockedPackage:
         if vcs.subdirectory:
             url += f"#subdirectory={vcs.subdirectory}"
         return LockedPackage(package.name, None, (), url=redact(url))
+    if getattr(artifact, "path", None) is not None:
+        return _local_wheel(package, artifact, codeset, lock_dir, source)
     artifacts = [*(package.wheels or ()), *([package.sdist] if package.sdist else []),
                  *([package.archive] if package.archive else [])]
-    for artifact in artifacts:
-        if artifact.path is not None:
-            raise StepError(f"a local file ({quoted(artifact.path, 60)}) is not supported in "
-                            f"a lock yet; serve it from an index", source=source, field=field)
     hashes = tuple(sorted({f"{algorithm}:{digest}" for artifact in artifacts
+                           if artifact.path is None
                            for algorithm, digest in artifact.hashes.items()
                            if algorithm == "sha256"}))
     if package.archive is not None:
@@ -146,6 +158,30 @@ def _locked(package: Any, source: str) -> LockedPackage:
     if package.version is None:
         raise StepError("an index package needs a version", source=source, field=field)
     return LockedPackage(package.name, str(package.version), hashes, index=package.index)
+
+
+def _local_wheel(package: Any, artifact: Any, codeset: Path, lock_dir: Path,
+                 source: str) -> LockedPackage:
+    """A wheel the lock names by path (relative to the lock): inside the codeset, with the
+    sha256 the lock gives it."""
+    field = f"packages.{package.name}"
+    if not artifact.path.endswith(".whl"):
+        raise StepError(f"a local source archive ({quoted(artifact.path, 60)}) is built from "
+                        f"source, which the image build does not do; lock its wheel",
+                        source=source, field=field)
+    wheel = resolve_inside(codeset, lock_dir, artifact.path, source=source, field=field)
+    if not wheel.is_file():
+        raise StepError(f"{quoted(artifact.path, 60)} is not a file in the codeset",
+                        source=source, field=field)
+    expected = artifact.hashes.get("sha256")
+    if expected is None:
+        raise StepError("a local wheel needs its sha256 in the lock", source=source,
+                        field=field)
+    if file_sha256(wheel) != expected:
+        raise StepError(f"{quoted(artifact.path, 60)} does not match the lock's sha256",
+                        source=source, field=field)
+    return LockedPackage(package.name, str(package.version) if package.version else None,
+                         (f"sha256:{expected}",), path=relative_name(codeset, wheel))
 
 
 def _pylock_module(source: str) -> Any:
@@ -158,24 +194,19 @@ def _pylock_module(source: str) -> Any:
 
 
 def export_uv_lock(codeset: Path, environ: dict[str, str], groups: tuple[str, ...] = ()
-                   ) -> str:
+                   ) -> tuple[str, bool]:
     """``codeset``'s uv.lock as PEP 751 text, by uv (``uv export``): the dependency ``groups``
     (none: the default groups), the project itself left out; refused when the lock does not
-    satisfy pyproject.toml. uv runs offline, builds nothing and sees no credential."""
+    satisfy pyproject.toml. uv runs offline with this interpreter, builds nothing and sees no
+    credential. uv checks a lock against pyproject.toml with an interpreter in its
+    requires-python: when this one is not, the lock is exported unchecked (False)."""
     selection = ["--no-default-groups", *(f"--group={group}" for group in groups)] if (
         groups) else []
-    env = {key: environ[key] for key in ("PATH", "LANG", "LC_ALL", "TZ") if key in environ}
-    with tempfile.TemporaryDirectory(prefix="mls-uv-export-") as home:
-        env.update(HOME=home, UV_CACHE_DIR=os.path.join(home, "cache"),
-                   UV_PYTHON_DOWNLOADS="never")
-        try:
-            result = subprocess.run(
-                [str(uv_binary()), "export", "--quiet", "--format", "pylock.toml", "--locked",
-                 "--offline", "--no-build", "--no-emit-project", "--no-header", *selection,
-                 "--directory", str(codeset)],
-                capture_output=True, text=True, env=env, timeout=EXPORT_TIMEOUT, check=False)
-        except subprocess.TimeoutExpired:
-            raise StepError(f"uv export took over {EXPORT_TIMEOUT} s", source=UV_LOCK) from None
+    result = _uv_export(codeset, environ, ["--locked", f"--python={sys.executable}",
+                                           *selection])
+    checked = INCOMPATIBLE_PYTHON not in result.stderr
+    if not checked:
+        result = _uv_export(codeset, environ, ["--frozen", *selection])
     if result.returncode != 0:
         lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
         reason = redact(" ".join(lines[-3:]))[-400:] or f"exit {result.returncode}"
@@ -188,4 +219,20 @@ def export_uv_lock(codeset: Path, environ: dict[str, str], groups: tuple[str, ..
             raise StepError("does not satisfy pyproject.toml any more; run `uv lock`",
                             source=UV_LOCK)
         raise StepError(f"uv could not read it: {reason}", source=UV_LOCK)
-    return result.stdout
+    return result.stdout, checked
+
+
+def _uv_export(codeset: Path, environ: dict[str, str], options: list[str]
+               ) -> subprocess.CompletedProcess[str]:
+    env = {key: environ[key] for key in ("PATH", "LANG", "LC_ALL", "TZ") if key in environ}
+    with tempfile.TemporaryDirectory(prefix="mls-uv-export-") as home:
+        env.update(HOME=home, UV_CACHE_DIR=os.path.join(home, "cache"),
+                   UV_PYTHON_DOWNLOADS="never")
+        try:
+            return subprocess.run(
+                [str(uv_binary()), "export", "--quiet", "--format", "pylock.toml", "--offline",
+                 "--no-build", "--no-emit-project", "--no-header", *options,
+                 "--directory", str(codeset)],
+                capture_output=True, text=True, env=env, timeout=EXPORT_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            raise StepError(f"uv export took over {EXPORT_TIMEOUT} s", source=UV_LOCK) from None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -164,7 +165,7 @@ def resolve_env(codeset: Path, options: BuildOptions,
     where uv runs to read a uv.lock)."""
     project = load_project(codeset)
     spec = _spec(codeset, project, options, environ)
-    return project, replace(spec, reason=project.env_reason)
+    return project, replace(spec, reason=project.env_reason + spec.reason)
 
 
 def _spec(codeset: Path, project: Project, options: BuildOptions,
@@ -268,13 +269,22 @@ def _locked_spec(codeset: Path, project: Project, source: str, options: BuildOpt
     python = _lock_python(codeset, project)
     assert project.env_file is not None
     groups = options.dependency_groups
+    unchecked = ""
     if project.env_kind == "uv-lock":  # uv selects the groups as it exports
-        text = export_uv_lock(codeset, dict(os.environ if environ is None else environ), groups)
+        text, checked = export_uv_lock(codeset, dict(os.environ if environ is None else environ),
+                                       groups)
         packages = read_pylock(codeset, project.env_file, python, text=text, source=source)
+        if not checked:
+            unchecked = (f"; taken as locked, not checked against pyproject.toml: uv checks "
+                         f"with a Python in its requires-python, and the builder runs "
+                         f"{sys.version_info[0]}.{sys.version_info[1]}")
     else:
         packages = read_pylock(codeset, project.env_file, python, groups=groups)
     return EnvSpec(
         strategy="pip", source=source, python=python,
         base_image=_pip_base(python, options, project.docker_image),
         locked_pip=tuple(package.canonical() for package in packages),
-        added_requirements=_with_added({package.name for package in packages}), **common)
+        added_requirements=_with_added({package.name for package in packages}),
+        local_files={PurePosixPath(package.path).name: codeset / package.path
+                     for package in packages if package.path},
+        reason=unchecked, **common)
