@@ -103,9 +103,13 @@ def test_docker_build_skip_and_rebuild(docker_engine, registry, base_image, secr
 
 def test_buildah_build_and_skip(docker_engine, registry, base_image, buildah_env,
                                 tmp_path: Path) -> None:
+    """A uv project (locked against PyPI as of mid-2021: six 1.16.0, not a newer one) built
+    by Buildah, twice to the same digest, then skipped."""
+    from support.locks import pypi_project
+
     env = {**buildah_env, "FUSEML_REGISTRY": registry.address, "FUSEML_BASE_IMAGE": base_image,
            "FUSEML_BUILDER": "buildah", "FUSEML_REPOSITORY": "buildah/trainer"}
-    codeset = small_codeset(tmp_path)
+    codeset = pypi_project(tmp_path / "uv", '"six>=1.15"', exclude_newer="2021-06-01T00:00:00Z")
     first = build(codeset, env, "--output-file", str(tmp_path / "out"), "--check-reproducible")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "[buildah] " in first.stderr
@@ -118,6 +122,9 @@ def test_buildah_build_and_skip(docker_engine, registry, base_image, buildah_env
     assert inspect.returncode == 0, inspect.stderr
     assert '"io.mlflow-steps.strategy": "pip"' in inspect.stdout
     check_runtime_image(docker_engine, reference, imports=("six",), locked=("six",))
+    six = docker_engine.cli("run", "--rm", reference, "python", "-c",
+                            "import six; print(six.__version__)")
+    assert six.stdout.strip() == "1.16.0"
     again = build(codeset, {**env, "PATH": "/nonexistent"}, "--output-file",
                   str(tmp_path / "out2"))
     assert again.returncode == 0 and "build skipped" in again.stderr
