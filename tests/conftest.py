@@ -132,12 +132,14 @@ def serve_image(builder_image, docker_engine, registry):
 
 @pytest.fixture(scope="session")
 def trainer_image(docker_engine, registry, base_image) -> str:
-    """examples/sklearn-logreg built by the builder step (docker) and pushed: its reference."""
+    """examples/sklearn-logreg built by the builder step and pushed: its reference. Built
+    by the direct builder (the default), a fraction of Docker's time; the Docker path builds
+    the example in test_builder_e2e.py."""
     from support.helpers import EXAMPLE, run_cli
 
     env = {**docker_engine.env(), "FUSEML_REGISTRY": registry.address,
            "FUSEML_PULL_REGISTRY": registry.address, "FUSEML_BASE_IMAGE": base_image,
-           "FUSEML_BUILDER": "docker"}
+           "FUSEML_BUILDER": "direct"}
     result = run_cli("build", str(EXAMPLE), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip()
