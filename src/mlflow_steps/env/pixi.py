@@ -40,8 +40,7 @@ def pixi_manifest(codeset: Path) -> Path | None:
     if (codeset / PIXI_MANIFEST).is_file():
         return codeset / PIXI_MANIFEST
     pyproject = codeset / PYPROJECT
-    if pyproject.is_file() and "tool" in _toml(codeset, pyproject) and "pixi" in _toml(
-            codeset, pyproject)["tool"]:
+    if pyproject.is_file() and "pixi" in _toml(codeset, pyproject).get("tool", {}):
         return pyproject
     return None
 
@@ -70,9 +69,9 @@ def read_pixi_lock(codeset: Path, path: Path) -> LockedEnv:
                         f"{', '.join(answer['platforms']) or 'none'}); add {LOCK_PLATFORM} to "
                         f"the workspace's platforms and {RELOCK}", source=source,
                         field=f"environments.{ENVIRONMENT}.packages")
-    unmatched = dict((spec, field) for field, spec in conda_specs)
+    fields = {spec: field for field, spec in conda_specs}
     for spec in answer["unmatched"]:
-        raise StepError(f"does not satisfy {manifest.name} any more ({unmatched[spec]}: no "
+        raise StepError(f"does not satisfy {manifest.name} any more ({fields[spec]}: no "
                         f"locked package matches {quoted(spec)}); {RELOCK}", source=source)
     env = LockedEnv()
     for record in answer["conda"]:
@@ -169,12 +168,12 @@ def _check_pypi(requirements: list[tuple[str, Requirement]], env: LockedEnv,
                 manifest: str, source: str) -> None:
     """Each PyPI requirement that applies on the image is met by a locked package (PyPI's,
     or conda's of the same name, as pixi maps them)."""
-    python = ".".join((env.python_version or "3").split(".")[:2])
-    marker_env = target_environment(python) if python.count(".") else {}
+    minor = ".".join(env.python_version.split(".")[:2]) if env.python_version else None
+    marker_env = target_environment(minor) if minor else None
     versions = {canonicalize_name(p["name"]): p["version"] for p in env.conda + env.pip}
     for field, requirement in requirements:
         marker: Marker | None = requirement.marker
-        if marker is not None and marker_env and not marker.evaluate(marker_env):
+        if marker is not None and marker_env and not marker.evaluate(marker_env):  # type: ignore[arg-type]
             continue
         version = versions.get(canonicalize_name(requirement.name))
         if version is not None and _contains(requirement.specifier, version):
