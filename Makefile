@@ -12,7 +12,7 @@ setup:
 demo: setup
 	$(BIN)/python scripts/demo.py
 
-# On the oldest MLflow (after the engine builds, the shortest of the three processes): every
+# On the oldest MLflow (after the rest, the shortest of the four processes): every
 # adapter's contract, the network bounds, and the runtime's main paths (log, register, a model logged outside the run, tracing).
 OLDEST_MLFLOW_TESTS := tests/core/test_mlflow_compat.py tests/runtime/test_runtime_network.py \
 	tests/runtime/test_runtime.py -k "not test_runtime.py or logs_model_and_outputs or registration \
@@ -33,8 +33,8 @@ PYTEST := $(BIN)/pytest -q -p no:cacheprovider --durations=10 --randomly-seed=$(
 test: setup
 	$(BIN)/ruff check src tests bench scripts
 	@echo "test order: seed $(SEED) (the same order again: make test SEED=$(SEED))"
-	@echo "four processes side by side: the engine tests in two (the step images; the builds, then"
-	@echo "the oldest-MLflow subset), the rest in two (builds; servers and runtime); a line per test"
+	@echo "four processes side by side: the engine tests in two (the step images; the builds), the"
+	@echo "rest in two (builds; servers and runtime, then the oldest-MLflow subset); a line per test"
 	@echo "file from each while they run, then the pytest reports"
 	@# fd 3 is the terminal: the progress lines go there (tests/support/progress.py), each
 	@# report to its log.
@@ -42,10 +42,14 @@ test: setup
 	MLFLOW_STEPS_TEST_PROGRESS_LABEL=rest-builds $(PYTEST) -m "not engine" \
 		--basetemp=/tmp/mlflow-steps-tests-rest-builds $(REST_BUILD_TESTS) \
 		3>&1 > .test-rest-builds.log 2>&1 & builds=$$!; \
-	MLFLOW_STEPS_TEST_PROGRESS_LABEL=rest $(PYTEST) -m "not engine" \
+	{ MLFLOW_STEPS_TEST_PROGRESS_LABEL=rest $(PYTEST) -m "not engine" \
 		--basetemp=/tmp/mlflow-steps-tests-rest \
 		$(foreach path,$(REST_BUILD_TESTS),--ignore=$(path)) \
-		3>&1 > .test-rest.log 2>&1 & others=$$!; \
+		3>&1 > .test-rest.log 2>&1; rest=$$?; \
+	MLFLOW_STEPS_TEST_PROGRESS_LABEL=oldest-mlflow .venv-mlflow-oldest/bin/pytest -q \
+		-p no:cacheprovider -m "not server_mlflow" --basetemp=/tmp/mlflow-steps-tests-oldest \
+		$(OLDEST_MLFLOW_TESTS) 3>&1 > .test-oldest.log 2>&1 || rest=$$?; \
+	exit $$rest; } & others=$$!; \
 	MLFLOW_STEPS_TEST_PROGRESS_LABEL=engine-images $(PYTEST) -m engine \
 		--basetemp=/tmp/mlflow-steps-tests-engine-images $(ENGINE_IMAGE_TESTS) \
 		3>&1 > .test-engine-images.log 2>&1 & images=$$!; \
@@ -53,9 +57,6 @@ test: setup
 		--basetemp=/tmp/mlflow-steps-tests-engine-builds \
 		$(foreach path,$(ENGINE_IMAGE_TESTS),--ignore=$(path)) \
 		3>&1 > .test-engine-builds.log 2>&1 || status=$$?; \
-	MLFLOW_STEPS_TEST_PROGRESS_LABEL=oldest-mlflow .venv-mlflow-oldest/bin/pytest -q \
-		-p no:cacheprovider -m "not server_mlflow" --basetemp=/tmp/mlflow-steps-tests-oldest \
-		$(OLDEST_MLFLOW_TESTS) 3>&1 > .test-oldest.log 2>&1 || status=$$?; \
 	wait $$images || status=$$?; \
 	wait $$builds || status=$$?; \
 	wait $$others || status=$$?; \
