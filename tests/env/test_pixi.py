@@ -101,6 +101,19 @@ def test_pyproject_with_tool_pixi_is_a_manifest(pixi_lock: str, tmp_path: Path) 
         "(project.dependencies[0]: no locked package matches 'idna>=4'); run `pixi lock`")
 
 
+def test_dependency_groups_names_the_pixi_environment(pixi_lock: str, tmp_path: Path) -> None:
+    """Like `pixi install -e NAME`: the one environment to install instead of `default`."""
+    codeset = project(tmp_path, pixi_lock.replace("  default:", "  gpu:", 1))
+    code, out, err = hashed(codeset, "--dependency-groups", "gpu")
+    assert code == 0 and out.strip(), err
+    default = project(tmp_path / "default", pixi_lock)
+    assert hashed(default)[1] == out  # the same packages: the same tag
+    code, out, err = hashed(codeset, "--dependency-groups", "gpu,cpu")
+    assert (code, out) == (2, "") and err.strip() == (
+        "mlflow-steps: error: input: dependency_groups: a pixi.lock installs one of its "
+        "environments; name one, not 2")
+
+
 @pytest.mark.parametrize(("change", "expected"), [
     (lambda toml, lock: (toml.replace('six = "==1.16.0"', 'six = ">=1.17"'), lock),
      "pixi.lock: does not satisfy pixi.toml any more (dependencies.six: no locked package "

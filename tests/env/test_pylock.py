@@ -165,7 +165,8 @@ def test_dependency_groups_select_what_a_lock_installs(lock_index: str,
     code, out, err = hashed(plain, "--dependency-groups", "dev")
     assert (code, out) == (2, "") and err.strip() == (
         "mlflow-steps: error: input: dependency_groups: selects a lock's groups: it applies "
-        "to pylock.toml and uv.lock environments, and this codeset's is requirements.txt")
+        "to pylock.toml, uv.lock and pixi.lock environments, and this codeset's is "
+        "requirements.txt")
 
 
 def test_uv_needs_no_python_on_path_and_one_outside_the_lock_is_said(

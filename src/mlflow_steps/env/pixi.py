@@ -31,7 +31,7 @@ else:  # pragma: no cover - Python 3.10
 PIXI_LOCK = "pixi.lock"
 PIXI_MANIFEST = "pixi.toml"
 PYPROJECT = "pyproject.toml"
-ENVIRONMENT = "default"
+DEFAULT_ENVIRONMENT = "default"
 RELOCK = "run `pixi lock`"
 
 
@@ -45,8 +45,9 @@ def pixi_manifest(codeset: Path) -> Path | None:
     return None
 
 
-def read_pixi_lock(codeset: Path, path: Path) -> LockedEnv:
-    """The linux-64 packages ``path``'s default environment locks, once the manifest's
+def read_pixi_lock(codeset: Path, path: Path, environment: str = DEFAULT_ENVIRONMENT
+                   ) -> LockedEnv:
+    """The linux-64 packages ``path``'s ``environment`` locks, once the manifest's
     dependencies are found among them."""
     source = relative_name(codeset, path)
     manifest = pixi_manifest(codeset)
@@ -56,19 +57,19 @@ def read_pixi_lock(codeset: Path, path: Path) -> LockedEnv:
                         source=source)
     conda_specs, pypi_requirements = _manifest_dependencies(codeset, manifest)
     read_env_text(codeset, path)  # confined, bounded, text
-    answer = run_rattler("read_lock", {"path": str(path), "environment": ENVIRONMENT,
+    answer = run_rattler("read_lock", {"path": str(path), "environment": environment,
                                        "platform": LOCK_PLATFORM,
                                        "specs": [spec for _, spec in conda_specs]},
                          source=source, action="reading it")
     if "platforms" not in answer:
-        raise StepError(f"no {ENVIRONMENT!r} environment (it has: "
+        raise StepError(f"no {environment!r} environment (it has: "
                         f"{', '.join(answer['environments']) or 'none'})", source=source,
                         field="environments")
     if "conda" not in answer or not answer["conda"]:
         raise StepError(f"no {LOCK_PLATFORM} packages (locked for: "
                         f"{', '.join(answer['platforms']) or 'none'}); add {LOCK_PLATFORM} to "
                         f"the workspace's platforms and {RELOCK}", source=source,
-                        field=f"environments.{ENVIRONMENT}.packages")
+                        field=f"environments.{environment}.packages")
     fields = {spec: field for field, spec in conda_specs}
     for spec in answer["unmatched"]:
         raise StepError(f"does not satisfy {manifest.name} any more ({fields[spec]}: no "

@@ -179,13 +179,17 @@ def _spec(codeset: Path, project: Project, options: BuildOptions,
     }
     kind, env_file = project.env_kind, project.env_file
     source = env_file.relative_to(codeset.resolve()).as_posix() if env_file else ""
-    if options.dependency_groups and kind not in ("pylock", "uv-lock"):
-        raise StepError(f"selects a lock's groups: it applies to pylock.toml and uv.lock "
-                        f"environments, and this codeset's is {source or 'none'}",
+    groups = options.dependency_groups
+    if groups and kind not in ("pylock", "uv-lock", "pixi-lock"):
+        raise StepError(f"selects a lock's groups: it applies to pylock.toml, uv.lock and "
+                        f"pixi.lock environments, and this codeset's is {source or 'none'}",
                         source="input", field="dependency_groups")
+    if kind == "pixi-lock" and len(groups) > 1:
+        raise StepError(f"a pixi.lock installs one of its environments; name one, not "
+                        f"{len(groups)}", source="input", field="dependency_groups")
     if kind in ("conda-lock", "pixi-lock"):
         locked = (parse_conda_lock(codeset, env_file) if kind == "conda-lock"
-                  else read_pixi_lock(codeset, env_file))
+                  else read_pixi_lock(codeset, env_file, *groups))
         return EnvSpec(
             strategy="conda-lock", source=source, python=locked.python_version,
             base_image=_conda_base(options, project.docker_image),
