@@ -33,12 +33,12 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from support.faulty_proxy import HOP_HEADERS, _untrusted_context
-from support.http_server import HOLD_SECONDS, LoopbackServer
+from support.http_server import HOLD_SECONDS, LoopbackServer, QuietServer
 
 Action = Callable[["Exchange"], None]
 
@@ -217,7 +217,7 @@ def reset() -> Action:
     return act
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(QuietServer):
     daemon_threads = True
     tls_context = None
 
@@ -235,9 +235,6 @@ class _Server(ThreadingHTTPServer):
                 except OSError:
                     return
         super().finish_request(request, client_address)
-
-    def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
-        pass  # a client that hung up, or a reset we made: nothing to report
 
 
 class HostileRegistry(LoopbackServer):

@@ -16,11 +16,19 @@ from typing import Self
 HOLD_SECONDS = 60  # the longest any fake keeps a client waiting (stop() releases it sooner)
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A client that hangs up (a deadline under test) is no error: nothing is printed, which
+    an in-process CLI test running meanwhile would take for its own stderr."""
+
+    def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
 class LoopbackServer:
     """A loopback HTTP server (see the module docstring)."""
 
     protocol = "HTTP/1.1"  # HTTP/1.0: a connection per request, answers without a length
-    server_class: type[ThreadingHTTPServer] = ThreadingHTTPServer
+    server_class: type[ThreadingHTTPServer] = QuietServer
 
     def __init__(self, handler: Callable[..., BaseHTTPRequestHandler] | None = None) -> None:
         self.released = threading.Event()
