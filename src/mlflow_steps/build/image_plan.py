@@ -198,7 +198,7 @@ class RecordFiles:
     env_dir: str = ENV_DIR  # the env files the environment was installed from
     lock: str = LOCK_PATH
     sbom: str = SBOM_PATH
-    pylock: str = PYLOCK_PATH  # conda images: what pip installed
+    pylock: str = PYLOCK_PATH  # what pip installed (a conda image's conda part: the lock)
 
 
 @dataclass(frozen=True)

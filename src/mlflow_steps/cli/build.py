@@ -41,7 +41,8 @@ def build_inputs(func: Callable[..., Any]) -> Callable[..., Any]:
                         "codeset declares)."),
         step_input("dependency_groups", "",
                    help="Comma-separated dependency groups a pylock.toml or uv.lock installs "
-                        "instead of its default groups (empty: the defaults)."),
+                        "instead of its default groups; for a pixi.lock, the one environment "
+                        "to install (empty: the defaults)."),
     )):
         func = decorator(func)
     return func

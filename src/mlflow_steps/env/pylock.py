@@ -49,7 +49,7 @@ class LockedPackage:
     """One package the lock installs on the target: from an index (``version`` and the
     hashes of every artifact the lock lists for it, whichever the installer picks), a direct
     reference (``url``: an archive, or a VCS URL at its commit), or a wheel of the codeset
-    (``path``: its file name, shipped beside the env files in wheels/)."""
+    (``path``: its codeset-relative path; shipped by its file name in the env files' wheels/)."""
 
     name: str
     version: str | None
