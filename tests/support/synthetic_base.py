@@ -14,7 +14,7 @@ import pytest
 
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import Entry, write_layer
-from mlflow_steps.image.push import Blob, push_image
+from mlflow_steps.image.push import Blob, push_image, push_index, push_manifest
 from support.helpers import (
     MINIMAL_MLPROJECT,
     run_cli,
@@ -68,24 +68,52 @@ def push_synthetic_base(client: RegistryClient, work: Path, compression: str = "
     """Push a base made here (no engine): account files, glibc's version string and a
     python3.11 on PATH; enough for the builder to stage against, not to run (``env``
     None: a config with no Env at all)."""
-    entries = [Entry("etc", "dir"), Entry("etc/passwd", "file", data=PASSWD.encode(), mode=0o644),
-               Entry("etc/group", "file", data=GROUP.encode(), mode=0o644),
-               Entry("usr", "dir"), Entry("usr/bin", "dir"),
-               Entry("usr/bin/python3.11", "file", data=b"", mode=0o755),
-               Entry("usr/lib", "dir"), Entry("usr/lib/x86_64-linux-gnu", "dir"),
-               Entry("usr/lib/x86_64-linux-gnu/libc.so.6", "file", mode=0o755,
-                     data=b"\0GNU C Library (Test) stable release version 2.36.\n\0"),
-               Entry("lib", "symlink", target="usr/lib"),
-               *(Entry(f"usr/lib/x86_64-linux-gnu/{name}", "file", data=b"")
-                 for name in GLIBC_LIBRARIES)]
-    work.mkdir(parents=True, exist_ok=True)
-    layer = write_layer(entries, work / "layer.tar.gz", 0, compression)
-    config = {"architecture": "amd64", "os": "linux",
-              "config": {"Env": list(env)} if env is not None else {},
-              "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}, "history": [{}]}
-    push_image(client, repository, "3.11", config,
+    layer = write_layer(_base_entries("amd64"), _fresh(work) / "layer.tar.gz", 0, compression)
+    push_image(client, repository, "3.11", _base_config(layer.diff_id, "amd64", env),
                [Blob(layer.descriptor(), path=layer.path)], work)
     return f"{client.host}/{repository}:3.11"
+
+
+def push_synthetic_index(client: RegistryClient, work: Path,
+                         repository: str = "synthetic/multi-python",
+                         architectures: tuple[str, ...] = ("amd64", "arm64")) -> str:
+    """The synthetic base for each of ``architectures`` (OCI manifests), under one tag as
+    an OCI image index."""
+    images = []
+    for name in architectures:
+        layer = write_layer(_base_entries(name), _fresh(work / name) / "layer.tar.gz", 0, "gzip")
+        images.append((f"linux/{name}", push_manifest(
+            client, repository, None, _base_config(layer.diff_id, name, BASE_ENV),
+            [Blob(layer.descriptor(), path=layer.path)], work / name, oci=True)))
+    push_index(client, repository, "3.11", images)
+    return f"{client.host}/{repository}:3.11"
+
+
+def _fresh(work: Path) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def _base_config(diff_id: str, architecture: str, env: tuple[str, ...] | None) -> dict:
+    return {"architecture": architecture, "os": "linux",
+            "config": {"Env": list(env)} if env is not None else {},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]}, "history": [{}]}
+
+
+def _base_entries(architecture: str) -> list[Entry]:
+    """The synthetic base's files for ``architecture`` (its glibc directory and loader)."""
+    triplet, loader = {"amd64": ("x86_64-linux-gnu", "ld-linux-x86-64.so.2"),
+                       "arm64": ("aarch64-linux-gnu", "ld-linux-aarch64.so.1")}[architecture]
+    libraries = [loader, *(name for name in GLIBC_LIBRARIES if not name.startswith("ld-"))]
+    return [Entry("etc", "dir"), Entry("etc/passwd", "file", data=PASSWD.encode(), mode=0o644),
+            Entry("etc/group", "file", data=GROUP.encode(), mode=0o644),
+            Entry("usr", "dir"), Entry("usr/bin", "dir"),
+            Entry("usr/bin/python3.11", "file", data=b"", mode=0o755),
+            Entry("usr/lib", "dir"), Entry(f"usr/lib/{triplet}", "dir"),
+            Entry(f"usr/lib/{triplet}/libc.so.6", "file", mode=0o755,
+                  data=b"\0GNU C Library (Test) stable release version 2.36.\n\0"),
+            Entry("lib", "symlink", target="usr/lib"),
+            *(Entry(f"usr/lib/{triplet}/{name}", "file", data=b"") for name in libraries)]
 
 
 @pytest.fixture(scope="module")

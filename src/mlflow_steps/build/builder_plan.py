@@ -30,6 +30,7 @@ from mlflow_steps.build.step import (
     BuilderInputs,
     BuildOutcome,
     build_request,
+    check_engine_platforms,
     existing_digest,
     log,
     pushed_digest,
@@ -241,6 +242,7 @@ def prepare(codeset: Path, inputs: BuilderInputs, executor_name: str, plan_dir: 
         raise StepError(f"unknown executor (one of {', '.join(EXECUTORS)})", field="executor")
     if plan_dir.exists() and any(p.name != STEP_RESULTS_DIR for p in plan_dir.iterdir()):
         raise StepError("plan directory is not empty", source=str(plan_dir))
+    check_engine_platforms(inputs, executor_name)
     plan_dir.mkdir(parents=True, exist_ok=True)
     target = resolve_target(codeset, inputs, environ)
     digest = existing_digest(target, inputs.force)

@@ -22,6 +22,7 @@ from mlflow_steps.env.pipconfig import BuildPipConfig, collect_pip_config
 from mlflow_steps.env.spec import BuildOptions, EnvSpec, resolve_env
 from mlflow_steps.image.client import RegistryClient, RegistryClients
 from mlflow_steps.image.credentials import docker_config_dir
+from mlflow_steps.image.platforms import DEFAULT_PLATFORMS
 from mlflow_steps.image.reference import ImageRef, check_destination
 
 if TYPE_CHECKING:
@@ -151,10 +152,22 @@ def pushed_digest(client: RegistryClient, destination: ImageRef, engine: str) ->
     return digest
 
 
+def check_engine_platforms(inputs: BuilderInputs, engine: str) -> None:
+    """One line when an engine is to build for a platform but linux/amd64: it would run the
+    environment's installs under emulation (the direct builder needs none)."""
+    foreign = [p for p in inputs.options.platforms if p not in DEFAULT_PLATFORMS]
+    if foreign:
+        raise StepError(f"{', '.join(foreign)}: {engine} builds linux/amd64 images only here "
+                        f"(another CPU would need emulation); the direct builder makes "
+                        f"them without", source="input", field="platform")
+
+
 def run_builder(codeset: Path, inputs: BuilderInputs,
                 environ: dict[str, str] | None = None) -> BuildOutcome:
     """Build and push the codeset's environment image unless the registry has it."""
     environ = dict(os.environ if environ is None else environ)
+    if inputs.builder not in ("auto", "direct"):
+        check_engine_platforms(inputs, inputs.builder)
     target = resolve_target(codeset, inputs, environ)
     digest = existing_digest(target, inputs.force or inputs.check_reproducible)
     if digest:
@@ -170,6 +183,10 @@ def run_builder(codeset: Path, inputs: BuilderInputs,
     try:
         _build(backend, target, plan, inputs, environ)
     except NotApplicable as exc:  # raised before the direct builder pushes anything
+        if inputs.options.platforms != DEFAULT_PLATFORMS:  # no engine builds it either
+            raise StepError(f"{', '.join(inputs.options.platforms)}: the direct builder "
+                            f"cannot build it ({exc}), and engines build linux/amd64 only "
+                            f"here", source="input", field="platform") from None
         if inputs.builder != "auto":  # the builder asked for, or none
             raise StepError(f"the direct builder does not apply: {exc} (--builder auto "
                             "builds it with an engine)", source="input",
@@ -249,6 +266,7 @@ def build_request(target: BuildTarget, plan: ImagePlan, inputs: BuilderInputs,
         source_date_epoch=None if inputs.reproducible is False else SOURCE_DATE_EPOCH,
         plan=plan, pip=target.pip, compression=inputs.compression,
         own_layer_bytes=inputs.own_layer_mb << 20, quiet=inputs.quiet,
+        platforms=target.spec.platforms,
     )
 
 

@@ -21,6 +21,7 @@ from mlflow_steps.core.interrupt import interruptible
 from mlflow_steps.core.terminal import shown
 from mlflow_steps.env.hashing import env_tag, template_version
 from mlflow_steps.env.spec import STRATEGIES, BuildOptions
+from mlflow_steps.image.platforms import parse_platforms
 
 # `render` imports its modules when it runs (and the builder plan when it builds): the
 # builder's skip path (`build` when the tag exists) must not pay for jinja2 or the engines.
@@ -43,16 +44,21 @@ def build_inputs(func: Callable[..., Any]) -> Callable[..., Any]:
                    help="Comma-separated dependency groups a pylock.toml or uv.lock installs "
                         "instead of its default groups; for a pixi.lock, the one environment "
                         "to install (empty: the defaults)."),
+        step_input("platform", "linux/amd64",
+                   help="Comma-separated platforms of the image (linux/amd64, linux/arm64): "
+                        "several give one OCI index under the tag. The direct builder makes "
+                        "each without emulation; engines build linux/amd64 only."),
     )):
         func = decorator(func)
     return func
 
 
 def _options(env_strategy: str, base_image: str | None, miniconda_version: str | None,
-             resolve: bool, dependency_groups: str) -> BuildOptions:
+             resolve: bool, dependency_groups: str, platform: str) -> BuildOptions:
     return BuildOptions(env_strategy=env_strategy, base_image=base_image,
                         miniconda_version=miniconda_version, resolve=resolve,
-                        dependency_groups=hosts(dependency_groups))
+                        dependency_groups=hosts(dependency_groups),
+                        platforms=parse_platforms(platform))
 
 
 forward_pip_config_input = step_input(
@@ -157,7 +163,8 @@ def render_command(codeset: Path, output_dir: Path, forward_pip_config: bool,
               help="Write the image digest here (default: results/$TASK_RESULT_DIGEST).")
 def build_command(codeset: Path, output_file: Path | None, digest_file: Path | None,
                   env_strategy: str, base_image: str | None, miniconda_version: str | None,
-                  resolve: bool, dependency_groups: str, insecure_registries: str, stage: str,
+                  resolve: bool, dependency_groups: str, platform: str,
+                  insecure_registries: str, stage: str,
                   executor: str,
                   plan_dir: Path, skip_result: Path | None, args_result: Path | None,
                   as_json: bool,
@@ -167,7 +174,7 @@ def build_command(codeset: Path, output_file: Path | None, digest_file: Path | N
         environ = dict(os.environ)
         builder_inputs = BuilderInputs(
             options=_options(env_strategy, base_image, miniconda_version, resolve,
-                             dependency_groups),
+                             dependency_groups, platform),
             insecure_registries=hosts(insecure_registries),
             **inputs,
         )

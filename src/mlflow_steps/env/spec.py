@@ -23,6 +23,7 @@ from mlflow_steps.env.project import Project, load_project
 from mlflow_steps.env.pylock import export_uv_lock, read_pylock
 from mlflow_steps.env.python_env import parse_python_env
 from mlflow_steps.env.requirements import RequirementsParser, parse_requirements_file
+from mlflow_steps.image.platforms import DEFAULT_PLATFORMS
 from mlflow_steps.image.reference import check_reference
 
 DEFAULT_PYTHON = "3.11"
@@ -47,6 +48,7 @@ class BuildOptions:
     extra_index_urls: tuple[str, ...] = ()
     resolve: bool = False  # lock mode: hash the resolved pins (pinning.py)
     dependency_groups: tuple[str, ...] = ()  # a lock's groups to install (none: its defaults)
+    platforms: tuple[str, ...] = DEFAULT_PLATFORMS  # the image's (several: an index)
 
     def __post_init__(self) -> None:
         if self.env_strategy not in STRATEGIES:
@@ -71,6 +73,7 @@ class EnvSpec:
     locked_conda: tuple[dict[str, str], ...] = ()
     locked_pip: tuple[dict[str, str], ...] = ()
     build_index_urls: tuple[str, ...] = ()
+    platforms: tuple[str, ...] = DEFAULT_PLATFORMS
     local_files: dict[str, Path] = field(default_factory=dict, compare=False)
     reason: str = field(default="", compare=False)  # why ``source``: not hashed
 
@@ -88,6 +91,7 @@ class EnvSpec:
             "added_requirements": list(self.added_requirements),
             "locked": {"conda": list(self.locked_conda), "pip": list(self.locked_pip)},
             "build_index_urls": list(self.build_index_urls),
+            "platforms": list(self.platforms),
             "template_version": template_version,
             "tooling_version": __version__,
         }
@@ -165,7 +169,24 @@ def resolve_env(codeset: Path, options: BuildOptions,
     where uv runs to read a uv.lock)."""
     project = load_project(codeset)
     spec = _spec(codeset, project, options, environ)
-    return project, replace(spec, reason=project.env_reason + spec.reason)
+    if options.platforms != DEFAULT_PLATFORMS:
+        _check_foreign_platforms(spec, options)
+    return project, replace(spec, reason=project.env_reason + spec.reason,
+                            platforms=options.platforms)
+
+
+def _check_foreign_platforms(spec: EnvSpec, options: BuildOptions) -> None:
+    """One line when the environment cannot be built for ``options.platforms`` (only the
+    direct builder targets another CPU, and it installs PyPI environments selected for
+    each platform: not a lock or pins made for linux/amd64, nor conda packages)."""
+    why = ("its conda packages are locked or solved for linux-64" if spec.strategy != "pip"
+           else "the lock's packages are selected for linux/amd64" if spec.locked_pip
+           else "--resolve pins for linux/amd64" if options.resolve else None)
+    if why:
+        raise StepError(f"{', '.join(options.platforms)}: {spec.source or 'the environment'} "
+                        f"cannot be built for them ({why}); build it for linux/amd64 or use "
+                        f"a requirements.txt / python_env.yaml environment",
+                        source="input", field="platform")
 
 
 def _spec(codeset: Path, project: Project, options: BuildOptions,

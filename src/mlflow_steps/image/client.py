@@ -82,24 +82,32 @@ class RegistryClient:
             return digest
         raise self.transport.failure(response, f"manifest HEAD {url}", deadline)
 
-    def manifest(self, repository: str, reference: str) -> tuple[str, dict]:
-        """The image manifest of repository:reference (for an index: its linux/amd64 one)
+    def manifest(self, repository: str, reference: str,
+                 platform: str = "linux/amd64") -> tuple[str, dict]:
+        """The image manifest of repository:reference (for an index: its ``platform`` one)
         and its digest."""
         with self.transport.redacting():
             digest, manifest = self._get_manifest(repository, reference)
             if "manifests" in manifest:  # an index: the platform we build for
                 entries = manifest["manifests"]
+                os_name, _, architecture = platform.partition("/")
                 chosen = next((m for m in (entries if isinstance(entries, list) else [])
                                if isinstance(m, dict) and isinstance(m.get("platform"), dict)
-                               and m["platform"].get("os") == "linux"
-                               and m["platform"].get("architecture") == "amd64"), None)
+                               and m["platform"].get("os") == os_name
+                               and m["platform"].get("architecture") == architecture), None)
                 if chosen is None:
-                    raise StepError(f"{repository}:{reference} has no linux/amd64 image",
+                    raise StepError(f"{repository}:{reference} has no {platform} image",
                                     source=self.transport.source)
                 child = chosen.get("digest")
                 self._check_digest(child if isinstance(child, str) else "")
                 digest, manifest = self._get_manifest(repository, child)
             return digest, manifest
+
+    def served(self, repository: str, reference: str) -> tuple[str, dict]:
+        """What repository:reference names, as served (an image index stays one), and its
+        digest."""
+        with self.transport.redacting():
+            return self._get_manifest(repository, reference)
 
     def blob(self, repository: str, digest: str, limit: int) -> bytes:
         """The blob ``digest`` (at most ``limit`` bytes), checked against its digest."""

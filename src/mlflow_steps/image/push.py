@@ -27,6 +27,7 @@ _DOCKER_LAYER_TYPES = {
 # OCI's types, for images with a layer only OCI can name (zstd)
 OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
+OCI_INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 _OCI_LAYER_TYPES = {docker: oci for oci, docker in _DOCKER_LAYER_TYPES.items()}
 
 
@@ -55,10 +56,11 @@ def canonical(document: dict) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
-def manifest_for(config: bytes, layers: list[Blob]) -> dict[str, object]:
+def manifest_for(config: bytes, layers: list[Blob], oci: bool = False) -> dict[str, object]:
     """The manifest for ``config`` and ``layers``: Docker schema 2 (OCI layer types mapped),
-    or OCI when a layer has a type only OCI has (zstd)."""
-    oci = any(str(layer.descriptor.get("mediaType")) not in _DOCKER_LAYER_TYPES
+    or OCI when asked (``oci``: a member of an OCI index) or a layer has a type only OCI has
+    (zstd)."""
+    oci = oci or any(str(layer.descriptor.get("mediaType")) not in _DOCKER_LAYER_TYPES
               and str(layer.descriptor.get("mediaType")) not in _OCI_LAYER_TYPES
               for layer in layers)
     mapping = _OCI_LAYER_TYPES if oci else _DOCKER_LAYER_TYPES
@@ -79,6 +81,13 @@ def manifest_for(config: bytes, layers: list[Blob]) -> dict[str, object]:
 def push_image(client: RegistryClient, repository: str, tag: str, config: dict,
                layers: list[Blob], workdir: Path) -> str:
     """Upload what the registry lacks, then the config and the manifest; the digest."""
+    return str(push_manifest(client, repository, tag, config, layers, workdir)["digest"])
+
+
+def push_manifest(client: RegistryClient, repository: str, tag: str | None, config: dict,
+                  layers: list[Blob], workdir: Path, oci: bool = False) -> dict[str, object]:
+    """``push_image``, under ``tag`` or (None) by its digest alone, for an index to name;
+    the manifest's descriptor (media type, digest, size)."""
     for layer in layers:
         if client.has_blob(repository, layer.digest):
             continue
@@ -91,10 +100,24 @@ def push_image(client: RegistryClient, repository: str, tag: str, config: dict,
             copy.unlink()
         print(f"[push] {layer.digest[:19]}: {how}", file=sys.stderr, flush=True)
     config_bytes = canonical(config)
-    manifest = manifest_for(config_bytes, layers)
+    manifest = manifest_for(config_bytes, layers, oci)
     config_digest = str(manifest["config"]["digest"])  # type: ignore[index]
     if not client.has_blob(repository, config_digest):
         path = workdir / "config.json"
         path.write_bytes(config_bytes)
         client.push_blob(repository, config_digest, path)
-    return client.put_manifest(repository, tag, canonical(manifest), str(manifest["mediaType"]))
+    body = canonical(manifest)
+    reference = tag or "sha256:" + hashlib.sha256(body).hexdigest()
+    digest = client.put_manifest(repository, reference, body, str(manifest["mediaType"]))
+    return {"mediaType": manifest["mediaType"], "digest": digest, "size": len(body)}
+
+
+def push_index(client: RegistryClient, repository: str, tag: str,
+               images: list[tuple[str, dict[str, object]]]) -> str:
+    """An OCI image index of ``images`` (platform, manifest descriptor; each pushed already)
+    as repository:tag; its digest."""
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX_MEDIA_TYPE, "manifests": [
+        {**descriptor, "platform": {"os": platform.split("/")[0],
+                                    "architecture": platform.split("/")[1]}}
+        for platform, descriptor in images]}
+    return client.put_manifest(repository, tag, canonical(index), OCI_INDEX_MEDIA_TYPE)

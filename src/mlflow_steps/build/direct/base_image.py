@@ -190,10 +190,12 @@ def read_facts(layer_paths: list[Path], config: dict) -> dict:
     }
 
 
-def load_base(reference: str, client: RegistryClient, cache: Path) -> BaseFacts:
-    """The facts of the base ``reference`` (layers downloaded once, into ``cache``)."""
+def load_base(reference: str, client: RegistryClient, cache: Path,
+              platform: str = "linux/amd64") -> BaseFacts:
+    """The facts of the base ``reference``'s ``platform`` image (from its index, if it has
+    one; its layers downloaded once, into ``cache``)."""
     ref = ImageRef.parse(reference)
-    digest, manifest = client.manifest(ref.repository, ref.tag)
+    digest, manifest = client.manifest(ref.repository, ref.tag, platform)
     if "layers" not in manifest or "config" not in manifest:
         raise StepError(f"{reference} has no image manifest", source="base_image")
     facts_path = cache / "bases" / f"{digest.removeprefix('sha256:')}-v{FACTS_VERSION}.json"
@@ -208,6 +210,10 @@ def load_base(reference: str, client: RegistryClient, cache: Path) -> BaseFacts:
         paths = [layer_file(client, ref.repository, layer, cache) for layer in layers]
         known = {"config": config, **read_facts(paths, config)}
         write_atomically(facts_path, json.dumps(known))  # another build may read it now
+    found = f"{known['config'].get('os', 'linux')}/{known['config'].get('architecture', 'amd64')}"
+    if found != platform:
+        raise StepError(f"{reference} is a {found} image, not {platform} (a base for several "
+                        f"platforms is an image index)", source="input", field="base_image")
     return BaseFacts(
         repository=ref.repository, digest=digest, layers=layers, config=known["config"],
         interpreters=known["interpreters"], python_versions=known["python_versions"],

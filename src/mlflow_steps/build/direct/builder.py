@@ -19,7 +19,7 @@ from mlflow_steps.build.direct.assemble import (
     user_layer,
     with_bytecode,
 )
-from mlflow_steps.build.direct.base_image import facts_summary, layer_file, load_base
+from mlflow_steps.build.direct.base_image import BaseFacts, facts_summary, layer_file, load_base
 from mlflow_steps.build.direct.install import StagedEnv, check_files, compile_bytecode, stage
 from mlflow_steps.build.engines.engine import Backend, BuildRequest
 from mlflow_steps.core.cache import cache_root
@@ -29,7 +29,8 @@ from mlflow_steps.core.terminal import escape
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import LayerCache, entries_key, write_layer
-from mlflow_steps.image.push import Blob, push_image
+from mlflow_steps.image.platforms import architecture
+from mlflow_steps.image.push import Blob, push_index, push_manifest
 
 LAYOUT_VERSION = "direct-2"  # part of every layer's cache key
 
@@ -61,62 +62,105 @@ class DirectBackend(Backend):
         if request.plan is None or request.pip is None:
             raise NotApplicable("no image plan was given to it")
         started = time.monotonic()
-        plan, destination = request.plan, request.destination
         cache = cache_root(self.environ)
-        client = request.registries.client(destination.registry)
-        same_registry = request.base_image.registry == destination.registry
-        base_client = request.registries.client(request.base_image.registry)
-        base = load_base(str(request.base_image), base_client, cache)
-        self._log(facts_summary(base), started)
         scratch = cache / "work"  # beside uv's cache, usually: installs hard-link from it
         scratch.mkdir(parents=True, exist_ok=True)
         progress = Progress(quiet=request.quiet, environ=self.environ)
-        with private_directory("direct-", scratch) as work:
-            with progress.phase("staging"):
-                staged = stage(plan, base, request.pip, self.environ, work,
-                               no_cache=request.no_cache)
-            self._log(f"environment staged for "
-                      f"{base.interpreters[str(plan.install.python)]}", started)
-            with ThreadPool(max_workers=os.cpu_count() or 2) as pool:
-                record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
-                jobs = [LayerJob(tree_plan(staged, name, paths),
-                                 frozenset(p for p in paths if p.suffix == ".py"), checked=True)
-                        for name, paths in environment_groups(staged,
-                                                              request.own_layer_bytes)]
-                jobs.append(LayerJob(user_layer(base, plan.user)))
-                known = None if request.no_cache else LayerCache(cache / "layers")
-                maker = _LayerMaker(staged, work, known, request.compression, client,
-                                    destination.repository)
-                # Every NotApplicable comes before the first push: each layer's files are
-                # checked (or it is one made before), and the record is written and checked.
-                decided = list(pool.map(maker.decide, jobs))
-                jobs.append(LayerJob(record.result()))
-                decided.append(maker.decide(jobs[-1]))
-                if maker.on_demand_unmet:
-                    self._log(_on_demand_line(maker.on_demand_unmet), started)
-                # the largest first (by bytes: a CUDA library's layer is a few huge files),
-                # so no large layer starts last while the other workers sit idle
-                sizes = {i: _file_bytes(jobs[i].plan)
-                         for i, (_, reused) in enumerate(decided) if reused is None}
-                by_size = sorted(sizes, key=lambda i: -sizes[i])
-                total = sum(sizes.values())
-                with progress.phase("compressing", total) as compressing, \
-                        progress.phase("pushing", 0) as pushing:
-                    done = dict(zip(by_size, pool.map(
-                        lambda i: maker.make(jobs[i], i, decided[i][0], compressing, pushing),
-                        by_size), strict=True))
-            made = [reused or done[index] for index, (_, reused) in enumerate(decided)]
-            self._log(f"{len(made)} layers ({maker.reused} made before: not remade)", started)
-            config = image_config(base, plan, [(job.plan.name, diff_id) for job, (_, diff_id)
-                                               in zip(jobs, made, strict=True)],
-                                  request.labels, staged.cuda)
-            base_blobs = [Blob(dict(layer), mount_from=base.repository) if same_registry else
-                          Blob(dict(layer), path=layer_file(base_client, base.repository,
-                                                            layer, cache))
-                          for layer in base.layers]
-            push_image(client, destination.repository, destination.tag, config,
-                       base_blobs + [blob for blob, _ in made], work)
-        self._log(f"pushed {destination}", started)
+        destination = request.destination
+        several = len(request.platforms) > 1
+        with private_directory("direct-", scratch) as work, \
+                ThreadPool(max_workers=os.cpu_count() or 2) as pool:
+            # Every platform staged and checked before the first push: a NotApplicable (or
+            # a distribution with no wheel for one platform) leaves the registry untouched.
+            prepared = [self._prepare(request, platform, cache, work / architecture(platform),
+                                      pool, progress, started)
+                        for platform in request.platforms]
+            pushed = [(one.platform, self._push(one, request, pool, progress, started,
+                                                tag=None if several else destination.tag))
+                      for one in prepared]
+            if several:
+                client = request.registries.client(destination.registry)
+                push_index(client, destination.repository, destination.tag, pushed)
+        self._log(f"pushed {destination}" + (
+            f" (an index of {', '.join(request.platforms)})" if several else ""), started)
+
+    def _prepare(self, request: BuildRequest, platform: str, cache: Path, work: Path,
+                 pool: ThreadPool, progress: Progress, started: float) -> _Prepared:
+        """Stage the environment for ``platform`` and decide its layers (each checked, or
+        one made before): nothing is pushed."""
+        assert request.plan is not None and request.pip is not None
+        plan = request.plan
+        client = request.registries.client(request.destination.registry)
+        base_client = request.registries.client(request.base_image.registry)
+        base = load_base(str(request.base_image), base_client, cache, platform)
+        self._log(facts_summary(base), started)
+        work.mkdir()
+        with progress.phase("staging"):
+            staged = stage(plan, base, request.pip, self.environ, work,
+                           no_cache=request.no_cache)
+        self._log(f"environment staged for {platform} "
+                  f"{base.interpreters[str(plan.install.python)]}", started)
+        record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
+        jobs = [LayerJob(tree_plan(staged, name, paths),
+                         frozenset(p for p in paths if p.suffix == ".py"), checked=True)
+                for name, paths in environment_groups(staged, request.own_layer_bytes)]
+        jobs.append(LayerJob(user_layer(base, plan.user)))
+        known = None if request.no_cache else LayerCache(cache / "layers")
+        maker = _LayerMaker(staged, work, known, request.compression, client,
+                            request.destination.repository)
+        decided = list(pool.map(maker.decide, jobs))
+        jobs.append(LayerJob(record.result()))
+        decided.append(maker.decide(jobs[-1]))
+        if maker.on_demand_unmet:
+            self._log(_on_demand_line(maker.on_demand_unmet), started)
+        return _Prepared(platform, base, staged, jobs, decided, maker)
+
+    def _push(self, prepared: _Prepared, request: BuildRequest, pool: ThreadPool,
+              progress: Progress, started: float, tag: str | None) -> dict[str, object]:
+        """Make and push ``prepared``'s layers, config and manifest (under ``tag``; None:
+        by digest, for the index); the manifest's descriptor."""
+        assert request.plan is not None
+        jobs, decided, maker, base = (prepared.jobs, prepared.decided, prepared.maker,
+                                      prepared.base)
+        destination = request.destination
+        client = request.registries.client(destination.registry)
+        base_client = request.registries.client(request.base_image.registry)
+        same_registry = request.base_image.registry == destination.registry
+        # the largest first (by bytes: a CUDA library's layer is a few huge files), so no
+        # large layer starts last while the other workers sit idle
+        sizes = {i: _file_bytes(jobs[i].plan)
+                 for i, (_, reused) in enumerate(decided) if reused is None}
+        by_size = sorted(sizes, key=lambda i: -sizes[i])
+        with progress.phase("compressing", sum(sizes.values())) as compressing, \
+                progress.phase("pushing", 0) as pushing:
+            done = dict(zip(by_size, pool.map(
+                lambda i: maker.make(jobs[i], i, decided[i][0], compressing, pushing),
+                by_size), strict=True))
+        made = [reused or done[index] for index, (_, reused) in enumerate(decided)]
+        self._log(f"{len(made)} layers ({maker.reused} made before: not remade)", started)
+        config = image_config(base, request.plan, [(job.plan.name, diff_id) for job, (_, diff_id)
+                                                   in zip(jobs, made, strict=True)],
+                              request.labels, prepared.staged.cuda)
+        cache = cache_root(self.environ)
+        base_blobs = [Blob(dict(layer), mount_from=base.repository) if same_registry else
+                      Blob(dict(layer), path=layer_file(base_client, base.repository,
+                                                        layer, cache))
+                      for layer in base.layers]
+        return push_manifest(client, destination.repository, tag, config,
+                             base_blobs + [blob for blob, _ in made], prepared.staged.work,
+                             oci=tag is None)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One platform's image, staged and decided, before anything of it is pushed."""
+
+    platform: str
+    base: BaseFacts
+    staged: StagedEnv
+    jobs: list[LayerJob]
+    decided: list[tuple[str, tuple[Blob, str] | None]]
+    maker: _LayerMaker
 
 
 def _on_demand_line(unmet: dict[str, str], shown: int = 5) -> str:

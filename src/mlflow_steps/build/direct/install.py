@@ -12,6 +12,7 @@ scrubbed environment (``scrubbed_env``): no credential, registry or pip configur
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -48,6 +49,10 @@ from mlflow_steps.image.layers import Entry
 INSTALL_BUDGETS = 20  # an install downloads many files: this many network budgets
 _PLATFORMS = {"amd64": "x86_64", "arm64": "aarch64"}
 _VOLATILE = (".lock",)  # uv's own lock file in the venv
+# What uv says of a distribution it would have to build (no wheel for the platform)
+_NO_WHEEL = re.compile(r"Because (?P<name>[\w.-]+)\S* has no (?:usable wheels|wheels with a "
+                       r"matching platform tag)|Distribution `(?P<dist>[\w.-]+)[^`]*` can't be "
+                       r"installed because it is marked as `--no-build`")
 # What an interpreter run here keeps of the build's environment (see scrubbed_env).
 _KEPT = ("PATH", "LANG", "LANGUAGE", "TZ")
 
@@ -135,6 +140,10 @@ class Stager:
         if result.returncode != 0:
             lines = [x.strip() for x in result.stderr.splitlines() if x.strip()]
             problem = redact(" ".join(lines[-4:]), self.secrets)[-500:]
+            if unbuilt := _NO_WHEEL.search(result.stderr):
+                raise NotApplicable(f"{what}: {unbuilt['name'] or unbuilt['dist']} has no wheel "
+                                    f"for linux/{self.base.architecture} (building one would "
+                                    f"run its code)")
             if fallback:
                 raise NotApplicable(f"{what}: {problem}")
             raise StepError(f"{what} failed: {problem}", source="direct")

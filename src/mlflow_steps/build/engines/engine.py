@@ -24,6 +24,7 @@ from mlflow_steps.core.redaction import secret_values
 from mlflow_steps.core.terminal import shown
 from mlflow_steps.env.pipconfig import BuildPipConfig
 from mlflow_steps.image.client import RegistryClients
+from mlflow_steps.image.platforms import DEFAULT_PLATFORMS
 from mlflow_steps.image.reference import ImageRef, is_insecure
 
 CAUSE_LINES = 40  # the last lines of a failed command's log its cause is looked for in
@@ -123,6 +124,7 @@ class BuildRequest:
     compression: str = "gzip"
     own_layer_bytes: int = OWN_LAYER_MB << 20  # a distribution this large: a layer alone
     quiet: bool = False  # no progress shown
+    platforms: tuple[str, ...] = DEFAULT_PLATFORMS  # the direct builder's (engines: amd64)
 
     @property
     def reproducible(self) -> bool:

@@ -1,0 +1,149 @@
+"""`build --platform`: the direct builder makes a linux/arm64 image (and an index of several
+platforms) on this amd64 machine without running anything of the image; engines refuse a
+foreign platform with one line. (The arm64 image running under qemu-user: test_arm64_image.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import requests
+from support.helpers import make_wheel, run_cli
+from support.index_server import local_index
+from support.synthetic_base import build, push_synthetic_index
+
+from mlflow_steps.image.client import RegistryClient
+from mlflow_steps.image.push import OCI_INDEX_MEDIA_TYPE
+
+BOTH = "linux/amd64,linux/arm64"
+
+
+def _index_with_native_wheels(root: Path, aarch64: bool = True) -> Path:
+    """A PEP 503 index of mls-native 1.0: a wheel for x86_64 and (``aarch64``) one for
+    aarch64, each saying which it is."""
+    project = root / "simple" / "mls-native"
+    project.mkdir(parents=True)
+    machines = ("x86_64", "aarch64") if aarch64 else ("x86_64",)
+    wheels = [make_wheel(project, "mls_native", "1.0", {
+        "mls_native.py": f"MACHINE = {machine!r}\n".encode()},
+        tag=f"cp311-cp311-manylinux_2_17_{machine}") for machine in machines]
+    (project / "index.html").write_text("".join(f'<a href="{w.name}">{w.name}</a>\n'
+                                                for w in wheels))
+    return root
+
+
+def _files(client: RegistryClient, repository: str, manifest: dict) -> dict[str, bytes]:
+    """The regular files of the image's own layers (not the base's) → their bytes."""
+    files: dict[str, bytes] = {}
+    for layer in manifest["layers"][1:]:
+        data = client.blob(repository, layer["digest"], 1 << 30)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for member in tar:
+                if member.isfile():
+                    handle = tar.extractfile(member)
+                    files[member.name] = handle.read() if handle else b""
+    return files
+
+
+def test_two_platforms_give_one_index_of_native_images(registry, no_engine, codeset,
+                                                        warm_cache, tmp_path: Path) -> None:
+    client = RegistryClient(registry.address)
+    base = push_synthetic_index(client, tmp_path / "base")
+    project = codeset({"requirements.txt": "mls-native==1.0\nsix==1.16.0\n"})
+    with local_index(_index_with_native_wheels(tmp_path / "index")) as url:
+        env = {**no_engine, "PIP_EXTRA_INDEX_URL": url,
+               "MLFLOW_STEPS_CACHE": warm_cache(tmp_path / "cache")}
+        made = build(project, registry, base, "multi/env", "--platform", BOTH, env=env)
+        assert made.returncode == 0, made.stderr[-3000:]
+        reference = made.stdout.strip()
+        tag = reference.rsplit(":", 1)[1]
+        digest, index = client.served("multi/env", tag)
+        assert index["mediaType"] == OCI_INDEX_MEDIA_TYPE
+        assert [(m["platform"]["os"], m["platform"]["architecture"])
+                for m in index["manifests"]] == [("linux", "amd64"), ("linux", "arm64")]
+        for platform, machine in (("linux/amd64", "x86_64"), ("linux/arm64", "aarch64")):
+            _, manifest = client.manifest("multi/env", tag, platform)
+            config = json.loads(client.blob("multi/env", manifest["config"]["digest"], 1 << 20))
+            assert config["architecture"] == platform.split("/")[1]
+            files = _files(client, "multi/env", manifest)
+            module = next(data for name, data in files.items()
+                          if name.endswith("site-packages/mls_native.py"))
+            assert module == f"MACHINE = {machine!r}\n".encode()
+            wheel = next(data for name, data in files.items()
+                         if name.endswith("mls_native-1.0.dist-info/WHEEL"))
+            assert f"manylinux_2_17_{machine}".encode() in wheel
+            # the interpreter the venv names is the base's own, for this platform
+            lock = files["opt/mlflow-steps-build/lock.txt"].decode()
+            assert "mls-native==1.0" in lock and "six==1.16.0" in lock
+        # the platform set is in the tag: an amd64-only image is another tag
+        def hashed(*platform: str) -> str:
+            return run_cli("hash", str(project), "--base-image", base, *platform,
+                           env=env).stdout.strip()
+
+        assert hashed("--platform", BOTH) == tag
+        assert hashed() != tag  # the platform set is in the tag: amd64 alone is another
+        assert hashed("--platform", " linux/arm64/v8 ,linux/amd64") not in (tag, hashed())
+
+        skipped = build(project, registry, base, "multi/env", "--platform", BOTH, env=env)
+        assert skipped.returncode == 0 and "build skipped" in skipped.stderr
+        again = build(project, registry, base, "multi/again", "--platform", BOTH, "--force",
+                      env={**env, "MLFLOW_STEPS_CACHE": str(tmp_path / "cold"),
+                           "UV_CACHE_DIR": str(tmp_path / "uv-cold")})
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert client.served("multi/again", tag)[0] == digest  # same input, same digests
+
+        arm = build(project, registry, base, "multi/arm", "--platform", "linux/arm64", env=env)
+        assert arm.returncode == 0, arm.stderr[-3000:]
+        arm_tag = arm.stdout.strip().rsplit(":", 1)[1]
+        _, arm_manifest = client.served("multi/arm", arm_tag)
+        assert "layers" in arm_manifest  # one platform: an image, not an index
+        _, arm_in_index = client.manifest("multi/env", tag, "linux/arm64")
+        assert [layer["digest"] for layer in arm_manifest["layers"]] == [
+            layer["digest"] for layer in arm_in_index["layers"]]  # the same arm64 layers
+
+
+def test_a_distribution_without_a_wheel_for_a_platform_is_refused_before_any_push(
+        registry, no_engine, codeset, tmp_path: Path) -> None:
+    client = RegistryClient(registry.address)
+    base = push_synthetic_index(client, tmp_path / "base", repository="multi/base-nowheel")
+    project = codeset({"requirements.txt": "mls-native==1.0\n"})
+    with local_index(_index_with_native_wheels(tmp_path / "index", aarch64=False)) as url:
+        for builder in ("direct", "auto"):
+            result = build(project, registry, base, "multi/nowheel", "--platform", BOTH,
+                           env={**no_engine, "PIP_EXTRA_INDEX_URL": url}, builder=builder)
+            assert result.returncode == 2, result.stderr[-2000:]
+            line = result.stderr.strip().splitlines()[-1]
+            assert "linux/arm64" in line and "mls-native" in line, line
+            assert "Traceback" not in result.stderr and result.stdout == ""
+    # nothing pushed: the registry has no such repository (one blob would make it)
+    catalog = requests.get(f"http://{registry.address}/v2/_catalog", timeout=10).json()
+    assert "multi/nowheel" not in catalog["repositories"]
+
+
+def test_engines_and_locks_refuse_a_foreign_platform_with_one_line(
+        registry, no_engine, codeset, tmp_path: Path) -> None:
+    project = codeset({"requirements.txt": "six==1.16.0\n"})
+    for builder in ("docker", "buildah"):
+        result = build(project, registry, f"{registry.address}/x/base:1", "multi/engine",
+                       "--platform", "linux/arm64", env=no_engine, builder=builder)
+        assert result.returncode == 2
+        line = result.stderr.strip().splitlines()[-1]
+        assert "platform" in line and "linux/arm64" in line and builder in line, line
+    plan = run_cli("build", str(project), "--stage", "prepare", "--plan-dir",
+                   str(tmp_path / "plan"), "--registry", registry.address,
+                   "--platform", "linux/arm64", env=no_engine)
+    assert plan.returncode == 2 and "kaniko builds linux/amd64 images only" in plan.stderr
+    assert not (tmp_path / "plan").exists()
+    unknown = run_cli("hash", str(project), "--platform", "linux/s390x", env=no_engine)
+    assert unknown.returncode == 2 and "platform" in unknown.stderr
+    assert "s390x" in unknown.stderr.strip().splitlines()[-1]
+    wheel = "https://example.invalid/six-1.16.0-py2.py3-none-any.whl"
+    locked = codeset({"pylock.toml": f'lock-version = "1.0"\ncreated-by = "test"\n'
+                      f'requires-python = ">=3.10"\n[[packages]]\nname = "six"\n'
+                      f'version = "1.16.0"\n[[packages.wheels]]\nurl = "{wheel}"\n'
+                      f'hashes = {{sha256 = "{"0" * 64}"}}\n'}, name="locked")
+    refused = run_cli("hash", str(locked), "--platform", BOTH, env=no_engine)
+    assert refused.returncode == 2, refused.stderr
+    assert "pylock.toml cannot be built for them" in refused.stderr.strip().splitlines()[-1]
