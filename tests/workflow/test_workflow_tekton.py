@@ -420,3 +420,58 @@ steps:
       limits:
         nvidia.com/gpu: 1
 """
+
+
+PLATFORM_WORKFLOW = """name: wf-arch
+inputs:
+  - name: platform
+    type: string
+    default: {default}
+steps:
+  - name: builder
+    image: 127.0.0.1:5055/mlflow-steps/builder:latest
+    inputs:
+      - name: platform
+        value: {value}
+    outputs:
+      - name: image
+  - name: trainer
+    image: '{{{{ steps.builder.outputs.image }}}}'
+  - name: other
+    image: img:1
+"""
+
+
+@pytest.mark.parametrize(("value", "default", "selected"), [
+    ("linux/arm64", "''", "arm64"),
+    ("'{{ inputs.platform }}'", "linux/arm64/v8", "arm64"),
+    ("linux/amd64", "''", "amd64"),
+    ("'linux/amd64,linux/arm64'", "''", None),  # an index: any node
+    ("'{{ inputs.platform }}'", "'linux/arm64,linux/amd64'", None),
+])
+def test_a_step_whose_image_has_one_architecture_runs_on_such_a_node(
+        tmp_path: Path, value: str, default: str, selected: str | None) -> None:
+    """The builder's platform input (a literal or the workflow input's default) decides:
+    one platform pins the steps running its image to nodes of that architecture."""
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text(PLATFORM_WORKFLOW.format(value=value, default=default))
+    run = TektonExport(load_workflow(workflow), None, Identity("local", "me")).pipeline_run()
+    keys_within(run["spec"], TEKTON_V1["PipelineRun.spec"], "PipelineRun.spec")
+    if selected is None:
+        assert "taskRunSpecs" not in run["spec"]
+        return
+    [spec] = run["spec"]["taskRunSpecs"]
+    assert set(spec) == {"pipelineTaskName", "podTemplate"}
+    assert spec["pipelineTaskName"] == "trainer"
+    assert spec["podTemplate"] == {"nodeSelector": {"kubernetes.io/arch": selected}}
+
+
+def test_a_builder_platform_the_export_cannot_read_is_one_line(tmp_path: Path) -> None:
+    workflow = tmp_path / "wf.yaml"
+    workflow.write_text(PLATFORM_WORKFLOW.format(value="linux/sparc", default="''"))
+    result = run_cli("workflow", "export", str(workflow), "--tekton", "-o", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "steps.builder.inputs.platform: 'linux/sparc' is not a platform this builder targets "
+        "(linux/amd64, linux/arm64)")
+    assert not (tmp_path / "o").exists()

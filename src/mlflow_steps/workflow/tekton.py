@@ -24,6 +24,7 @@ import yaml
 from mlflow_steps.build.builder_plan import DIRECT, EXECUTORS, is_builder_image
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.stepio import write_atomically
+from mlflow_steps.image.platforms import DEFAULT_PLATFORMS, architecture, parse_platforms
 from mlflow_steps.workflow.expressions import (
     ExtensionRef,
     InputRef,
@@ -46,6 +47,7 @@ from mlflow_steps.workflow.tekton_objects import (
 API_VERSION = "tekton.dev/v1"
 WORKSPACE = "codeset"
 SHELL_IMAGE_PARAM = "shell-image"
+ARCH_LABEL = "kubernetes.io/arch"  # the well-known node label a pod's nodeSelector names
 DEFAULT_SHELL_IMAGE = "docker.io/library/busybox:1.36"
 CODESET_SCRIPT = """#!/bin/sh
 set -eu
@@ -188,6 +190,27 @@ class TektonExport:
                 return source.name
         return None
 
+    def _image_architecture(self, step: Step) -> str | None:
+        """The one architecture of ``step``'s image when its builder step builds for one
+        platform only (its ``platform`` input: a literal or a workflow input's default; none
+        given: linux/amd64); None for an index of several, or what only the run knows."""
+        builder = self._image_builder(step)
+        source = next((s for s in self.workflow.steps if s.name == builder), None)
+        if source is None:
+            return None
+        value = next((p.value for p in source.params if p.name == "platform"), None)
+        text = ",".join(DEFAULT_PLATFORMS) if value is None else value.literal
+        if text is None and len(value.parts) == 1 and isinstance(value.parts[0], InputRef):
+            text = self.workflow.input(value.parts[0].input).default  # the run's default
+        if text is None:
+            return None
+        try:
+            platforms = parse_platforms(text)
+        except StepError as exc:
+            raise StepError(f"{exc.detail}", source=self.workflow.source,
+                            field=f"steps.{source.name}.inputs.platform") from None
+        return architecture(platforms[0]) if len(platforms) == 1 else None
+
     def _task_params(self, step: Step) -> list[tuple[str, Template]]:
         """(task param, template) for every value the pipeline hands the task."""
         params = [(param.name, param.value) for param in step.params]
@@ -270,6 +293,12 @@ class TektonExport:
             params += [{"name": name, "value": PLACEHOLDER if item.type == "codeset"
                         or item.default is None else item.default} for name in names]
         spec: dict[str, Any] = {"pipelineRef": {"name": self.name}, "params": params}
+        # a step whose image has one architecture runs on a node of it (an index: any)
+        pinned = [(self.tasks[step.name], arch) for step in self.workflow.steps
+                  if (arch := self._image_architecture(step))]
+        if pinned:
+            spec["taskRunSpecs"] = [{"pipelineTaskName": name, "podTemplate": {
+                "nodeSelector": {ARCH_LABEL: arch}}} for name, arch in pinned]
         if self.codeset:
             spec["workspaces"] = [{"name": WORKSPACE, "persistentVolumeClaim": {
                 "claimName": k8s_name(self.name, "codeset")}}]
