@@ -24,6 +24,8 @@ CACHE = Path(os.environ.get("MLFLOW_STEPS_CACHE", Path.home() / ".cache" / "mlfl
 ROOTFS = CACHE / "rootfs-bookworm"
 ROOTFS_TAR = CACHE / "rootfs-bookworm.tar"
 BASE_PACKAGES = "python3,python3-venv,python3-pip,ca-certificates,passwd"
+ARM64_ROOTFS_TAR = CACHE / "rootfs-bookworm-arm64.tar"
+ARM64_PACKAGES = "python3,python3-venv,ca-certificates,passwd"
 BASE_PYTHON = "3.11"
 BASE_NAME = f"library/python:{BASE_PYTHON}-slim"
 # Set in the image config as public bases do: Kaniko and Buildah run RUN steps with only
@@ -236,6 +238,43 @@ def ensure_rootfs_tar() -> Path:
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True)
         partial.rename(ROOTFS_TAR)
     return ROOTFS_TAR
+
+
+def ensure_arm64_rootfs_tar() -> Path:
+    """A cached tarball of a minimal Debian bookworm arm64 with python3 + venv, made without
+    emulation: debootstrap's first stage, every .deb unpacked on the host, and by hand what
+    the maintainer scripts that matter here do (accounts, CA bundle); no dpkg database."""
+    if ARM64_ROOTFS_TAR.exists():
+        return ARM64_ROOTFS_TAR
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        subprocess.run(["debootstrap", "--foreign", "--arch=arm64", "--variant=minbase",
+                        f"--include={ARM64_PACKAGES}", "bookworm", str(rootfs)],
+                       check=True, capture_output=True)
+        for deb in sorted((rootfs / "var/cache/apt/archives").glob("*.deb")):
+            # Not `dpkg-deb -x`: its tar replaces the merged-/usr links (/bin, /lib) by dirs.
+            data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)],
+                                  check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-C", str(rootfs), "--keep-directory-symlink",
+                            "--numeric-owner", "-xf", "-"], input=data, check=True)
+            deb.unlink()
+        for name in ("passwd", "group"):  # base-passwd's postinst
+            shutil.copy(rootfs / f"usr/share/base-passwd/{name}.master", rootfs / "etc" / name)
+        shared = rootfs / "usr/share/ca-certificates"  # ca-certificates' update-ca-certificates
+        certs = sorted(shared.glob("*/*.crt"))
+        (rootfs / "etc/ca-certificates.conf").write_text(
+            "".join(f"{cert.relative_to(shared)}\n" for cert in certs))
+        (rootfs / "etc/ssl/certs/ca-certificates.crt").write_text(
+            "".join(cert.read_text() for cert in certs))
+        if not os.path.lexists(rootfs / "usr/bin/python3"):
+            (rootfs / "usr/bin/python3").symlink_to("python3.11")
+        for leftover in ("debootstrap", "var/lib/apt/lists"):
+            shutil.rmtree(rootfs / leftover, ignore_errors=True)
+        partial = ARM64_ROOTFS_TAR.with_suffix(".partial")
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True)
+        partial.rename(ARM64_ROOTFS_TAR)
+    return ARM64_ROOTFS_TAR
 
 
 def buildah_env(root: Path) -> dict[str, str]:

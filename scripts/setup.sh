@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker.io docker-registry buildah skopeo podman debootstrap postgresql apache2-utils)
+APT_PACKAGES=(docker.io docker-registry buildah skopeo podman debootstrap postgresql apache2-utils
+              qemu-user-static)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
