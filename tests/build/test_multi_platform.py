@@ -86,6 +86,27 @@ def test_two_platforms_give_one_index_of_native_images(registry, no_engine, code
         assert hashed() != tag  # the platform set is in the tag: amd64 alone is another
         assert hashed("--platform", " linux/arm64/v8 ,linux/amd64") not in (tag, hashed())
 
+        # inspect: the platforms, then each one's image and lock
+        shown = run_cli("inspect", reference, "--insecure-registries", registry.address,
+                        "--codeset", str(project), env=env)
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        assert f"digest     {digest}" in shown.stdout
+        assert "platforms  linux/amd64, linux/arm64" in shown.stdout
+        assert shown.stdout.count("  mls-native==1.0") == 2
+        assert [line for line in shown.stdout.splitlines() if line.startswith("platform ")] == [
+            "platform   linux/amd64", "platform   linux/arm64"]
+        assert f"hashes to {tag}: this image is its environment" in shown.stdout
+        pylock = tmp_path / "arm64.pylock.toml"
+        one = run_cli("inspect", reference, "--insecure-registries", registry.address,
+                      "--write-pylock", str(pylock), env=env)
+        assert one.returncode == 2 and "name one with --platform" in one.stderr
+        assert not pylock.exists()
+        one = run_cli("inspect", reference, "--insecure-registries", registry.address,
+                      "--platform", "linux/arm64", "--write-pylock", str(pylock), env=env)
+        assert one.returncode == 0, one.stderr[-2000:]
+        assert "platform   linux/arm64" in one.stdout and "linux/amd64\n" not in one.stdout
+        assert 'name = "mls-native"' in pylock.read_text()
+
         skipped = build(project, registry, base, "multi/env", "--platform", BOTH, env=env)
         assert skipped.returncode == 0 and "build skipped" in skipped.stderr
         again = build(project, registry, base, "multi/again", "--platform", BOTH, "--force",

@@ -31,6 +31,7 @@ class ImageRecord:
     lock: list[str]
     sbom: dict | None = None
     pylock: str | None = None  # PEP 751 text (pip environments)
+    platform: str = "linux/amd64"  # its config's os/architecture
 
     @property
     def packages(self) -> list[str]:
@@ -45,7 +46,8 @@ class ImageRecord:
     def lines(self) -> list[str]:
         """The report, one line each (values as recorded: print them with
         ``terminal.report``)."""
-        lines = [f"image      {self.reference}", f"digest     {self.digest}"]
+        lines = [f"image      {self.reference}", f"digest     {self.digest}",
+                 f"platform   {self.platform}"]
         names = {"env-tag": "env tag", "spec-digest": "spec", "strategy": "strategy",
                  "tooling-version": "tooling"}
         lines += [f"{title:<10} {self.labels[LABEL_PREFIX + key]}" for key, title in
@@ -84,11 +86,29 @@ def sbom_summary(sbom: dict | None) -> str:
             f"{len(components)} components ({licensed} with a license)")
 
 
-def read_image(reference: str, client: RegistryClient) -> ImageRecord:
-    """Manifest, config labels and the recorded lock of ``reference`` (no pull, no engine);
-    every read bounded, every field's type checked (one line when wrong)."""
+def index_platforms(reference: str, client: RegistryClient) -> tuple[str, list[str]] | None:
+    """The digest and platforms (os/architecture, in order) of ``reference`` when it is an
+    image index; None for an image."""
     ref = ImageRef.parse(reference)
-    digest, manifest = client.manifest(ref.repository, ref.tag)
+    digest, served = client.served(ref.repository, ref.tag)
+    if "manifests" not in served:
+        return None
+    entries = served["manifests"] if isinstance(served["manifests"], list) else []
+    platforms = [f"{entry['platform'].get('os')}/{entry['platform'].get('architecture')}"
+                 for entry in entries if isinstance(entry, dict)
+                 and isinstance(entry.get("platform"), dict)]
+    if not platforms:
+        raise StepError("an image index with no platform entries", source=reference)
+    return digest, platforms
+
+
+def read_image(reference: str, client: RegistryClient,
+               platform: str = "linux/amd64") -> ImageRecord:
+    """Manifest, config labels and the recorded lock of ``reference`` (an index: its
+    ``platform`` image; no pull, no engine); every read bounded, every field's type checked
+    (one line when wrong)."""
+    ref = ImageRef.parse(reference)
+    digest, manifest = client.manifest(ref.repository, ref.tag, platform)
     config_digest, layers = _manifest_parts(manifest, reference)
     config = load_json(client.blob(ref.repository, config_digest, MAX_CONFIG_BYTES),
                        source=reference, what="the image config")
@@ -111,7 +131,8 @@ def read_image(reference: str, client: RegistryClient) -> ImageRecord:
         if not isinstance(sbom, dict) or not isinstance(sbom.get("components", []), list):
             raise StepError(f"{wanted['sbom']} in the image is not an SBOM (a JSON object "
                             "whose components are a list)", source=reference)
-    return ImageRecord(str(ref), digest, labels, lock, sbom, found.get("pylock"))
+    return ImageRecord(str(ref), digest, labels, lock, sbom, found.get("pylock"),
+                       f"{config.get('os', 'linux')}/{config.get('architecture', 'amd64')}")
 
 
 def _manifest_parts(manifest: dict, source: str) -> tuple[str, list[tuple[str, int]]]:
@@ -161,14 +182,16 @@ def _members(blob: bytes, paths: dict[str, str], source: str) -> dict[str, str]:
     return texts
 
 
-def codeset_matches(record: ImageRecord, codeset: Path, environ: dict[str, str]) -> str:
-    """One line: whether ``codeset`` (on the image's base) hashes to the image's env tag."""
+def codeset_matches(record: ImageRecord, codeset: Path, environ: dict[str, str],
+                    platforms: tuple[str, ...] = ("linux/amd64",)) -> str:
+    """One line: whether ``codeset`` (on the image's base, for its ``platforms``) hashes to
+    the image's env tag."""
     # the builder step loads only for a codeset comparison
     from mlflow_steps.build.step import resolve_spec
 
     base = record.labels.get("org.opencontainers.image.base.name")
     strategy = record.labels.get(f"{LABEL_PREFIX}strategy", "")
-    options = BuildOptions(base_image=base,
+    options = BuildOptions(base_image=base, platforms=platforms,
                            env_strategy=strategy if strategy in ("pip", "conda") else "auto")
     spec, _ = resolve_spec(codeset, options, environ, True)
     tag = env_tag(spec)

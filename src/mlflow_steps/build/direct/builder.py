@@ -75,8 +75,9 @@ class DirectBackend(Backend):
             prepared = [self._prepare(request, platform, cache, work / architecture(platform),
                                       pool, progress, started)
                         for platform in request.platforms]
+            made: dict[str, tuple[Blob, str]] = {}  # a layer of one platform another shares
             pushed = [(one.platform, self._push(one, request, pool, progress, started,
-                                                tag=None if several else destination.tag))
+                                                None if several else destination.tag, made))
                       for one in prepared]
             if several:
                 client = request.registries.client(destination.registry)
@@ -116,12 +117,15 @@ class DirectBackend(Backend):
         return _Prepared(platform, base, staged, jobs, decided, maker)
 
     def _push(self, prepared: _Prepared, request: BuildRequest, pool: ThreadPool,
-              progress: Progress, started: float, tag: str | None) -> dict[str, object]:
-        """Make and push ``prepared``'s layers, config and manifest (under ``tag``; None:
-        by digest, for the index); the manifest's descriptor."""
+              progress: Progress, started: float, tag: str | None,
+              made_before: dict[str, tuple[Blob, str]]) -> dict[str, object]:
+        """Make and push ``prepared``'s layers (those in ``made_before``, by cache key: made
+        for another platform of this build, such as a pure-Python package's), config and
+        manifest (under ``tag``; None: by digest, for the index); the manifest's
+        descriptor."""
         assert request.plan is not None
-        jobs, decided, maker, base = (prepared.jobs, prepared.decided, prepared.maker,
-                                      prepared.base)
+        jobs, maker, base = prepared.jobs, prepared.maker, prepared.base
+        decided = [(key, reused or made_before.get(key)) for key, reused in prepared.decided]
         destination = request.destination
         client = request.registries.client(destination.registry)
         base_client = request.registries.client(request.base_image.registry)
@@ -137,7 +141,9 @@ class DirectBackend(Backend):
                 lambda i: maker.make(jobs[i], i, decided[i][0], compressing, pushing),
                 by_size), strict=True))
         made = [reused or done[index] for index, (_, reused) in enumerate(decided)]
-        self._log(f"{len(made)} layers ({maker.reused} made before: not remade)", started)
+        made_before.update((key, layer) for (key, _), layer in zip(decided, made, strict=True))
+        self._log(f"{len(made)} layers ({len(made) - len(done)} made before: not remade)",
+                  started)
         config = image_config(base, request.plan, [(job.plan.name, diff_id) for job, (_, diff_id)
                                                    in zip(jobs, made, strict=True)],
                               request.labels, prepared.staged.cuda)
@@ -186,7 +192,6 @@ class _LayerMaker:
                  compression: str, client: RegistryClient, repository: str) -> None:
         self.staged, self.work, self.known = staged, work, known
         self.compression, self.client, self.repository = compression, client, repository
-        self.reused = 0
         self.on_demand_unmet: dict[str, str] = {}  # library -> the plugin needing it
 
     def _reusable(self, cached: dict[str, object]) -> Blob | None:
@@ -208,7 +213,6 @@ class _LayerMaker:
         cached = self.known.get(key, SOURCE_DATE_EPOCH) if self.known else None
         reused = self._reusable(cached) if cached else None
         if cached and reused:
-            self.reused += 1
             return key, (reused, str(cached["diff_id"]))
         if job.checked:
             self.on_demand_unmet.update(check_files(
