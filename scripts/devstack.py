@@ -24,7 +24,7 @@ CACHE = Path(os.environ.get("MLFLOW_STEPS_CACHE", Path.home() / ".cache" / "mlfl
 ROOTFS = CACHE / "rootfs-bookworm"
 ROOTFS_TAR = CACHE / "rootfs-bookworm.tar"
 BASE_PACKAGES = "python3,python3-venv,python3-pip,ca-certificates,passwd"
-ARM64_ROOTFS_TAR = CACHE / "rootfs-bookworm-arm64.tar"
+ARM64_ROOTFS_TAR = CACHE / "rootfs-bookworm-arm64-v2.tar"
 ARM64_PACKAGES = "python3,python3-venv,ca-certificates,passwd"
 BASE_PYTHON = "3.11"
 BASE_NAME = f"library/python:{BASE_PYTHON}-slim"
@@ -271,6 +271,11 @@ def ensure_arm64_rootfs_tar() -> Path:
             (rootfs / "usr/bin/python3").symlink_to("python3.11")
         for leftover in ("debootstrap", "var/lib/apt/lists"):
             shutil.rmtree(rootfs / leftover, ignore_errors=True)
+        for mount_point in ("proc", "sys"):  # the first stage links /proc to the host's
+            path = rootfs / mount_point
+            if path.is_symlink():
+                path.unlink()
+            path.mkdir(mode=0o755, exist_ok=True)
         partial = ARM64_ROOTFS_TAR.with_suffix(".partial")
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True)
         partial.rename(ARM64_ROOTFS_TAR)

@@ -72,12 +72,15 @@ class DirectBackend(Backend):
                 ThreadPool(max_workers=os.cpu_count() or 2) as pool:
             # Every platform staged and checked before the first push: a NotApplicable (or
             # a distribution with no wheel for one platform) leaves the registry untouched.
-            prepared = [self._prepare(request, platform, cache, work / architecture(platform),
-                                      pool, progress, started)
-                        for platform in request.platforms]
-            made: dict[str, tuple[Blob, str]] = {}  # a layer of one platform another shares
-            pushed = [(one.platform, self._push(one, request, pool, progress, started,
-                                                None if several else destination.tag, made))
+            # The platforms stage side by side (one's downloads beside the other's unzip).
+            with ThreadPool(max_workers=len(request.platforms)) as stagers:
+                prepared = list(stagers.map(
+                    lambda platform: self._prepare(request, platform, cache,
+                                                   work / architecture(platform), pool,
+                                                   progress, started), request.platforms))
+            made = self._make_layers(prepared, pool, progress)
+            pushed = [(one.platform, self._push(one, request, made, started,
+                                                None if several else destination.tag))
                       for one in prepared]
             if several:
                 client = request.registries.client(destination.registry)
@@ -96,7 +99,8 @@ class DirectBackend(Backend):
         base = load_base(str(request.base_image), base_client, cache, platform)
         self._log(facts_summary(base), started)
         work.mkdir()
-        with progress.phase("staging"):
+        several = len(request.platforms) > 1
+        with progress.phase(f"staging {platform}" if several else "staging"):
             staged = stage(plan, base, request.pip, self.environ, work,
                            no_cache=request.no_cache)
         self._log(f"environment staged for {platform} "
@@ -116,36 +120,46 @@ class DirectBackend(Backend):
             self._log(_on_demand_line(maker.on_demand_unmet), started)
         return _Prepared(platform, base, staged, jobs, decided, maker)
 
-    def _push(self, prepared: _Prepared, request: BuildRequest, pool: ThreadPool,
-              progress: Progress, started: float, tag: str | None,
-              made_before: dict[str, tuple[Blob, str]]) -> dict[str, object]:
-        """Make and push ``prepared``'s layers (those in ``made_before``, by cache key: made
-        for another platform of this build, such as a pure-Python package's), config and
-        manifest (under ``tag``; None: by digest, for the index); the manifest's
-        descriptor."""
+    @staticmethod
+    def _make_layers(prepared: list[_Prepared], pool: ThreadPool,
+                     progress: Progress) -> dict[str, tuple[Blob, str]]:
+        """Make and push every platform's layers not made before, each once (a layer two
+        platforms share: a pure-Python package's, the tooling's), the largest first (by
+        bytes: a CUDA library's layer is a few huge files), so no large layer starts last
+        while the other workers sit idle; cache key → (blob, diff_id)."""
+        todo: dict[str, tuple[_Prepared, int]] = {}
+        for one in prepared:
+            for index, (key, reused) in enumerate(one.decided):
+                if reused is None:
+                    todo.setdefault(key, (one, index))
+        sizes = {key: _file_bytes(one.jobs[index].plan) for key, (one, index) in todo.items()}
+        order = sorted(todo, key=lambda key: -sizes[key])
+
+        def make(key: str) -> tuple[Blob, str]:
+            one, index = todo[key]
+            return one.maker.make(one.jobs[index], index, key, compressing, pushing)
+
+        with progress.phase("compressing", sum(sizes.values())) as compressing, \
+                progress.phase("pushing", 0) as pushing:
+            return dict(zip(order, pool.map(make, order), strict=True))
+
+    def _push(self, prepared: _Prepared, request: BuildRequest,
+              made: dict[str, tuple[Blob, str]], started: float,
+              tag: str | None) -> dict[str, object]:
+        """Push ``prepared``'s config and manifest (under ``tag``; None: by digest, for the
+        index), its layers reused or in ``made``; the manifest's descriptor."""
         assert request.plan is not None
-        jobs, maker, base = prepared.jobs, prepared.maker, prepared.base
-        decided = [(key, reused or made_before.get(key)) for key, reused in prepared.decided]
+        base, jobs = prepared.base, prepared.jobs
+        layers = [reused or made[key] for key, reused in prepared.decided]
+        reused = sum(1 for _, layer in prepared.decided if layer is not None)
+        self._log(("" if tag else f"{prepared.platform}: ") +
+                  f"{len(layers)} layers ({reused} made before: not remade)", started)
         destination = request.destination
         client = request.registries.client(destination.registry)
         base_client = request.registries.client(request.base_image.registry)
         same_registry = request.base_image.registry == destination.registry
-        # the largest first (by bytes: a CUDA library's layer is a few huge files), so no
-        # large layer starts last while the other workers sit idle
-        sizes = {i: _file_bytes(jobs[i].plan)
-                 for i, (_, reused) in enumerate(decided) if reused is None}
-        by_size = sorted(sizes, key=lambda i: -sizes[i])
-        with progress.phase("compressing", sum(sizes.values())) as compressing, \
-                progress.phase("pushing", 0) as pushing:
-            done = dict(zip(by_size, pool.map(
-                lambda i: maker.make(jobs[i], i, decided[i][0], compressing, pushing),
-                by_size), strict=True))
-        made = [reused or done[index] for index, (_, reused) in enumerate(decided)]
-        made_before.update((key, layer) for (key, _), layer in zip(decided, made, strict=True))
-        self._log(f"{len(made)} layers ({len(made) - len(done)} made before: not remade)",
-                  started)
         config = image_config(base, request.plan, [(job.plan.name, diff_id) for job, (_, diff_id)
-                                                   in zip(jobs, made, strict=True)],
+                                                   in zip(jobs, layers, strict=True)],
                               request.labels, prepared.staged.cuda)
         cache = cache_root(self.environ)
         base_blobs = [Blob(dict(layer), mount_from=base.repository) if same_registry else
@@ -153,7 +167,7 @@ class DirectBackend(Backend):
                                                         layer, cache))
                       for layer in base.layers]
         return push_manifest(client, destination.repository, tag, config,
-                             base_blobs + [blob for blob, _ in made], prepared.staged.work,
+                             base_blobs + [blob for blob, _ in layers], prepared.staged.work,
                              oci=tag is None)
 
 
