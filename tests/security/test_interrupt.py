@@ -373,7 +373,7 @@ def _growing_layer(work: Path) -> Callable[[], bool]:
     sizes: dict[Path, int] = {}
 
     def ready() -> bool:
-        for path in work.glob("direct-*/layer-*"):
+        for path in work.glob("direct-*/*/layer-*"):  # direct-*/<architecture>/
             with contextlib.suppress(OSError):
                 size = path.stat().st_size
                 if sizes.get(path, size) < size and size > 8 << 20:
