@@ -4,6 +4,7 @@ foreign platform with one line. (The arm64 image running under qemu-user: test_a
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -12,6 +13,7 @@ from pathlib import Path
 import requests
 from support.helpers import make_wheel, run_cli
 from support.index_server import local_index
+from support.locks import uv_project
 from support.synthetic_base import build, push_synthetic_index
 
 from mlflow_steps.image.client import RegistryClient
@@ -22,15 +24,17 @@ BOTH = "linux/amd64,linux/arm64"
 
 def _index_with_native_wheels(root: Path, aarch64: bool = True) -> Path:
     """A PEP 503 index of mls-native 1.0: a wheel for x86_64 and (``aarch64``) one for
-    aarch64, each saying which it is."""
-    project = root / "simple" / "mls-native"
-    project.mkdir(parents=True)
+    aarch64, each saying which it is; and mls-amd 1.0, for x86_64 only."""
     machines = ("x86_64", "aarch64") if aarch64 else ("x86_64",)
-    wheels = [make_wheel(project, "mls_native", "1.0", {
-        "mls_native.py": f"MACHINE = {machine!r}\n".encode()},
-        tag=f"cp311-cp311-manylinux_2_17_{machine}") for machine in machines]
-    (project / "index.html").write_text("".join(f'<a href="{w.name}">{w.name}</a>\n'
-                                                for w in wheels))
+    for name, cpus in (("mls_native", machines), ("mls_amd", ("x86_64",))):
+        project = root / "simple" / name.replace("_", "-")
+        project.mkdir(parents=True)
+        wheels = [make_wheel(project, name, "1.0", {
+            f"{name}.py": f"MACHINE = {cpu!r}\n".encode()},
+            tag=f"cp311-cp311-manylinux_2_17_{cpu}") for cpu in cpus]
+        (project / "index.html").write_text("".join(
+            f'<a href="{w.name}#sha256={hashlib.sha256(w.read_bytes()).hexdigest()}">'
+            f"{w.name}</a>\n" for w in wheels))
     return root
 
 
@@ -143,7 +147,55 @@ def test_a_distribution_without_a_wheel_for_a_platform_is_refused_before_any_pus
     assert "multi/nowheel" not in catalog["repositories"]
 
 
-def test_engines_and_locks_refuse_a_foreign_platform_with_one_line(
+def _module_of(client: RegistryClient, repository: str, tag: str, platform: str,
+               module: str) -> bytes | None:
+    """``module``.py of site-packages in ``platform``'s image (None: not there), and the lock
+    of what the image installed."""
+    _, manifest = client.manifest(repository, tag, platform)
+    files = _files(client, repository, manifest)
+    return next((data for name, data in files.items()
+                 if name.endswith(f"site-packages/{module}.py")), None)
+
+
+def test_a_uv_lock_is_selected_for_each_platform(registry, no_engine, codeset, warm_cache,
+                                                  tmp_path: Path) -> None:
+    """One uv.lock (real uv, universal) for two CPUs: each image installs what the lock
+    selects for its CPU (a package marked for x86_64 only is in the amd64 image alone; a
+    native one has its own wheel in each), hash-checked against the lock."""
+    client = RegistryClient(registry.address)
+    base = push_synthetic_index(client, tmp_path / "base", repository="multi/base-lock")
+    with local_index(_index_with_native_wheels(tmp_path / "index")) as url:
+        project = uv_project(tmp_path / "uv", url, '"mls-native==1.0", '
+                             '"mls-amd==1.0; platform_machine == \'x86_64\'"')
+        env = {**no_engine, "PIP_EXTRA_INDEX_URL": url,
+               "MLFLOW_STEPS_CACHE": warm_cache(tmp_path / "cache")}
+        explained = run_cli("hash", str(project), "--base-image", base, "--platform", BOTH,
+                            "--explain", env=env)
+        assert explained.returncode == 0, explained.stderr
+        by_platform = json.loads(explained.stdout.split("\n", 1)[1].rsplit("\n", 2)[0]
+                                 )["locked"]["pip_by_platform"]
+        assert {p: [x["name"] for x in packages] for p, packages in by_platform.items()} == {
+            "linux/amd64": ["mls-amd", "mls-native"], "linux/arm64": ["mls-native"]}
+        made = build(project, registry, base, "multi/locked", "--platform", BOTH, env=env)
+        assert made.returncode == 0, made.stderr[-3000:]
+        reference = made.stdout.strip()
+        tag = reference.rsplit(":", 1)[1]
+        assert tag == explained.stdout.strip().splitlines()[-1]
+        for platform, cpu in (("linux/amd64", "x86_64"), ("linux/arm64", "aarch64")):
+            native = _module_of(client, "multi/locked", tag, platform, "mls_native")
+            assert native == f"MACHINE = {cpu!r}\n".encode()
+        assert _module_of(client, "multi/locked", tag, "linux/amd64", "mls_amd") is not None
+        assert _module_of(client, "multi/locked", tag, "linux/arm64", "mls_amd") is None
+        shown = run_cli("inspect", reference, "--insecure-registries", registry.address,
+                        env=env)
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        amd64, arm64 = shown.stdout.split("platform   linux/amd64", 1)[1].split(
+            "platform   linux/arm64")
+        assert "mls-amd==1.0" in amd64 and "mls-amd" not in arm64
+        assert "mls-native==1.0" in amd64 and "mls-native==1.0" in arm64
+
+
+def test_engines_and_resolved_pins_refuse_a_foreign_platform_with_one_line(
         registry, no_engine, codeset, tmp_path: Path) -> None:
     project = codeset({"requirements.txt": "six==1.16.0\n"})
     for builder in ("docker", "buildah"):
@@ -160,11 +212,18 @@ def test_engines_and_locks_refuse_a_foreign_platform_with_one_line(
     unknown = run_cli("hash", str(project), "--platform", "linux/s390x", env=no_engine)
     assert unknown.returncode == 2 and "platform" in unknown.stderr
     assert "s390x" in unknown.stderr.strip().splitlines()[-1]
-    wheel = "https://example.invalid/six-1.16.0-py2.py3-none-any.whl"
+    resolved = run_cli("hash", str(project), "--resolve", "--platform", BOTH, env=no_engine)
+    assert resolved.returncode == 2, resolved.stderr
+    assert resolved.stderr.strip().splitlines()[-1].endswith(
+        "cannot be built for them (--resolve pins for linux/amd64); build it for linux/amd64 "
+        "or use a requirements.txt / python_env.yaml environment")
+    wheel = "https://example.invalid/mls_amd-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"
     locked = codeset({"pylock.toml": f'lock-version = "1.0"\ncreated-by = "test"\n'
-                      f'requires-python = ">=3.10"\n[[packages]]\nname = "six"\n'
-                      f'version = "1.16.0"\n[[packages.wheels]]\nurl = "{wheel}"\n'
+                      f'requires-python = ">=3.10"\n[[packages]]\nname = "mls-amd"\n'
+                      f'version = "1.0"\n[[packages.wheels]]\nurl = "{wheel}"\n'
                       f'hashes = {{sha256 = "{"0" * 64}"}}\n'}, name="locked")
     refused = run_cli("hash", str(locked), "--platform", BOTH, env=no_engine)
     assert refused.returncode == 2, refused.stderr
-    assert "pylock.toml cannot be built for them" in refused.stderr.strip().splitlines()[-1]
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith("mlflow-steps: error: pylock.toml: No wheel found") and (
+        "'mls-amd'" in line and "on linux/arm64; relock for it" in line), line

@@ -19,9 +19,10 @@ from support.helpers import basic, docker_config, make_wheel
 from support.index_server import local_index
 from support.synthetic_base import build
 
-from mlflow_steps.build.direct.installed import distributions, image_markers, unmet_requirements
+from mlflow_steps.build.direct.installed import distributions, unmet_requirements
 from mlflow_steps.env.installer import uv_binary
 from mlflow_steps.image.client import RegistryClient
+from mlflow_steps.image.platforms import environment_markers
 
 PROBE = "mls_pth_probe"
 SECRETS = {"MLFLOW_TRACKING_TOKEN": "tracking-token-7f3a9c",
@@ -132,13 +133,13 @@ def test_the_tooling_check_reads_requirements_for_the_image_platform(tmp_path: P
     _dist_info(site, "dep", "1.5")
     _dist_info(site, "extra_dep", "1.0", 'speedup>=4; extra == "fast"', 'slow; extra == "slow"')
     _dist_info(site, "speedup", "3.1")
-    markers = image_markers("3.12.1", "x86_64")
+    markers = environment_markers("3.12.1", "x86_64")
     assert unmet_requirements(distributions(site), markers) == [
         'extra_dep requires speedup>=4; extra == "fast", but 3.1 is installed',
         "tool requires absent, which is not installed",
         "tool requires dep>=2, but 1.5 is installed",
         'tool requires new-only; python_version >= "3.12", which is not installed']
-    assert unmet_requirements(distributions(site), image_markers("3.11.2", "aarch64")) == [
+    assert unmet_requirements(distributions(site), environment_markers("3.11.2", "aarch64")) == [
         'extra_dep requires speedup>=4; extra == "fast", but 3.1 is installed',
         "tool requires absent, which is not installed",
         'tool requires arm-only; platform_machine == "aarch64", which is not installed',

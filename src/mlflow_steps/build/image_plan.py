@@ -18,7 +18,7 @@ import os
 import shutil
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -100,7 +100,19 @@ class EnvironmentInstall:
     conda_dependencies: tuple[str, ...] = ()
     locked_conda: tuple[Mapping[str, str], ...] = ()
     locked_pip: tuple[Mapping[str, str], ...] = ()
+    # several platforms: each one's locked packages (``for_platform`` picks them)
+    locked_pip_by_platform: Mapping[str, tuple[Mapping[str, str], ...]] = field(
+        default_factory=dict)
     own_layers: tuple[tuple[str, ...], ...] = OWN_LAYERS
+
+    def for_platform(self, platform: str) -> EnvironmentInstall:
+        """What is installed for ``platform``: the lock's selection for its CPU, and the
+        constraints it puts on what is added to it."""
+        if platform not in self.locked_pip_by_platform:
+            return self
+        locked = self.locked_pip_by_platform[platform]
+        return replace(self, locked_pip=locked, constraints=lock_constraints(locked),
+                       locked_pip_by_platform={})
 
     @property
     def locked(self) -> bool:
@@ -220,6 +232,11 @@ class ImagePlan:
     record: RecordFiles
 
 
+def lock_constraints(locked: tuple[Mapping[str, str], ...]) -> tuple[str, ...]:
+    """The versions a lock pins, as constraints on what is added to it."""
+    return tuple(f"{p['name']}=={p['version']}" for p in locked if p.get("version"))
+
+
 def image_plan(spec: EnvSpec) -> ImagePlan:
     """The plan of ``spec``'s runtime image."""
     pip, tag = spec.pip, env_tag(spec)
@@ -229,8 +246,7 @@ def image_plan(spec: EnvSpec) -> ImagePlan:
     options += [opt.replace("=", " ", 1) for opt in pip.get("options", [])]
     constraints = tuple(pip.get("constraints", []))
     if spec.strategy == "pip" and spec.locked_pip:  # the lock binds what is added to it
-        constraints = tuple(f"{p['name']}=={p['version']}" for p in spec.locked_pip
-                            if p.get("version"))
+        constraints = lock_constraints(spec.locked_pip)
     install = EnvironmentInstall(
         strategy=spec.strategy, source=spec.source, python=spec.python,
         pip_options=tuple(options), constraints=constraints,
@@ -240,7 +256,8 @@ def image_plan(spec: EnvSpec) -> ImagePlan:
         wheel_files=MappingProxyType(dict(spec.local_files)),
         build_requirements=spec.build_requirements, conda_channels=spec.conda_channels,
         conda_dependencies=spec.conda_dependencies, locked_conda=spec.locked_conda,
-        locked_pip=spec.locked_pip)
+        locked_pip=spec.locked_pip,
+        locked_pip_by_platform=MappingProxyType(dict(spec.locked_pip_by_platform)))
     record = RecordFiles()
     labels = {"org.opencontainers.image.title": "mlflow-steps runtime",
               "org.opencontainers.image.version": tag,

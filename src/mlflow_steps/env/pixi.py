@@ -21,7 +21,7 @@ from mlflow_steps.core.bounded import quoted, read_env_text, relative_name
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.rattler import run_rattler
 from mlflow_steps.env.conda import LOCK_PLATFORM, LockedEnv
-from mlflow_steps.env.pylock import target_environment
+from mlflow_steps.image.platforms import DEFAULT_PLATFORMS, environment_markers, machine
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -170,7 +170,8 @@ def _check_pypi(requirements: list[tuple[str, Requirement]], env: LockedEnv,
     """Each PyPI requirement that applies on the image is met by a locked package (PyPI's,
     or conda's of the same name, as pixi maps them)."""
     minor = ".".join(env.python_version.split(".")[:2]) if env.python_version else None
-    marker_env = target_environment(minor) if minor else None
+    marker_env = (environment_markers(f"{minor}.0", machine(DEFAULT_PLATFORMS[0])) if minor
+                  else None)
     versions = {canonicalize_name(p["name"]): p["version"] for p in env.conda + env.pip}
     for field, requirement in requirements:
         marker: Marker | None = requirement.marker

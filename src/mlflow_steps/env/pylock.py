@@ -28,6 +28,7 @@ from mlflow_steps.core.bounded import (
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.redaction import redact
 from mlflow_steps.env.installer import uv_binary
+from mlflow_steps.image.platforms import DEFAULT_PLATFORMS, environment_markers, machine
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,7 +38,6 @@ else:  # pragma: no cover - Python 3.10
 UV_LOCK = "uv.lock"
 PYPROJECT = "pyproject.toml"
 MIN_PACKAGING = "26.4"  # packaging.pylock's select() and its errors
-TARGET_MACHINE = "x86_64"
 # manylinux glibc versions a wheel may ask for: the image's own is checked when installing
 MANYLINUX_MINORS = range(39, 4, -1)
 EXPORT_TIMEOUT = 60  # s: uv reads two local files
@@ -71,32 +71,23 @@ class LockedPackage:
                                                           else {})}
 
 
-def target_environment(python: str) -> dict[str, str]:
-    """The marker environment of the image: CPython ``python`` (X.Y) on Linux x86_64 (the
-    patch release is unknown before the base is read: X.Y.0)."""
-    return {"implementation_name": "cpython", "implementation_version": f"{python}.0",
-            "os_name": "posix", "platform_machine": TARGET_MACHINE,
-            "platform_python_implementation": "CPython", "platform_release": "",
-            "platform_system": "Linux", "platform_version": "",
-            "python_full_version": f"{python}.0", "python_version": python,
-            "sys_platform": "linux"}
-
-
-def _target_tags(python: str) -> list[Any]:
+def _target_tags(python: str, machine: str) -> list[Any]:
     version = tuple(int(part) for part in python.split("."))
-    platforms = [*(f"manylinux_2_{minor}_{TARGET_MACHINE}" for minor in MANYLINUX_MINORS),
-                 f"manylinux2014_{TARGET_MACHINE}", f"manylinux2010_{TARGET_MACHINE}",
-                 f"manylinux1_{TARGET_MACHINE}", f"linux_{TARGET_MACHINE}"]
+    platforms = [*(f"manylinux_2_{minor}_{machine}" for minor in MANYLINUX_MINORS),
+                 f"manylinux2014_{machine}", f"manylinux2010_{machine}",
+                 f"manylinux1_{machine}", f"linux_{machine}"]
     return [*cpython_tags(version, platforms=platforms),
             *compatible_tags(version, f"cp{version[0]}{version[1]}", platforms)]
 
 
 def read_pylock(codeset: Path, path: Path, python: str, text: str | None = None,
-                source: str | None = None, groups: tuple[str, ...] = ()
-                ) -> tuple[LockedPackage, ...]:
+                source: str | None = None, groups: tuple[str, ...] = (),
+                platforms: tuple[str, ...] = DEFAULT_PLATFORMS
+                ) -> dict[str, tuple[LockedPackage, ...]]:
     """The packages ``path`` (a pylock.toml in ``codeset``; ``text``: its content, when
-    exported from another lock named ``source``) installs for CPython ``python`` on Linux,
-    with dependency ``groups`` (none: the lock's default groups)."""
+    exported from another lock named ``source``) installs for CPython ``python`` on each of
+    ``platforms`` (platform → its packages), with dependency ``groups`` (none: the lock's
+    default groups)."""
     source = source or relative_name(codeset, path)
     pylock_module = _pylock_module(source)
     text = read_env_text(codeset, path) if text is None else text
@@ -115,17 +106,27 @@ def read_pylock(codeset: Path, path: Path, python: str, text: str | None = None,
         raise StepError(f"requires-python {lock.requires_python} excludes python {python}, "
                         f"the image's: set another in .python-version", source=source,
                         field="requires-python")
+    return {platform: _select(lock, pylock_module, python, platform, groups, codeset,
+                              path.parent, source) for platform in platforms}
+
+
+def _select(lock: Any, pylock_module: Any, python: str, platform: str,
+            groups: tuple[str, ...], codeset: Path, lock_dir: Path, source: str
+            ) -> tuple[LockedPackage, ...]:
+    """What ``lock`` installs for CPython ``python`` on ``platform``, sorted by name."""
+    cpu = machine(platform)
     try:
-        selected = list(lock.select(environment=target_environment(python),  # type: ignore[arg-type]
-                                    tags=_target_tags(python), dependency_groups=groups or None))
+        selected = list(lock.select(environment=environment_markers(f"{python}.0", cpu),  # type: ignore[arg-type]
+                                    tags=_target_tags(python, cpu),
+                                    dependency_groups=groups or None))
     except pylock_module.PylockSelectError as exc:
         if str(exc).startswith("Undeclared dependency groups"):
             raise StepError(f"{exc} (the lock declares: "
                             f"{', '.join(lock.dependency_groups or ()) or 'none'})",
                             source=source, field="dependency_groups") from None
-        raise StepError(f"{exc} for python {python} on linux/{TARGET_MACHINE}; relock for it "
+        raise StepError(f"{exc} for python {python} on {platform}; relock for it "
                         f"(e.g. `uv lock`)", source=source) from None
-    return tuple(sorted((_locked(package, artifact, codeset, path.parent, source)
+    return tuple(sorted((_locked(package, artifact, codeset, lock_dir, source)
                          for package, artifact in selected), key=lambda p: p.name))
 
 

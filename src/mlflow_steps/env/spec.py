@@ -71,7 +71,9 @@ class EnvSpec:
     build_requirements: tuple[str, ...] = ()
     added_requirements: tuple[str, ...] = ()
     locked_conda: tuple[dict[str, str], ...] = ()
-    locked_pip: tuple[dict[str, str], ...] = ()
+    locked_pip: tuple[dict[str, str], ...] = ()  # for the first platform
+    # several platforms: each one's (a lock selects per CPU: markers, wheels)
+    locked_pip_by_platform: tuple[tuple[str, tuple[dict[str, str], ...]], ...] = ()
     build_index_urls: tuple[str, ...] = ()
     platforms: tuple[str, ...] = DEFAULT_PLATFORMS
     local_files: dict[str, Path] = field(default_factory=dict, compare=False)
@@ -89,7 +91,10 @@ class EnvSpec:
             "pip": self.pip,
             "build_requirements": sorted(self.build_requirements),
             "added_requirements": list(self.added_requirements),
-            "locked": {"conda": list(self.locked_conda), "pip": list(self.locked_pip)},
+            "locked": {"conda": list(self.locked_conda), "pip": list(self.locked_pip),
+                       **({"pip_by_platform": {platform: list(packages) for platform, packages
+                                               in self.locked_pip_by_platform}}
+                          if self.locked_pip_by_platform else {})},
             "build_index_urls": list(self.build_index_urls),
             "platforms": list(self.platforms),
             "template_version": template_version,
@@ -178,9 +183,8 @@ def resolve_env(codeset: Path, options: BuildOptions,
 def _check_foreign_platforms(spec: EnvSpec, options: BuildOptions) -> None:
     """One line when the environment cannot be built for ``options.platforms`` (only the
     direct builder targets another CPU, and it installs PyPI environments selected for
-    each platform: not a lock or pins made for linux/amd64, nor conda packages)."""
+    each platform, a lock's too: not pins resolved for linux/amd64, nor conda packages)."""
     why = ("its conda packages are locked or solved for linux-64" if spec.strategy != "pip"
-           else "the lock's packages are selected for linux/amd64" if spec.locked_pip
            else "--resolve pins for linux/amd64" if options.resolve else None)
     if why:
         raise StepError(f"{', '.join(options.platforms)}: {spec.source or 'the environment'} "
@@ -298,18 +302,25 @@ def _locked_spec(codeset: Path, project: Project, source: str, options: BuildOpt
     if project.env_kind == "uv-lock":  # uv selects the groups as it exports
         text, checked = export_uv_lock(codeset, dict(os.environ if environ is None else environ),
                                        groups)
-        packages = read_pylock(codeset, project.env_file, python, text=text, source=source)
+        selected = read_pylock(codeset, project.env_file, python, text=text, source=source,
+                               platforms=options.platforms)
         if not checked:
             unchecked = (f"; taken as locked, not checked against pyproject.toml: uv checks "
                          f"with a Python in its requires-python, and the builder runs "
                          f"{sys.version_info[0]}.{sys.version_info[1]}")
     else:
-        packages = read_pylock(codeset, project.env_file, python, groups=groups)
+        selected = read_pylock(codeset, project.env_file, python, groups=groups,
+                               platforms=options.platforms)
+    locked = {platform: tuple(package.canonical() for package in packages)
+              for platform, packages in selected.items()}
+    everything = [package for packages in selected.values() for package in packages]
     return EnvSpec(
         strategy="pip", source=source, python=python,
         base_image=_pip_base(python, options, project.docker_image),
-        locked_pip=tuple(package.canonical() for package in packages),
-        added_requirements=_with_added({package.name for package in packages}),
+        locked_pip=locked[options.platforms[0]],
+        locked_pip_by_platform=tuple(locked.items()) if len(locked) > 1 else (),
+        added_requirements=_with_added(set.intersection(*(  # what one platform lacks too
+            {package.name for package in packages} for packages in selected.values()))),
         local_files={PurePosixPath(package.path).name: codeset / package.path
-                     for package in packages if package.path},
+                     for package in everything if package.path},
         reason=unchecked, **common)

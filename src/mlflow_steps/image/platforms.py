@@ -37,3 +37,14 @@ def architecture(platform: str) -> str:
 def machine(platform: str) -> str:
     """The CPU name of ``platform`` in wheel tags and markers (x86_64, aarch64)."""
     return MACHINES[platform]
+
+
+def environment_markers(python_version: str, cpu: str) -> dict[str, str]:
+    """The environment markers (PEP 508) of CPython ``python_version`` (X.Y.Z) on Linux on
+    ``cpu`` (x86_64, aarch64)."""
+    return {"implementation_name": "cpython", "implementation_version": python_version,
+            "os_name": "posix", "platform_machine": cpu, "platform_release": "",
+            "platform_system": "Linux", "platform_version": "",
+            "platform_python_implementation": "CPython", "python_full_version": python_version,
+            "python_version": ".".join(python_version.split(".")[:2]),
+            "sys_platform": "linux"}

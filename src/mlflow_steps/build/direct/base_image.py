@@ -56,6 +56,11 @@ class BaseFacts:
     def architecture(self) -> str:
         return str(self.config.get("architecture", "amd64"))
 
+    @property
+    def platform(self) -> str:
+        """``os/architecture`` (linux/arm64), as the build's platform input names it."""
+        return f"{self.config.get('os', 'linux')}/{self.architecture}"
+
 
 def _apply(files: dict[str, tarfile.TarInfo], member: tarfile.TarInfo) -> None:
     """One layer entry onto the file map, whiteouts included."""

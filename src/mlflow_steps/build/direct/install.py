@@ -17,7 +17,7 @@ import shutil
 import stat
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlflow_steps.build.direct import NotApplicable
@@ -26,7 +26,6 @@ from mlflow_steps.build.direct.cuda import cuda_version, host_provided
 from mlflow_steps.build.direct.elf import Libraries, environment_libraries
 from mlflow_steps.build.direct.installed import (
     distributions,
-    image_markers,
     sbom_json,
     unmet_requirements,
 )
@@ -45,9 +44,9 @@ from mlflow_steps.env.installer import uv_binary
 from mlflow_steps.env.pip_secrets import uv_process_env, uv_process_secrets
 from mlflow_steps.env.pipconfig import BuildPipConfig
 from mlflow_steps.image.layers import Entry
+from mlflow_steps.image.platforms import MACHINES, environment_markers, machine
 
 INSTALL_BUDGETS = 20  # an install downloads many files: this many network budgets
-_PLATFORMS = {"amd64": "x86_64", "arm64": "aarch64"}
 _VOLATILE = (".lock",)  # uv's own lock file in the venv
 # What uv says of a distribution it would have to build (no wheel for the platform)
 _NO_WHEEL = re.compile(r"Because (?P<name>[\w.-]+)\S* has no (?:usable wheels|wheels with a "
@@ -85,10 +84,10 @@ def platform_tag(base: BaseFacts) -> str:
     """uv's --python-platform for the base (glibc only; others do not apply)."""
     if base.libc != "glibc" or not base.glibc_version:
         raise NotApplicable(f"the base's C library is {base.libc}, not a known glibc")
-    machine = _PLATFORMS.get(base.architecture)
-    if machine is None:
-        raise NotApplicable(f"the base's architecture {base.architecture} is not amd64/arm64")
-    return f"{machine}-manylinux_{base.glibc_version.replace('.', '_')}"
+    if base.platform not in MACHINES:
+        raise NotApplicable(f"the base's platform {base.platform} is not "
+                            f"{' or '.join(MACHINES)}")
+    return f"{machine(base.platform)}-manylinux_{base.glibc_version.replace('.', '_')}"
 
 
 def scrubbed_env(environ: dict[str, str], work: Path) -> dict[str, str]:
@@ -182,6 +181,7 @@ def stage(plan: ImagePlan, base: BaseFacts, pip: BuildPipConfig, environ: dict[s
     package cache of its own, every file downloaded again). Its env files and the tooling
     wheel are written to ``work``/inputs, which stands for the record directory (where a
     Dockerfile build mounts them): what uv records of their paths names that directory."""
+    plan = replace(plan, install=plan.install.for_platform(base.platform))
     install = plan.install
     if install.strategy != "pip":
         raise NotApplicable(f"a {install.strategy} environment has conda packages")
@@ -210,8 +210,8 @@ def stage(plan: ImagePlan, base: BaseFacts, pip: BuildPipConfig, environ: dict[s
                what="installing the step tooling")
     site = next(prefix.glob("lib/python*/site-packages"))
     installed = distributions(site)
-    unmet = unmet_requirements(installed, image_markers(
-        base.python_versions.get(stager.minor, stager.minor), _PLATFORMS[base.architecture]))
+    unmet = unmet_requirements(installed, environment_markers(
+        base.python_versions.get(stager.minor, stager.minor), machine(base.platform)))
     if unmet:
         raise NotApplicable(f"the environment does not satisfy the step tooling "
                             f"({'; '.join(unmet[:3])})")

@@ -81,16 +81,6 @@ def unmet_requirements(dists: list[Distribution], markers: Mapping[str, str]) ->
     return sorted(problems)
 
 
-def image_markers(python_version: str, machine: str) -> dict[str, str]:
-    """The environment markers of CPython ``python_version`` on Linux ``machine``."""
-    return {"implementation_name": "cpython", "implementation_version": python_version,
-            "os_name": "posix", "platform_machine": machine, "platform_release": "",
-            "platform_system": "Linux", "platform_version": "",
-            "platform_python_implementation": "CPython", "python_full_version": python_version,
-            "python_version": ".".join(python_version.split(".")[:2]),
-            "sys_platform": "linux"}
-
-
 def sbom_json(dists: list[Distribution], timestamp: int) -> str:
     """CycloneDX 1.6 JSON of ``dists`` as ``cyclonedx-py environment --output-reproducible``
     writes it (no serial number; ``timestamp``, the build's SOURCE_DATE_EPOCH)."""
