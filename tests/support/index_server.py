@@ -1,22 +1,32 @@
-"""A PEP 503 package index on a loopback port."""
+"""A PEP 503 package index on a loopback port, served by a process of its own: an index
+served from a thread of the test process answers slowly while a build running in that
+process holds the GIL (uv asks it for every package of the environment)."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
-from support.http_server import LoopbackServer, QuietHandler
-
-
-class _IndexHandler(QuietHandler, SimpleHTTPRequestHandler):
-    """Files under the served directory, nothing logged."""
+START_SECONDS = 30
+_SERVING = re.compile(r"Serving HTTP on 127\.0\.0\.1 port (\d+)")
 
 
 @contextlib.contextmanager
 def local_index(root: Path) -> Iterator[str]:
     """A PEP 503 index over ``root/simple`` on a loopback port; its URL."""
-    with LoopbackServer(functools.partial(_IndexHandler, directory=str(root))) as server:
-        yield f"{server.url}/simple/"
+    server = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory",
+         str(root), "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # its first line names the port
+        serving = _SERVING.search(line)
+        assert serving, f"the index server did not start: {line!r}"
+        yield f"http://127.0.0.1:{serving.group(1)}/simple/"
+    finally:
+        server.kill()
+        server.wait(timeout=START_SECONDS)
