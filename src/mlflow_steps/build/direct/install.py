@@ -287,17 +287,21 @@ def write_record(staged: StagedEnv) -> Path:
                               mkdir_parents=True)
     frozen = record.parent / "installed.txt"
     frozen.write_text(staged.frozen)
+    # the PEP 751 lock is the environment's, for any machine: not the step tooling's wheel
+    environment = record.parent / "environment.txt"
+    environment.write_text("".join(line for line in staged.frozen.splitlines(keepends=True)
+                                   if not line.lower().startswith(f"{TOOLING_DIST} @")))
     compile_installed = [stager.uv, "pip", "compile", "--quiet", "--no-header", "--no-deps",
                          "--python", stager.python, *stager.targeted()]
-    lock = stager.run([*compile_installed, "--no-annotate", "--generate-hashes", str(frozen)],
-                      "hashing the installed packages", fallback=False)
-    # the PEP 751 lock is the environment's, for any machine: not the step tooling's wheel
-    frozen.write_text("".join(line for line in staged.frozen.splitlines(keepends=True)
-                              if not line.lower().startswith(f"{TOOLING_DIST} @")))
-    pylock = stager.run([*compile_installed, "--format", "pylock.toml", str(frozen)],
-                        "writing the installed packages as pylock.toml", fallback=False)
+    with interrupt.ThreadPool(max_workers=1) as other:  # both ask the index: side by side
+        pylock = other.submit(stager.run, [*compile_installed, "--format", "pylock.toml",
+                                           str(environment)],
+                              "writing the installed packages as pylock.toml", fallback=False)
+        lock = stager.run([*compile_installed, "--no-annotate", "--generate-hashes",
+                           str(frozen)], "hashing the installed packages", fallback=False)
     frozen.unlink()
-    for path, text in ((files.lock, lock), (files.pylock, pylock)):
+    environment.unlink()
+    for path, text in ((files.lock, lock), (files.pylock, pylock.result())):
         (staged.root / path.lstrip("/")).write_text(text.replace(str(staged.inputs),
                                                                  files.directory))
     (staged.root / files.sbom.lstrip("/")).write_text(
