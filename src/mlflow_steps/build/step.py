@@ -215,18 +215,19 @@ def check_reproducible(backend: Backend, target: BuildTarget, plan: ImagePlan,
     the step with what differs, file by file (both images read back from the registry)."""
     from mlflow_steps.image.diff import diff_images  # only --check-reproducible compares images
 
-    repository = target.destination.repository
-    _, first = target.client.manifest(repository, first_digest)
+    repository, platforms = target.destination.repository, target.spec.platforms
+    first = [target.client.manifest(repository, first_digest, p) for p in platforms]
     log(f"checking reproducibility: building {target.destination} again without cache")
     _build(backend, target, plan, inputs, environ, no_cache=True)
     second_digest = pushed_digest(target.client, target.destination, backend.name)
     if second_digest == first_digest:
         log(f"reproducible: the second build gave the same digest ({first_digest})")
         return
-    _, second = target.client.manifest(repository, second_digest)
-    report = diff_images(target.client, repository, first, second)
-    for line in report:
-        log(f"  {line}")
+    for platform, (digest, manifest) in zip(platforms, first, strict=True):
+        again, second = target.client.manifest(repository, second_digest, platform)
+        if again != digest:  # an index: each platform's image that differs
+            for line in diff_images(target.client, repository, manifest, second):
+                log(f"  {platform + ': ' if len(platforms) > 1 else ''}{line}")
     hint = " (--no-reproducible was given)" if inputs.reproducible is False else ""
     raise StepError(f"not reproducible{hint}: two builds gave {first_digest} and "
                     f"{second_digest}; what differs is listed above", source="build",
