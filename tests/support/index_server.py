@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import re
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-START_SECONDS = 30
+START_SECONDS = 30  # to say its port; and to end once killed
 _SERVING = re.compile(r"Serving HTTP on 127\.0\.0\.1 port (\d+)")
 
 
@@ -23,7 +24,8 @@ def local_index(root: Path) -> Iterator[str]:
          str(root), "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert server.stdout is not None
-        line = server.stdout.readline()  # its first line names the port
+        ready, _, _ = select.select([server.stdout], [], [], START_SECONDS)
+        line = server.stdout.readline() if ready else ""  # its first line names the port
         serving = _SERVING.search(line)
         assert serving, f"the index server did not start: {line!r}"
         yield f"http://127.0.0.1:{serving.group(1)}/simple/"

@@ -71,11 +71,11 @@ class LockedPackage:
                                                           else {})}
 
 
-def _target_tags(python: str, machine: str) -> list[Any]:
+def _target_tags(python: str, cpu: str) -> list[Any]:
     version = tuple(int(part) for part in python.split("."))
-    platforms = [*(f"manylinux_2_{minor}_{machine}" for minor in MANYLINUX_MINORS),
-                 f"manylinux2014_{machine}", f"manylinux2010_{machine}",
-                 f"manylinux1_{machine}", f"linux_{machine}"]
+    platforms = [*(f"manylinux_2_{minor}_{cpu}" for minor in MANYLINUX_MINORS),
+                 f"manylinux2014_{cpu}", f"manylinux2010_{cpu}",
+                 f"manylinux1_{cpu}", f"linux_{cpu}"]
     return [*cpython_tags(version, platforms=platforms),
             *compatible_tags(version, f"cp{version[0]}{version[1]}", platforms)]
 
