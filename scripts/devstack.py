@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,8 +25,11 @@ CACHE = Path(os.environ.get("MLFLOW_STEPS_CACHE", Path.home() / ".cache" / "mlfl
 ROOTFS = CACHE / "rootfs-bookworm"
 ROOTFS_TAR = CACHE / "rootfs-bookworm.tar"
 BASE_PACKAGES = "python3,python3-venv,python3-pip,ca-certificates,passwd"
-ARM64_ROOTFS_TAR = CACHE / "rootfs-bookworm-arm64-v2.tar"
+ARM64_ROOTFS_TAR = CACHE / "rootfs-bookworm-arm64-v3.tar"
 ARM64_PACKAGES = "python3,python3-venv,ca-certificates,passwd"
+# Debian's arm64 python3.11 debs, as debootstrap fetched and checked them for that rootfs (the
+# test conda channel repackages them as an arm64 conda `python`)
+ARM64_PYTHON_DEBS = CACHE / "debs-bookworm-arm64-python-v1"
 BASE_PYTHON = "3.11"
 BASE_NAME = f"library/python:{BASE_PYTHON}-slim"
 # Set in the image config as public bases do: Kaniko and Buildah run RUN steps with only
@@ -243,8 +247,9 @@ def ensure_rootfs_tar() -> Path:
 def ensure_arm64_rootfs_tar() -> Path:
     """A cached tarball of a minimal Debian bookworm arm64 with python3 + venv, made without
     emulation: debootstrap's first stage, every .deb unpacked on the host, and by hand what
-    the maintainer scripts that matter here do (accounts, CA bundle); no dpkg database."""
-    if ARM64_ROOTFS_TAR.exists():
+    the maintainer scripts that matter here do (accounts, CA bundle); no dpkg database. Its
+    python3.11 debs are kept in ARM64_PYTHON_DEBS."""
+    if ARM64_ROOTFS_TAR.exists() and ARM64_PYTHON_DEBS.is_dir():
         return ARM64_ROOTFS_TAR
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
@@ -252,7 +257,11 @@ def ensure_arm64_rootfs_tar() -> Path:
         subprocess.run(["debootstrap", "--foreign", "--arch=arm64", "--variant=minbase",
                         f"--include={ARM64_PACKAGES}", "bookworm", str(rootfs)],
                        check=True, capture_output=True)
+        debs = Path(tmp) / "python-debs"
+        debs.mkdir()
         for deb in sorted((rootfs / "var/cache/apt/archives").glob("*.deb")):
+            if re.match(r"(lib)?python3\.11[-_]", deb.name):
+                shutil.copy(deb, debs / deb.name)
             # Not `dpkg-deb -x`: its tar replaces the merged-/usr links (/bin, /lib) by dirs.
             data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)],
                                   check=True, capture_output=True).stdout
@@ -278,8 +287,17 @@ def ensure_arm64_rootfs_tar() -> Path:
             path.mkdir(mode=0o755, exist_ok=True)
         partial = ARM64_ROOTFS_TAR.with_suffix(".partial")
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True)
+        shutil.rmtree(ARM64_PYTHON_DEBS, ignore_errors=True)
+        debs.rename(ARM64_PYTHON_DEBS)
         partial.rename(ARM64_ROOTFS_TAR)
     return ARM64_ROOTFS_TAR
+
+
+def arm64_python_debs() -> Path:
+    """The directory of Debian's arm64 python3.11 debs, kept from the arm64 rootfs's
+    debootstrap (which checks them against the signed release)."""
+    ensure_arm64_rootfs_tar()
+    return ARM64_PYTHON_DEBS
 
 
 def buildah_env(root: Path) -> dict[str, str]:

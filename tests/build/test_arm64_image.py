@@ -1,17 +1,21 @@
-"""The example built for linux/amd64 and linux/arm64 by the direct builder on this amd64
-machine, from a base index whose arm64 image is made of Debian's arm64 packages: the engine
-pulls the amd64 image through the index, and the arm64 image's own Python imports the
-environment and trains the example under qemu-user (run explicitly, no binfmt)."""
+"""The example, and a conda environment, built for linux/amd64 and linux/arm64 by the direct
+builder on this amd64 machine, from a base index whose arm64 image is made of Debian's arm64
+packages: the engine pulls the amd64 image through the index, and the arm64 image's own
+Python imports the environment (and trains the example) under qemu-user (run explicitly, no
+binfmt)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+import yaml
 from multiarch_base import push_multiarch_base
 from support.helpers import EXAMPLE
 from support.synthetic_base import build
@@ -19,6 +23,18 @@ from support.synthetic_base import build
 from mlflow_steps.image.client import RegistryClient
 
 QEMU = shutil.which("qemu-aarch64-static") or "/usr/bin/qemu-aarch64-static"
+ELF_MACHINES = {b"\x3e\x00": "x86_64", b"\xb7\x00": "aarch64"}  # e_machine, little-endian
+
+
+@pytest.fixture(scope="module")
+def multiarch_base(registry, base_image, tmp_path_factory) -> str:
+    """The session's base and Debian's arm64 packages under one tag (an index)."""
+    return push_multiarch_base(registry.address, base_image,
+                               tmp_path_factory.mktemp("multiarch") / "base")
+
+
+def _elf_machine(path: Path) -> str:
+    return ELF_MACHINES[path.read_bytes()[18:20]]
 
 
 @contextlib.contextmanager
@@ -62,11 +78,11 @@ def _in_arm64_root(root: Path, *argv: str, tracking: str = "",
 
 
 def test_the_example_for_two_platforms_trains_on_arm64_under_qemu(
-        docker_engine, registry, base_image, no_engine, mlflow_server, tmp_path: Path) -> None:
+        docker_engine, registry, multiarch_base, no_engine, mlflow_server,
+        tmp_path: Path) -> None:
     import mlflow
     client = RegistryClient(registry.address)
-    base = push_multiarch_base(registry.address, base_image, tmp_path / "base")
-    made = build(EXAMPLE, registry, base, "arm64/example", "--platform",
+    made = build(EXAMPLE, registry, multiarch_base, "arm64/example", "--platform",
                  "linux/amd64,linux/arm64", env=no_engine)
     assert made.returncode == 0, made.stderr[-3000:]
     reference = made.stdout.strip()
@@ -103,3 +119,64 @@ def test_the_example_for_two_platforms_trains_on_arm64_under_qemu(
     assert model.source_run_id == run.info.run_id and run.data.metrics["accuracy"] > 0.5
     with mlflow_tracking(mlflow_server.url):
         assert "sklearn" in mlflow.models.get_model_info(f"models:/{model.model_id}").flavors
+
+
+def test_a_conda_environment_for_two_platforms_has_each_platforms_packages(
+        docker_engine, registry, multiarch_base, no_engine, tmp_path: Path) -> None:
+    """rattler solves and installs the conda packages for linux-64 and for linux-aarch64,
+    uv the pip part for each CPU; the engine runs the amd64 image, qemu-user the arm64 one's
+    conda python, each with its own CPU's compiled extension; each image records its own."""
+    from devstack import arm64_python_debs
+    from support.conda_channel import build_channel
+
+    channel = build_channel(arm64_debs=arm64_python_debs())
+    codeset = tmp_path / "codeset"
+    codeset.mkdir()
+    (codeset / "MLproject").write_text("conda_env: conda.yaml\nentry_points:\n  main:\n"
+                                       "    command: python train.py\n")
+    (codeset / "conda.yaml").write_text(yaml.safe_dump({
+        "channels": ["conda-forge"],
+        "dependencies": ["python=3.11", "pip", "six=1.17", "markupsafe", "probe-data",
+                         {"pip": ["idna==3.7"]}]}))
+    env = {**no_engine, "CONDA_CHANNEL_ALIAS": channel.alias_url}
+    made = build(codeset, registry, multiarch_base, "arm64/conda", "--platform",
+                 "linux/amd64,linux/arm64", env=env)
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert "direct builder does not apply" not in made.stderr
+    reference = made.stdout.strip()
+    probe = ("import platform, sys, six, idna, markupsafe._speedups as speedups; print(platform."
+             "machine(), sys.prefix, sys.version.split()[0], six.__version__, speedups.__file__)")
+    amd64 = docker_engine.cli("run", "--rm", "--network", "none", reference, "sh", "-c",
+                              f"python -c '{probe}' && probe-data", timeout=600,
+                              check=False)
+    assert amd64.returncode == 0, amd64.stderr[-2000:]
+    assert amd64.stdout.split() == [
+        "x86_64", "/opt/env", "3.11.2", "1.17.0",
+        "/opt/env/lib/python3.11/site-packages/markupsafe/_speedups.cpython-311-x86_64-linux-"
+        "gnu.so", "probe", "data"]
+
+    client = RegistryClient(registry.address)
+    _, manifest = client.manifest("arm64/conda", reference.rsplit(":", 1)[1], "linux/arm64")
+    root = tmp_path / "arm64-root"
+    _unpack(client, "arm64/conda", manifest, root)
+    assert _elf_machine(root / "opt/env/bin/python3.11") == "aarch64"
+    metas = {json.loads(path.read_text())["name"]: json.loads(path.read_text())
+             for path in (root / "opt/env/conda-meta").glob("*.json")}
+    assert {metas[name]["subdir"] for name in ("python", "markupsafe", "python_abi")} == {
+        "linux-aarch64"}
+    lock = (root / "opt/mlflow-steps-build/lock.txt").read_text()
+    assert "/linux-aarch64/python-3.11.2-" in lock and "/linux-64/" not in lock
+    assert "idna==3.7" in lock.split("# Python distributions")[1]
+    pylock = (root / "opt/mlflow-steps-build/pylock.toml").read_text()
+    assert 'name = "idna"' in pylock and 'name = "markupsafe"' not in pylock
+    shutil.copy(QEMU, root / "usr/bin/qemu-aarch64-static")
+    (root / "srv/mlflow").mkdir(parents=True, exist_ok=True)
+    arm64 = _in_arm64_root(root, "/opt/env/bin/python", "-c", probe)
+    assert arm64.returncode == 0, arm64.stderr[-2000:]
+    assert arm64.stdout.split() == [
+        "aarch64", "/opt/env", "3.11.2", "1.17.0",
+        "/opt/env/lib/python3.11/site-packages/markupsafe/_speedups.cpython-311-aarch64-linux-"
+        "gnu.so"]
+    tooling = _in_arm64_root(root, "/opt/env/bin/python", "/opt/mlflow-steps/bin/mlflow-steps",
+                             "--version")
+    assert tooling.returncode == 0, tooling.stderr[-2000:]

@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 import requests
-from support.helpers import make_wheel, run_cli
+from support.helpers import REPO, make_wheel, run_cli
 from support.index_server import local_index
 from support.locks import uv_project
 from support.synthetic_base import build, push_synthetic_index
@@ -215,7 +215,15 @@ def test_engines_and_resolved_pins_refuse_a_foreign_platform_with_one_line(
     assert resolved.returncode == 2, resolved.stderr
     assert resolved.stderr.strip().splitlines()[-1].endswith(
         "cannot be built for them (--resolve pins for linux/amd64); build it for linux/amd64 "
-        "or use a requirements.txt / python_env.yaml environment")
+        "or use a requirements.txt, python_env.yaml or conda.yaml environment")
+    conda_locked = codeset({"conda-lock.yml": (REPO / "tests/data/conda-lock.yml").read_text()},
+                           name="conda-locked")
+    refused = run_cli("hash", str(conda_locked), "--platform", BOTH, env=no_engine)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].endswith(
+        "conda-lock.yml cannot be built for them (its conda packages are locked for linux-64); "
+        "build it for linux/amd64 or use a requirements.txt, python_env.yaml or conda.yaml "
+        "environment")
     wheel = "https://example.invalid/mls_amd-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"
     locked = codeset({"pylock.toml": f'lock-version = "1.0"\ncreated-by = "test"\n'
                       f'requires-python = ">=3.10"\n[[packages]]\nname = "mls-amd"\n'

@@ -134,6 +134,11 @@ WHEELS = (
     ("packaging==26.4", "81383611a09c1bc0b08b76e0fd5829d7c6824c65b27a6aee339da133f4233ea2"),
     ("markupsafe==3.0.4", "6da83a088f8ef93b2d483a8232a4dbf4d69d3d8496b568a03c56becac43e1808"),
 )
+# The linux-aarch64 packages of a channel built with arm64 debs (``build_channel``).
+AARCH64_WHEELS = (
+    ("markupsafe==3.0.4", "849dd2bb0e5e4ab2b71c7191726a4a8d5aa8a610daa584728cbee0b710ddc4ef"),
+)
+SUBDIR_MACHINES = {"linux-64": "x86_64", "linux-aarch64": "aarch64"}
 # CPython 3.11.2's own ensurepip wheels (Debian takes them from /usr/share/python-wheels),
 # bundled in ensurepip/_bundled so that `python -m venv` works in the environment.
 ENSUREPIP_WHEELS = (
@@ -441,8 +446,8 @@ def _index(name: str, version: str, build: str, build_number: int, subdir: str, 
     index = {"name": name, "version": version, "build": build, "build_number": build_number,
              "depends": depends, "constrains": constrains or [], "subdir": subdir,
              "timestamp": 1700000000000}
-    if subdir == "linux-64":
-        index.update(arch="x86_64", platform="linux")
+    if subdir in SUBDIR_MACHINES:
+        index.update(arch=SUBDIR_MACHINES[subdir], platform="linux")
     if noarch:
         index["noarch"] = noarch
     if license_:
@@ -488,11 +493,14 @@ def _patch(path: Path, old: str, new: str) -> None:
 
 
 def build_python(work: Path, out_dir: Path, debs: list[tuple[str, str]],
-                 ensurepip_wheels: list[Path]) -> Path:
-    """Repackage Debian's python3.11 as a conda ``python`` package for linux-64."""
-    deb_dir = work / "debs"
-    deb_dir.mkdir()
-    _apt_get(["download", *PYTHON_DEBS], cwd=deb_dir)
+                 ensurepip_wheels: list[Path], subdir: str = "linux-64",
+                 deb_dir: Path | None = None) -> Path:
+    """Repackage Debian's python3.11 as a conda ``python`` package for ``subdir``: the
+    linux-64 debs apt downloads, or those of ``deb_dir`` (another architecture's)."""
+    if deb_dir is None:
+        deb_dir = work / "debs"
+        deb_dir.mkdir()
+        _apt_get(["download", *PYTHON_DEBS], cwd=deb_dir)
     extracted = work / "debroot"
     for name, sha in debs:
         if file_sha256(deb_dir / name) != sha:
@@ -553,17 +561,17 @@ def build_python(work: Path, out_dir: Path, debs: list[tuple[str, str]],
             raise RuntimeError(f"absolute symlink left in the python package: {path}")
 
     build_hash = hashlib.sha256("".join(sha for _, sha in debs).encode()).hexdigest()[:7]
-    index = _index("python", py_version, f"h{build_hash}_0_cpython", 0, "linux-64",
+    index = _index("python", py_version, f"h{build_hash}_0_cpython", 0, subdir,
                    depends=[], constrains=[f"python_abi {PYTHON_VERSION}.* *_{PYTHON_ABI}"],
                    license_="Python-2.0",
                    extra={"python_site_packages_path": "lib/python3.11/site-packages"})
     return _write_package(payload, index, out_dir)
 
 
-def build_python_abi(work: Path, out_dir: Path) -> Path:
-    root = work / "python_abi"
+def build_python_abi(work: Path, out_dir: Path, subdir: str = "linux-64") -> Path:
+    root = work / f"python_abi-{subdir}"
     root.mkdir()
-    index = _index("python_abi", PYTHON_VERSION, f"8_{PYTHON_ABI}", 8, "linux-64", depends=[],
+    index = _index("python_abi", PYTHON_VERSION, f"8_{PYTHON_ABI}", 8, subdir, depends=[],
                    constrains=[f"python {PYTHON_VERSION}.* *_cpython"], license_="BSD-3-Clause")
     return _write_package(_Payload(root), index, out_dir)
 
@@ -587,8 +595,10 @@ def build_probe_data(work: Path, out_dir: Path) -> Path:
 # --------------------------------------------------------------------------- wheels
 
 
-def download_wheels(dest: Path, pins: tuple[tuple[str, str], ...] = WHEELS) -> list[Path]:
-    """The pinned wheels (requirement, sha256) from the package index, hash-checked by pip."""
+def download_wheels(dest: Path, pins: tuple[tuple[str, str], ...] = WHEELS,
+                    machine: str = "x86_64") -> list[Path]:
+    """The pinned wheels (requirement, sha256) for ``machine`` from the package index,
+    hash-checked by pip."""
     dest.mkdir(parents=True, exist_ok=True)
     rounds: list[list[tuple[str, str]]] = []  # pip takes one version of a name per call
     for req, sha in pins:
@@ -602,8 +612,8 @@ def download_wheels(dest: Path, pins: tuple[tuple[str, str], ...] = WHEELS) -> l
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
              "--only-binary=:all:", "--require-hashes", "--python-version", PYTHON_VERSION,
-             "--implementation", "cp", "--abi", PYTHON_ABI, "--platform", "manylinux2014_x86_64",
-             "-d", str(dest), "-r", str(requirements)],
+             "--implementation", "cp", "--abi", PYTHON_ABI, "--platform",
+             f"manylinux2014_{machine}", "-d", str(dest), "-r", str(requirements)],
             capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"pip download failed: {proc.stderr.strip()[-2000:]}")
@@ -613,10 +623,10 @@ def download_wheels(dest: Path, pins: tuple[tuple[str, str], ...] = WHEELS) -> l
     return wheels
 
 
-def _conda_requirements(metadata: Any) -> list[str]:
+def _conda_requirements(metadata: Any, machine: str) -> list[str]:
     env = {**default_environment(), "python_version": PYTHON_VERSION,
            "python_full_version": f"{PYTHON_VERSION}.0", "sys_platform": "linux",
-           "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+           "platform_system": "Linux", "platform_machine": machine, "os_name": "posix",
            "implementation_name": "cpython", "platform_python_implementation": "CPython"}
     depends = []
     for line in metadata.get_all("Requires-Dist") or []:
@@ -628,13 +638,16 @@ def _conda_requirements(metadata: Any) -> list[str]:
 
 
 def wheel_to_conda(wheel: Path, work: Path, out_dir: Path) -> Path:
-    """A conda package from a wheel: ``noarch: python`` if pure, else linux-64 for cp311."""
+    """A conda package from a wheel: ``noarch: python`` if pure, else linux-64 or
+    linux-aarch64 (by its tags) for cp311."""
     name, version, _, tags = parse_wheel_filename(wheel.name)
     pure = all(tag.abi == "none" and tag.platform == "any" for tag in tags)
-    if not pure and not any(tag.interpreter == PYTHON_ABI and "x86_64" in tag.platform
-                            and "linux" in tag.platform for tag in tags):
-        raise ValueError(f"{wheel.name}: neither pure nor a {PYTHON_ABI} linux x86_64 wheel")
-    root = work / f"{name}-{version}"
+    subdir = next((subdir for subdir, cpu in SUBDIR_MACHINES.items() for tag in tags
+                   if tag.interpreter == PYTHON_ABI and tag.platform.endswith(f"_{cpu}")
+                   and "linux" in tag.platform), None)
+    if not pure and subdir is None:
+        raise ValueError(f"{wheel.name}: neither pure nor a {PYTHON_ABI} linux wheel")
+    root = work / f"{name}-{version}-{subdir or 'noarch'}"
     site = root / ("site-packages" if pure else "lib/python3.11/site-packages")
     payload = _Payload(root)
     with zipfile.ZipFile(wheel) as archive:
@@ -675,7 +688,7 @@ def wheel_to_conda(wheel: Path, work: Path, out_dir: Path) -> Path:
             entry_points.append(f"{script} = {target}")
 
     sha = file_sha256(wheel)[:7]
-    depends = _conda_requirements(metadata)
+    depends = _conda_requirements(metadata, SUBDIR_MACHINES.get(subdir or "", "x86_64"))
     conda_name = str(canonicalize_name(name))
     license_ = metadata.get("License-Expression") or metadata.get("License")
     if pure:
@@ -696,25 +709,30 @@ def wheel_to_conda(wheel: Path, work: Path, out_dir: Path) -> Path:
         payload.placeholders.add(f"bin/{script}")
     depends[:0] = [f"python >={PYTHON_VERSION},<3.12.0a0",
                    f"python_abi {PYTHON_VERSION}.* *_{PYTHON_ABI}"]
-    index = _index(conda_name, str(version), f"py311h{sha}_0", 0, "linux-64", depends=depends,
-                   license_=license_)
+    index = _index(conda_name, str(version), f"py311h{sha}_0", 0, str(subdir),
+                   depends=depends, license_=license_)
     return _write_package(payload, index, out_dir)
 
 
 # --------------------------------------------------------------------------- the channel
 
 
-def cache_key(debs: list[tuple[str, str]]) -> str:
+def cache_key(debs: list[tuple[str, str]], arm64_debs: list[tuple[str, str]]) -> str:
     digest = hashlib.sha256(Path(__file__).read_bytes())
-    digest.update(json.dumps([debs, WHEELS, ENSUREPIP_WHEELS]).encode())
+    extra = [arm64_debs, AARCH64_WHEELS] if arm64_debs else []
+    digest.update(json.dumps([debs, WHEELS, ENSUREPIP_WHEELS, *extra]).encode())
     return digest.hexdigest()[:16]
 
 
-def build_channel(cache: Path | None = None) -> LocalChannel:
-    """The channel, built once per cache key under ``cache`` (default CACHE) and reused."""
+def build_channel(cache: Path | None = None, arm64_debs: Path | None = None) -> LocalChannel:
+    """The channel, built once per cache key under ``cache`` (default CACHE) and reused; with
+    ``arm64_debs`` (a directory of Debian's arm64 python3.11 debs), its linux-aarch64
+    python, python_abi and markupsafe too."""
     cache = Path(cache) if cache is not None else CACHE
     debs = debian_python_debs()
-    root = cache / cache_key(debs)
+    arm64 = sorted((deb.name, file_sha256(deb)) for deb in arm64_debs.glob("*.deb")
+                   ) if arm64_debs else []
+    root = cache / cache_key(debs, arm64)
     manifest = root / "manifest.json"
     if manifest.is_file():
         return LocalChannel(root, tuple(json.loads(manifest.read_text())["packages"]))
@@ -723,12 +741,19 @@ def build_channel(cache: Path | None = None) -> LocalChannel:
         work = Path(tmp)
         staging = work / "root"
         channel_dir = staging / CHANNEL_NAME
-        for subdir in ("noarch", "linux-64"):
+        for subdir in ("noarch", "linux-64", *(["linux-aarch64"] if arm64 else [])):
             (channel_dir / subdir).mkdir(parents=True)
         ensurepip = download_wheels(work / "ensurepip", ENSUREPIP_WHEELS)
         archives = [build_python(work, channel_dir, debs, ensurepip),
                     build_python_abi(work, channel_dir), build_probe_data(work, channel_dir)]
-        for wheel in download_wheels(work / "wheels"):
+        wheels = download_wheels(work / "wheels")
+        if arm64_debs:
+            (work / "arm64").mkdir()
+            archives += [build_python(work / "arm64", channel_dir, arm64, ensurepip,
+                                      "linux-aarch64", arm64_debs),
+                         build_python_abi(work, channel_dir, "linux-aarch64")]
+            wheels += download_wheels(work / "aarch64-wheels", AARCH64_WHEELS, "aarch64")
+        for wheel in wheels:
             archives.append(wheel_to_conda(wheel, work / "wheel-payloads", channel_dir))
         index_channel(channel_dir)
         packages = sorted(f"{a.parent.name}/{a.name}" for a in archives)

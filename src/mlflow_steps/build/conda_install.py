@@ -54,6 +54,7 @@ from mlflow_steps.core.retry import (
 )
 from mlflow_steps.core.yaml_file import load_yaml_text
 from mlflow_steps.env.spec import strip_credentials
+from mlflow_steps.image.platforms import DEFAULT_PLATFORMS, conda_subdir
 
 DEFAULT_CHANNEL_ALIAS = "https://conda.anaconda.org/"
 DEFAULT_CHANNELS = ("conda-forge",)
@@ -126,10 +127,11 @@ def cache_dir(environ: Mapping[str, str]) -> Path:
     return path
 
 
-def solve(install: EnvironmentInstall, channels: CondaChannels, cache: Path
-          ) -> list[dict[str, Any]]:
-    """The packages of the conda.yaml's conda part, solved for linux-64."""
+def solve(install: EnvironmentInstall, channels: CondaChannels, cache: Path,
+          platform: str = DEFAULT_PLATFORMS[0]) -> list[dict[str, Any]]:
+    """The packages of the conda.yaml's conda part, solved for ``platform``."""
     return run_rattler("solve", {"channels": list(install.conda_channels or DEFAULT_CHANNELS),
+                                 "subdir": conda_subdir(platform),
                                  "specs": list(install.conda_dependencies),
                                  "alias": channels.alias, "cache": str(cache / "repodata")},
                        source=install.source or "conda.yaml", secrets=[channels.alias])
@@ -212,17 +214,18 @@ def _download(url: str, target: Path, http: RetryingHttp, budget: float,
 
 
 def stage_environment(install: EnvironmentInstall, staging: Path, prefix: str,
-                      channels: CondaChannels, environ: Mapping[str, str]
-                      ) -> list[dict[str, Any]]:
-    """Install the plan's conda packages into ``staging`` as ``prefix``; return the
-    records."""
+                      channels: CondaChannels, environ: Mapping[str, str],
+                      platform: str = DEFAULT_PLATFORMS[0]) -> list[dict[str, Any]]:
+    """Install the plan's conda packages for ``platform`` into ``staging`` as ``prefix``;
+    return the records."""
     cache = cache_dir(environ)
     source = install.source or "conda environment"
     secrets = [channels.alias]
     records = ([dict(record) for record in install.locked_conda]
-               if install.strategy == "conda-lock" else solve(install, channels, cache))
+               if install.strategy == "conda-lock" else solve(install, channels, cache, platform))
     archives = fetch(records, cache, environ, source, secrets)
     run_rattler("install", {"archives": [str(a) for a in archives], "staging": str(staging),
+                            "subdir": conda_subdir(platform),
                             "prefix": prefix, "cache": str(cache / "extracted")},
                 source=source, secrets=secrets)
     _scrub_metadata(staging, {archive.name: record["url"]

@@ -1,9 +1,10 @@
-"""Runs inside a conda image's build: the lock and the SBOM list the conda packages (which the
-builder recorded from conda-meta, ``conda_install.write_conda_record``) and then the Python
-distributions (``uv pip freeze``, ``cyclonedx-py``); the distributions pip installed (not
-conda, not the step tooling) are listed for the image's PEP 751 record. The environment's own
-interpreter runs it without ``site`` (``python -I -S merge.py ...``): standard library only,
-nothing of the environment imported."""
+"""Runs inside a conda image's build (the direct builder calls it on its staged tree): the
+lock and the SBOM list the conda packages (which the builder recorded from conda-meta,
+``conda_install.write_conda_record``) and then the Python distributions (``uv pip freeze``,
+``cyclonedx-py``); the distributions pip installed (not conda, not the step tooling) are
+listed for the image's PEP 751 record. The environment's own interpreter runs it without
+``site`` (``python -I -S merge.py ...``): standard library only, nothing of the environment
+imported."""
 
 from __future__ import annotations
 
@@ -29,12 +30,14 @@ def _installer(dist_info: Path) -> str:
         return ""
 
 
-def merge(record: Path, frozen: Path, lock: Path, sbom: Path, pip_part: Path) -> None:
+def merge(record: Path, frozen: Path, lock: Path, sbom: Path, pip_part: Path,
+          prefix: Path = Path(sys.prefix)) -> None:
     """Write ``lock``: ``record``'s conda lines, then ``frozen``; add ``record``'s components
     and dependencies to the CycloneDX JSON ``sbom``; write ``pip_part``: the lines of
-    ``frozen`` that conda did not install (nor are the step tooling)."""
+    ``frozen`` that conda did not install in the environment at ``prefix`` (nor are the step
+    tooling)."""
     lock.write_text((record / LOCK).read_text() + PYTHON_HEADER + frozen.read_text())
-    by_conda = {_name(path.name.split("-")[0]) for path in Path(sys.prefix).glob(
+    by_conda = {_name(path.name.split("-")[0]) for path in prefix.glob(
         "lib/python*/site-packages/*.dist-info") if _installer(path) == "conda"}
     pip_part.write_text("".join(
         line + "\n" for line in frozen.read_text().splitlines()

@@ -267,7 +267,7 @@ def build_request(target: BuildTarget, plan: ImagePlan, inputs: BuilderInputs,
         source_date_epoch=None if inputs.reproducible is False else SOURCE_DATE_EPOCH,
         plan=plan, pip=target.pip, compression=inputs.compression,
         own_layer_bytes=inputs.own_layer_mb << 20, quiet=inputs.quiet,
-        platforms=target.spec.platforms,
+        platforms=target.spec.platforms, conda_channel_alias=inputs.conda_channel_alias,
     )
 
 

@@ -13,13 +13,15 @@ import os
 import sys
 from typing import Any
 
-# The image's platform, described to the solver (it must not look at this machine).
-VIRTUAL_PACKAGES = (("__unix", "0", "0"), ("__linux", "5.10", "0"), ("__glibc", "2.36", "0"),
-                    ("__archspec", "1", "x86_64"))
+# The image's platform, described to the solver (it must not look at this machine); the
+# CPU (``__archspec``) is the conda subdir's.
+VIRTUAL_PACKAGES = (("__unix", "0", "0"), ("__linux", "5.10", "0"), ("__glibc", "2.36", "0"))
+ARCHSPEC = {"linux-64": "x86_64", "linux-aarch64": "aarch64"}
 
 
 async def solve(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """Solve ``specs`` against ``channels`` (names resolved through ``alias``)."""
+    """Solve ``specs`` against ``channels`` (names resolved through ``alias``) for the conda
+    ``subdir`` (linux-64, linux-aarch64)."""
     # only the child process needs rattler
     from rattler import (
         BuildString,
@@ -33,24 +35,26 @@ async def solve(payload: dict[str, Any]) -> list[dict[str, Any]]:
     from rattler import solve as rattler_solve  # only the child process needs rattler
 
     config = ChannelConfig(channel_alias=payload["alias"])
+    subdir = payload["subdir"]
     virtual = [GenericVirtualPackage(PackageName(name), Version(version), BuildString(build))
-               for name, version, build in VIRTUAL_PACKAGES]
+               for name, version, build in (*VIRTUAL_PACKAGES,
+                                            ("__archspec", "1", ARCHSPEC[subdir]))]
     records = await rattler_solve(
         [Channel(name, config) for name in payload["channels"]], payload["specs"],
-        gateway=Gateway(cache_dir=payload["cache"]), platforms=["linux-64", "noarch"],
+        gateway=Gateway(cache_dir=payload["cache"]), platforms=[subdir, "noarch"],
         virtual_packages=virtual)
     return [_record(r) for r in records]
 
 
 async def install(payload: dict[str, Any]) -> None:
     """Install package archives into ``staging`` as if it were ``prefix`` (paths, shebangs
-    and placeholders name ``prefix``); nothing is downloaded."""
+    and placeholders name ``prefix``) for the conda ``subdir``; nothing is downloaded."""
     from rattler import Platform, RepoDataRecord  # only the child process needs rattler
     from rattler import install as rattler_install  # only the child process needs rattler
 
     records = [await RepoDataRecord.from_package_archive(path) for path in payload["archives"]]
     await rattler_install(records, payload["staging"], cache_dir=payload["cache"],
-                          platform=Platform("linux-64"), show_progress=False,
+                          platform=Platform(payload["subdir"]), show_progress=False,
                           alternative_target_prefix=payload["prefix"],
                           execute_link_scripts=False)
 

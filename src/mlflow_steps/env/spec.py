@@ -182,14 +182,15 @@ def resolve_env(codeset: Path, options: BuildOptions,
 
 def _check_foreign_platforms(spec: EnvSpec, options: BuildOptions) -> None:
     """One line when the environment cannot be built for ``options.platforms`` (only the
-    direct builder targets another CPU, and it installs PyPI environments selected for
-    each platform, a lock's too: not pins resolved for linux/amd64, nor conda packages)."""
-    why = ("its conda packages are locked or solved for linux-64" if spec.strategy != "pip"
+    direct builder targets another CPU: it installs PyPI environments selected for each
+    platform, a lock's too, and conda environments solved for each: not pins resolved for
+    linux/amd64, nor conda packages locked for linux-64)."""
+    why = ("its conda packages are locked for linux-64" if spec.strategy == "conda-lock"
            else "--resolve pins for linux/amd64" if options.resolve else None)
     if why:
         raise StepError(f"{', '.join(options.platforms)}: {spec.source or 'the environment'} "
                         f"cannot be built for them ({why}); build it for linux/amd64 or use "
-                        f"a requirements.txt / python_env.yaml environment",
+                        f"a requirements.txt, python_env.yaml or conda.yaml environment",
                         source="input", field="platform")
 
 

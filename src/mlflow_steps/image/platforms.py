@@ -9,6 +9,7 @@ DEFAULT_PLATFORMS = ("linux/amd64",)
 # What the direct builder targets (no engine emulates a foreign CPU for it), with the CPU
 # name wheels and environment markers use.
 MACHINES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
+CONDA_SUBDIRS = {"linux/amd64": "linux-64", "linux/arm64": "linux-aarch64"}
 _ALIASES = {"linux/arm64/v8": "linux/arm64", "linux/x86_64": "linux/amd64",
             "linux/aarch64": "linux/arm64"}
 
@@ -37,6 +38,11 @@ def architecture(platform: str) -> str:
 def machine(platform: str) -> str:
     """The CPU name of ``platform`` in wheel tags and markers (x86_64, aarch64)."""
     return MACHINES[platform]
+
+
+def conda_subdir(platform: str) -> str:
+    """The conda subdir of ``platform`` (linux/arm64 → linux-aarch64)."""
+    return CONDA_SUBDIRS[platform]
 
 
 def environment_markers(python_version: str, cpu: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ numpy. Times in the config are the same 1980 epoch.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
@@ -71,9 +72,15 @@ def _with_parents(root: Path, paths: set[Path], overrides: dict[str, Entry]
     return tuple(overrides.get(entry.name, entry) for entry in entries)
 
 
-def _owners(site: Path) -> dict[Path, str]:
-    """Installed file → its distribution (normalised name), from the RECORD files."""
+def _owners(site: Path, prefix: Path) -> dict[Path, str]:
+    """Installed file → its distribution (normalised name), from the conda packages'
+    conda-meta (their files and record) and the RECORD files."""
     owners: dict[Path, str] = {}
+    for meta in sorted(prefix.glob("conda-meta/*.json")):
+        record = json.loads(meta.read_text())
+        name = canonicalize_name(str(record["name"]))
+        owners.update((prefix / relative, name) for relative in record.get("files") or ())
+        owners[meta] = name
     for record in site.glob("*.dist-info/RECORD"):
         dist = canonicalize_name(record.parent.name.split("-")[0])
         for line in record.read_text().splitlines():
@@ -105,7 +112,7 @@ def environment_groups(staged: StagedEnv, own_layer_bytes: int = OWN_LAYER_BYTES
     has it), then the rest in ``BUCKETS`` layers, the venv, the tooling."""
     plan = staged.plan
     own_layers = plan.install.own_layers
-    owners = _owners(staged.site_packages)
+    owners = _owners(staged.site_packages, staged.prefix)
     groups: dict[str, set[Path]] = defaultdict(set)
     by_dist: dict[str, set[Path]] = defaultdict(set)
     for directory, subdirectories, files in os.walk(staged.prefix):
@@ -120,7 +127,8 @@ def environment_groups(staged: StagedEnv, own_layer_bytes: int = OWN_LAYER_BYTES
                 groups[" ".join(own_layers[group])].add(path)
             elif dist:
                 by_dist[dist].add(path)
-            else:  # the venv itself: pyvenv.cfg, bin/python, activate scripts
+            else:  # the venv itself (pyvenv.cfg, bin/python, activate scripts), conda's
+                # history
                 groups["environment"].add(path)
     heavy = sorted(dist for dist, paths in by_dist.items()
                    if sum(os.lstat(path).st_size for path in paths) >= own_layer_bytes)

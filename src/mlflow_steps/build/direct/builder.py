@@ -102,9 +102,11 @@ class DirectBackend(Backend):
         several = len(request.platforms) > 1
         with progress.phase(f"staging {platform}" if several else "staging"):
             staged = stage(plan, base, request.pip, self.environ, work,
-                           no_cache=request.no_cache)
+                           no_cache=request.no_cache,
+                           conda_channel_alias=request.conda_channel_alias)
         self._log(f"environment staged for {platform} "
-                  f"{base.interpreters[str(plan.install.python)]}", started)
+                  f"{staged.stager.interpreter or 'conda python ' + staged.stager.version}",
+                  started)
         record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
         jobs = [LayerJob(tree_plan(staged, name, paths),
                          frozenset(p for p in paths if p.suffix == ".py"), checked=True)

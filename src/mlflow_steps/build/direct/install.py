@@ -30,6 +30,7 @@ from mlflow_steps.build.direct.installed import (
     unmet_requirements,
 )
 from mlflow_steps.build.image_plan import (
+    CONDA_STRATEGIES,
     TOOLING_DIST,
     ImagePlan,
     record_hash,
@@ -78,6 +79,7 @@ class StagedEnv:
     base_libraries: frozenset[str]
     staging_paths: tuple[str, ...]  # no file may name these
     cuda: str | None = None  # the CUDA version the wheels carry: the host mounts its driver
+    conda: bool = False  # conda packages, their python the image's (conda-meta: the record)
 
 
 def platform_tag(base: BaseFacts) -> str:
@@ -105,13 +107,22 @@ class Stager:
     (``python``) into the environment as a prefix."""
 
     def __init__(self, python: str | None, base: BaseFacts, pip: BuildPipConfig,
-                 environ: dict[str, str], work: Path, no_cache: bool = False) -> None:
+                 environ: dict[str, str], work: Path, no_cache: bool = False,
+                 conda_python: str | None = None) -> None:
+        """``conda_python``: the version of the environment's own interpreter (a conda
+        package's), else the base's python ``python`` (X.Y) runs the environment."""
         self.base = base
-        self.minor = str(python or "")
         self.platform = platform_tag(base)
-        self.interpreter = base.interpreters.get(self.minor)
-        if self.interpreter is None:
-            raise NotApplicable(f"the base has no python{self.minor} on its PATH")
+        if conda_python:
+            self.minor = ".".join(conda_python.split(".")[:2])
+            self.version: str = conda_python
+            self.interpreter = None
+        else:
+            self.minor = str(python or "")
+            self.version = base.python_versions.get(self.minor, self.minor)
+            self.interpreter = base.interpreters.get(self.minor)
+            if self.interpreter is None:
+                raise NotApplicable(f"the base has no python{self.minor} on its PATH")
         self.secrets = [*secret_values(environ), *uv_process_secrets(pip)]
         self.env = uv_process_env(pip, environ)
         # Hard links into uv's cache (a copy across filesystems): every file changed here is
@@ -171,35 +182,39 @@ class Stager:
                          str(prefix)], what, fallback=fallback)
 
     def targeted(self) -> list[str]:
-        return ["--python-platform", self.platform, "--python-version",
-                self.base.python_versions.get(self.minor, self.minor)]
+        return ["--python-platform", self.platform, "--python-version", self.version]
 
 
 def stage(plan: ImagePlan, base: BaseFacts, pip: BuildPipConfig, environ: dict[str, str],
-          work: Path, no_cache: bool = False) -> StagedEnv:
+          work: Path, no_cache: bool = False, conda_channel_alias: str | None = None
+          ) -> StagedEnv:
     """Install the plan's environment into ``work``/root as its prefix (``no_cache``: with a
-    package cache of its own, every file downloaded again). Its env files and the tooling
-    wheel are written to ``work``/inputs, which stands for the record directory (where a
-    Dockerfile build mounts them): what uv records of their paths names that directory."""
+    package cache of its own, every file downloaded again): a venv on the base's python, or
+    the conda packages (rattler, for the base's platform) with the pip part on top. Its env
+    files and the tooling wheel are written to ``work``/inputs, which stands for the record
+    directory (where a Dockerfile build mounts them): what uv records of their paths names
+    that directory."""
     plan = replace(plan, install=plan.install.for_platform(base.platform))
     install = plan.install
-    if install.strategy != "pip":
-        raise NotApplicable(f"a {install.strategy} environment has conda packages")
-    stager = Stager(install.python, base, pip, environ, work, no_cache)
+    root = work / "root"
+    prefix = root / plan.env_prefix.lstrip("/")
+    conda_python = None
+    if install.strategy in CONDA_STRATEGIES:
+        conda_python = _stage_conda(plan, prefix, base.platform, environ, conda_channel_alias)
+    stager = Stager(install.python, base, pip, environ, work, no_cache, conda_python)
     python = stager.python
     inputs = work / "inputs"
     env_dir = install.write(inputs / "env", str(inputs / "env"), mkdir_parents=True)
     (inputs / "tooling").mkdir()
     tooling = write_tooling_wheel(inputs / "tooling")
-    root = work / "root"
-    prefix = root / plan.env_prefix.lstrip("/")
-    stager.run([stager.uv, "venv", "--quiet", "--relocatable", "--python", python, str(prefix)],
-               "creating the environment")
+    if not conda_python:
+        stager.run([stager.uv, "venv", "--quiet", "--relocatable", "--python", python,
+                    str(prefix)], "creating the environment")
     flags = ["--quiet", "--no-build", *stager.targeted()]
     if install.build_requirements:
         stager.pip(prefix, "install", *flags, "-r", str(env_dir / "build-requirements.txt"),
                    what="installing the build requirements without building any")
-    if install.locked:  # exactly the lock: no dependency resolved, hashes checked
+    if install.locked_pip:  # exactly the lock: no dependency resolved, hashes checked
         stager.pip(prefix, "install", *flags, "--no-deps", "-r",
                    str(env_dir / "requirements.lock.txt"),
                    what="installing the locked packages without building any")
@@ -210,8 +225,8 @@ def stage(plan: ImagePlan, base: BaseFacts, pip: BuildPipConfig, environ: dict[s
                what="installing the step tooling")
     site = next(prefix.glob("lib/python*/site-packages"))
     installed = distributions(site)
-    unmet = unmet_requirements(installed, environment_markers(
-        base.python_versions.get(stager.minor, stager.minor), machine(base.platform)))
+    unmet = unmet_requirements(installed, environment_markers(stager.version,
+                                                              machine(base.platform)))
     if unmet:
         raise NotApplicable(f"the environment does not satisfy the step tooling "
                             f"({'; '.join(unmet[:3])})")
@@ -225,10 +240,27 @@ def stage(plan: ImagePlan, base: BaseFacts, pip: BuildPipConfig, environ: dict[s
                         "cache_tag)"], "probing python", scrubbed=True).strip()
     bundled = frozenset(name for _, directories, files in os.walk(prefix)
                         for name in (*directories, *files))
+    overrides = {} if conda_python else _image_interpreter(root, prefix, stager)
     return StagedEnv(plan, root, prefix, site, python, build, stager, inputs, frozen, work,
-                     _image_interpreter(root, prefix, stager), bundled,
-                     environment_libraries(prefix), base.libraries,
-                     (str(work),), cuda_version(installed))
+                     overrides, bundled, environment_libraries(prefix), base.libraries,
+                     (str(work),), cuda_version(installed), conda=bool(conda_python))
+
+
+def _stage_conda(plan: ImagePlan, prefix: Path, platform: str, environ: dict[str, str],
+                 alias: str | None) -> str:
+    """Install the plan's conda packages for ``platform`` into ``prefix`` as the image's
+    env prefix (rattler: nothing of them runs); the version of their ``python``."""
+    from mlflow_steps.build.conda_install import (  # only conda environments load rattler
+        CondaChannels,
+        stage_environment,
+    )
+
+    records = stage_environment(plan.install, prefix, plan.env_prefix,
+                                CondaChannels.collect(environ, alias), environ, platform)
+    python = next((record for record in records if record.get("name") == "python"), None)
+    if python is None:
+        raise NotApplicable("its conda packages include no python")
+    return str(python["version"])
 
 
 def check_files(staged: StagedEnv, paths: list[Path]) -> dict[str, str]:
@@ -279,35 +311,52 @@ def _strip_tests(site: Path) -> None:
 
 
 def write_record(staged: StagedEnv) -> Path:
-    """The plan's record files: the env files, lock.txt (with hashes) and sbom.cdx.json, as
-    the Dockerfile path records them; the record directory."""
+    """The plan's record files: the env files, lock.txt and sbom.cdx.json (the conda
+    packages first, if any), pylock.toml, as the Dockerfile path records them; the record
+    directory."""
     stager, files = staged.stager, staged.plan.record
     record = staged.root / files.directory.lstrip("/")
     staged.plan.install.write(staged.root / files.env_dir.lstrip("/"), files.env_dir,
                               mkdir_parents=True)
-    frozen = record.parent / "installed.txt"
+    lock, sbom = (staged.root / path.lstrip("/") for path in (files.lock, files.sbom))
+    sbom.write_text(sbom_json(distributions(staged.site_packages), SOURCE_DATE_EPOCH))
+    frozen = staged.work / "installed.txt"
     frozen.write_text(staged.frozen)
-    # the PEP 751 lock is the environment's, for any machine: not the step tooling's wheel
-    environment = record.parent / "environment.txt"
-    environment.write_text("".join(line for line in staged.frozen.splitlines(keepends=True)
-                                   if not line.lower().startswith(f"{TOOLING_DIST} @")))
+    # the PEP 751 lock is the environment's, for any machine: not the step tooling's wheel,
+    # nor what conda installed
+    environment = staged.work / "environment.txt"
     compile_installed = [stager.uv, "pip", "compile", "--quiet", "--no-header", "--no-deps",
                          "--python", stager.python, *stager.targeted()]
-    with interrupt.ThreadPool(max_workers=1) as other:  # both ask the index: side by side
-        pylock = other.submit(stager.run, [*compile_installed, "--format", "pylock.toml",
-                                           str(environment)],
-                              "writing the installed packages as pylock.toml", fallback=False)
-        lock = stager.run([*compile_installed, "--no-annotate", "--generate-hashes",
-                           str(frozen)], "hashing the installed packages", fallback=False)
+    if staged.conda:
+        from mlflow_steps.build import conda_record  # only conda environments need them
+        from mlflow_steps.build.conda_install import write_conda_record
+
+        write_conda_record(staged.prefix, staged.work / "conda-record")
+        conda_record.merge(staged.work / "conda-record", frozen, lock, sbom, environment,
+                           staged.prefix)
+        pylock = stager.run([*compile_installed, "--format", "pylock.toml", str(environment)],
+                            "writing the pip-installed packages as pylock.toml",
+                            fallback=False)
+        texts = {files.lock: lock.read_text(), files.pylock: pylock}
+    else:
+        environment.write_text("".join(
+            line for line in staged.frozen.splitlines(keepends=True)
+            if not line.lower().startswith(f"{TOOLING_DIST} @")))
+        with interrupt.ThreadPool(max_workers=1) as other:  # both ask the index: side by side
+            pylock_job = other.submit(
+                stager.run, [*compile_installed, "--format", "pylock.toml", str(environment)],
+                "writing the installed packages as pylock.toml", fallback=False)
+            hashed = stager.run([*compile_installed, "--no-annotate", "--generate-hashes",
+                                 str(frozen)], "hashing the installed packages",
+                                fallback=False)
+        texts = {files.lock: hashed, files.pylock: pylock_job.result()}
     frozen.unlink()
     environment.unlink()
-    for path, text in ((files.lock, lock), (files.pylock, pylock.result())):
+    for path, text in texts.items():
         (staged.root / path.lstrip("/")).write_text(text.replace(str(staged.inputs),
                                                                  files.directory))
-    (staged.root / files.sbom.lstrip("/")).write_text(
-        sbom_json(distributions(staged.site_packages), SOURCE_DATE_EPOCH))
     problem = leaked_paths(staged.root, [p for p in record.rglob("*") if p.is_file()],
-                            staged.staging_paths)
+                           staged.staging_paths)
     if problem:
         raise NotApplicable(problem)
     return record
@@ -346,7 +395,7 @@ def compile_bytecode(staged: StagedEnv, sources: list[Path], work: Path) -> None
 def _image_interpreter(root: Path, prefix: Path, stager: Stager) -> dict[str, Entry]:
     """In the image, bin/python is the base's interpreter and pyvenv.cfg says so."""
     interpreter = str(stager.interpreter)
-    version = stager.base.python_versions.get(stager.minor, stager.minor)
+    version = stager.version
     config = (f"home = {os.path.dirname(interpreter)}\nimplementation = CPython\n"
               f"version_info = {version}\ninclude-system-site-packages = false\n")
     for name in _VOLATILE:

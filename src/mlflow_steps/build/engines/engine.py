@@ -125,6 +125,9 @@ class BuildRequest:
     own_layer_bytes: int = OWN_LAYER_MB << 20  # a distribution this large: a layer alone
     quiet: bool = False  # no progress shown
     platforms: tuple[str, ...] = DEFAULT_PLATFORMS  # the direct builder's (engines: amd64)
+    # the direct builder's conda channels (engines get them installed in the context); may
+    # carry credentials
+    conda_channel_alias: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def reproducible(self) -> bool:
