@@ -18,7 +18,8 @@ from cyclonedx.validation.json import JsonStrictValidator
 from packaging.pylock import Pylock
 from packaging.utils import canonicalize_name
 from support.helpers import EXAMPLE, run_cli
-from support.image_checks import check_runtime_image
+from support.image_checks import check_runtime_image, layer_files
+from support.synthetic_base import build
 
 from mlflow_steps.build.conda_install import CondaChannels, cache_dir
 from mlflow_steps.build.direct.installed import distributions, sbom_json
@@ -234,15 +235,51 @@ def test_channel_alias_credentials_stay_on_the_builder(conda_channel, tmp_path: 
             assert "wrong-password" not in refused.stderr and len(refused.stderr.splitlines()) == 1
         assert TOKEN in alias
         result = run_cli("render", str(codeset), "-o", str(tmp_path / "out"),
-                         "--conda-channel-alias", alias)
+                         "--conda-channel-alias", alias,
+                         env={**os.environ, "MLFLOW_STEPS_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr
     assert TOKEN not in result.stdout + result.stderr
-    for path in (tmp_path / "out").rglob("*"):
-        if path.is_file():
+    for path in [*(tmp_path / "out").rglob("*"), *(tmp_path / "cache").rglob("*")]:
+        if path.is_file():  # the context, and what the build keeps (packages, not URLs)
             assert TOKEN.encode() not in path.read_bytes(), path
     hashed = run_cli("hash", str(codeset), env={**os.environ, "CONDA_CHANNEL_ALIAS": alias})
     plain = run_cli("hash", str(codeset))
     assert hashed.stdout == plain.stdout  # the channel configuration is not in the tag
+
+
+def test_a_direct_conda_build_keeps_the_channel_token_on_the_builder(
+        conda_channel, registry, synthetic_base, no_engine, warm_cache, tmp_path: Path) -> None:
+    """The direct builder (no engine) solves and installs through a token alias: the token
+    reaches the channel only, not the output, a layer, or a file left in the cache."""
+    from support.conda_channel import serve_channel
+
+    codeset = tmp_path / "cs"
+    codeset.mkdir()
+    (codeset / "MLproject").write_text(MLPROJECT)
+    (codeset / "conda.yaml").write_text(conda_yaml())
+    cache = warm_cache(tmp_path / "cache")
+    with serve_channel(conda_channel, token=TOKEN) as alias:
+        result = build(codeset, registry, synthetic_base, "direct/conda",
+                       "--conda-channel-alias", alias,
+                       env={**no_engine, "MLFLOW_STEPS_CACHE": cache})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[direct] " in result.stderr and "does not apply" not in result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+    client = RegistryClient(registry.address)
+    _, manifest = client.manifest("direct/conda", result.stdout.strip().rsplit(":", 1)[1])
+    files = layer_files(client, "direct/conda", manifest)
+    assert not [name for name, data in files.items() if TOKEN.encode() in data]
+    metas = [json.loads(data) for name, data in files.items()
+             if name.startswith("opt/env/conda-meta/") and name.endswith(".json")]
+    assert sorted(meta["name"] for meta in metas) == [
+        "markupsafe", "pip", "probe-data", "python", "python_abi", "six"]
+    assert all(meta["url"].startswith("http://127.0.0.1:") and "/t/" not in meta["url"]
+               for meta in metas)
+    lock = files["opt/mlflow-steps-build/lock.txt"].decode()
+    assert lock.count("#sha256:") == 6 and "\nmlflow-skinny==" in lock
+    left = [path for path in Path(cache).rglob("*")
+            if path.is_file() and TOKEN.encode() in path.read_bytes()]
+    assert not left
 
 
 def test_conda_image_builds_trains_and_skips(docker_engine, registry, base_image,

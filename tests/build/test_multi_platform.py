@@ -5,13 +5,12 @@ foreign platform with one line. (The arm64 image running under qemu-user: test_a
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import requests
 from support.helpers import REPO, make_wheel, run_cli
+from support.image_checks import layer_files
 from support.index_server import local_index
 from support.locks import uv_project
 from support.synthetic_base import build, push_synthetic_index
@@ -44,19 +43,6 @@ def _site_module(files: dict[str, bytes], module: str) -> bytes | None:
                  if name.endswith(f"site-packages/{module}.py")), None)
 
 
-def _files(client: RegistryClient, repository: str, manifest: dict) -> dict[str, bytes]:
-    """The regular files of the image's own layers (not the base's) → their bytes."""
-    files: dict[str, bytes] = {}
-    for layer in manifest["layers"][1:]:
-        data = client.blob(repository, layer["digest"], 1 << 30)
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            for member in tar:
-                if member.isfile():
-                    handle = tar.extractfile(member)
-                    files[member.name] = handle.read() if handle else b""
-    return files
-
-
 def test_two_platforms_give_one_index_of_native_images(registry, no_engine, codeset,
                                                         warm_cache, tmp_path: Path) -> None:
     client = RegistryClient(registry.address)
@@ -77,7 +63,7 @@ def test_two_platforms_give_one_index_of_native_images(registry, no_engine, code
             _, manifest = client.manifest("multi/env", tag, platform)
             config = json.loads(client.blob("multi/env", manifest["config"]["digest"], 1 << 20))
             assert config["architecture"] == platform.split("/")[1]
-            files = _files(client, "multi/env", manifest)
+            files = layer_files(client, "multi/env", manifest)
             assert _site_module(files, "mls_native") == f"MACHINE = {machine!r}\n".encode()
             wheel = next(data for name, data in files.items()
                          if name.endswith("mls_native-1.0.dist-info/WHEEL"))
@@ -181,7 +167,7 @@ def test_a_uv_lock_is_selected_for_each_platform(registry, no_engine, codeset, w
         assert tag == explained.stdout.strip().splitlines()[-1]
         for platform, cpu, amd_only in (("linux/amd64", "x86_64", True),
                                         ("linux/arm64", "aarch64", False)):
-            files = _files(client, "multi/locked",
+            files = layer_files(client, "multi/locked",
                            client.manifest("multi/locked", tag, platform)[1])
             assert _site_module(files, "mls_native") == f"MACHINE = {cpu!r}\n".encode()
             assert (_site_module(files, "mls_amd") is not None) is amd_only

@@ -1,11 +1,16 @@
-"""The one runtime-image test every build path must pass (Docker, Buildah, Kaniko)."""
+"""The one runtime-image test every build path must pass (Docker, Buildah, Kaniko), and
+what a pushed image holds."""
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import subprocess
+import tarfile
 from pathlib import Path
+
+from mlflow_steps.image.client import RegistryClient
 
 EXAMPLE_IMPORTS = ("sklearn", "mlflow", "boto3")
 EXAMPLE_LOCKED = ("scikit-learn", "mlflow-skinny")
@@ -74,3 +79,17 @@ def scan_pushed_image(reference: str, destination: Path, needles: list[str]) -> 
             data = gzip.decompress(data)
         found += [needle for needle in needles if needle.encode() in data]
     return found
+
+
+def layer_files(client: RegistryClient, repository: str, manifest: dict) -> dict[str, bytes]:
+    """The regular files of the image's own layers (past its one-layer base's) → their
+    bytes."""
+    files: dict[str, bytes] = {}
+    for layer in manifest["layers"][1:]:
+        data = client.blob(repository, layer["digest"], 1 << 30)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for member in tar:
+                if member.isfile():
+                    handle = tar.extractfile(member)
+                    files[member.name] = handle.read() if handle else b""
+    return files

@@ -29,6 +29,14 @@ GLIBC_LIBRARIES = ("ld-linux-x86-64.so.2", "libdl.so.2", "libgcc_s.so.1", "libm.
                    "libutil.so.1")
 
 
+# What Debian's python3.11 (the test channel's conda `python`: interpreter and lib-dynload)
+# links beside glibc, as its base image has them
+SYSTEM_LIBRARIES = ("libbz2.so.1.0", "libcrypt.so.1", "libcrypto.so.3", "libdb-5.3.so",
+                    "libexpat.so.1", "libffi.so.8", "liblzma.so.5", "libncursesw.so.6",
+                    "libnsl.so.2", "libpanelw.so.6", "libreadline.so.8", "libsqlite3.so.0",
+                    "libssl.so.3", "libtinfo.so.6", "libtirpc.so.3", "libuuid.so.1")
+
+
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n"
 
 
@@ -104,7 +112,8 @@ def _base_entries(architecture: str) -> list[Entry]:
     """The synthetic base's files for ``architecture`` (its glibc directory and loader)."""
     triplet, loader = {"amd64": ("x86_64-linux-gnu", "ld-linux-x86-64.so.2"),
                        "arm64": ("aarch64-linux-gnu", "ld-linux-aarch64.so.1")}[architecture]
-    libraries = [loader, *(name for name in GLIBC_LIBRARIES if not name.startswith("ld-"))]
+    libraries = [loader, *(name for name in GLIBC_LIBRARIES if not name.startswith("ld-")),
+                 *SYSTEM_LIBRARIES]
     return [Entry("etc", "dir"), Entry("etc/passwd", "file", data=PASSWD.encode(), mode=0o644),
             Entry("etc/group", "file", data=GROUP.encode(), mode=0o644),
             Entry("usr", "dir"), Entry("usr/bin", "dir"),

@@ -8,6 +8,7 @@ configuration (alias, credentials) stays on the builder: never in a layer, a log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -44,6 +45,7 @@ from mlflow_steps.core.cache import (
 )
 from mlflow_steps.core.deadline import Deadline
 from mlflow_steps.core.errors import StepError
+from mlflow_steps.core.interrupt import private_directory
 from mlflow_steps.core.rattler import run_rattler
 from mlflow_steps.core.redaction import redact
 from mlflow_steps.core.retry import (
@@ -129,12 +131,17 @@ def cache_dir(environ: Mapping[str, str]) -> Path:
 
 def solve(install: EnvironmentInstall, channels: CondaChannels, cache: Path,
           platform: str = DEFAULT_PLATFORMS[0]) -> list[dict[str, Any]]:
-    """The packages of the conda.yaml's conda part, solved for ``platform``."""
-    return run_rattler("solve", {"channels": list(install.conda_channels or DEFAULT_CHANNELS),
-                                 "subdir": conda_subdir(platform),
-                                 "specs": list(install.conda_dependencies),
-                                 "alias": channels.alias, "cache": str(cache / "repodata")},
-                       source=install.source or "conda.yaml", secrets=[channels.alias])
+    """The packages of the conda.yaml's conda part, solved for ``platform``. rattler's
+    repodata cache records the channel URLs: an alias with credentials gets a private cache
+    of this solve only (removed after it), so they are not left on disk."""
+    with contextlib.ExitStack() as stack:
+        repodata = cache / "repodata" if _public_url(channels.alias) == channels.alias else \
+            stack.enter_context(private_directory("mlflow-steps-repodata-"))
+        return run_rattler("solve", {
+            "channels": list(install.conda_channels or DEFAULT_CHANNELS),
+            "subdir": conda_subdir(platform), "specs": list(install.conda_dependencies),
+            "alias": channels.alias, "cache": str(repodata)},
+            source=install.source or "conda.yaml", secrets=[channels.alias])
 
 
 def _archive_name(record: Mapping[str, Any]) -> str:
