@@ -122,18 +122,23 @@ def test_the_example_for_two_platforms_trains_on_arm64_under_qemu(
 
 
 def test_a_conda_environment_for_two_platforms_has_each_platforms_packages(
-        docker_engine, registry, multiarch_base, no_engine, tmp_path: Path) -> None:
+        docker_engine, registry, multiarch_base, no_engine, mlflow_server,
+        tmp_path: Path) -> None:
     """rattler solves and installs the conda packages for linux-64 and for linux-aarch64,
-    uv the pip part for each CPU; the engine runs the amd64 image, qemu-user the arm64 one's
-    conda python, each with its own CPU's compiled extension; each image records its own."""
+    uv the pip part for each CPU; the engine runs the amd64 image (the runtime image
+    contract, the runtime step logging a model), qemu-user the arm64 one's conda python,
+    each with its own CPU's compiled extension; each image records its own."""
     from devstack import arm64_python_debs
     from support.conda_channel import build_channel
+    from support.image_checks import check_runtime_image
+    from support.runtime_env import PLAIN_MODEL_JOB, run_step
 
     channel = build_channel(arm64_debs=arm64_python_debs())
     codeset = tmp_path / "codeset"
     codeset.mkdir()
-    (codeset / "MLproject").write_text("conda_env: conda.yaml\nentry_points:\n  main:\n"
-                                       "    command: python train.py\n")
+    (codeset / "MLproject").write_text("name: conda-two\nconda_env: conda.yaml\n"
+                                       "entry_points:\n  main:\n    command: python train.py\n")
+    (codeset / "train.py").write_text(PLAIN_MODEL_JOB)
     (codeset / "conda.yaml").write_text(yaml.safe_dump({
         "channels": ["conda-forge"],
         "dependencies": ["python=3.11", "pip", "six=1.17", "markupsafe", "probe-data",
@@ -146,14 +151,23 @@ def test_a_conda_environment_for_two_platforms_has_each_platforms_packages(
     reference = made.stdout.strip()
     probe = ("import platform, sys, six, idna, markupsafe._speedups as speedups; print(platform."
              "machine(), sys.prefix, sys.version.split()[0], six.__version__, speedups.__file__)")
+    labels = check_runtime_image(docker_engine, reference, ("six", "markupsafe", "mlflow"),
+                                 ("idna", "mlflow-skinny"))
+    assert labels["io.mlflow-steps.strategy"] == "conda"
+    # the runtime user reads conda-meta and every package's files (root's, 0644)
     amd64 = docker_engine.cli("run", "--rm", "--network", "none", reference, "sh", "-c",
-                              f"python -c '{probe}' && probe-data", timeout=600,
-                              check=False)
+                              f"python -c '{probe}' && probe-data && stat -c '%a %u %g' "
+                              "/opt/env/conda-meta/*.json /opt/env/share/probe-data/probe.txt "
+                              "| sort -u", timeout=600, check=False)
     assert amd64.returncode == 0, amd64.stderr[-2000:]
     assert amd64.stdout.split() == [
         "x86_64", "/opt/env", "3.11.2", "1.17.0",
         "/opt/env/lib/python3.11/site-packages/markupsafe/_speedups.cpython-311-x86_64-linux-"
-        "gnu.so", "probe", "data"]
+        "gnu.so", "probe", "data", "644", "0", "0"]
+    run = run_step(docker_engine, reference, codeset, tmp_path / "results",
+                   f"MLFLOW_TRACKING_URI={mlflow_server.url}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "/models/m-" in (tmp_path / "results" / "model-url").read_text()
 
     client = RegistryClient(registry.address)
     _, manifest = client.manifest("arm64/conda", reference.rsplit(":", 1)[1], "linux/arm64")

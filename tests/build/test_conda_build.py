@@ -333,19 +333,6 @@ def test_conda_image_builds_trains_and_skips(docker_engine, registry, base_image
     assert again.stdout.strip() == reference
 
 
-LOCKED_JOB = """\
-import os, tempfile, mlflow, markupsafe, six
-with mlflow.start_run():  # a model without numpy (not in this lock): an MLmodel of its own
-    mlflow.log_param("six", six.__version__)
-    model = mlflow.initialize_logged_model(name="model")
-    with tempfile.TemporaryDirectory() as directory:
-        with open(os.path.join(directory, "MLmodel"), "w") as handle:
-            handle.write("artifact_path: model\\nflavors: {}\\n")
-        mlflow.MlflowClient().log_model_artifacts(model.model_id, directory)
-    mlflow.finalize_logged_model(model.model_id, "READY")
-"""
-
-
 def test_pixi_lock_image_has_exactly_the_locked_packages(docker_engine, registry, base_image,
                                                           conda_channel, mlflow_server,
                                                           tmp_path: Path) -> None:
@@ -353,7 +340,7 @@ def test_pixi_lock_image_has_exactly_the_locked_packages(docker_engine, registry
     install), its PyPI package at its locked URL; trained; skipped the second time."""
     import mlflow
     from support.conda_channel import IDNA, write_pixi_lock
-    from support.runtime_env import run_step
+    from support.runtime_env import PLAIN_MODEL_JOB, run_step
 
     codeset = tmp_path / "cs"
     codeset.mkdir()
@@ -362,7 +349,7 @@ def test_pixi_lock_image_has_exactly_the_locked_packages(docker_engine, registry
                               pypi=(IDNA,))
     (codeset / "MLproject").write_text(MLPROJECT.replace("conda_env: conda.yaml\n", ""))
     (codeset / "pixi.toml").write_text(PIXI_TOML)
-    (codeset / "train.py").write_text(LOCKED_JOB)
+    (codeset / "train.py").write_text(PLAIN_MODEL_JOB)
     env = {**docker_engine.env(), "FUSEML_REGISTRY": registry.address,
            "FUSEML_BASE_IMAGE": base_image, "FUSEML_BUILDER": "docker"}
     first = run_cli("build", str(codeset), env=env)

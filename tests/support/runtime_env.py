@@ -10,6 +10,19 @@ from pathlib import Path
 from support.helpers import EXAMPLE, write_codeset
 
 VENV_BIN = str(Path(sys.executable).parent)
+PLAIN_MODEL_JOB = """\
+# logs six's version, a model without numpy: a conda environment with just six, markupsafe
+# and what the tooling adds
+import os, tempfile, mlflow, markupsafe, six
+with mlflow.start_run():  # a model without numpy (not in this lock): an MLmodel of its own
+    mlflow.log_param("six", six.__version__)
+    model = mlflow.initialize_logged_model(name="model")
+    with tempfile.TemporaryDirectory() as directory:
+        with open(os.path.join(directory, "MLmodel"), "w") as handle:
+            handle.write("artifact_path: model\\nflavors: {}\\n")
+        mlflow.MlflowClient().log_model_artifacts(model.model_id, directory)
+    mlflow.finalize_logged_model(model.model_id, "READY")
+"""
 SCRIPT_PROJECT = """\
 name: scripted
 python_env: python_env.yaml
