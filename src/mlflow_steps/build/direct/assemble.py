@@ -25,7 +25,8 @@ from packaging.utils import canonicalize_name
 from mlflow_steps.build.direct import NotApplicable
 from mlflow_steps.build.direct.base_image import BaseFacts
 from mlflow_steps.build.direct.cuda import CUDA_LABEL, runtime_environment
-from mlflow_steps.build.direct.install import StagedEnv, write_record
+from mlflow_steps.build.direct.install import StagedEnv
+from mlflow_steps.build.direct.record import write_record
 from mlflow_steps.build.fuseml import OWN_LAYER_MB
 from mlflow_steps.build.image_plan import TOOLING_DIST, ImagePlan, RuntimeUser
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH

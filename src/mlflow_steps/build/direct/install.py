@@ -1,5 +1,6 @@
 """Install the environment into a staging tree as it will be in the image (/opt/env), for the
-base's platform, with uv and no build of any source distribution; then make the tree
+base's platform, with uv and no build of any source distribution (a conda environment's
+conda packages first, by rattler: ``conda_env``); then make the tree
 position-independent of the staging path (interpreter, scripts, bytecode, recorded URLs) and
 check it needs nothing the base lacks. Any doubt raises NotApplicable.
 
@@ -22,16 +23,15 @@ from pathlib import Path
 
 from mlflow_steps.build.direct import NotApplicable
 from mlflow_steps.build.direct.base_image import BaseFacts
+from mlflow_steps.build.direct.conda_env import install_conda_packages
 from mlflow_steps.build.direct.cuda import cuda_version, host_provided
 from mlflow_steps.build.direct.elf import Libraries, environment_libraries
 from mlflow_steps.build.direct.installed import (
     distributions,
-    sbom_json,
     unmet_requirements,
 )
 from mlflow_steps.build.image_plan import (
     CONDA_STRATEGIES,
-    TOOLING_DIST,
     ImagePlan,
     record_hash,
     write_tooling_wheel,
@@ -61,7 +61,7 @@ _KEPT = ("PATH", "LANG", "LANGUAGE", "TZ")
 class StagedEnv:
     """The staged environment: ``root`` holds opt/env, still run by ``python`` here (the
     image's interpreter and pyvenv.cfg are ``overrides``); its bytecode is compiled layer by
-    layer (``compile_bytecode``), its record written by ``write_record``."""
+    layer (``compile_bytecode``), its record written by ``record.write_record``."""
 
     plan: ImagePlan
     root: Path
@@ -200,7 +200,8 @@ def stage(plan: ImagePlan, base: BaseFacts, pip: BuildPipConfig, environ: dict[s
     prefix = root / plan.env_prefix.lstrip("/")
     conda_python = None
     if install.strategy in CONDA_STRATEGIES:
-        conda_python = _stage_conda(plan, prefix, base.platform, environ, conda_channel_alias)
+        conda_python = install_conda_packages(plan, prefix, base.platform, environ,
+                                              conda_channel_alias)
     stager = Stager(install.python, base, pip, environ, work, no_cache, conda_python)
     python = stager.python
     inputs = work / "inputs"
@@ -244,23 +245,6 @@ def stage(plan: ImagePlan, base: BaseFacts, pip: BuildPipConfig, environ: dict[s
     return StagedEnv(plan, root, prefix, site, python, build, stager, inputs, frozen, work,
                      overrides, bundled, environment_libraries(prefix), base.libraries,
                      (str(work),), cuda_version(installed), conda=bool(conda_python))
-
-
-def _stage_conda(plan: ImagePlan, prefix: Path, platform: str, environ: dict[str, str],
-                 alias: str | None) -> str:
-    """Install the plan's conda packages for ``platform`` into ``prefix`` as the image's
-    env prefix (rattler: nothing of them runs); the version of their ``python``."""
-    from mlflow_steps.build.conda_install import (  # only conda environments load rattler
-        CondaChannels,
-        stage_environment,
-    )
-
-    records = stage_environment(plan.install, prefix, plan.env_prefix,
-                                CondaChannels.collect(environ, alias), environ, platform)
-    python = next((record for record in records if record.get("name") == "python"), None)
-    if python is None:
-        raise NotApplicable("its conda packages include no python")
-    return str(python["version"])
 
 
 def check_files(staged: StagedEnv, paths: list[Path]) -> dict[str, str]:
@@ -308,58 +292,6 @@ def _strip_tests(site: Path) -> None:
     for tests in sorted(site.rglob("tests"), key=lambda p: len(p.parts)):
         if tests.is_dir() and not tests.is_symlink() and tests.exists():
             shutil.rmtree(tests)
-
-
-def write_record(staged: StagedEnv) -> Path:
-    """The plan's record files: the env files, lock.txt and sbom.cdx.json (the conda
-    packages first, if any), pylock.toml, as the Dockerfile path records them; the record
-    directory."""
-    stager, files = staged.stager, staged.plan.record
-    record = staged.root / files.directory.lstrip("/")
-    staged.plan.install.write(staged.root / files.env_dir.lstrip("/"), files.env_dir,
-                              mkdir_parents=True)
-    lock, sbom = (staged.root / path.lstrip("/") for path in (files.lock, files.sbom))
-    sbom.write_text(sbom_json(distributions(staged.site_packages), SOURCE_DATE_EPOCH))
-    frozen = staged.work / "installed.txt"
-    frozen.write_text(staged.frozen)
-    # the PEP 751 lock is the environment's, for any machine: not the step tooling's wheel,
-    # nor what conda installed
-    environment = staged.work / "environment.txt"
-    compile_installed = [stager.uv, "pip", "compile", "--quiet", "--no-header", "--no-deps",
-                         "--python", stager.python, *stager.targeted()]
-    if staged.conda:
-        from mlflow_steps.build import conda_record  # only conda environments need them
-        from mlflow_steps.build.conda_install import write_conda_record
-
-        write_conda_record(staged.prefix, staged.work / "conda-record")
-        conda_record.merge(staged.work / "conda-record", frozen, lock, sbom, environment,
-                           staged.prefix)
-        pylock = stager.run([*compile_installed, "--format", "pylock.toml", str(environment)],
-                            "writing the pip-installed packages as pylock.toml",
-                            fallback=False)
-        texts = {files.lock: lock.read_text(), files.pylock: pylock}
-    else:
-        environment.write_text("".join(
-            line for line in staged.frozen.splitlines(keepends=True)
-            if not line.lower().startswith(f"{TOOLING_DIST} @")))
-        with interrupt.ThreadPool(max_workers=1) as other:  # both ask the index: side by side
-            pylock_job = other.submit(
-                stager.run, [*compile_installed, "--format", "pylock.toml", str(environment)],
-                "writing the installed packages as pylock.toml", fallback=False)
-            hashed = stager.run([*compile_installed, "--no-annotate", "--generate-hashes",
-                                 str(frozen)], "hashing the installed packages",
-                                fallback=False)
-        texts = {files.lock: hashed, files.pylock: pylock_job.result()}
-    frozen.unlink()
-    environment.unlink()
-    for path, text in texts.items():
-        (staged.root / path.lstrip("/")).write_text(text.replace(str(staged.inputs),
-                                                                 files.directory))
-    problem = leaked_paths(staged.root, [p for p in record.rglob("*") if p.is_file()],
-                           staged.staging_paths)
-    if problem:
-        raise NotApplicable(problem)
-    return record
 
 
 def _relocate_direct_urls(prefix: Path, inputs: str, record_dir: str) -> None:
