@@ -18,6 +18,7 @@ import pytest
 import yaml
 from multiarch_base import push_multiarch_base
 from support.helpers import EXAMPLE
+from support.image_checks import layer_files
 from support.synthetic_base import build
 
 from mlflow_steps.image.client import RegistryClient
@@ -194,3 +195,72 @@ def test_a_conda_environment_for_two_platforms_has_each_platforms_packages(
     tooling = _in_arm64_root(root, "/opt/env/bin/python", "/opt/mlflow-steps/bin/mlflow-steps",
                              "--version")
     assert tooling.returncode == 0, tooling.stderr[-2000:]
+
+
+def test_conda_and_pixi_locks_give_each_platform_its_locked_packages(
+        registry, multiarch_base, no_engine, tmp_path: Path) -> None:
+    """A conda-lock.yml locked for linux-64 and linux-aarch64 builds both images, each
+    with exactly its subdir's packages (the lock's URLs); a pixi.lock is read per platform
+    too; a lock without one of the platforms is refused with one line."""
+    from devstack import arm64_python_debs
+    from support.conda_channel import (
+        IDNA,
+        build_channel,
+        conda_lock_yaml,
+        solve,
+        write_pixi_lock,
+    )
+    from support.helpers import run_cli
+
+    channel = build_channel(arm64_debs=arm64_python_debs())
+    specs = ["python=3.11", "pip", "six==1.16.0", "markupsafe"]
+    records = {subdir: solve(channel, specs, platforms=(subdir, "noarch"))
+               for subdir in ("linux-64", "linux-aarch64")}
+    codeset = tmp_path / "locked"
+    codeset.mkdir()
+    (codeset / "MLproject").write_text("name: locked\nentry_points:\n  main:\n"
+                                       "    command: python -c 'import six'\n")
+    (codeset / "conda-lock.yml").write_text(conda_lock_yaml(records))
+    made = build(codeset, registry, multiarch_base, "arm64/conda-lock", "--platform",
+                 "linux/amd64,linux/arm64", env=no_engine)
+    assert made.returncode == 0, made.stderr[-3000:]
+    client = RegistryClient(registry.address)
+    tag = made.stdout.strip().rsplit(":", 1)[1]
+    for platform, subdir, cpu in (("linux/amd64", "linux-64", "x86_64"),
+                                  ("linux/arm64", "linux-aarch64", "aarch64")):
+        _, manifest = client.manifest("arm64/conda-lock", tag, platform)
+        files = layer_files(client, "arm64/conda-lock", manifest)
+        metas = [json.loads(data) for name, data in files.items()
+                 if name.startswith("opt/env/conda-meta/") and name.endswith(".json")]
+        assert sorted(meta["url"] for meta in metas) == sorted(r["url"] for r in records[subdir])
+        assert {meta["subdir"] for meta in metas} == {subdir, "noarch"}
+        [speedups] = [data for name, data in files.items() if "_speedups.cpython" in name]
+        assert ELF_MACHINES[speedups[18:20]] == cpu, platform
+
+    pixi = tmp_path / "pixi"
+    pixi.mkdir()
+    (pixi / "MLproject").write_text("name: pixi\nentry_points:\n  main:\n"
+                                    "    command: python -c 'import six'\n")
+    (pixi / "pixi.toml").write_text(
+        '[workspace]\nname = "p"\nchannels = ["conda-forge"]\n'
+        'platforms = ["linux-64", "linux-aarch64"]\n[dependencies]\npython = "3.11.*"\n'
+        'six = "==1.16.0"\nmarkupsafe = "*"\n[pypi-dependencies]\nidna = "==3.7"\n')
+    write_pixi_lock(channel, specs, pixi / "pixi.lock", pypi=(IDNA,),
+                    platforms=("linux-64", "linux-aarch64"))
+    explained = run_cli("hash", str(pixi), "--explain", "--platform", "linux/amd64,linux/arm64",
+                        env=no_engine)
+    assert explained.returncode == 0, explained.stderr
+    spec = json.loads(explained.stdout.split("\n", 1)[1].rsplit("\n", 2)[0])
+    by_platform = spec["locked"]["conda_by_platform"]
+    assert {p: {r["url"].split("/")[-2] for r in rs} for p, rs in by_platform.items()} == {
+        "linux/amd64": {"linux-64", "noarch"}, "linux/arm64": {"linux-aarch64", "noarch"}}
+    assert {p: [r["name"] for r in rs] for p, rs in spec["locked"]["pip_by_platform"].items()
+            } == {"linux/amd64": ["idna"], "linux/arm64": ["idna"]}
+
+    (codeset / "conda-lock.yml").write_text(conda_lock_yaml({"linux-64": records["linux-64"]}))
+    refused = run_cli("hash", str(codeset), "--platform", "linux/amd64,linux/arm64",
+                      env=no_engine)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "mlflow-steps: error: conda-lock.yml: package: no linux-aarch64 conda packages; lock "
+        "for linux-aarch64")

@@ -17,6 +17,7 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packaging.pylock import Pylock
 from packaging.utils import canonicalize_name
+from support.conda_channel import conda_lock_yaml
 from support.helpers import EXAMPLE, run_cli
 from support.image_checks import check_runtime_image, layer_files
 from support.synthetic_base import build
@@ -39,18 +40,6 @@ TOKEN = "chan-tok-" + os.urandom(6).hex()
 def conda_yaml(*pip: str, packages: list[str] = CONDA_PACKAGES) -> str:
     dependencies: list = [*packages, {"pip": list(pip)}] if pip else list(packages)
     return yaml.safe_dump({"channels": ["conda-forge"], "dependencies": dependencies})
-
-
-def lock_yaml(records: list[dict]) -> str:
-    """A conda-lock v1 lockfile of ``records`` (as conda-lock writes it)."""
-    packages = [{"name": r["name"], "version": r["version"], "manager": "conda",
-                 "platform": "linux-64", "dependencies": {}, "url": r["url"],
-                 "hash": {"md5": r["md5"], "sha256": r["sha256"]}, "category": "main",
-                 "optional": False} for r in records]
-    return yaml.safe_dump({"version": 1, "metadata": {
-        "content_hash": {"linux-64": "0" * 64}, "channels": [{"url": "conda-forge",
-                                                             "used_env_vars": []}],
-        "platforms": ["linux-64"], "sources": ["environment.yml"]}, "package": packages})
 
 
 def staged(codeset_files: dict[str, str], tmp_path: Path, channel) -> tuple[Path, str]:
@@ -88,14 +77,15 @@ def test_conda_lock_installs_exactly_the_locked_packages(conda_channel, tmp_path
     from support.conda_channel import solve
 
     records = solve(conda_channel, ["python=3.11", "six==1.16.0"])
-    out, tag = staged({"conda-lock.yml": lock_yaml(records)}, tmp_path, conda_channel)
+    out, tag = staged({"conda-lock.yml": conda_lock_yaml({"linux-64": records})}, tmp_path,
+                      conda_channel)
     metas = [json.loads(p.read_text()) for p in (out / "conda-env/conda-meta").glob("*.json")]
     assert {(m["name"], m["version"]) for m in metas} >= {("six", "1.16.0")}
     assert {m["sha256"] for m in metas} == {r["sha256"] for r in records}
     # The tag is the locked packages with their hashes: another hash, another tag.
     changed = [dict(r, sha256="0" * 64) if r["name"] == "six" else r for r in records]
     codeset = tmp_path / "cs"
-    (codeset / "conda-lock.yml").write_text(lock_yaml(changed))
+    (codeset / "conda-lock.yml").write_text(conda_lock_yaml({"linux-64": changed}))
     _, spec = resolve_env(codeset, BuildOptions())
     assert env_tag(spec) != tag
     with pytest.raises(StepError, match=r"six-1\.16\.0-.*: downloaded file does not match its "

@@ -305,6 +305,18 @@ def solve(channel: LocalChannel | None, specs: list[str], *,
         return run_rattler(_SOLVE_CODE, payload)
 
 
+def conda_lock_yaml(records: dict[str, list[dict]]) -> str:
+    """A conda-lock v1 lockfile (as conda-lock writes it) of each conda subdir's ``records``."""
+    packages = [{"name": r["name"], "version": r["version"], "manager": "conda",
+                 "platform": subdir, "dependencies": {}, "url": r["url"],
+                 "hash": {"md5": r["md5"], "sha256": r["sha256"]}, "category": "main",
+                 "optional": False} for subdir, solved in records.items() for r in solved]
+    return yaml.safe_dump({"version": 1, "metadata": {
+        "content_hash": {subdir: "0" * 64 for subdir in records},
+        "channels": [{"url": "conda-forge", "used_env_vars": []}],
+        "platforms": list(records), "sources": ["environment.yml"]}, "package": packages})
+
+
 # a PyPI wheel for locks' PyPI part: name, version, URL, sha256
 IDNA = ("idna", "3.7", "https://files.pythonhosted.org/packages/e5/3e/"
         "741d8c82801c347547f8a2a06aa57dbb1992be9e948df2ea0eda2c8b79e8/idna-3.7-py3-none-any.whl",
@@ -313,30 +325,34 @@ _PIXI_LOCK_CODE = _CHANNELS_CODE + """
 from rattler import LockChannel, LockFile, LockPlatform, solve
 async def main(payload):
     channels, gateway, client = _sources(payload)
-    records = await solve(channels, payload["specs"], gateway=gateway,
-                          platforms=["linux-64", "noarch"])
-    platform = LockPlatform(payload["platform"])
-    lock = LockFile([platform])
+    platforms = [LockPlatform(name) for name in payload["platforms"]]
+    lock = LockFile(platforms)
     lock.set_channels("default", [LockChannel("https://conda.anaconda.org/conda-forge/")])
-    for record in records:
-        lock.add_conda_package("default", platform, record)
-    for name, version, url, _ in payload["pypi"]:
-        lock.add_pypi_package("default", platform, name, version, url)
+    solved = []
+    for platform in platforms:
+        records = await solve(channels, payload["specs"], gateway=gateway,
+                              platforms=[platform.name, "noarch"])
+        for record in records:
+            lock.add_conda_package("default", platform, record)
+        for name, version, url, _ in payload["pypi"]:
+            lock.add_pypi_package("default", platform, name, version, url)
+        solved += [_record(r) for r in records]
     lock.to_path(payload["out"])
-    return [_record(r) for r in records]
+    return solved
 """
 
 
 def write_pixi_lock(channel: LocalChannel, specs: list[str], out: Path, *,
                     pypi: tuple[tuple[str, str, str, str], ...] = (),
-                    platform: str = "linux-64") -> list[dict]:
+                    platforms: tuple[str, ...] = ("linux-64",)) -> list[dict]:
     """A pixi.lock (rattler's lock format, as pixi writes it) of ``specs`` solved against
-    ``channel`` for ``platform``, with PyPI packages ``(name, version, url, sha256)`` (their
-    sha256 added as pixi records it); returns the conda records."""
+    ``channel`` for each of ``platforms`` (conda subdirs), with PyPI packages ``(name,
+    version, url, sha256)`` (their sha256 added as pixi records it); returns the conda
+    records, platform after platform."""
     with tempfile.TemporaryDirectory(prefix="rattler-cache-") as cache:
         records = run_rattler(_PIXI_LOCK_CODE, {
             "specs": list(specs), "channels": [CHANNEL_NAME], "alias": channel.alias_url,
-            "repodata_cache": str(Path(cache) / "repodata"), "platform": platform,
+            "repodata_cache": str(Path(cache) / "repodata"), "platforms": list(platforms),
             "pypi": [list(p) for p in pypi], "out": str(out)})
     lock = yaml.safe_load(out.read_text())
     hashes = {url: sha256 for _, _, url, sha256 in pypi}

@@ -103,16 +103,22 @@ class EnvironmentInstall:
     # several platforms: each one's locked packages (``for_platform`` picks them)
     locked_pip_by_platform: Mapping[str, tuple[Mapping[str, str], ...]] = field(
         default_factory=dict)
+    locked_conda_by_platform: Mapping[str, tuple[Mapping[str, str], ...]] = field(
+        default_factory=dict)
     own_layers: tuple[tuple[str, ...], ...] = OWN_LAYERS
 
     def for_platform(self, platform: str) -> EnvironmentInstall:
-        """What is installed for ``platform``: the lock's selection for its CPU, and the
-        constraints it puts on what is added to it."""
+        """What is installed for ``platform``: the lock's selection for its CPU (conda
+        packages: its subdir's), and the constraints a pip lock puts on what is added to
+        it."""
         if platform not in self.locked_pip_by_platform:
             return self
         locked = self.locked_pip_by_platform[platform]
-        return replace(self, locked_pip=locked, constraints=lock_constraints(locked),
-                       locked_pip_by_platform={})
+        constraints = lock_constraints(locked) if self.strategy == "pip" else self.constraints
+        return replace(self, locked_pip=locked, constraints=constraints,
+                       locked_conda=self.locked_conda_by_platform.get(platform,
+                                                                      self.locked_conda),
+                       locked_pip_by_platform={}, locked_conda_by_platform={})
 
     @property
     def locked(self) -> bool:
@@ -257,7 +263,8 @@ def image_plan(spec: EnvSpec) -> ImagePlan:
         build_requirements=spec.build_requirements, conda_channels=spec.conda_channels,
         conda_dependencies=spec.conda_dependencies, locked_conda=spec.locked_conda,
         locked_pip=spec.locked_pip,
-        locked_pip_by_platform=MappingProxyType(dict(spec.locked_pip_by_platform)))
+        locked_pip_by_platform=MappingProxyType(dict(spec.locked_pip_by_platform)),
+        locked_conda_by_platform=MappingProxyType(dict(spec.locked_conda_by_platform)))
     record = RecordFiles()
     labels = {"org.opencontainers.image.title": "mlflow-steps runtime",
               "org.opencontainers.image.version": tag,

@@ -10,8 +10,8 @@ from mlflow_steps.core.bounded import quoted, relative_name
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.yaml_file import load_yaml_mapping, require_str_list, written_text
 from mlflow_steps.env.requirements import RequirementsParser, reject_credentials, yaml_lines
+from mlflow_steps.image.platforms import DEFAULT_PLATFORMS, conda_subdir
 
-LOCK_PLATFORM = "linux-64"
 PIP_ONLY_PACKAGES = {"python", "pip"}
 _EXACT_PYTHON = re.compile(r"^=?=?\s*(\d+\.\d+)(\.\d+)?(\.\*)?$")
 _CONDA_ADVICE = ("configure them with conda config (.condarc) or CONDA_* variables at build "
@@ -40,7 +40,7 @@ class CondaEnv:
 
 @dataclass
 class LockedEnv:
-    """The linux-64 packages of a conda-lock lockfile."""
+    """The packages a conda-lock or pixi lockfile locks for one platform."""
 
     conda: list[dict[str, str]] = field(default_factory=list)
     pip: list[dict[str, str]] = field(default_factory=list)
@@ -160,8 +160,11 @@ def _mapping_spec(item: dict, *, source: str, field: str) -> StepError:
                      "'name=version', not 'name: version')", source=source, field=field)
 
 
-def parse_conda_lock(codeset: Path, path: Path) -> LockedEnv:
-    """Read a conda-lock lockfile with conda-lock's own model; keep linux-64 packages."""
+def parse_conda_lock(codeset: Path, path: Path, platform: str = DEFAULT_PLATFORMS[0]
+                     ) -> LockedEnv:
+    """Read a conda-lock lockfile with conda-lock's own model; keep the image ``platform``'s
+    packages (its conda subdir's)."""
+    subdir = conda_subdir(platform)
     # conda-lock loads only for conda environments
     from conda_lock.lockfile import parse_conda_lock_file
 
@@ -179,7 +182,7 @@ def parse_conda_lock(codeset: Path, path: Path) -> LockedEnv:
         raise StepError(f"not a valid conda-lock lockfile ({first})", source=name) from None
     env = LockedEnv()
     for package in lockfile.package:
-        if package.platform != LOCK_PLATFORM:
+        if package.platform != subdir:
             continue
         entry = {"name": package.name, "version": package.version, "url": package.url,
                  **{k: v for k, v in package.hash.model_dump().items() if v}}
@@ -187,7 +190,7 @@ def parse_conda_lock(codeset: Path, path: Path) -> LockedEnv:
         if package.name == "python" and package.manager == "conda":
             env.python_version = package.version
     if not env.conda:
-        raise StepError(f"no {LOCK_PLATFORM} conda packages; lock for {LOCK_PLATFORM}",
+        raise StepError(f"no {subdir} conda packages; lock for {subdir}",
                         source=name, field="package")
     env.conda.sort(key=lambda e: (e["name"], e["url"]))
     env.pip.sort(key=lambda e: (e["name"], e["url"]))

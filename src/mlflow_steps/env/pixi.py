@@ -1,8 +1,9 @@
 """pixi projects: ``pixi.lock`` beside ``pixi.toml`` (or a ``pyproject.toml`` with
 ``[tool.pixi]``). The lock is read by rattler (pixi's own lock library, in its child process):
-the conda and PyPI packages its default environment locks for linux-64, hash-checked like a
-conda-lock's. pixi is not needed: the manifest's linux-64 dependencies are checked against
-the lock, so a manifest changed since ``pixi lock`` is refused."""
+the conda and PyPI packages its default environment locks for the image's platform (its
+conda subdir: linux-64, linux-aarch64), hash-checked like a conda-lock's. pixi is not needed:
+the manifest's dependencies for that platform are checked against the lock, so a manifest
+changed since ``pixi lock`` is refused."""
 
 from __future__ import annotations
 
@@ -20,8 +21,13 @@ from packaging.version import InvalidVersion
 from mlflow_steps.core.bounded import quoted, read_env_text, relative_name
 from mlflow_steps.core.errors import StepError
 from mlflow_steps.core.rattler import run_rattler
-from mlflow_steps.env.conda import LOCK_PLATFORM, LockedEnv
-from mlflow_steps.image.platforms import DEFAULT_PLATFORMS, environment_markers, machine
+from mlflow_steps.env.conda import LockedEnv
+from mlflow_steps.image.platforms import (
+    DEFAULT_PLATFORMS,
+    conda_subdir,
+    environment_markers,
+    machine,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,20 +51,21 @@ def pixi_manifest(codeset: Path) -> Path | None:
     return None
 
 
-def read_pixi_lock(codeset: Path, path: Path, environment: str = DEFAULT_ENVIRONMENT
-                   ) -> LockedEnv:
-    """The linux-64 packages ``path``'s ``environment`` locks, once the manifest's
-    dependencies are found among them."""
+def read_pixi_lock(codeset: Path, path: Path, environment: str = DEFAULT_ENVIRONMENT,
+                   platform: str = DEFAULT_PLATFORMS[0]) -> LockedEnv:
+    """The packages ``path``'s ``environment`` locks for the image ``platform``, once the
+    manifest's dependencies for it are found among them."""
+    subdir = conda_subdir(platform)
     source = relative_name(codeset, path)
     manifest = pixi_manifest(codeset)
     if manifest is None:
         raise StepError(f"{PIXI_LOCK} without {PIXI_MANIFEST} (or a {PYPROJECT} with "
                         f"[tool.pixi]): the lock cannot be checked; add the manifest",
                         source=source)
-    conda_specs, pypi_requirements = _manifest_dependencies(codeset, manifest)
+    conda_specs, pypi_requirements = _manifest_dependencies(codeset, manifest, subdir)
     read_env_text(codeset, path)  # confined, bounded, text
     answer = run_rattler("read_lock", {"path": str(path), "environment": environment,
-                                       "platform": LOCK_PLATFORM,
+                                       "platform": subdir,
                                        "specs": [spec for _, spec in conda_specs]},
                          source=source, action="reading it")
     if "platforms" not in answer:
@@ -66,8 +73,8 @@ def read_pixi_lock(codeset: Path, path: Path, environment: str = DEFAULT_ENVIRON
                         f"{', '.join(answer['environments']) or 'none'})", source=source,
                         field="environments")
     if "conda" not in answer or not answer["conda"]:
-        raise StepError(f"no {LOCK_PLATFORM} packages (locked for: "
-                        f"{', '.join(answer['platforms']) or 'none'}); add {LOCK_PLATFORM} to "
+        raise StepError(f"no {subdir} packages (locked for: "
+                        f"{', '.join(answer['platforms']) or 'none'}); add {subdir} to "
                         f"the workspace's platforms and {RELOCK}", source=source,
                         field=f"environments.{environment}.packages")
     fields = {spec: field for field, spec in conda_specs}
@@ -84,7 +91,7 @@ def read_pixi_lock(codeset: Path, path: Path, environment: str = DEFAULT_ENVIRON
         entry = _pypi_entry(codeset, package, source)
         if entry is not None:
             env.pip.append(entry)
-    _check_pypi(pypi_requirements, env, manifest.name, source)
+    _check_pypi(pypi_requirements, env, manifest.name, source, platform)
     env.conda.sort(key=lambda e: (e["name"], e["url"]))
     env.pip.sort(key=lambda e: (e["name"], e["url"]))
     return env
@@ -98,18 +105,18 @@ def _toml(codeset: Path, path: Path) -> dict[str, Any]:
         raise StepError(f"not valid TOML ({exc})", source=source) from None
 
 
-def _manifest_dependencies(codeset: Path, manifest: Path
+def _manifest_dependencies(codeset: Path, manifest: Path, subdir: str
                            ) -> tuple[list[tuple[str, str]], list[tuple[str, Requirement]]]:
     """(field, conda match spec) and (field, PyPI requirement) the manifest asks for on
-    linux-64: its dependencies and the linux-64 target's, its pypi-dependencies, and a
-    pyproject's [project] dependencies."""
+    ``subdir``: its dependencies and that target's, its pypi-dependencies, and a pyproject's
+    [project] dependencies."""
     data = _toml(codeset, manifest)
     pixi, prefix = (data, "") if manifest.name == PIXI_MANIFEST else (
         data["tool"]["pixi"], "tool.pixi.")
     conda: list[tuple[str, str]] = []
     pypi: list[tuple[str, Requirement]] = []
-    for table, field in ((pixi, prefix), (pixi.get("target", {}).get(LOCK_PLATFORM, {}),
-                                          f"{prefix}target.{LOCK_PLATFORM}.")):
+    for table, field in ((pixi, prefix), (pixi.get("target", {}).get(subdir, {}),
+                                          f"{prefix}target.{subdir}.")):
         for name, value in (table.get("dependencies") or {}).items():
             conda.append((f"{field}dependencies.{name}", _conda_spec(name, value)))
         for name, value in (table.get("pypi-dependencies") or {}).items():
@@ -166,12 +173,11 @@ def _pypi_entry(codeset: Path, package: dict[str, Any], source: str) -> dict[str
 
 
 def _check_pypi(requirements: list[tuple[str, Requirement]], env: LockedEnv,
-                manifest: str, source: str) -> None:
-    """Each PyPI requirement that applies on the image is met by a locked package (PyPI's,
-    or conda's of the same name, as pixi maps them)."""
+                manifest: str, source: str, platform: str) -> None:
+    """Each PyPI requirement that applies on the image (``platform``) is met by a locked
+    package (PyPI's, or conda's of the same name, as pixi maps them)."""
     minor = ".".join(env.python_version.split(".")[:2]) if env.python_version else None
-    marker_env = (environment_markers(f"{minor}.0", machine(DEFAULT_PLATFORMS[0])) if minor
-                  else None)
+    marker_env = environment_markers(f"{minor}.0", machine(platform)) if minor else None
     versions = {canonicalize_name(p["name"]): p["version"] for p in env.conda + env.pip}
     for field, requirement in requirements:
         marker: Marker | None = requirement.marker

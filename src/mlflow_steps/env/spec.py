@@ -70,10 +70,11 @@ class EnvSpec:
     pip: dict[str, Any] = field(default_factory=dict)
     build_requirements: tuple[str, ...] = ()
     added_requirements: tuple[str, ...] = ()
-    locked_conda: tuple[dict[str, str], ...] = ()
+    locked_conda: tuple[dict[str, str], ...] = ()  # for the first platform
     locked_pip: tuple[dict[str, str], ...] = ()  # for the first platform
-    # several platforms: each one's (a lock selects per CPU: markers, wheels)
+    # several platforms: each one's (a lock selects per CPU: markers, wheels, conda subdir)
     locked_pip_by_platform: tuple[tuple[str, tuple[dict[str, str], ...]], ...] = ()
+    locked_conda_by_platform: tuple[tuple[str, tuple[dict[str, str], ...]], ...] = ()
     build_index_urls: tuple[str, ...] = ()
     platforms: tuple[str, ...] = DEFAULT_PLATFORMS
     local_files: dict[str, Path] = field(default_factory=dict, compare=False)
@@ -94,7 +95,10 @@ class EnvSpec:
             "locked": {"conda": list(self.locked_conda), "pip": list(self.locked_pip),
                        **({"pip_by_platform": {platform: list(packages) for platform, packages
                                                in self.locked_pip_by_platform}}
-                          if self.locked_pip_by_platform else {})},
+                          if self.locked_pip_by_platform else {}),
+                       **({"conda_by_platform": {platform: list(packages) for platform, packages
+                                                 in self.locked_conda_by_platform}}
+                          if self.locked_conda_by_platform else {})},
             "build_index_urls": list(self.build_index_urls),
             "platforms": list(self.platforms),
             "template_version": template_version,
@@ -182,15 +186,12 @@ def resolve_env(codeset: Path, options: BuildOptions,
 
 def _check_foreign_platforms(spec: EnvSpec, options: BuildOptions) -> None:
     """One line when the environment cannot be built for ``options.platforms`` (only the
-    direct builder targets another CPU: it installs PyPI environments selected for each
-    platform, a lock's too, and conda environments solved for each: not pins resolved for
-    linux/amd64, nor conda packages locked for linux-64)."""
-    why = ("its conda packages are locked for linux-64" if spec.strategy == "conda-lock"
-           else "--resolve pins for linux/amd64" if options.resolve else None)
-    if why:
+    direct builder targets another CPU: it installs PyPI and conda environments selected,
+    solved or locked for each platform: not pins resolved for linux/amd64)."""
+    if options.resolve:
         raise StepError(f"{', '.join(options.platforms)}: {spec.source or 'the environment'} "
-                        f"cannot be built for them ({why}); build it for linux/amd64 or use "
-                        f"a requirements.txt, python_env.yaml or conda.yaml environment",
+                        f"cannot be built for them (--resolve pins for linux/amd64); build it "
+                        f"for linux/amd64, or lock it for each platform",
                         source="input", field="platform")
 
 
@@ -214,14 +215,26 @@ def _spec(codeset: Path, project: Project, options: BuildOptions,
         raise StepError(f"a pixi.lock installs one of its environments; name one, not "
                         f"{len(groups)}", source="input", field="dependency_groups")
     if kind in ("conda-lock", "pixi-lock"):
-        locked = (parse_conda_lock(codeset, env_file) if kind == "conda-lock"
-                  else read_pixi_lock(codeset, env_file, *groups))
+        assert env_file is not None
+        locks = {platform: parse_conda_lock(codeset, env_file, platform)
+                 if kind == "conda-lock" else
+                 read_pixi_lock(codeset, env_file, *groups, platform=platform)
+                 for platform in options.platforms}
+        first = locks[options.platforms[0]]
+        several = len(locks) > 1
         return EnvSpec(
-            strategy="conda-lock", source=source, python=locked.python_version,
+            strategy="conda-lock", source=source, python=first.python_version,
             base_image=_conda_base(options, project.docker_image),
-            locked_conda=tuple(locked.conda), locked_pip=tuple(locked.pip),
-            added_requirements=(ADDED_MLFLOW, ADDED_S3)
-            if not {p["name"] for p in locked.conda + locked.pip} & MLFLOW_NAMES
+            locked_conda=tuple(first.conda), locked_pip=tuple(first.pip),
+            locked_conda_by_platform=tuple((platform, tuple(lock.conda))
+                                           for platform, lock in locks.items()) if several
+            else (),
+            locked_pip_by_platform=tuple((platform, tuple(lock.pip))
+                                         for platform, lock in locks.items()) if several
+            else (),
+            added_requirements=(ADDED_MLFLOW, ADDED_S3)  # what one platform lacks too
+            if any(not {p["name"] for p in lock.conda + lock.pip} & MLFLOW_NAMES
+                   for lock in locks.values())
             else (ADDED_S3,), **common,
         )
     if kind in ("pylock", "uv-lock"):
