@@ -200,8 +200,9 @@ def test_a_conda_environment_for_two_platforms_has_each_platforms_packages(
 def test_conda_and_pixi_locks_give_each_platform_its_locked_packages(
         registry, multiarch_base, no_engine, tmp_path: Path) -> None:
     """A conda-lock.yml locked for linux-64 and linux-aarch64 builds both images, each
-    with exactly its subdir's packages (the lock's URLs); a pixi.lock is read per platform
-    too; a lock without one of the platforms is refused with one line."""
+    with exactly its subdir's packages (the lock's URLs), the same digests when rebuilt
+    from nothing; a pixi.lock is read per platform too; a lock without one of the platforms
+    is refused with one line."""
     from devstack import arm64_python_debs
     from support.conda_channel import (
         IDNA,
@@ -222,8 +223,9 @@ def test_conda_and_pixi_locks_give_each_platform_its_locked_packages(
                                        "    command: python -c 'import six'\n")
     (codeset / "conda-lock.yml").write_text(conda_lock_yaml(records))
     made = build(codeset, registry, multiarch_base, "arm64/conda-lock", "--platform",
-                 "linux/amd64,linux/arm64", env=no_engine)
+                 "linux/amd64,linux/arm64", "--check-reproducible", env=no_engine)
     assert made.returncode == 0, made.stderr[-3000:]
+    assert "reproducible: the second build gave the same digest" in made.stderr
     client = RegistryClient(registry.address)
     tag = made.stdout.strip().rsplit(":", 1)[1]
     for platform, subdir, cpu in (("linux/amd64", "linux-64", "x86_64"),

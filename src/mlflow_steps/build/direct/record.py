@@ -8,10 +8,11 @@ from pathlib import Path
 
 from mlflow_steps.build.direct import NotApplicable
 from mlflow_steps.build.direct.conda_env import write_conda_lock
-from mlflow_steps.build.direct.install import StagedEnv, leaked_paths
+from mlflow_steps.build.direct.install import StagedEnv, Stager, leaked_paths
 from mlflow_steps.build.direct.installed import distributions, sbom_json
 from mlflow_steps.build.image_plan import TOOLING_DIST
 from mlflow_steps.core import interrupt
+from mlflow_steps.core.errors import StepError
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
 
 
@@ -30,25 +31,21 @@ def write_record(staged: StagedEnv) -> Path:
     # the PEP 751 lock is the environment's, for any machine: not the step tooling's wheel,
     # nor what conda installed
     environment = staged.work / "environment.txt"
-    compile_installed = [stager.uv, "pip", "compile", "--quiet", "--no-header", "--no-deps",
-                         "--python", stager.python, *stager.targeted()]
     if staged.conda:
         write_conda_lock(staged.prefix, staged.work, frozen, lock, sbom, environment)
-        pylock = stager.run([*compile_installed, "--format", "pylock.toml", str(environment)],
-                            "writing the pip-installed packages as pylock.toml",
-                            fallback=False)
+        pylock = _compile_installed(stager, ["--format", "pylock.toml", str(environment)],
+                                    "writing the pip-installed packages as pylock.toml")
         texts = {files.lock: lock.read_text(), files.pylock: pylock}
     else:
         environment.write_text("".join(
             line for line in staged.frozen.splitlines(keepends=True)
             if not line.lower().startswith(f"{TOOLING_DIST} @")))
-        with interrupt.ThreadPool(max_workers=1) as other:  # both ask the index: side by side
+        with interrupt.ThreadPool(max_workers=1) as other:  # both may ask the index
             pylock_job = other.submit(
-                stager.run, [*compile_installed, "--format", "pylock.toml", str(environment)],
-                "writing the installed packages as pylock.toml", fallback=False)
-            hashed = stager.run([*compile_installed, "--no-annotate", "--generate-hashes",
-                                 str(frozen)], "hashing the installed packages",
-                                fallback=False)
+                _compile_installed, stager, ["--format", "pylock.toml", str(environment)],
+                "writing the installed packages as pylock.toml")
+            hashed = _compile_installed(stager, ["--no-annotate", "--generate-hashes",
+                                                 str(frozen)], "hashing the installed packages")
         texts = {files.lock: hashed, files.pylock: pylock_job.result()}
     frozen.unlink()
     environment.unlink()
@@ -60,3 +57,16 @@ def write_record(staged: StagedEnv) -> Path:
     if problem:
         raise NotApplicable(problem)
     return record
+
+
+def _compile_installed(stager: Stager, arguments: list[str], what: str) -> str:
+    """``uv pip compile`` of installed pins for the image: from uv's cache first, that is the
+    index pages the install resolved with (what was installed, hashes as published then; no
+    round trip, and no index that has changed since, or serves another page, to disagree),
+    else from the index."""
+    command = [stager.uv, "pip", "compile", "--quiet", "--no-header", "--no-deps", "--python",
+               stager.python, *stager.targeted()]
+    try:
+        return stager.run([*command, "--offline", *arguments], what, fallback=False)
+    except StepError:  # not all in the cache (a package cache of its own, pruned meanwhile)
+        return stager.run([*command, *arguments], what, fallback=False)
