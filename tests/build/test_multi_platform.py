@@ -23,13 +23,15 @@ BOTH = "linux/amd64,linux/arm64"
 
 def _index_with_native_wheels(root: Path, aarch64: bool = True) -> Path:
     """A PEP 503 index of mls-native 1.0: a wheel for x86_64 and (``aarch64``) one for
-    aarch64, each saying which it is; and mls-amd 1.0, for x86_64 only."""
+    aarch64, each saying which it is (and a module the same in both); and mls-amd 1.0, for
+    x86_64 only."""
     machines = ("x86_64", "aarch64") if aarch64 else ("x86_64",)
     for name, cpus in (("mls_native", machines), ("mls_amd", ("x86_64",))):
         project = root / "simple" / name.replace("_", "-")
         project.mkdir(parents=True)
         wheels = [make_wheel(project, name, "1.0", {
-            f"{name}.py": f"MACHINE = {cpu!r}\n".encode()},
+            f"{name}.py": f"MACHINE = {cpu!r}\n".encode(),
+            f"{name}_common.py": b"COMMON = 'the same for every CPU'\n"},
             tag=f"cp311-cp311-manylinux_2_17_{cpu}") for cpu in cpus]
         (project / "index.html").write_text("".join(
             f'<a href="{w.name}#sha256={hashlib.sha256(w.read_bytes()).hexdigest()}">'
@@ -65,6 +67,8 @@ def test_two_platforms_give_one_index_of_native_images(registry, no_engine, code
             assert config["architecture"] == platform.split("/")[1]
             files = layer_files(client, "multi/env", manifest)
             assert _site_module(files, "mls_native") == f"MACHINE = {machine!r}\n".encode()
+            assert any(name.endswith("__pycache__/mls_native_common.cpython-311.pyc")
+                       for name in files)
             wheel = next(data for name, data in files.items()
                          if name.endswith("mls_native-1.0.dist-info/WHEEL"))
             assert f"manylinux_2_17_{machine}".encode() in wheel
@@ -111,7 +115,10 @@ def test_two_platforms_give_one_index_of_native_images(registry, no_engine, code
         assert f"reproducible: the second build gave the same digest ({digest})" in again.stderr
         assert client.served("multi/again", tag)[0] == digest  # same input, same digests
 
-        arm = build(project, registry, base, "multi/arm", "--platform", "linux/arm64", env=env)
+        # arm64 alone, every layer made anew (a layer cache of its own): the same layers,
+        # so the bytecode the index's arm64 image took from its amd64 twin is exact
+        arm = build(project, registry, base, "multi/arm", "--platform", "linux/arm64",
+                    env={**env, "MLFLOW_STEPS_CACHE": str(tmp_path / "arm-cache")})
         assert arm.returncode == 0, arm.stderr[-3000:]
         arm_tag = arm.stdout.strip().rsplit(":", 1)[1]
         _, arm_manifest = client.served("multi/arm", arm_tag)

@@ -24,6 +24,7 @@ from packaging.utils import canonicalize_name
 
 from mlflow_steps.build.direct import NotApplicable
 from mlflow_steps.build.direct.base_image import BaseFacts
+from mlflow_steps.build.direct.bytecode import pyc_path
 from mlflow_steps.build.direct.cuda import CUDA_LABEL, runtime_environment
 from mlflow_steps.build.direct.install import StagedEnv
 from mlflow_steps.build.direct.record import write_record
@@ -160,10 +161,8 @@ def _bucket(dist: str) -> str:
 
 def with_bytecode(staged: StagedEnv, plan: LayerPlan, sources: frozenset[Path]) -> LayerPlan:
     """``plan`` and the pycs compiled for its ``sources`` (with their __pycache__ dirs)."""
-    tag = staged.python_build.split()[-1]  # sys.implementation.cache_tag
     pycs = {pyc for source in sources if not source.is_symlink()
-            for pyc in [source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"]
-            if pyc.is_file()}
+            for pyc in [pyc_path(staged, source)] if pyc.is_file()}
     known = {entry.name for entry in plan.entries}
     added = tuple(entry for entry in _with_parents(staged.root, pycs, staged.overrides)
                   if entry.name not in known)

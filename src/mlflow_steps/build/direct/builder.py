@@ -20,7 +20,8 @@ from mlflow_steps.build.direct.assemble import (
     with_bytecode,
 )
 from mlflow_steps.build.direct.base_image import BaseFacts, facts_summary, layer_file, load_base
-from mlflow_steps.build.direct.install import StagedEnv, check_files, compile_bytecode, stage
+from mlflow_steps.build.direct.bytecode import SharedBytecode, compile_bytecode
+from mlflow_steps.build.direct.install import StagedEnv, check_files, stage
 from mlflow_steps.build.engines.engine import Backend, BuildRequest
 from mlflow_steps.core.cache import cache_root
 from mlflow_steps.core.interrupt import ThreadPool, private_directory
@@ -68,6 +69,7 @@ class DirectBackend(Backend):
         progress = Progress(quiet=request.quiet, environ=self.environ)
         destination = request.destination
         several = len(request.platforms) > 1
+        bytecode = SharedBytecode()  # a platform's pycs are another's too
         with private_directory("direct-", scratch) as work, \
                 ThreadPool(max_workers=os.cpu_count() or 2) as pool:
             # Every platform staged and checked before the first push: a NotApplicable (or
@@ -77,7 +79,8 @@ class DirectBackend(Backend):
                 prepared = list(stagers.map(
                     lambda platform: self._prepare(request, platform, cache,
                                                    work / architecture(platform), pool,
-                                                   progress, started), request.platforms))
+                                                   progress, started, bytecode),
+                    request.platforms))
             made = self._make_layers(prepared, pool, progress)
             pushed = [(one.platform, self._push(one, request, made, started,
                                                 None if several else destination.tag))
@@ -89,7 +92,8 @@ class DirectBackend(Backend):
             f" (an index of {', '.join(request.platforms)})" if several else ""), started)
 
     def _prepare(self, request: BuildRequest, platform: str, cache: Path, work: Path,
-                 pool: ThreadPool, progress: Progress, started: float) -> _Prepared:
+                 pool: ThreadPool, progress: Progress, started: float,
+                 bytecode: SharedBytecode) -> _Prepared:
         """Stage the environment for ``platform`` and decide its layers (each checked, or
         one made before): nothing is pushed."""
         assert request.plan is not None and request.pip is not None
@@ -114,7 +118,7 @@ class DirectBackend(Backend):
         jobs.append(LayerJob(user_layer(base, plan.user)))
         known = None if request.no_cache else LayerCache(cache / "layers")
         maker = _LayerMaker(staged, work, known, request.compression, client,
-                            request.destination.repository)
+                            request.destination.repository, bytecode)
         decided = list(pool.map(maker.decide, jobs))
         jobs.append(LayerJob(record.result()))
         decided.append(maker.decide(jobs[-1]))
@@ -126,16 +130,17 @@ class DirectBackend(Backend):
     def _make_layers(prepared: list[_Prepared], pool: ThreadPool,
                      progress: Progress) -> dict[str, tuple[Blob, str]]:
         """Make and push every platform's layers not made before, each once (a layer two
-        platforms share: a pure-Python package's, the tooling's), the largest first (by
-        bytes: a CUDA library's layer is a few huge files), so no large layer starts last
-        while the other workers sit idle; cache key → (blob, diff_id)."""
+        platforms share: a pure-Python package's, the tooling's), platform after platform
+        (a later platform's layers take the bytecode an earlier one compiled), each one's
+        largest first (by bytes: a CUDA library's layer is a few huge files), so no large
+        layer starts last while the other workers sit idle; cache key → (blob, diff_id)."""
         todo: dict[str, tuple[_Prepared, int]] = {}
         for one in prepared:
             for index, (key, reused) in enumerate(one.decided):
                 if reused is None:
                     todo.setdefault(key, (one, index))
         sizes = {key: _file_bytes(one.jobs[index].plan) for key, (one, index) in todo.items()}
-        order = sorted(todo, key=lambda key: -sizes[key])
+        order = sorted(todo, key=lambda key: (prepared.index(todo[key][0]), -sizes[key]))
 
         def make(key: str) -> tuple[Blob, str]:
             one, index = todo[key]
@@ -205,8 +210,9 @@ class _LayerMaker:
     write the tar, compress it."""
 
     def __init__(self, staged: StagedEnv, work: Path, known: LayerCache | None,
-                 compression: str, client: RegistryClient, repository: str) -> None:
-        self.staged, self.work, self.known = staged, work, known
+                 compression: str, client: RegistryClient, repository: str,
+                 bytecode: SharedBytecode) -> None:
+        self.staged, self.work, self.known, self.bytecode = staged, work, known, bytecode
         self.compression, self.client, self.repository = compression, client, repository
         self.on_demand_unmet: dict[str, str] = {}  # library -> the plugin needing it
 
@@ -242,7 +248,7 @@ class _LayerMaker:
         bytes counted in ``compressing`` and ``pushing``."""
         plan = job.plan
         if job.sources:
-            compile_bytecode(self.staged, sorted(job.sources), self.work)
+            compile_bytecode(self.staged, sorted(job.sources), self.work, self.bytecode)
             plan = with_bytecode(self.staged, plan, job.sources)
             compressing.grow(_file_bytes(plan) - _file_bytes(job.plan))  # the pycs
         layer = write_layer(plan.entries, self.work / f"layer-{index}", SOURCE_DATE_EPOCH,

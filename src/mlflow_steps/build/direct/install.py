@@ -17,7 +17,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -61,7 +60,7 @@ _KEPT = ("PATH", "LANG", "LANGUAGE", "TZ")
 class StagedEnv:
     """The staged environment: ``root`` holds opt/env, still run by ``python`` here (the
     image's interpreter and pyvenv.cfg are ``overrides``); its bytecode is compiled layer by
-    layer (``compile_bytecode``), its record written by ``record.write_record``."""
+    layer (``bytecode.compile_bytecode``), its record written by ``record.write_record``."""
 
     plan: ImagePlan
     root: Path
@@ -305,23 +304,6 @@ def _relocate_direct_urls(prefix: Path, inputs: str, record_dir: str) -> None:
         _replace(record, "".join(
             f"{entry}{record_hash(data)},{len(data)}\n" if line.startswith(entry) else line
             for line in record.read_text().splitlines(keepends=True)).encode())
-
-
-def compile_bytecode(staged: StagedEnv, sources: list[Path], work: Path) -> None:
-    """Bytecode of ``sources`` as the image's interpreter would write it (unchecked-hash
-    pycs, recording /opt/env paths)."""
-    listing = work / f"compile-{os.getpid()}-{id(sources)}.txt"
-    listing.write_text("".join(f"{path}\n" for path in sources))
-    result = interrupt.run(  # this machine's interpreter, without site: nothing is run
-        [staged.python, "-S", "-m", "compileall", "-q", "--invalidation-mode",
-         "unchecked-hash", "-s", str(staged.prefix), "-p", staged.plan.env_prefix, "-i",
-         str(listing)],
-        text=True, env=staged.stager.scrubbed, cwd=staged.work)
-    listing.unlink()
-    if result.returncode != 0:  # a file that is not Python 3 (a package's template, ...)
-        lines = [x for x in result.stdout.splitlines() if x.strip()]
-        print(f"[direct] bytecode: {len(lines)} line(s) from compileall, e.g. "
-              f"{lines[0][:200] if lines else result.stderr[-200:]}", file=sys.stderr)
 
 
 def _image_interpreter(root: Path, prefix: Path, stager: Stager) -> dict[str, Entry]:
