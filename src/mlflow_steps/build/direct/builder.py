@@ -69,7 +69,7 @@ class DirectBackend(Backend):
         progress = Progress(quiet=request.quiet, environ=self.environ)
         destination = request.destination
         several = len(request.platforms) > 1
-        bytecode = SharedBytecode()  # a platform's pycs are another's too
+        bytecode = SharedBytecode() if several else None  # a platform's pycs: another's too
         with private_directory("direct-", scratch) as work, \
                 ThreadPool(max_workers=os.cpu_count() or 2) as pool:
             # Every platform staged and checked before the first push: a NotApplicable (or
@@ -93,7 +93,7 @@ class DirectBackend(Backend):
 
     def _prepare(self, request: BuildRequest, platform: str, cache: Path, work: Path,
                  pool: ThreadPool, progress: Progress, started: float,
-                 bytecode: SharedBytecode) -> _Prepared:
+                 bytecode: SharedBytecode | None) -> _Prepared:
         """Stage the environment for ``platform`` and decide its layers (each checked, or
         one made before): nothing is pushed."""
         assert request.plan is not None and request.pip is not None
@@ -211,7 +211,7 @@ class _LayerMaker:
 
     def __init__(self, staged: StagedEnv, work: Path, known: LayerCache | None,
                  compression: str, client: RegistryClient, repository: str,
-                 bytecode: SharedBytecode) -> None:
+                 bytecode: SharedBytecode | None) -> None:
         self.staged, self.work, self.known, self.bytecode = staged, work, known, bytecode
         self.compression, self.client, self.repository = compression, client, repository
         self.on_demand_unmet: dict[str, str] = {}  # library -> the plugin needing it

@@ -40,23 +40,29 @@ def pyc_path(staged: StagedEnv, source: Path) -> Path:
 
 def compile_bytecode(staged: StagedEnv, sources: list[Path], work: Path,
                      shared: SharedBytecode | None = None) -> None:
-    """Bytecode of ``sources``: taken from ``shared`` where another platform compiled the same
-    source for the same path, else compiled (and added to ``shared``)."""
+    """Bytecode of ``sources``: taken from ``shared`` (a build of several platforms) where
+    another platform compiled the same source for the same path, else compiled (and added to
+    ``shared``)."""
+    if shared is None:
+        _compileall(staged, sources, work)
+        return
     todo: dict[Path, tuple[str, str, str]] = {}
     for source in sources:
         key = (staged.python_build, source.relative_to(staged.root).as_posix(),
                hashlib.sha256(source.read_bytes()).hexdigest())
-        known = shared.get(key) if shared and not source.is_symlink() else None
+        known = None if source.is_symlink() else shared.get(key)
         if known is None:
             todo[source] = key
             continue
         target = pyc_path(staged, source)
         target.parent.mkdir(exist_ok=True)
-        os.link(known, target)  # both in this build's work directory
+        linked = target.with_name(target.name + ".shared")  # over a pyc a package shipped
+        os.link(known, linked)  # both in this build's work directory
+        os.replace(linked, target)
     if todo:
         _compileall(staged, list(todo), work)
     for source, key in todo.items():
-        if shared and (pyc := pyc_path(staged, source)).is_file():
+        if (pyc := pyc_path(staged, source)).is_file():
             shared.add(key, pyc)
 
 
