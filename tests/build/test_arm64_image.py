@@ -24,6 +24,7 @@ from support.synthetic_base import build
 from mlflow_steps.image.client import RegistryClient
 
 QEMU = shutil.which("qemu-aarch64-static") or "/usr/bin/qemu-aarch64-static"
+BOTH = "linux/amd64,linux/arm64"
 ELF_MACHINES = {b"\x3e\x00": "x86_64", b"\xb7\x00": "aarch64"}  # e_machine, little-endian
 
 
@@ -34,8 +35,18 @@ def multiarch_base(registry, base_image, tmp_path_factory) -> str:
                                tmp_path_factory.mktemp("multiarch") / "base")
 
 
-def _elf_machine(path: Path) -> str:
-    return ELF_MACHINES[path.read_bytes()[18:20]]
+@pytest.fixture(scope="module")
+def arm64_channel():
+    """The test conda channel with its linux-aarch64 packages too."""
+    from devstack import arm64_python_debs
+    from support.conda_channel import build_channel
+
+    return build_channel(arm64_debs=arm64_python_debs())
+
+
+def _elf_machine(data: bytes) -> str:
+    """The CPU an ELF file's bytes are for."""
+    return ELF_MACHINES[data[18:20]]
 
 
 @contextlib.contextmanager
@@ -83,8 +94,8 @@ def test_the_example_for_two_platforms_trains_on_arm64_under_qemu(
         tmp_path: Path) -> None:
     import mlflow
     client = RegistryClient(registry.address)
-    made = build(EXAMPLE, registry, multiarch_base, "arm64/example", "--platform",
-                 "linux/amd64,linux/arm64", env=no_engine)
+    made = build(EXAMPLE, registry, multiarch_base, "arm64/example", "--platform", BOTH,
+                 env=no_engine)
     assert made.returncode == 0, made.stderr[-3000:]
     reference = made.stdout.strip()
     tag = reference.rsplit(":", 1)[1]
@@ -123,18 +134,15 @@ def test_the_example_for_two_platforms_trains_on_arm64_under_qemu(
 
 
 def test_a_conda_environment_for_two_platforms_has_each_platforms_packages(
-        docker_engine, registry, multiarch_base, no_engine, mlflow_server,
+        docker_engine, registry, multiarch_base, arm64_channel, no_engine, mlflow_server,
         tmp_path: Path) -> None:
     """rattler solves and installs the conda packages for linux-64 and for linux-aarch64,
     uv the pip part for each CPU; the engine runs the amd64 image (the runtime image
     contract, the runtime step logging a model), qemu-user the arm64 one's conda python,
     each with its own CPU's compiled extension; each image records its own."""
-    from devstack import arm64_python_debs
-    from support.conda_channel import build_channel
     from support.image_checks import check_runtime_image
     from support.runtime_env import PLAIN_MODEL_JOB, run_step
 
-    channel = build_channel(arm64_debs=arm64_python_debs())
     codeset = tmp_path / "codeset"
     codeset.mkdir()
     (codeset / "MLproject").write_text("name: conda-two\nconda_env: conda.yaml\n"
@@ -144,9 +152,8 @@ def test_a_conda_environment_for_two_platforms_has_each_platforms_packages(
         "channels": ["conda-forge"],
         "dependencies": ["python=3.11", "pip", "six=1.17", "markupsafe", "probe-data",
                          {"pip": ["idna==3.7"]}]}))
-    env = {**no_engine, "CONDA_CHANNEL_ALIAS": channel.alias_url}
-    made = build(codeset, registry, multiarch_base, "arm64/conda", "--platform",
-                 "linux/amd64,linux/arm64", env=env)
+    env = {**no_engine, "CONDA_CHANNEL_ALIAS": arm64_channel.alias_url}
+    made = build(codeset, registry, multiarch_base, "arm64/conda", "--platform", BOTH, env=env)
     assert made.returncode == 0, made.stderr[-3000:]
     assert "direct builder does not apply" not in made.stderr
     reference = made.stdout.strip()
@@ -174,9 +181,9 @@ def test_a_conda_environment_for_two_platforms_has_each_platforms_packages(
     _, manifest = client.manifest("arm64/conda", reference.rsplit(":", 1)[1], "linux/arm64")
     root = tmp_path / "arm64-root"
     _unpack(client, "arm64/conda", manifest, root)
-    assert _elf_machine(root / "opt/env/bin/python3.11") == "aarch64"
-    metas = {json.loads(path.read_text())["name"]: json.loads(path.read_text())
-             for path in (root / "opt/env/conda-meta").glob("*.json")}
+    assert _elf_machine((root / "opt/env/bin/python3.11").read_bytes()) == "aarch64"
+    metas = {meta["name"]: meta for meta in (
+        json.loads(path.read_text()) for path in (root / "opt/env/conda-meta").glob("*.json"))}
     assert {metas[name]["subdir"] for name in ("python", "markupsafe", "python_abi")} == {
         "linux-aarch64"}
     lock = (root / "opt/mlflow-steps-build/lock.txt").read_text()
@@ -198,32 +205,24 @@ def test_a_conda_environment_for_two_platforms_has_each_platforms_packages(
 
 
 def test_conda_and_pixi_locks_give_each_platform_its_locked_packages(
-        registry, multiarch_base, no_engine, tmp_path: Path) -> None:
+        registry, multiarch_base, arm64_channel, no_engine, tmp_path: Path) -> None:
     """A conda-lock.yml locked for linux-64 and linux-aarch64 builds both images, each
     with exactly its subdir's packages (the lock's URLs), the same digests when rebuilt
     from nothing; a pixi.lock is read per platform too; a lock without one of the platforms
     is refused with one line."""
-    from devstack import arm64_python_debs
-    from support.conda_channel import (
-        IDNA,
-        build_channel,
-        conda_lock_yaml,
-        solve,
-        write_pixi_lock,
-    )
+    from support.conda_channel import IDNA, conda_lock_yaml, solve, write_pixi_lock
     from support.helpers import run_cli
 
-    channel = build_channel(arm64_debs=arm64_python_debs())
     specs = ["python=3.11", "pip", "six==1.16.0", "markupsafe"]
-    records = {subdir: solve(channel, specs, platforms=(subdir, "noarch"))
+    records = {subdir: solve(arm64_channel, specs, platforms=(subdir, "noarch"))
                for subdir in ("linux-64", "linux-aarch64")}
     codeset = tmp_path / "locked"
     codeset.mkdir()
     (codeset / "MLproject").write_text("name: locked\nentry_points:\n  main:\n"
                                        "    command: python -c 'import six'\n")
     (codeset / "conda-lock.yml").write_text(conda_lock_yaml(records))
-    made = build(codeset, registry, multiarch_base, "arm64/conda-lock", "--platform",
-                 "linux/amd64,linux/arm64", "--check-reproducible", env=no_engine)
+    made = build(codeset, registry, multiarch_base, "arm64/conda-lock", "--platform", BOTH,
+                 "--check-reproducible", env=no_engine)
     assert made.returncode == 0, made.stderr[-3000:]
     assert "reproducible: the second build gave the same digest" in made.stderr
     client = RegistryClient(registry.address)
@@ -237,7 +236,7 @@ def test_conda_and_pixi_locks_give_each_platform_its_locked_packages(
         assert sorted(meta["url"] for meta in metas) == sorted(r["url"] for r in records[subdir])
         assert {meta["subdir"] for meta in metas} == {subdir, "noarch"}
         [speedups] = [data for name, data in files.items() if "_speedups.cpython" in name]
-        assert ELF_MACHINES[speedups[18:20]] == cpu, platform
+        assert _elf_machine(speedups) == cpu, platform
 
     pixi = tmp_path / "pixi"
     pixi.mkdir()
@@ -247,10 +246,9 @@ def test_conda_and_pixi_locks_give_each_platform_its_locked_packages(
         '[workspace]\nname = "p"\nchannels = ["conda-forge"]\n'
         'platforms = ["linux-64", "linux-aarch64"]\n[dependencies]\npython = "3.11.*"\n'
         'six = "==1.16.0"\nmarkupsafe = "*"\n[pypi-dependencies]\nidna = "==3.7"\n')
-    write_pixi_lock(channel, specs, pixi / "pixi.lock", pypi=(IDNA,),
+    write_pixi_lock(arm64_channel, specs, pixi / "pixi.lock", pypi=(IDNA,),
                     platforms=("linux-64", "linux-aarch64"))
-    explained = run_cli("hash", str(pixi), "--explain", "--platform", "linux/amd64,linux/arm64",
-                        env=no_engine)
+    explained = run_cli("hash", str(pixi), "--explain", "--platform", BOTH, env=no_engine)
     assert explained.returncode == 0, explained.stderr
     spec = json.loads(explained.stdout.split("\n", 1)[1].rsplit("\n", 2)[0])
     by_platform = spec["locked"]["conda_by_platform"]
@@ -260,8 +258,7 @@ def test_conda_and_pixi_locks_give_each_platform_its_locked_packages(
             } == {"linux/amd64": ["idna"], "linux/arm64": ["idna"]}
 
     (codeset / "conda-lock.yml").write_text(conda_lock_yaml({"linux-64": records["linux-64"]}))
-    refused = run_cli("hash", str(codeset), "--platform", "linux/amd64,linux/arm64",
-                      env=no_engine)
+    refused = run_cli("hash", str(codeset), "--platform", BOTH, env=no_engine)
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.strip().splitlines()[-1] == (
         "mlflow-steps: error: conda-lock.yml: package: no linux-aarch64 conda packages; lock "

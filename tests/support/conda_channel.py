@@ -103,6 +103,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from mlflow_steps.core.bounded import file_sha256
+from mlflow_steps.image.platforms import CONDA_SUBDIRS, MACHINES
 
 CACHE = (Path(os.environ.get("MLFLOW_STEPS_CACHE", Path.home() / ".cache" / "mlflow-steps"))
          / "conda-channel")
@@ -138,7 +139,7 @@ WHEELS = (
 AARCH64_WHEELS = (
     ("markupsafe==3.0.4", "849dd2bb0e5e4ab2b71c7191726a4a8d5aa8a610daa584728cbee0b710ddc4ef"),
 )
-SUBDIR_MACHINES = {"linux-64": "x86_64", "linux-aarch64": "aarch64"}
+SUBDIR_MACHINES = {subdir: MACHINES[platform] for platform, subdir in CONDA_SUBDIRS.items()}
 # CPython 3.11.2's own ensurepip wheels (Debian takes them from /usr/share/python-wheels),
 # bundled in ensurepip/_bundled so that `python -m venv` works in the environment.
 ENSUREPIP_WHEELS = (

@@ -56,7 +56,7 @@ from mlflow_steps.core.retry import (
 )
 from mlflow_steps.core.yaml_file import load_yaml_text
 from mlflow_steps.env.spec import strip_credentials
-from mlflow_steps.image.platforms import DEFAULT_PLATFORMS, conda_subdir
+from mlflow_steps.image.platforms import DEFAULT_PLATFORMS, conda_subdir, machine
 
 DEFAULT_CHANNEL_ALIAS = "https://conda.anaconda.org/"
 DEFAULT_CHANNELS = ("conda-forge",)
@@ -139,7 +139,8 @@ def solve(install: EnvironmentInstall, channels: CondaChannels, cache: Path,
             stack.enter_context(private_directory("mlflow-steps-repodata-"))
         return run_rattler("solve", {
             "channels": list(install.conda_channels or DEFAULT_CHANNELS),
-            "subdir": conda_subdir(platform), "specs": list(install.conda_dependencies),
+            "subdir": conda_subdir(platform), "cpu": machine(platform),
+            "specs": list(install.conda_dependencies),
             "alias": channels.alias, "cache": str(repodata)},
             source=install.source or "conda.yaml", secrets=[channels.alias])
 

@@ -14,14 +14,13 @@ import sys
 from typing import Any
 
 # The image's platform, described to the solver (it must not look at this machine); the
-# CPU (``__archspec``) is the conda subdir's.
+# CPU (``__archspec``) is the payload's ``cpu``.
 VIRTUAL_PACKAGES = (("__unix", "0", "0"), ("__linux", "5.10", "0"), ("__glibc", "2.36", "0"))
-ARCHSPEC = {"linux-64": "x86_64", "linux-aarch64": "aarch64"}
 
 
 async def solve(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """Solve ``specs`` against ``channels`` (names resolved through ``alias``) for the conda
-    ``subdir`` (linux-64, linux-aarch64)."""
+    ``subdir`` (linux-64, linux-aarch64) and its ``cpu`` (x86_64, aarch64)."""
     # only the child process needs rattler
     from rattler import (
         BuildString,
@@ -38,7 +37,7 @@ async def solve(payload: dict[str, Any]) -> list[dict[str, Any]]:
     subdir = payload["subdir"]
     virtual = [GenericVirtualPackage(PackageName(name), Version(version), BuildString(build))
                for name, version, build in (*VIRTUAL_PACKAGES,
-                                            ("__archspec", "1", ARCHSPEC[subdir]))]
+                                            ("__archspec", "1", payload["cpu"]))]
     records = await rattler_solve(
         [Channel(name, config) for name in payload["channels"]], payload["specs"],
         gateway=Gateway(cache_dir=payload["cache"]), platforms=[subdir, "noarch"],

@@ -135,12 +135,13 @@ class DirectBackend(Backend):
         largest first (by bytes: a CUDA library's layer is a few huge files), so no large
         layer starts last while the other workers sit idle; cache key → (blob, diff_id)."""
         todo: dict[str, tuple[_Prepared, int]] = {}
-        for one in prepared:
+        platform_of: dict[str, int] = {}  # the position of the platform that makes it
+        for position, one in enumerate(prepared):
             for index, (key, reused) in enumerate(one.decided):
-                if reused is None:
-                    todo.setdefault(key, (one, index))
+                if reused is None and key not in todo:
+                    todo[key], platform_of[key] = (one, index), position
         sizes = {key: _file_bytes(one.jobs[index].plan) for key, (one, index) in todo.items()}
-        order = sorted(todo, key=lambda key: (prepared.index(todo[key][0]), -sizes[key]))
+        order = sorted(todo, key=lambda key: (platform_of[key], -sizes[key]))
 
         def make(key: str) -> tuple[Blob, str]:
             one, index = todo[key]

@@ -46,11 +46,14 @@ def compile_bytecode(staged: StagedEnv, sources: list[Path], work: Path,
     if shared is None:
         _compileall(staged, sources, work)
         return
-    todo: dict[Path, tuple[str, str, str]] = {}
+    todo: dict[Path, tuple[str, str, str] | None] = {}
     for source in sources:
+        if source.is_symlink():  # its pyc is not in the layer (``with_bytecode``)
+            todo[source] = None
+            continue
         key = (staged.python_build, source.relative_to(staged.root).as_posix(),
                hashlib.sha256(source.read_bytes()).hexdigest())
-        known = None if source.is_symlink() else shared.get(key)
+        known = shared.get(key)
         if known is None:
             todo[source] = key
             continue
@@ -62,7 +65,7 @@ def compile_bytecode(staged: StagedEnv, sources: list[Path], work: Path,
     if todo:
         _compileall(staged, list(todo), work)
     for source, key in todo.items():
-        if (pyc := pyc_path(staged, source)).is_file():
+        if key and (pyc := pyc_path(staged, source)).is_file():
             shared.add(key, pyc)
 
 

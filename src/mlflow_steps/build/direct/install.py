@@ -78,7 +78,11 @@ class StagedEnv:
     base_libraries: frozenset[str]
     staging_paths: tuple[str, ...]  # no file may name these
     cuda: str | None = None  # the CUDA version the wheels carry: the host mounts its driver
-    conda: bool = False  # conda packages, their python the image's (conda-meta: the record)
+
+    @property
+    def conda(self) -> bool:
+        """Conda packages, their python the image's (conda-meta: part of the record)."""
+        return self.plan.install.strategy in CONDA_STRATEGIES
 
 
 def platform_tag(base: BaseFacts) -> str:
@@ -243,7 +247,7 @@ def stage(plan: ImagePlan, base: BaseFacts, pip: BuildPipConfig, environ: dict[s
     overrides = {} if conda_python else _image_interpreter(root, prefix, stager)
     return StagedEnv(plan, root, prefix, site, python, build, stager, inputs, frozen, work,
                      overrides, bundled, environment_libraries(prefix), base.libraries,
-                     (str(work),), cuda_version(installed), conda=bool(conda_python))
+                     (str(work),), cuda_version(installed))
 
 
 def check_files(staged: StagedEnv, paths: list[Path]) -> dict[str, str]:
