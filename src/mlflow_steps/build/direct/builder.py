@@ -3,11 +3,16 @@ the image, with no engine."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 from mlflow_steps.build.direct import NotApplicable
 from mlflow_steps.build.direct.assemble import (
@@ -29,7 +34,7 @@ from mlflow_steps.core.progress import Phase, Progress
 from mlflow_steps.core.terminal import escape
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
 from mlflow_steps.image.client import RegistryClient
-from mlflow_steps.image.layers import LayerCache, entries_key, write_layer
+from mlflow_steps.image.layers import Layer, LayerCache, entries_key, write_layer
 from mlflow_steps.image.platforms import architecture
 from mlflow_steps.image.push import Blob, push_index, push_manifest
 
@@ -70,18 +75,25 @@ class DirectBackend(Backend):
         destination = request.destination
         several = len(request.platforms) > 1
         bytecode = SharedBytecode() if several else None  # a platform's pycs: another's too
+        workers = os.cpu_count() or 2
         with private_directory("direct-", scratch) as work, \
-                ThreadPool(max_workers=os.cpu_count() or 2) as pool:
-            # Every platform staged and checked before the first push: a NotApplicable (or
-            # a distribution with no wheel for one platform) leaves the registry untouched.
-            # The platforms stage side by side (one's downloads beside the other's unzip).
+                ThreadPool(max_workers=workers) as pool, \
+                _LayerProduction(workers, progress) as production:
+            # The platforms' bases are read side by side, then the platforms stage in turn,
+            # in the order given (their Python work shares one interpreter lock): each one's
+            # new layers are made as soon as it is checked, while the next one stages, but
+            # none is pushed before every platform is: a NotApplicable (or a distribution
+            # with no wheel for one platform) leaves the registry untouched.
+            turns = _Turns(len(request.platforms))
             with ThreadPool(max_workers=len(request.platforms)) as stagers:
-                prepared = list(stagers.map(
-                    lambda platform: self._prepare(request, platform, cache,
-                                                   work / architecture(platform), pool,
-                                                   progress, started, bytecode),
-                    request.platforms))
-            made = self._make_layers(prepared, pool, progress)
+                futures = [stagers.submit(self._prepare, request, platform, cache,
+                                          work / architecture(platform), pool, progress,
+                                          started, bytecode, turns.turn(position))
+                           for position, platform in enumerate(request.platforms)]
+                for future in as_completed(futures):
+                    production.add(future.result())
+                prepared = [future.result() for future in futures]
+            made = production.push_all()
             pushed = [(one.platform, self._push(one, request, made, started,
                                                 None if several else destination.tag))
                       for one in prepared]
@@ -93,9 +105,10 @@ class DirectBackend(Backend):
 
     def _prepare(self, request: BuildRequest, platform: str, cache: Path, work: Path,
                  pool: ThreadPool, progress: Progress, started: float,
-                 bytecode: SharedBytecode | None) -> _Prepared:
-        """Stage the environment for ``platform`` and decide its layers (each checked, or
-        one made before): nothing is pushed."""
+                 bytecode: SharedBytecode | None,
+                 turn: contextlib.AbstractContextManager[None]) -> _Prepared:
+        """Read the base for ``platform``, then, in its ``turn``, stage the environment and
+        decide its layers (each checked, or one made before): nothing is pushed."""
         assert request.plan is not None and request.pip is not None
         plan = request.plan
         client = request.registries.client(request.destination.registry)
@@ -103,53 +116,29 @@ class DirectBackend(Backend):
         base = load_base(str(request.base_image), base_client, cache, platform)
         self._log(facts_summary(base), started)
         work.mkdir()
-        several = len(request.platforms) > 1
-        with progress.phase(f"staging {platform}" if several else "staging"):
-            staged = stage(plan, base, request.pip, self.environ, work,
-                           no_cache=request.no_cache,
-                           conda_channel_alias=request.conda_channel_alias)
-        self._log(f"environment staged for {platform} "
-                  f"{staged.stager.interpreter or 'conda python ' + staged.stager.version}",
-                  started)
-        record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
-        jobs = [LayerJob(tree_plan(staged, name, paths),
-                         frozenset(p for p in paths if p.suffix == ".py"), checked=True)
-                for name, paths in environment_groups(staged, request.own_layer_bytes)]
-        jobs.append(LayerJob(user_layer(base, plan.user)))
-        known = None if request.no_cache else LayerCache(cache / "layers")
-        maker = _LayerMaker(staged, work, known, request.compression, client,
-                            request.destination.repository, bytecode)
-        decided = list(pool.map(maker.decide, jobs))
-        jobs.append(LayerJob(record.result()))
-        decided.append(maker.decide(jobs[-1]))
-        if maker.on_demand_unmet:
-            self._log(_on_demand_line(maker.on_demand_unmet), started)
-        return _Prepared(platform, base, staged, jobs, decided, maker)
-
-    @staticmethod
-    def _make_layers(prepared: list[_Prepared], pool: ThreadPool,
-                     progress: Progress) -> dict[str, tuple[Blob, str]]:
-        """Make and push every platform's layers not made before, each once (a layer two
-        platforms share: a pure-Python package's, the tooling's), platform after platform
-        (a later platform's layers take the bytecode an earlier one compiled), each one's
-        largest first (by bytes: a CUDA library's layer is a few huge files), so no large
-        layer starts last while the other workers sit idle; cache key → (blob, diff_id)."""
-        todo: dict[str, tuple[_Prepared, int]] = {}
-        platform_of: dict[str, int] = {}  # the position of the platform that makes it
-        for position, one in enumerate(prepared):
-            for index, (key, reused) in enumerate(one.decided):
-                if reused is None and key not in todo:
-                    todo[key], platform_of[key] = (one, index), position
-        sizes = {key: _file_bytes(one.jobs[index].plan) for key, (one, index) in todo.items()}
-        order = sorted(todo, key=lambda key: (platform_of[key], -sizes[key]))
-
-        def make(key: str) -> tuple[Blob, str]:
-            one, index = todo[key]
-            return one.maker.make(one.jobs[index], index, key, compressing, pushing)
-
-        with progress.phase("compressing", sum(sizes.values())) as compressing, \
-                progress.phase("pushing", 0) as pushing:
-            return dict(zip(order, pool.map(make, order), strict=True))
+        with turn:
+            several = len(request.platforms) > 1
+            with progress.phase(f"staging {platform}" if several else "staging"):
+                staged = stage(plan, base, request.pip, self.environ, work,
+                               no_cache=request.no_cache,
+                               conda_channel_alias=request.conda_channel_alias)
+            self._log(f"environment staged for {platform} "
+                      f"{staged.stager.interpreter or 'conda python ' + staged.stager.version}",
+                      started)
+            record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
+            jobs = [LayerJob(tree_plan(staged, name, paths),
+                             frozenset(p for p in paths if p.suffix == ".py"), checked=True)
+                    for name, paths in environment_groups(staged, request.own_layer_bytes)]
+            jobs.append(LayerJob(user_layer(base, plan.user)))
+            known = None if request.no_cache else LayerCache(cache / "layers")
+            maker = _LayerMaker(staged, work, known, request.compression, client,
+                                request.destination.repository, bytecode)
+            decided = list(pool.map(maker.decide, jobs))
+            jobs.append(LayerJob(record.result()))
+            decided.append(maker.decide(jobs[-1]))
+            if maker.on_demand_unmet:
+                self._log(_on_demand_line(maker.on_demand_unmet), started)
+            return _Prepared(platform, base, staged, jobs, decided, maker)
 
     def _push(self, prepared: _Prepared, request: BuildRequest,
               made: dict[str, tuple[Blob, str]], started: float,
@@ -177,6 +166,23 @@ class DirectBackend(Backend):
         return push_manifest(client, destination.repository, tag, config,
                              base_blobs + [blob for blob, _ in layers], prepared.staged.work,
                              oci=tag is None)
+
+
+class _Turns:
+    """Turns taken in order: each one's block starts when the one before has ended (with
+    an error too)."""
+
+    def __init__(self, count: int) -> None:
+        self._ended = [threading.Event() for _ in range(count)]
+
+    @contextlib.contextmanager
+    def turn(self, position: int) -> Iterator[None]:
+        if position:
+            self._ended[position - 1].wait()
+        try:
+            yield
+        finally:
+            self._ended[position].set()
 
 
 @dataclass(frozen=True)
@@ -243,24 +249,80 @@ class _LayerMaker:
                               if e.kind != "dir"]))
         return key, None
 
-    def make(self, job: LayerJob, index: int, key: str, compressing: Phase,
-             pushing: Phase) -> tuple[Blob, str]:
-        """The layer of a ``decide``d job (``key``: its cache key), made and pushed, its
-        bytes counted in ``compressing`` and ``pushing``."""
+    def write(self, job: LayerJob, index: int, compressing: Phase) -> Layer:
+        """The layer file of a ``decide``d job: its sources compiled, its bytes counted in
+        ``compressing``; nothing is pushed."""
         plan = job.plan
         if job.sources:
             compile_bytecode(self.staged, sorted(job.sources), self.work, self.bytecode)
             plan = with_bytecode(self.staged, plan, job.sources)
             compressing.grow(_file_bytes(plan) - _file_bytes(job.plan))  # the pycs
-        layer = write_layer(plan.entries, self.work / f"layer-{index}", SOURCE_DATE_EPOCH,
-                            self.compression, compressing.advance)
-        if not self.client.has_blob(self.repository, layer.digest):  # now, not after all
+        return write_layer(plan.entries, self.work / f"layer-{index}", SOURCE_DATE_EPOCH,
+                           self.compression, compressing.advance)
+
+    def push(self, layer: Layer, name: str, key: str, pushing: Phase) -> tuple[Blob, str]:
+        """Push a ``write``n layer (``key``: its cache key) unless the registry has it, its
+        bytes counted in ``pushing``; its file removed, the cache told."""
+        if not self.client.has_blob(self.repository, layer.digest):
             pushing.grow(layer.size)
             how = self.client.push_blob(self.repository, layer.digest, layer.path,
                                         progress=pushing.advance)
-            print(f"[push] {layer.digest[:19]}: {how} ({plan.name})", file=sys.stderr,
-                  flush=True)
+            print(f"[push] {layer.digest[:19]}: {how} ({name})", file=sys.stderr, flush=True)
         layer.path.unlink()
         if self.known:
             self.known.put(key, SOURCE_DATE_EPOCH, layer, f"{self.client.host}/{self.repository}")
         return Blob(layer.descriptor()), layer.diff_id
+
+
+class _LayerProduction:
+    """The platforms' new layers, each made once (a layer two platforms share: a pure-Python
+    package's, the tooling's) as soon as its platform is checked, platform after platform (a
+    later platform's layers take the bytecode an earlier one compiled), each one's largest
+    first (by bytes: a CUDA library's layer is a few huge files, so none starts last while
+    the other workers sit idle); pushed only by ``push_all``, once every platform is
+    checked. Left by an error, the work not started is cancelled."""
+
+    def __init__(self, workers: int, progress: Progress) -> None:
+        self.progress, self.workers = progress, workers
+        self._pool = ThreadPool(max_workers=workers)
+        self._phases = contextlib.ExitStack()
+        self._compressing: Phase | None = None
+        self._written: dict[str, tuple[_Prepared, int, Future[Layer]]] = {}
+
+    def __enter__(self) -> _LayerProduction:
+        return self
+
+    def add(self, one: _Prepared) -> None:
+        """Start making ``one``'s layers not made before and not already started."""
+        new = [(key, index) for index, (key, reused) in enumerate(one.decided)
+               if reused is None and key not in self._written]
+        sizes = {key: _file_bytes(one.jobs[index].plan) for key, index in new}
+        if self._compressing is None:
+            self._compressing = self._phases.enter_context(
+                self.progress.phase("compressing", 0))
+        self._compressing.grow(sum(sizes.values()))
+        for key, index in sorted(new, key=lambda item: -sizes[item[0]]):
+            self._written[key] = (one, index, self._pool.submit(
+                one.maker.write, one.jobs[index], index, self._compressing))
+
+    def push_all(self) -> dict[str, tuple[Blob, str]]:
+        """Push every layer as it is written; cache key → (blob, diff_id)."""
+        pushing = self._phases.enter_context(self.progress.phase("pushing", 0))
+
+        def push(key: str) -> tuple[Blob, str]:
+            one, index, written = self._written[key]
+            return one.maker.push(written.result(), one.jobs[index].plan.name, key, pushing)
+
+        with ThreadPool(max_workers=self.workers) as pushers:
+            made = dict(zip(self._written, pushers.map(push, self._written), strict=True))
+        self._phases.close()
+        return made
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if exc_type is not None:
+            self._pool.cancel_pending()
+        try:
+            self._pool.__exit__(exc_type, exc, traceback)
+        finally:
+            self._phases.close()
