@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import requests
@@ -55,6 +56,10 @@ def test_two_platforms_give_one_index_of_native_images(registry, no_engine, code
                "MLFLOW_STEPS_CACHE": warm_cache(tmp_path / "cache")}
         made = build(project, registry, base, "multi/env", "--platform", BOTH, env=env)
         assert made.returncode == 0, made.stderr[-3000:]
+        # the platforms stage in turn, in the order given (the first one's layers are made
+        # while the second stages)
+        staged = re.findall(r"^\[direct\] environment staged for (\S+)", made.stderr, re.M)
+        assert staged == ["linux/amd64", "linux/arm64"], made.stderr[-3000:]
         reference = made.stdout.strip()
         tag = reference.rsplit(":", 1)[1]
         digest, index = client.served("multi/env", tag)
@@ -140,6 +145,8 @@ def test_a_distribution_without_a_wheel_for_a_platform_is_refused_before_any_pus
             assert result.returncode == 2, result.stderr[-2000:]
             line = result.stderr.strip().splitlines()[-1]
             assert "linux/arm64" in line and "mls-native" in line, line
+            # amd64 was staged and checked first: its layers were being made, not pushed
+            assert "[direct] environment staged for linux/amd64" in result.stderr
             assert "Traceback" not in result.stderr and result.stdout == ""
     # nothing pushed: the registry has no such repository (one blob would make it)
     catalog = requests.get(f"http://{registry.address}/v2/_catalog", timeout=10).json()
