@@ -113,17 +113,20 @@ def test_the_example_for_two_platforms_trains_on_arm64_under_qemu(
     shutil.copy(QEMU, root / "usr/bin/qemu-aarch64-static")
     (root / "srv/mlflow/train.py").write_bytes((EXAMPLE / "train.py").read_bytes())
 
-    probe = _in_arm64_root(root, "/opt/env/bin/python", "-c",
-                           "import platform, sklearn, numpy, mlflow; print(platform.machine(), "
-                           "numpy.__file__)")
-    assert probe.returncode == 0, probe.stderr[-2000:]
-    assert probe.stdout.split()[0] == "aarch64"
-    assert probe.stdout.split()[1].startswith("/opt/env/lib/python3.11/site-packages/numpy")
-    # the training script itself (the runtime step would start it as a child process,
-    # which needs binfmt to run an arm64 program: not registered here)
-    trained = _in_arm64_root(root, "/opt/env/bin/python", "/srv/mlflow/train.py", "--C", "0.5",
-                             "--max-iter", "100", tracking=mlflow_server.url)
+    # one arm64 interpreter (each start under qemu costs its imports again): where it runs
+    # and what it imports, then the training script itself (the runtime step would start it
+    # as a child process, which needs binfmt to run an arm64 program: not registered here)
+    trained = _in_arm64_root(
+        root, "/opt/env/bin/python", "-c",
+        "import platform, runpy, sys, numpy, sklearn, mlflow; "
+        "print(platform.machine(), numpy.__file__, flush=True); "
+        "sys.argv = ['/srv/mlflow/train.py', '--C', '0.5', '--max-iter', '100']; "
+        "runpy.run_path('/srv/mlflow/train.py', run_name='__main__')",
+        tracking=mlflow_server.url)
     assert trained.returncode == 0, trained.stderr[-3000:]
+    probe = trained.stdout.splitlines()[0].split()
+    assert probe[0] == "aarch64"
+    assert probe[1].startswith("/opt/env/lib/python3.11/site-packages/numpy")
     client = mlflow.MlflowClient(mlflow_server.url)
     [run] = client.search_runs([client.get_experiment_by_name("arm64").experiment_id])
     assert run.data.params == {"C": "0.5", "max_iter": "100"}

@@ -275,23 +275,26 @@ def test_a_direct_conda_build_keeps_the_channel_token_on_the_builder(
 def test_conda_image_builds_trains_and_skips(docker_engine, registry, base_image,
                                               conda_channel, mlflow_server,
                                               tmp_path: Path) -> None:
-    from support.runtime_env import run_step
+    import mlflow
+    from support.runtime_env import PLAIN_MODEL_JOB, run_step
 
+    # the example's MLproject; a pip part and a job small enough for an engine build (the
+    # example's scientific stack through Docker: tests/build/test_builder_e2e.py)
     codeset = Path(shutil.copytree(EXAMPLE, tmp_path / "codeset"))
-    example = yaml.safe_load((codeset / "conda.yaml").read_text())
-    pip = next(d["pip"] for d in example["dependencies"] if isinstance(d, dict))
-    (codeset / "conda.yaml").write_text(conda_yaml(*pip))
+    (codeset / "conda.yaml").write_text(conda_yaml("idna==3.7"))
+    (codeset / "train.py").write_text(PLAIN_MODEL_JOB)
     env = {**docker_engine.env(), "FUSEML_REGISTRY": registry.address,
            "FUSEML_BASE_IMAGE": base_image, "FUSEML_BUILDER": "docker",
            "CONDA_CHANNEL_ALIAS": conda_channel.alias_url}
     first = run_cli("build", str(codeset), env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     reference = first.stdout.strip()
-    labels = check_runtime_image(docker_engine, reference)
+    labels = check_runtime_image(docker_engine, reference, imports=("idna", "mlflow"),
+                                 locked=("idna", "mlflow-skinny"))
     assert labels["io.mlflow-steps.strategy"] == "conda"
     probe = docker_engine.cli(
         "run", "--rm", reference, "python", "-c",
-        "import sys, six, markupsafe, sklearn; print(sys.prefix, sys.version.split()[0], "
+        "import sys, six, markupsafe, idna; print(sys.prefix, sys.version.split()[0], "
         "six.__version__, markupsafe.__file__)", check=False)
     assert probe.returncode == 0, probe.stderr
     prefix, version, six_version, markupsafe = probe.stdout.split()
@@ -303,21 +306,24 @@ def test_conda_image_builds_trains_and_skips(docker_engine, registry, base_image
         "run", "--rm", reference, "sh", "-c",
         "stat -c '%a %u %g' /opt/env/conda-meta/*.json /opt/env/share/probe-data/probe.txt "
         "| sort -u && /opt/env/bin/probe-data && grep -c '#sha256:' "
-        "/opt/mlflow-steps-build/lock.txt && grep -c '^scikit-learn==' "
+        "/opt/mlflow-steps-build/lock.txt && grep -c '^idna==' "
         "/opt/mlflow-steps-build/lock.txt && python -c 'import json, sys; print(*(c.get(\"purl\", "
         "\"\") for c in json.load(open(sys.argv[1]))[\"components\"]))' "
         "/opt/mlflow-steps-build/sbom.cdx.json", check=False)
     assert seen.returncode == 0, seen.stderr
-    modes, data, conda_lines, sklearn_lines, purls = seen.stdout.splitlines()
-    assert (modes, data, conda_lines, sklearn_lines) == ("644 0 0", "probe data", "6", "1")
+    modes, data, conda_lines, idna_lines, purls = seen.stdout.splitlines()
+    assert (modes, data, conda_lines, idna_lines) == ("644 0 0", "probe data", "6", "1")
     assert {purl.split("@")[0] for purl in purls.split()} >= {
         "pkg:conda/python", "pkg:conda/python_abi", "pkg:conda/probe-data", "pkg:conda/six",
-        "pkg:pypi/six", "pkg:pypi/scikit-learn"}
+        "pkg:pypi/six", "pkg:pypi/idna"}
     run = run_step(docker_engine, reference, codeset, tmp_path / "results",
                    f"MLFLOW_TRACKING_URI={mlflow_server.url}",
                    "FUSEML_MLFLOW_ENTRYPOINT_ARGS=C=0.5 max_iter=100")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "/models/m-" in (tmp_path / "results" / "model-url").read_text()
+    run_id = re.search(r"mlflow-steps: run ([0-9a-f]{32}): ", run.stderr)[1]
+    assert mlflow.MlflowClient(mlflow_server.url).get_run(run_id).data.params["six"] == (
+        six_version)  # the conda package's, in the environment the entry point ran in
     again = run_cli("build", str(codeset), env={**env, "CONDA_CHANNEL_ALIAS": "file:///absent/"})
     assert again.returncode == 0 and "build skipped" in again.stderr
     assert again.stdout.strip() == reference

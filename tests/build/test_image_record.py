@@ -71,7 +71,8 @@ def test_a_trained_model_traces_back_to_its_image_and_lock(docker_engine, traine
     codeset = Path(shutil.copytree(EXAMPLE, tmp_path / "codeset"))
     run = run_step(docker_engine, trainer_image, codeset, tmp_path / "results",
                    f"MLFLOW_TRACKING_URI={mlflow_server.url}",
-                   f"MLFLOW_STEPS_IMAGE={trainer_image}", f"MLFLOW_STEPS_IMAGE_DIGEST={digest}")
+                   f"MLFLOW_STEPS_IMAGE={trainer_image}", f"MLFLOW_STEPS_IMAGE_DIGEST={digest}",
+                   infer_requirements=True)  # what MLflow records is checked against the lock
     assert run.returncode == 0, run.stderr[-3000:]
     model_url = (tmp_path / "results" / "model-url").read_text()
     model_id = model_url.rsplit("/models/", 1)[1].split("/", 1)[0]

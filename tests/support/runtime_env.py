@@ -63,11 +63,17 @@ def results(tmp_path: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in directory.iterdir()} if directory.exists() else {}
 
 
-def run_step(docker_engine, image: str, codeset: Path, results: Path, *env: str):
+def run_step(docker_engine, image: str, codeset: Path, results: Path, *env: str,
+             infer_requirements: bool = False):
+    """The runtime step in ``image`` on ``codeset`` (``env``: NAME=value items). MLflow's
+    inference of a model's pip requirements (a child Python importing the model's code, ~5
+    s a model) only when ``infer_requirements``: else MLflow logs its flavor's list."""
     results.mkdir(mode=0o777, exist_ok=True)
     results.chmod(0o777)  # the step runs as the image's non-root user
     argv = ["run", "--rm", "--network", "host", "-v", f"{codeset}:/project",
             "-v", f"{results}:/tekton/results", "-e", "TASK_RESULT=model-url"]
+    if not infer_requirements:
+        argv += ["-e", "MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT=0"]
     for item in env:
         argv += ["-e", item]
     return docker_engine.cli(*argv, image, check=False, timeout=600)
