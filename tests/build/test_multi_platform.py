@@ -14,7 +14,7 @@ from support.helpers import make_wheel, run_cli
 from support.image_checks import layer_files
 from support.index_server import local_index
 from support.locks import uv_project
-from support.synthetic_base import build, push_synthetic_index
+from support.synthetic_base import build, push_synthetic_base, push_synthetic_index
 
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.push import OCI_INDEX_MEDIA_TYPE
@@ -153,6 +153,25 @@ def test_a_distribution_without_a_wheel_for_a_platform_is_refused_before_any_pus
     assert "multi/nowheel" not in catalog["repositories"]
 
 
+
+
+def test_a_base_without_the_first_platform_is_one_line_before_any_push(
+        registry, no_engine, codeset, tmp_path: Path) -> None:
+    """The first platform's base is missing (an amd64-only base, arm64 asked first): one line
+    naming it, exit 2, the other platform not left waiting, nothing pushed."""
+    client = RegistryClient(registry.address)
+    base = push_synthetic_base(client, tmp_path / "base", repository="multi/base-amd64")
+    project = codeset({"requirements.txt": "six==1.16.0\n"})
+    result = run_cli("build", str(project), "--builder", "direct", "--registry",
+                     registry.address, "--base-image", base, "--repository", "multi/nobase",
+                     "--platform", "linux/arm64,linux/amd64", env=no_engine, process=True,
+                     timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"{base} is a linux/amd64 image, not linux/arm64" in line, line
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    catalog = requests.get(f"http://{registry.address}/v2/_catalog", timeout=10).json()
+    assert "multi/nobase" not in catalog["repositories"]
 
 
 def test_a_uv_lock_is_selected_for_each_platform(registry, no_engine, codeset, warm_cache,

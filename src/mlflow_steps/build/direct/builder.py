@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, as_completed
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -35,7 +33,6 @@ from mlflow_steps.core.terminal import escape
 from mlflow_steps.env.hashing import SOURCE_DATE_EPOCH
 from mlflow_steps.image.client import RegistryClient
 from mlflow_steps.image.layers import Layer, LayerCache, entries_key, write_layer
-from mlflow_steps.image.platforms import architecture
 from mlflow_steps.image.push import Blob, push_index, push_manifest
 
 LAYOUT_VERSION = "direct-2"  # part of every layer's cache key
@@ -84,15 +81,18 @@ class DirectBackend(Backend):
             # new layers are made as soon as it is checked, while the next one stages, but
             # none is pushed before every platform is: a NotApplicable (or a distribution
             # with no wheel for one platform) leaves the registry untouched.
-            turns = _Turns(len(request.platforms))
-            with ThreadPool(max_workers=len(request.platforms)) as stagers:
-                futures = [stagers.submit(self._prepare, request, platform, cache,
-                                          work / architecture(platform), pool, progress,
-                                          started, bytecode, turns.turn(position))
-                           for position, platform in enumerate(request.platforms)]
-                for future in as_completed(futures):
-                    production.add(future.result())
-                prepared = [future.result() for future in futures]
+            base_client = request.registries.client(request.base_image.registry)
+            with ThreadPool(max_workers=len(request.platforms)) as readers:
+                bases = list(readers.map(
+                    lambda platform: load_base(str(request.base_image), base_client, cache,
+                                               platform), request.platforms))
+            prepared = []
+            for base in bases:
+                self._log(facts_summary(base), started)
+                one = self._prepare(request, base, cache, work / base.architecture, pool,
+                                    progress, started, bytecode)
+                production.add(one)
+                prepared.append(one)
             made = production.push_all()
             pushed = [(one.platform, self._push(one, request, made, started,
                                                 None if several else destination.tag))
@@ -103,42 +103,38 @@ class DirectBackend(Backend):
         self._log(f"pushed {destination}" + (
             f" (an index of {', '.join(request.platforms)})" if several else ""), started)
 
-    def _prepare(self, request: BuildRequest, platform: str, cache: Path, work: Path,
+    def _prepare(self, request: BuildRequest, base: BaseFacts, cache: Path, work: Path,
                  pool: ThreadPool, progress: Progress, started: float,
-                 bytecode: SharedBytecode | None,
-                 turn: contextlib.AbstractContextManager[None]) -> _Prepared:
-        """Read the base for ``platform``, then, in its ``turn``, stage the environment and
+                 bytecode: SharedBytecode | None) -> _Prepared:
+        """Stage the environment on ``base`` (the image of one of the build's platforms) and
         decide its layers (each checked, or one made before): nothing is pushed."""
         assert request.plan is not None and request.pip is not None
         plan = request.plan
+        platform = base.platform
         client = request.registries.client(request.destination.registry)
-        base_client = request.registries.client(request.base_image.registry)
-        base = load_base(str(request.base_image), base_client, cache, platform)
-        self._log(facts_summary(base), started)
         work.mkdir()
-        with turn:
-            several = len(request.platforms) > 1
-            with progress.phase(f"staging {platform}" if several else "staging"):
-                staged = stage(plan, base, request.pip, self.environ, work,
-                               no_cache=request.no_cache,
-                               conda_channel_alias=request.conda_channel_alias)
-            self._log(f"environment staged for {platform} "
-                      f"{staged.stager.interpreter or 'conda python ' + staged.stager.version}",
-                      started)
-            record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
-            jobs = [LayerJob(tree_plan(staged, name, paths),
-                             frozenset(p for p in paths if p.suffix == ".py"), checked=True)
-                    for name, paths in environment_groups(staged, request.own_layer_bytes)]
-            jobs.append(LayerJob(user_layer(base, plan.user)))
-            known = None if request.no_cache else LayerCache(cache / "layers")
-            maker = _LayerMaker(staged, work, known, request.compression, client,
-                                request.destination.repository, bytecode)
-            decided = list(pool.map(maker.decide, jobs))
-            jobs.append(LayerJob(record.result()))
-            decided.append(maker.decide(jobs[-1]))
-            if maker.on_demand_unmet:
-                self._log(_on_demand_line(maker.on_demand_unmet), started)
-            return _Prepared(platform, base, staged, jobs, decided, maker)
+        several = len(request.platforms) > 1
+        with progress.phase(f"staging {platform}" if several else "staging"):
+            staged = stage(plan, base, request.pip, self.environ, work,
+                           no_cache=request.no_cache,
+                           conda_channel_alias=request.conda_channel_alias)
+        self._log(f"environment staged for {platform} "
+                  f"{staged.stager.interpreter or 'conda python ' + staged.stager.version}",
+                  started)
+        record = pool.submit(record_layer, staged)  # lock and SBOM, meanwhile
+        jobs = [LayerJob(tree_plan(staged, name, paths),
+                         frozenset(p for p in paths if p.suffix == ".py"), checked=True)
+                for name, paths in environment_groups(staged, request.own_layer_bytes)]
+        jobs.append(LayerJob(user_layer(base, plan.user)))
+        known = None if request.no_cache else LayerCache(cache / "layers")
+        maker = _LayerMaker(staged, work, known, request.compression, client,
+                            request.destination.repository, bytecode)
+        decided = list(pool.map(maker.decide, jobs))
+        jobs.append(LayerJob(record.result()))
+        decided.append(maker.decide(jobs[-1]))
+        if maker.on_demand_unmet:
+            self._log(_on_demand_line(maker.on_demand_unmet), started)
+        return _Prepared(base, staged, jobs, decided, maker)
 
     def _push(self, prepared: _Prepared, request: BuildRequest,
               made: dict[str, tuple[Blob, str]], started: float,
@@ -168,33 +164,19 @@ class DirectBackend(Backend):
                              oci=tag is None)
 
 
-class _Turns:
-    """Turns taken in order: each one's block starts when the one before has ended (with
-    an error too)."""
-
-    def __init__(self, count: int) -> None:
-        self._ended = [threading.Event() for _ in range(count)]
-
-    @contextlib.contextmanager
-    def turn(self, position: int) -> Iterator[None]:
-        if position:
-            self._ended[position - 1].wait()
-        try:
-            yield
-        finally:
-            self._ended[position].set()
-
-
 @dataclass(frozen=True)
 class _Prepared:
     """One platform's image, staged and decided, before anything of it is pushed."""
 
-    platform: str
     base: BaseFacts
     staged: StagedEnv
     jobs: list[LayerJob]
     decided: list[tuple[str, tuple[Blob, str] | None]]
     maker: _LayerMaker
+
+    @property
+    def platform(self) -> str:
+        return self.base.platform
 
 
 def _on_demand_line(unmet: dict[str, str], shown: int = 5) -> str:
